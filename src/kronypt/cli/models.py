@@ -1,0 +1,214 @@
+"""`kronypt compress`, `export`, `info` and `generate`: make, convert and inspect model folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.table import Table
+
+from kronypt.cli.app import app, console, print_json
+from kronypt.cli.options import check_out_dir, parse_layers, replace_dir, staging_dir
+from kronypt.errors import KronyptError
+from kronypt.math.shapes import parse_shape
+from kronypt.models import (
+    CompressionConfig,
+    CompressionReport,
+    KronyGPT2Config,
+    count_params,
+    load_config,
+    load_model,
+    load_tokenizer,
+    to_dense,
+)
+from kronypt.models import (
+    compress as compress_model,
+)
+from kronypt.models.surgery import MLP_MODULES
+from kronypt.plan import plan_row
+
+INIT_HELP = "van-loan (nearest Kronecker product, exact SVD), prune (keep one entry per B block), or random."
+
+
+@app.command()
+def compress(
+    model: Annotated[str, typer.Argument(help="Hub id (e.g. gpt2) or local folder of a GPT-2-family model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the compressed model to.")],
+    scheme: Annotated[str | None, typer.Option(help="Named scheme, e.g. 81M, 96M-prune, 92M-4 "
+                                                    "(see `kronypt plan gpt2`).")] = None,
+    a_shape: Annotated[str | None, typer.Option("--a-shape", help="A-factor shape MxN of c_fc (out x in).")] = None,
+    factors: Annotated[int | None, typer.Option("--factors", "-k", min=1, help="Number of Kronecker terms.")] = None,
+    target_params: Annotated[int | None, typer.Option(help="Pick the largest scheme with at most this many "
+                                                           "model parameters.")] = None,
+    scalars: Annotated[bool, typer.Option(help="Give every factor a learnable scalar.")] = False,
+    init: Annotated[str | None, typer.Option(help=INIT_HELP + " Default: the scheme's, else van-loan.")] = None,
+    rescale: Annotated[bool, typer.Option(help="Van Loan: rescale so that ‖Ŵ‖ = ‖W‖.")] = False,
+    prune_fill: Annotated[float, typer.Option(help="Prune init: value of the dropped B entries "
+                                                   "(0 gives B=[1,0], 0.1 gives [1,0.1]).")] = 0.0,
+    layers: Annotated[str | None, typer.Option(help="Blocks to compress: 'all', '0-5', '0,2,4-7'.")] = None,
+    modules: Annotated[str, typer.Option(help="MLP matrices to compress, comma-separated.")] = "c_fc,c_proj",
+    force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Replace the MLP weights of a GPT-2 model by Kronecker factors and save it in Hugging Face format.
+
+    Give exactly one of --scheme, --a-shape or --target-params. The folder loads with
+    `AutoModelForCausalLM.from_pretrained` after `import kronypt`, and holds the per-matrix error report
+    (compression_report.json).
+    """
+    chosen = [o for o in (scheme, a_shape, target_params) if o is not None]
+    if len(chosen) != 1:
+        raise KronyptError("give exactly one of --scheme, --a-shape or --target-params")
+    check_out_dir(out, force)
+    options = {"scalars": scalars, "rescale": rescale, "prune_fill": prune_fill, "layers": parse_layers(layers),
+               "modules": tuple(m.strip() for m in modules.split(",") if m.strip())}
+    if init is not None:
+        options["init"] = init
+    if factors is not None:
+        options["factors"] = factors
+    if scheme is not None:
+        config = CompressionConfig.from_scheme(scheme, **options)
+    elif a_shape is not None:
+        config = CompressionConfig(a_shape=parse_shape(a_shape), **options)
+    else:
+        config = None
+    _validate_modules(options["modules"])
+    model_config = load_config(model)
+    if config is None:
+        config = CompressionConfig.from_target_params(model_config, target_params, **options)
+    plan_row(model_config, config.a_shape, config.factors)  # refuse shapes that do not divide, before loading
+    lm = load_model(model)
+    report = compress_model(lm, config)
+    tmp = staging_dir(out)
+    lm.save_pretrained(tmp)
+    (tmp / "compression_report.json").write_text(json.dumps(report.to_json(), indent=2))
+    _copy_tokenizer(model, tmp)
+    replace_dir(tmp, out)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        console.print(_report_table(report))
+        console.print(f"saved to {out}")
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="A kronypt model folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the exported model.")],
+    dense: Annotated[bool, typer.Option("--dense", help="Export a plain GPT-2 (GPT2LMHeadModel) folder that "
+                                                        "loads without kronypt.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Export a kronypt model: `--dense` rebuilds every Kronecker weight into a plain GPT-2 checkpoint."""
+    if not dense:
+        raise KronyptError("choose an export format: --dense (a plain GPT-2 folder)")
+    check_out_dir(out, force)
+    lm = load_model(str(model_dir))
+    plain = to_dense(lm)
+    tmp = staging_dir(out)
+    plain.save_pretrained(tmp)
+    _copy_tokenizer(str(model_dir), tmp)
+    replace_dir(tmp, out)
+    console.print(f"dense GPT-2 with {count_params(plain):,} parameters saved to {out}")
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="Model folder or hub id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Summarise a model: architecture, parameter count and its Kronecker layers."""
+    lm = load_model(model)
+    config = lm.config
+    modules = config.kron_modules if isinstance(config, KronyGPT2Config) else {}
+    summary = {
+        "model": model,
+        "model_type": config.model_type,
+        "params": count_params(lm),
+        "n_layer": config.n_layer,
+        "n_embd": config.n_embd,
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."),
+        "kronecker_modules": modules,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"{model}", show_header=False)
+    for key, value in summary.items():
+        if key != "kronecker_modules":
+            table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    shapes = sorted({(tuple(s["a_shape"]), s["factors"], s["scalars"]) for s in modules.values()})
+    table.add_row("kronecker layers", str(len(modules)))
+    for a, k, sc in shapes:
+        table.add_row("", f"A {a[0]}x{a[1]}, k={k}" + (", scalars" if sc else ""))
+    console.print(table)
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Argument(help="Model folder or hub id.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 40,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer id or folder (default: the model "
+                                                       "folder's, else gpt2).")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Continue a prompt with a dense or kronypt model."""
+    lm = load_model(model)
+    tok = load_tokenizer(tokenizer or _default_tokenizer(model))
+    if len(tok) > lm.config.vocab_size:
+        raise KronyptError(f"tokenizer has {len(tok)} tokens but the model only {lm.config.vocab_size}")
+    torch.manual_seed(seed)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    sample = temperature > 0
+    out = lm.generate(ids, max_new_tokens=max_new_tokens, do_sample=sample,
+                      temperature=temperature if sample else None, pad_token_id=tok.eos_token_id)
+    console.print(tok.decode(out[0]), markup=False, highlight=False)
+
+
+def _default_tokenizer(model: str) -> str:
+    path = Path(model)
+    names = ("vocab.json", "encoder.json", "tokenizer.json")
+    return model if path.is_dir() and any((path / n).exists() for n in names) else "gpt2"
+
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.json",
+                   "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _copy_tokenizer(source: str, dest: Path) -> None:
+    """Carry the tokenizer files along with the weights (from a local folder; hub tokenizers are saved)."""
+    path = Path(source)
+    if path.is_dir():
+        for name in TOKENIZER_FILES:
+            if (path / name).is_file():
+                (dest / name).write_bytes((path / name).read_bytes())
+        return
+    try:
+        load_tokenizer(source).save_pretrained(dest)
+    except (KronyptError, OSError, ValueError):
+        pass  # the model loaded from the hub; a missing tokenizer there is not fatal for compression
+
+
+def _validate_modules(modules: tuple[str, ...]) -> None:
+    bad = [m for m in modules if m not in MLP_MODULES]
+    if bad or not modules:
+        raise KronyptError(f"unknown modules {bad or '(none)'}; choose from {', '.join(MLP_MODULES)}")
+
+
+def _report_table(report: CompressionReport) -> Table:
+    table = Table(title=f"{report.params_before:,} -> {report.params_after:,} parameters "
+                        f"(mean relative error {report.mean_rel_error:.4f})")
+    for header in ("matrix", "A", "B", "k", "params", "dense params", "rel. error"):
+        table.add_column(header, justify="left" if header == "matrix" else "right")
+    for m in report.matrices:
+        table.add_row(m.name.removeprefix("transformer."), "x".join(map(str, m.a_shape)),
+                      "x".join(map(str, m.b_shape)), str(m.factors), f"{m.params:,}", f"{m.dense_params:,}",
+                      f"{m.rel_error:.4f}")
+    return table

@@ -1,0 +1,112 @@
+"""Load models, configs and tokenizers from a hub id or a local folder, with one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Tokenizer, PretrainedConfig, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from kronypt.errors import KronyptError
+from kronypt.models.family import family_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """'float32' / 'bfloat16' / 'float16' (or a torch.dtype) to a torch.dtype."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise KronyptError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).exists() or name.startswith((".", "/", "~"))
+
+
+def load_config(name_or_path: str) -> PretrainedConfig:
+    """A model's config: from a local folder, the offline GPT-2 family table, or the hub."""
+    import kronypt.models.modeling  # noqa: F401  (registers the kronypt classes with the Auto classes)
+
+    if _is_local(name_or_path):
+        _require_model_dir(Path(name_or_path).expanduser())
+        return AutoConfig.from_pretrained(Path(name_or_path).expanduser())
+    known = family_config(name_or_path)
+    if known is not None:
+        return known
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise KronyptError(f"cannot load config {name_or_path!r}: not a local folder, and the hub said: "
+                           f"{_first_line(exc)}") from None
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> PreTrainedModel:
+    """A causal LM (dense GPT-2 or kronypt) from a hub id or a local folder, in eval mode."""
+    import kronypt.models.modeling  # noqa: F401
+
+    torch_dtype = parse_dtype(dtype)
+    if _is_local(name_or_path):
+        path = Path(name_or_path).expanduser()
+        _require_model_dir(path)
+        source: str | Path = path
+    else:
+        source = name_or_path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype or torch.float32)
+    except OSError as exc:
+        raise KronyptError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """A GPT-2 BPE tokenizer from a hub id, a saved tokenizer folder, or a folder holding
+    `vocab.json`+`merges.txt` or OpenAI's `encoder.json`+`vocab.bpe`."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        for vocab_name, merges_name in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+            if (path / vocab_name).is_file() and (path / merges_name).is_file():
+                return _bpe_from_files(path / vocab_name, path / merges_name)
+        if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(path)
+        raise KronyptError(f"no tokenizer in {path}: expected vocab.json+merges.txt, encoder.json+vocab.bpe "
+                           "or tokenizer.json")
+    if _is_local(name_or_path):
+        raise FileNotFoundError(f"tokenizer folder {name_or_path} does not exist")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise KronyptError(f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}") from None
+
+
+def _bpe_from_files(vocab_file: Path, merges_file: Path) -> PreTrainedTokenizerBase:
+    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+    lines = merges_file.read_text(encoding="utf-8").split("\n")
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    return GPT2Tokenizer(vocab=vocab, merges=merges)
+
+
+def _require_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise KronyptError(f"{path} is not a model folder: it has no config.json")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

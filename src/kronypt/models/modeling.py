@@ -1,0 +1,52 @@
+"""KronyGPT2LMHeadModel: GPT-2 with Kronecker MLP layers, native to Hugging Face.
+
+Importing this module registers the config and model with AutoConfig / AutoModelForCausalLM, so a saved
+kronypt folder loads with `AutoModelForCausalLM.from_pretrained` once `kronypt` is imported.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel
+from transformers import initialization as init
+from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+
+from kronypt.models.configuration import KronyGPT2Config
+from kronypt.nn import KroneckerLinear
+
+
+class KronyGPT2LMHeadModel(GPT2LMHeadModel):
+    """GPT2LMHeadModel whose listed MLP matrices (config.kronecker["modules"]) are KroneckerLinear."""
+
+    config_class = KronyGPT2Config
+
+    def __init__(self, config: KronyGPT2Config) -> None:
+        super().__init__(config)
+        for path, spec in config.kron_modules.items():
+            old = self.get_submodule(path)
+            in_features, out_features = old.weight.shape  # Conv1D stores (in, out)
+            new = KroneckerLinear(in_features, out_features, tuple(spec["a_shape"]), spec["factors"],
+                                  scalars=spec["scalars"], bias=old.bias is not None,
+                                  device=old.weight.device, dtype=old.weight.dtype)
+            parent, _, name = path.rpartition(".")
+            setattr(self.get_submodule(parent), name, new)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, KroneckerLinear):
+            std = math.sqrt(self.config.initializer_range / math.sqrt(module.factors))
+            init.normal_(module.A, std=std)
+            init.normal_(module.B, std=std)
+            if module.scalars is not None:
+                init.ones_(module.scalars)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            return
+        if isinstance(module, GPT2MLP) and isinstance(module.c_proj, KroneckerLinear):
+            return  # GPT-2's scaled c_proj init is for dense weights; the Kronecker layer inits itself above
+        super()._init_weights(module)
+
+
+AutoConfig.register(KronyGPT2Config.model_type, KronyGPT2Config, exist_ok=True)
+AutoModelForCausalLM.register(KronyGPT2Config, KronyGPT2LMHeadModel, exist_ok=True)

@@ -1,0 +1,159 @@
+"""Compress a GPT-2 model in place (Conv1D MLP matrices -> KroneckerLinear) and turn it back to dense."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
+
+from kronypt.errors import KronyptError
+from kronypt.models.configuration import KronyGPT2Config
+from kronypt.models.modeling import KronyGPT2LMHeadModel
+from kronypt.nn import KroneckerLinear
+from kronypt.nn.kronecker_linear import INITS
+from kronypt.plan import SCHEME_INITS, mlp_dims, pick_for_target, resolve_scheme
+
+MLP_MODULES = ("c_fc", "c_proj")
+
+
+@dataclass
+class CompressionConfig:
+    """What to compress and how.
+
+    `a_shape` is the A-factor shape of `c_fc` in (out=n_inner, in=n_embd) orientation; `c_proj` gets the
+    transposed shapes. `layers` None means every block; `modules` picks c_fc and/or c_proj.
+    """
+
+    a_shape: tuple[int, int]
+    factors: int = 1
+    scalars: bool = False
+    init: str = "van-loan"
+    rescale: bool = False
+    prune_fill: float = 0.0
+    layers: Sequence[int] | None = None
+    modules: Sequence[str] = MLP_MODULES
+
+    def __post_init__(self) -> None:
+        self.a_shape = tuple(int(v) for v in self.a_shape)  # type: ignore[assignment]
+        if self.init not in INITS:
+            raise KronyptError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        bad = [m for m in self.modules if m not in MLP_MODULES]
+        if bad or not self.modules:
+            raise KronyptError(f"unknown MLP modules {bad or '(none)'}; choose from {', '.join(MLP_MODULES)}")
+
+    @classmethod
+    def from_scheme(cls, name: str, **overrides) -> CompressionConfig:
+        """A config for a named scheme of SPEC §2 (e.g. '81M', '96M-prune', '92M-4')."""
+        a_shape, factors = resolve_scheme(name)
+        overrides.setdefault("init", SCHEME_INITS.get(name, "van-loan"))
+        return cls(a_shape=a_shape, factors=overrides.pop("factors", factors), **overrides)
+
+    @classmethod
+    def from_target_params(cls, config: GPT2Config, target: int, factors: int = 1, **overrides
+                           ) -> CompressionConfig:
+        """The compressing scheme with the most parameters not above `target`."""
+        row = pick_for_target(config, target, factors, overrides.get("scalars", False))
+        return cls(a_shape=row.a_shape, factors=row.factors, **overrides)
+
+
+@dataclass
+class MatrixReport:
+    name: str
+    a_shape: tuple[int, int]
+    b_shape: tuple[int, int]
+    factors: int
+    params: int
+    dense_params: int
+    rel_error: float
+
+
+@dataclass
+class CompressionReport:
+    """Per-matrix errors and the parameter counts before and after."""
+
+    matrices: list[MatrixReport] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+
+    @property
+    def mean_rel_error(self) -> float:
+        return sum(m.rel_error for m in self.matrices) / max(len(self.matrices), 1)
+
+    def to_json(self) -> dict:
+        return {"params_before": self.params_before, "params_after": self.params_after,
+                "mean_rel_error": self.mean_rel_error, "matrices": [asdict(m) for m in self.matrices]}
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters of a model, shared (tied) tensors counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def compress(model: GPT2LMHeadModel, config: CompressionConfig, progress: bool = True) -> CompressionReport:
+    """Replace the chosen MLP matrices of a GPT-2 LM by Kronecker layers, in place.
+
+    The model becomes a `KronyGPT2LMHeadModel` (same object) whose config records the Kronecker modules,
+    so `save_pretrained` / `from_pretrained` round-trip. Embeddings stay tied.
+    """
+    if not isinstance(model, GPT2LMHeadModel):
+        raise KronyptError(f"expected a GPT-2-family causal LM (GPT2LMHeadModel), got {type(model).__name__}")
+    n_layer, n_embd, inner = mlp_dims(model.config)
+    layers = list(range(n_layer)) if config.layers is None else sorted(set(config.layers))
+    if not layers or layers[0] < 0 or layers[-1] >= n_layer:
+        raise KronyptError(f"layers {list(config.layers or [])} out of range: this model has blocks 0..{n_layer - 1}")
+    report = CompressionReport(params_before=count_params(model))
+    kron_modules = dict(getattr(model.config, "kron_modules", {}))
+    targets = [(i, name) for i in layers for name in config.modules]
+    for i, name in tqdm(targets, desc="compressing", unit="matrix", disable=not progress, leave=False):
+        path = f"transformer.h.{i}.mlp.{name}"
+        old = model.get_submodule(path)
+        if not isinstance(old, Conv1D):
+            raise KronyptError(f"{path} is already compressed ({type(old).__name__})")
+        a_shape = config.a_shape if name == "c_fc" else config.a_shape[::-1]
+        weight = old.weight.detach().T  # Conv1D stores (in, out)
+        new, dec = KroneckerLinear.from_dense(weight, old.bias.detach(), a_shape, config.factors,
+                                              scalars=config.scalars, init=config.init,
+                                              rescale=config.rescale, prune_fill=config.prune_fill)
+        new.requires_grad_(old.weight.requires_grad)
+        setattr(model.get_submodule(path.rpartition(".")[0]), name, new)
+        kron_modules[path] = {"a_shape": list(a_shape), "factors": config.factors, "scalars": config.scalars}
+        report.matrices.append(MatrixReport(path, new.shape.a_shape, new.shape.b_shape, config.factors,
+                                            sum(p.numel() for n, p in new.named_parameters() if n != "bias"),
+                                            weight.numel(), dec.rel_error))
+    _become_kronecker(model, kron_modules, config.init)
+    report.params_after = count_params(model)
+    return report
+
+
+def _become_kronecker(model: GPT2LMHeadModel, kron_modules: dict, init: str) -> None:
+    base = model.config.to_gpt2() if isinstance(model.config, KronyGPT2Config) else model.config
+    config = KronyGPT2Config.from_gpt2(base, {"modules": kron_modules, "init": init})
+    model.__class__ = KronyGPT2LMHeadModel
+    model.config = config
+    model.transformer.config = config
+
+
+def to_dense(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
+    """A plain `GPT2LMHeadModel` (loadable without kronypt) with the same weights and logits."""
+    config = model.config.to_gpt2() if isinstance(model.config, KronyGPT2Config) else model.config
+    param = next(model.parameters())
+    with torch.device(param.device):
+        dense = GPT2LMHeadModel(config).to(param.dtype)
+    state = {}
+    for key, value in model.state_dict().items():
+        state[key] = value
+    for path, module in model.named_modules():
+        if isinstance(module, KroneckerLinear):
+            for key in [k for k in state if k.startswith(path + ".")]:
+                del state[key]
+            with torch.no_grad():
+                state[f"{path}.weight"] = module.dense_weight().T.contiguous()  # back to Conv1D's (in, out)
+                if module.bias is not None:
+                    state[f"{path}.bias"] = module.bias.detach().clone()
+    dense.load_state_dict(state, strict=True)
+    dense.tie_weights()
+    return dense.train(model.training)

@@ -1,0 +1,54 @@
+"""Cost model that picks the forward path of a Kronecker layer.
+
+Costs are multiply-adds weighted by how efficiently each kind of work runs. The factored path pays for
+its two skinny GEMMs and the reshuffles between them per token; the materialised path pays k·out·in to
+build W (once per call) and a dense GEMM per token. Training adds the backward of each: about twice the
+forward for the GEMMs, and for the materialised path the gradient of W contracted back into A and B.
+The weights below were fitted to `benchmarks/layer.py` on a 2-core CPU; they only move the break-even
+point, so a rough fit is enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kronypt.math.shapes import KronShape
+
+Path = Literal["factored_a_first", "factored_b_first", "materialised"]
+
+# Skinny GEMMs and the permute copies run below dense GEMM speed; per-element traffic of the reshuffles.
+FACTORED_EFFICIENCY = 0.6
+COPY_COST_PER_ELEMENT = 4.0
+
+
+@dataclass(frozen=True)
+class PathCosts:
+    factored_a_first: float
+    factored_b_first: float
+    materialised: float
+
+    def best(self) -> Path:
+        costs = {"factored_a_first": self.factored_a_first, "factored_b_first": self.factored_b_first,
+                 "materialised": self.materialised}
+        return min(costs, key=costs.__getitem__)  # type: ignore[return-value]
+
+
+def path_costs(shape: KronShape, k: int, tokens: int, training: bool) -> PathCosts:
+    """Estimated cost (arbitrary units) of each path for `tokens` tokens."""
+    a_macs, b_macs = shape.macs_per_token(k)
+    # Elements shuffled per token: the input transpose (A first) and the intermediate permute.
+    a_copy = (shape.in_features if shape.n2 > 1 else 0) + (k * shape.n2 * shape.m1 if k * shape.n2 > 1 else 0)
+    b_copy = k * shape.n1 * shape.m2 + shape.out_features
+    dense = shape.dense_macs_per_token()
+    build = k * dense
+    grad_scale = 3.0 if training else 1.0
+    factored_a = tokens * grad_scale * (a_macs / FACTORED_EFFICIENCY + COPY_COST_PER_ELEMENT * a_copy)
+    factored_b = tokens * grad_scale * (b_macs / FACTORED_EFFICIENCY + COPY_COST_PER_ELEMENT * b_copy)
+    materialised = tokens * grad_scale * dense + build * (2.0 if training else 1.0)
+    return PathCosts(factored_a, factored_b, materialised)
+
+
+def choose_path(shape: KronShape, k: int, tokens: int, training: bool) -> Path:
+    """The cheapest forward path for this call."""
+    return path_costs(shape, k, tokens, training).best()

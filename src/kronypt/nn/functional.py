@@ -1,0 +1,65 @@
+"""Forward paths of y = x · (Σ_i s_i A_i ⊗ B_i)ᵀ + b, as plain tensor functions.
+
+Shapes: x (..., n1·n2), A (k, m1, n1), B (k, m2, n2), scalars (k,) or None, bias (m1·m2,) or None.
+For one token, (A ⊗ B) x = vec(A · X · Bᵀ) with X = x reshaped (n1, n2) row-major.
+
+The factored paths are two plain 2-D GEMMs each: the k terms are folded into the GEMM dimension, A is
+used through a free view, and the scalars are folded into the small factor. (A three-operand einsum may
+contract A with B first, i.e. build W, and a 2-D × 3-D matmul can run one tiny product per token.)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from kronypt.math.decompose import kron_reconstruct
+
+Order = Literal["a_first", "b_first"]
+
+
+def kron_linear_factored(
+    x: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scalars: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    order: Order = "a_first",
+) -> torch.Tensor:
+    """Apply the Kronecker layer without building W, contracting A first or B first."""
+    k, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+    lead = x.shape[:-1]
+    t = x.reshape(-1, n1 * n2)
+    T = t.shape[0]
+    if order == "a_first":
+        # Z[t, d, i, a] = Σ_c X[t, c, d] A_i[a, c]
+        xt = t.view(T, n1, n2).transpose(1, 2).reshape(T * n2, n1)
+        z = (xt @ A.reshape(k * m1, n1).T).view(T, n2, k, m1)
+        # y[t, a, b] = Σ_(d, i) Z[t, d, i, a] · s_i B_i[b, d]
+        small = B if scalars is None else B * scalars.view(k, 1, 1).to(B.dtype)
+        y = z.permute(0, 3, 1, 2).reshape(T * m1, n2 * k) @ small.permute(2, 0, 1).reshape(n2 * k, m2)
+        y = y.view(T, m1 * m2)
+    else:
+        # Z[t, c, i, b] = Σ_d X[t, c, d] B_i[b, d]
+        z = (t.reshape(T * n1, n2) @ B.reshape(k * m2, n2).T).view(T, n1, k, m2)
+        # y[t, b, a] = Σ_(c, i) Z[t, c, i, b] · s_i A_i[a, c], then back to (t, a, b)
+        small = A if scalars is None else A * scalars.view(k, 1, 1).to(A.dtype)
+        y = z.permute(0, 3, 1, 2).reshape(T * m2, n1 * k) @ small.permute(2, 0, 1).reshape(n1 * k, m1)
+        y = y.view(T, m2, m1).transpose(1, 2).reshape(T, m1 * m2)
+    if bias is not None:
+        y = y + bias
+    return y.view(*lead, m1 * m2)
+
+
+def kron_linear_materialised(
+    x: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scalars: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Build W once (one einsum) and run a dense `F.linear`."""
+    return F.linear(x, kron_reconstruct(A, B, scalars), bias)

@@ -1,0 +1,154 @@
+"""KroneckerLinear: a drop-in for nn.Linear / GPT-2's Conv1D whose weight is Σ_i s_i · (A_i ⊗ B_i).
+
+The weight is never stored. Each call runs the cheaper of three paths (factored with A first, factored
+with B first, or materialise W then a dense matmul), chosen by `kronypt.nn.cost` from the token count, k,
+the shapes and whether gradients are needed; set `path` to force one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from kronypt.errors import KronyptError
+from kronypt.math.decompose import Decomposition, kron_reconstruct, prune_init, random_init, van_loan
+from kronypt.math.shapes import KronShape, kron_shape
+from kronypt.nn.cost import choose_path
+from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised
+
+PathName = Literal["auto", "factored", "factored_a_first", "factored_b_first", "materialised"]
+PATHS = ("auto", "factored", "factored_a_first", "factored_b_first", "materialised")
+INITS = ("van-loan", "prune", "random")
+
+
+class KroneckerLinear(nn.Module):
+    """y = x · Wᵀ + b with W = Σ_{i<k} s_i · kron(A_i, B_i), in nn.Linear's (out, in) orientation.
+
+    Parameters: `A` (k, m1, n1), `B` (k, m2, n2), optional learnable `scalars` (k,) and `bias` (out,).
+    Without learnable scalars s_i = 1 and no parameter exists.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        a_shape: tuple[int, int],
+        factors: int = 1,
+        scalars: bool = False,
+        bias: bool = True,
+        path: PathName = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if factors < 1:
+            raise KronyptError(f"the number of factors must be at least 1, got {factors}")
+        self.shape: KronShape = kron_shape(out_features, in_features, a_shape)
+        self.in_features, self.out_features, self.factors = in_features, out_features, factors
+        kw = {"device": device, "dtype": dtype}
+        self.A = nn.Parameter(torch.empty(factors, *self.shape.a_shape, **kw))
+        self.B = nn.Parameter(torch.empty(factors, *self.shape.b_shape, **kw))
+        self.scalars = nn.Parameter(torch.ones(factors, **kw)) if scalars else None
+        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+        self.path = path
+        self.reset_parameters()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if value not in PATHS:
+            raise KronyptError(f"unknown path {value!r}; choose one of {', '.join(PATHS)}")
+        self._path = value
+
+    def reset_parameters(self) -> None:
+        """GPT-2-style random init (see `kronypt.math.random_init`), zero bias, unit scalars."""
+        std = math.sqrt(0.02 / math.sqrt(self.factors))
+        with torch.no_grad():
+            nn.init.normal_(self.A, std=std)
+            nn.init.normal_(self.B, std=std)
+            if self.scalars is not None:
+                self.scalars.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    @classmethod
+    def from_dense(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        a_shape: tuple[int, int],
+        factors: int = 1,
+        scalars: bool = False,
+        init: str = "van-loan",
+        rescale: bool = False,
+        prune_fill: float = 0.0,
+    ) -> tuple[KroneckerLinear, Decomposition]:
+        """Factor an (out, in) weight into a new layer; also return the decomposition (with its error)."""
+        out_features, in_features = weight.shape
+        if init == "van-loan":
+            dec = van_loan(weight, a_shape, factors, rescale=rescale)
+        elif init == "prune":
+            dec = prune_init(weight, a_shape, factors, fill=prune_fill)
+        elif init == "random":
+            dec = random_init(out_features, in_features, a_shape, factors)
+        else:
+            raise KronyptError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+        layer = cls(in_features, out_features, a_shape, factors, scalars, bias is not None,
+                    device=weight.device, dtype=dtype)
+        layer.load_factors(dec)
+        if bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(bias)
+        return layer, dec
+
+    def load_factors(self, dec: Decomposition) -> None:
+        """Copy a decomposition's factors into this layer (scalars too when they are learnable)."""
+        with torch.no_grad():
+            self.A.copy_(dec.A)
+            self.B.copy_(dec.B)
+            if self.scalars is not None:
+                self.scalars.copy_(dec.scalars)
+
+    def freeze_scalars(self, value: float | None = None) -> None:
+        """Stop training the scalars, optionally setting them to `value` first."""
+        if self.scalars is None:
+            raise KronyptError("this layer has no learnable scalars to freeze")
+        if value is not None:
+            with torch.no_grad():
+                self.scalars.fill_(value)
+        self.scalars.requires_grad_(False)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (out, in) weight this layer represents."""
+        return kron_reconstruct(self.A, self.B, self.scalars)
+
+    def resolved_path(self, tokens: int, training: bool) -> str:
+        """The concrete path a call with this many tokens takes."""
+        if self.path == "auto":
+            return choose_path(self.shape, self.factors, tokens, training)
+        if self.path == "factored":
+            a_first, b_first = self.shape.macs_per_token(self.factors)
+            return "factored_a_first" if a_first <= b_first else "factored_b_first"
+        return self.path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.numel() // self.in_features
+        training = torch.is_grad_enabled() and (self.A.requires_grad or x.requires_grad)
+        path = self.resolved_path(tokens, training)
+        if path == "materialised":
+            return kron_linear_materialised(x, self.A, self.B, self.scalars, self.bias)
+        order = "a_first" if path == "factored_a_first" else "b_first"
+        return kron_linear_factored(x, self.A, self.B, self.scalars, self.bias, order=order)
+
+    def extra_repr(self) -> str:
+        s = self.shape
+        return (f"in_features={self.in_features}, out_features={self.out_features}, A={s.a_shape}, "
+                f"B={s.b_shape}, factors={self.factors}, scalars={self.scalars is not None}, "
+                f"bias={self.bias is not None}, path={self.path}")
