@@ -27,7 +27,6 @@ from kronypt.models import (
 from kronypt.models import (
     compress as compress_model,
 )
-from kronypt.models.surgery import MLP_MODULES
 from kronypt.plan import plan_row
 
 INIT_HELP = "van-loan (nearest Kronecker product, exact SVD), prune (keep one entry per B block), or random."
@@ -75,7 +74,6 @@ def compress(
         config = CompressionConfig(a_shape=parse_shape(a_shape), **options)
     else:
         config = None
-    _validate_modules(options["modules"])
     model_config = load_config(model)
     if config is None:
         config = CompressionConfig.from_target_params(model_config, target_params, **options)
@@ -194,12 +192,6 @@ def _copy_tokenizer(source: str, dest: Path) -> None:
         load_tokenizer(source).save_pretrained(dest)
     except (KronyptError, OSError, ValueError):
         pass  # the model loaded from the hub; a missing tokenizer there is not fatal for compression
-
-
-def _validate_modules(modules: tuple[str, ...]) -> None:
-    bad = [m for m in modules if m not in MLP_MODULES]
-    if bad or not modules:
-        raise KronyptError(f"unknown modules {bad or '(none)'}; choose from {', '.join(MLP_MODULES)}")
 
 
 def _report_table(report: CompressionReport) -> Table:

@@ -54,7 +54,9 @@ def _top_singular(R: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
     M = R.T if transpose else R  # tall: (rows ≥ cols)
     eigvals, V = torch.linalg.eigh(M.T @ M)  # ascending
     eigvals, V = eigvals.flip(0)[:k], V.flip(1)[:, :k]
-    sigma = eigvals.clamp_min(0).sqrt()
+    # Eigenvalues of MᵀM below its rounding floor are zero singular values, not noise to amplify.
+    floor = eigvals[:1].clamp_min(0) * M.shape[1] * torch.finfo(M.dtype).eps
+    sigma = torch.where(eigvals > floor, eigvals, torch.zeros_like(eigvals)).sqrt()
     # U = M V / σ; columns with σ = 0 contribute nothing, keep them zero instead of dividing by zero.
     safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
     U = (M @ V) / safe * (sigma > 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel, GPT2Model
 from transformers import initialization as init
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
@@ -17,21 +17,12 @@ from kronypt.models.configuration import KronyGPT2Config
 from kronypt.nn import KroneckerLinear
 
 
-class KronyGPT2LMHeadModel(GPT2LMHeadModel):
-    """GPT2LMHeadModel whose listed MLP matrices (config.kronecker["modules"]) are KroneckerLinear."""
+class KroneckerInitMixin:
+    """`_init_weights` that also initialises KroneckerLinear parameters the checkpoint lacks.
 
-    config_class = KronyGPT2Config
-
-    def __init__(self, config: KronyGPT2Config) -> None:
-        super().__init__(config)
-        for path, spec in config.kron_modules.items():
-            old = self.get_submodule(path)
-            in_features, out_features = old.weight.shape  # Conv1D stores (in, out)
-            new = KroneckerLinear(in_features, out_features, tuple(spec["a_shape"]), spec["factors"],
-                                  scalars=spec["scalars"], bias=old.bias is not None,
-                                  device=old.weight.device, dtype=old.weight.dtype)
-            parent, _, name = path.rpartition(".")
-            setattr(self.get_submodule(parent), name, new)
+    Hugging Face initialises a nested PreTrainedModel (the `transformer`) with its own `_init_weights`,
+    so both the LM and its inner GPT2Model need this override.
+    """
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, KroneckerLinear):
@@ -44,8 +35,32 @@ class KronyGPT2LMHeadModel(GPT2LMHeadModel):
                 init.zeros_(module.bias)
             return
         if isinstance(module, GPT2MLP) and isinstance(module.c_proj, KroneckerLinear):
-            return  # GPT-2's scaled c_proj init is for dense weights; the Kronecker layer inits itself above
+            return  # GPT-2's scaled c_proj init is for dense weights; the Kronecker layer is handled above
         super()._init_weights(module)
+
+
+class KronyGPT2Model(KroneckerInitMixin, GPT2Model):
+    """The inner GPT2Model of a kronypt LM (only the weight init differs)."""
+
+    config_class = KronyGPT2Config
+
+
+class KronyGPT2LMHeadModel(KroneckerInitMixin, GPT2LMHeadModel):
+    """GPT2LMHeadModel whose listed MLP matrices (config.kronecker["modules"]) are KroneckerLinear."""
+
+    config_class = KronyGPT2Config
+
+    def __init__(self, config: KronyGPT2Config) -> None:
+        super().__init__(config)
+        self.transformer.__class__ = KronyGPT2Model
+        for path, spec in config.kron_modules.items():
+            old = self.get_submodule(path)
+            in_features, out_features = old.weight.shape  # Conv1D stores (in, out)
+            new = KroneckerLinear(in_features, out_features, tuple(spec["a_shape"]), spec["factors"],
+                                  scalars=spec["scalars"], bias=old.bias is not None,
+                                  device=old.weight.device, dtype=old.weight.dtype)
+            parent, _, name = path.rpartition(".")
+            setattr(self.get_submodule(parent), name, new)
 
 
 AutoConfig.register(KronyGPT2Config.model_type, KronyGPT2Config, exist_ok=True)

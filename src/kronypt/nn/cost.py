@@ -40,11 +40,16 @@ def path_costs(shape: KronShape, k: int, tokens: int, training: bool) -> PathCos
     # Elements shuffled per token: the input transpose (A first) and the intermediate permute.
     a_copy = (shape.in_features if shape.n2 > 1 else 0) + (k * shape.n2 * shape.m1 if k * shape.n2 > 1 else 0)
     b_copy = k * shape.n1 * shape.m2 + shape.out_features
+    # Per call, the small factor is rearranged (scalars folded in): B for A first, A for B first.
+    a_call = k * shape.m2 * shape.n2
+    b_call = k * shape.m1 * shape.n1 if k > 1 else 0
     dense = shape.dense_macs_per_token()
     build = k * dense
     grad_scale = 3.0 if training else 1.0
     factored_a = tokens * grad_scale * (a_macs / FACTORED_EFFICIENCY + COPY_COST_PER_ELEMENT * a_copy)
     factored_b = tokens * grad_scale * (b_macs / FACTORED_EFFICIENCY + COPY_COST_PER_ELEMENT * b_copy)
+    factored_a += COPY_COST_PER_ELEMENT * a_call * grad_scale
+    factored_b += COPY_COST_PER_ELEMENT * b_call * grad_scale
     materialised = tokens * grad_scale * dense + build * (2.0 if training else 1.0)
     return PathCosts(factored_a, factored_b, materialised)
 

@@ -1,0 +1,117 @@
+"""The CLI end to end, in process: outputs, files written, and one-line errors with exit code 2."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+
+from kronypt.cli.main import main
+from tests.test_plan import SPEC_TABLE
+
+
+def run(capsys, *args):
+    """Run `kronypt ARGS`; return (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kronypt: error: ") and pattern in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_plan_json_reproduces_the_spec_table(capsys):
+    code, out, _ = run(capsys, "plan", "gpt2", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    for name, (a, b, k, per_matrix, model) in SPEC_TABLE.items():
+        r = rows[name]
+        assert (tuple(r["a_shape"]), tuple(r["b_shape"]), r["factors"]) == (a, b, k)
+        assert (r["params_per_matrix"], r["model_params"]) == (per_matrix, model)
+        assert {"max_rank", "compresses", "flops_ratio"} <= set(r)
+
+
+def test_plan_table_and_enumeration(capsys):
+    code, out, _ = run(capsys, "plan", "gpt2")
+    assert code == 0 and "81,972,576" in out and "96M-prune" in out
+    code, out, _ = run(capsys, "plan", "distilgpt2", "--factors", "4", "--json")
+    rows = json.loads(out)
+    assert code == 0 and any(r["factors"] == 4 and not r["compresses"] for r in rows)
+
+
+def test_compress_info_generate_export_round_trip(capsys, tiny_dir, tmp_path):
+    out_dir = tmp_path / "k"
+    code, out, _ = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--factors", "2", "--scalars",
+                       "--out", str(out_dir), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert len(report["matrices"]) == 4 and report["params_after"] < report["params_before"]
+    assert json.loads((out_dir / "compression_report.json").read_text()) == report
+    assert (out_dir / "vocab.json").is_file()
+
+    code, out, _ = run(capsys, "info", str(out_dir), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["model_type"] == "kronygpt2" and info["params"] == report["params_after"]
+
+    code, out, _ = run(capsys, "generate", str(out_dir), "--prompt", "The", "--max-new-tokens", "3")
+    assert code == 0 and out.startswith("The")
+
+    dense_dir = tmp_path / "d"
+    code, _, _ = run(capsys, "export", str(out_dir), "--dense", "--out", str(dense_dir))
+    assert code == 0
+    ids = torch.randint(0, 50257, (1, 12))
+    plain = GPT2LMHeadModel.from_pretrained(dense_dir).eval()
+    kron = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    torch.testing.assert_close(plain(ids).logits, kron(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_compress_by_target_params(capsys, tiny_dir, tmp_path):
+    code, out, _ = run(capsys, "compress", str(tiny_dir), "--target-params", "3300000", "--out",
+                       str(tmp_path / "t"), "--json")
+    assert code == 0 and json.loads(out)["params_after"] <= 3_300_000
+
+
+def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_path):
+    out_dir = tmp_path / "busy"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("mine")
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--scheme", "81M", "--out", str(out_dir))
+    assert_one_line_error(code, err, "not empty")
+    assert [p.name for p in out_dir.iterdir()] == ["keep.txt"]
+    code, _, _ = run(capsys, "compress", str(tiny_dir), "--a-shape", "64x64", "--out", str(out_dir), "--force")
+    assert code == 0 and not (out_dir / "keep.txt").exists() and (out_dir / "config.json").is_file()
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["compress", "{tiny}", "--scheme", "nope", "--out", "{tmp}/x"], "unknown scheme"),
+    (["compress", "{tiny}", "--scheme", "81M", "--out", "{tmp}/x"], "does not divide"),
+    (["compress", "{tiny}", "--a-shape", "16by8", "--out", "{tmp}/x"], "MxN"),
+    (["compress", "{tiny}", "--out", "{tmp}/x"], "exactly one of"),
+    (["compress", "{tiny}", "--a-shape", "16x8", "--init", "svd", "--out", "{tmp}/x"], "unknown init"),
+    (["compress", "{tiny}", "--a-shape", "16x8", "--layers", "a-b", "--out", "{tmp}/x"], "cannot read layers"),
+    (["compress", "{tiny}", "--a-shape", "16x8", "--layers", "7", "--out", "{tmp}/x"], "out of range"),
+    (["compress", "{tiny}", "--a-shape", "16x8", "--modules", "attn", "--out", "{tmp}/x"], "unknown MLP modules"),
+    (["compress", "{tmp}/missing", "--scheme", "81M", "--out", "{tmp}/x"], "does not exist"),
+    (["compress", "{tmp}", "--scheme", "81M", "--out", "{tmp}/x"], "no config.json"),
+    (["export", "{tiny}", "--out", "{tmp}/x"], "--dense"),
+    (["plan", "./missing-model"], "does not exist"),
+    (["generate", "{tiny}", "--prompt", "x", "--tokenizer", "{tmp}/none"], "does not exist"),
+])
+def test_bad_input_gives_one_line_errors(capsys, tiny_dir, tmp_path, args, pattern):
+    args = [a.format(tiny=tiny_dir, tmp=tmp_path) for a in args]
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "x").exists()
+
+
+def test_help_explains(capsys):
+    code, out, _ = run(capsys, "compress", "--help")
+    assert code == 0 and "--scheme" in out and "van-loan" in out

@@ -1,0 +1,252 @@
+"""`prepare_tokens`: decoding the token files gives back the documents, counts agree with meta.json,
+the output does not depend on the number of workers, and an interrupted run leaves nothing complete."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kronypt.data.prepare as prepare_module
+from kronypt.data.prepare import prepare_tokens
+from kronypt.data.sources import HFDatasetSource, resolve_inputs
+from kronypt.data.tokenizer import load_encoding
+from kronypt.data.tokens import open_tokens
+from kronypt.data.writer import TokenFolderWriter
+from kronypt.errors import KronyptError
+from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared
+
+pytestmark = requires_shared
+
+GUTENBERG = SHARED_DATA / "corpus" / "gutenberg"
+SHAKESPEARE = SHARED_DATA / "tiny-shakespeare" / "input.txt"
+EOT = "<|endoftext|>"
+
+
+def prepare(inputs: list[Path], out: Path, **options) -> dict:
+    options.setdefault("progress", False)
+    return prepare_tokens(resolve_inputs([str(p) for p in inputs]), out, tokenizer=str(TOKENIZER_DIR), **options)
+
+
+def decode(path: Path) -> str:
+    return load_encoding(str(TOKENIZER_DIR)).decode_bytes(np.fromfile(path, dtype=np.uint16).tolist()).decode()
+
+
+def gutenberg_val_books() -> list[str]:
+    """The six validation books, cut from the shard by the manifest's byte offsets."""
+    with gzip.open(GUTENBERG / "gutenberg_val.txt.gz", "rb") as handle:
+        data = handle.read()
+    with (GUTENBERG / "gutenberg_manifest.tsv").open(encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle, delimiter="\t") if row["split"] == "val"]
+    return [data[int(r["byte_offset"]): int(r["byte_offset"]) + int(r["byte_length"])].decode() for r in rows]
+
+
+def assert_counts_match_files(out: Path, meta: dict) -> None:
+    assert json.loads((out / "meta.json").read_text()) == meta
+    for split in ("train", "val"):
+        assert (out / f"{split}.bin").stat().st_size == 2 * meta["splits"][split]["tokens"]
+        assert len(open_tokens(out, split)) == meta["splits"][split]["tokens"]
+    assert sum(i["tokens"] for i in meta["inputs"]) == sum(s["tokens"] for s in meta["splits"].values())
+    assert sum(i["documents"] for i in meta["inputs"]) == sum(s["documents"] for s in meta["splits"].values())
+    assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_shakespeare_round_trip(tmp_path: Path) -> None:
+    meta = prepare([SHAKESPEARE], tmp_path / "out", val_fraction=0)
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    assert decode(tmp_path / "out" / "train.bin") == text + EOT  # one document, then end-of-text
+    assert meta["splits"]["train"] == {"file": "train.bin", "tokens": 338_025 + 1, "documents": 1}
+    assert meta["splits"]["val"]["tokens"] == 0
+    assert meta["inputs"][0]["sha256"] == hashlib.sha256(SHAKESPEARE.read_bytes()).hexdigest()
+    assert meta["inputs"][0]["bytes"] == SHAKESPEARE.stat().st_size
+    assert meta["vocab_size"] == 50257 and meta["eot_token"] == 50256 and meta["dtype"] == "uint16"
+    assert_counts_match_files(tmp_path / "out", meta)
+
+
+def test_gutenberg_books_are_documents_and_val_takes_whole_books(tmp_path: Path) -> None:
+    books = gutenberg_val_books()
+    meta = prepare([GUTENBERG / "gutenberg_val.txt.gz"], tmp_path / "out", val_fraction=0.3, seed=3)
+    train_docs = decode(tmp_path / "out" / "train.bin").split(EOT)
+    val_docs = decode(tmp_path / "out" / "val.bin").split(EOT)
+    assert train_docs[-1] == val_docs[-1] == ""  # every document ends with the end-of-text token
+    train_docs, val_docs = train_docs[:-1], val_docs[:-1]
+    assert len(val_docs) == round(0.3 * 6) == 2
+    assert [b for b in books if b in train_docs] == train_docs  # input order kept within each split
+    assert [b for b in books if b in val_docs] == val_docs
+    assert sorted(train_docs + val_docs) == sorted(books)
+    encoding = load_encoding(str(TOKENIZER_DIR))
+    assert meta["splits"]["val"]["tokens"] == sum(len(encoding.encode_ordinary(b)) + 1 for b in val_docs)
+    assert meta["val_split"] == {"method": "documents", "fraction": 0.3, "seed": 3}
+    assert_counts_match_files(tmp_path / "out", meta)
+    other_seed = prepare([GUTENBERG / "gutenberg_val.txt.gz"], tmp_path / "seed4", val_fraction=0.3, seed=4)
+    assert other_seed["splits"]["val"]["documents"] == 2
+
+
+def write_jsonl(path: Path, records: list[dict], gz: bool = False) -> Path:
+    lines = "".join(json.dumps(r) + "\n" + ("\n" if i == 1 else "") for i, r in enumerate(records))
+    opener = gzip.open if gz else open
+    with opener(path, "wt", encoding="utf-8") as handle:
+        handle.write(lines)
+    return path
+
+
+RECORDS = [{"text": "First document.\nWith two lines."}, {"text": ""}, {"text": "Ünïcödé ✓ and \"quotes\"", "id": 3},
+           {"text": "  leading spaces\r\nand CRLF\n\n"}]
+
+
+def test_jsonl_records_are_documents(tmp_path: Path) -> None:
+    plain = write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    packed = write_jsonl(tmp_path / "b.jsonl.gz", RECORDS[::-1], gz=True)
+    meta = prepare([plain, packed], tmp_path / "out", val_fraction=0)
+    texts = [r["text"] for r in RECORDS + RECORDS[::-1] if r["text"]]  # empty records are skipped
+    assert decode(tmp_path / "out" / "train.bin") == "".join(t + EOT for t in texts)
+    assert [i["documents"] for i in meta["inputs"]] == [3, 3]
+    assert_counts_match_files(tmp_path / "out", meta)
+
+
+def test_bad_jsonl_lines_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
+    with pytest.raises(KronyptError, match=r"bad.jsonl:2: expected a JSON object"):
+        prepare([bad], tmp_path / "out", val_fraction=0)
+
+
+def test_text_separators_and_val_inputs(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(f"one\n{EOT}\ntwo {EOT} inline\n\n{EOT}\r\n{EOT}\nthree", encoding="utf-8")
+    val = write_jsonl(tmp_path / "val.jsonl", RECORDS)
+    meta = prepare([corpus], tmp_path / "out", val_inputs=resolve_inputs([str(val)]))
+    assert decode(tmp_path / "out" / "train.bin") == f"one\n{EOT}two {EOT} inline\n\n{EOT}three{EOT}"
+    assert decode(tmp_path / "out" / "val.bin") == "".join(r["text"] + EOT for r in RECORDS if r["text"])
+    assert meta["splits"]["train"]["documents"] == 3 and meta["val_split"] == {"method": "inputs"}
+    assert [i["role"] for i in meta["inputs"]] == ["input", "val_input"]
+    with pytest.raises(KronyptError, match="both a training and a validation input"):
+        prepare([corpus], tmp_path / "again", val_inputs=resolve_inputs([str(corpus)]))
+
+
+def test_output_does_not_depend_on_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 100_000)  # many batches in flight at once
+    jsonl = write_jsonl(tmp_path / "r.jsonl", RECORDS * 50)
+    inputs = [GUTENBERG / "gutenberg_val.txt.gz", jsonl, SHAKESPEARE]
+    serial = prepare(inputs, tmp_path / "w1", workers=1, val_fraction=0.05)
+    parallel = prepare(inputs, tmp_path / "w2", workers=2, val_fraction=0.05)
+    assert serial == parallel
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
+    assert serial["splits"]["val"]["documents"] == round(0.05 * (6 + 150 + 1))
+
+
+def test_val_fraction_needs_two_documents(tmp_path: Path) -> None:
+    with pytest.raises(KronyptError, match="whole documents"):
+        prepare([SHAKESPEARE], tmp_path / "out", val_fraction=0.1)
+    with pytest.raises(KronyptError, match=r"\[0, 1\)"):
+        prepare([SHAKESPEARE], tmp_path / "out", val_fraction=1.0)
+    assert not (tmp_path / "out").exists()  # bad input is refused before the folder is touched
+
+
+def test_interrupted_run_leaves_no_complete_looking_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    prepare([SHAKESPEARE], out, val_fraction=0)
+    original = TokenFolderWriter.write
+    calls = []
+
+    def write_then_fail(self, split, tokens):
+        calls.append(split)
+        if len(calls) == 3:
+            raise RuntimeError("simulated interruption")
+        original(self, split, tokens)
+
+    monkeypatch.setattr(TokenFolderWriter, "write", write_then_fail)
+    with pytest.raises(RuntimeError, match="simulated"):
+        prepare([GUTENBERG / "gutenberg_val.txt.gz"], out, val_fraction=0, force=True)
+    assert os.listdir(out) == []  # the old output went first (meta.json first of all), the partial files after
+
+
+def test_killed_run_leaves_only_partial_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = f"""
+import os, signal
+from kronypt.data.writer import TokenFolderWriter
+from tests.test_data_prepare import GUTENBERG, prepare
+original = TokenFolderWriter.write
+def write_then_die(self, split, tokens):
+    original(self, split, tokens)
+    if self.tokens["train"] > 100_000:
+        os.kill(os.getpid(), signal.SIGKILL)
+TokenFolderWriter.write = write_then_die
+prepare([GUTENBERG / "gutenberg_val.txt.gz"], {str(out)!r}, val_fraction=0)
+"""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    assert sorted(os.listdir(out)) == ["train.bin.partial", "val.bin.partial"]
+    with pytest.raises(KronyptError, match="no meta.json"):
+        open_tokens(out, "train")
+    with pytest.raises(FileExistsError, match="--force"):
+        prepare([SHAKESPEARE], out, val_fraction=0)
+    prepare([SHAKESPEARE], out, val_fraction=0, force=True)
+    assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_force_keeps_other_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        prepare([SHAKESPEARE], out, val_fraction=0)
+    prepare([SHAKESPEARE], out, val_fraction=0, force=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+class FakeDataset:
+    """Just the part of `datasets.Dataset` that HFDatasetSource uses."""
+
+    column_names = ["text", "url"]
+    _fingerprint = "abc123"
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def iter(self, batch_size: int):
+        for start in range(0, len(self.texts), batch_size):
+            yield {"text": self.texts[start: start + batch_size]}
+
+
+def test_hf_dataset_rows_are_documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [f"row {i} " + "word " * (i % 7) for i in range(2500)] + [""]
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return FakeDataset(texts)
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    meta = prepare_tokens([HFDatasetSource.parse("openwebtext:plain")], tmp_path / "out",
+                          tokenizer=str(TOKENIZER_DIR), val_fraction=0.01, progress=False)
+    assert calls[0] == ("openwebtext", "plain", "train")
+    assert meta["splits"]["val"]["documents"] == 25 and meta["splits"]["train"]["documents"] == 2475
+    decoded = [doc for split in ("train", "val") for doc in decode(tmp_path / "out" / f"{split}.bin").split(EOT)[:-1]]
+    assert sorted(decoded) == sorted(t for t in texts if t)
+    assert meta["inputs"][0] | {"documents": 0, "tokens": 0} == {
+        "hf_dataset": "openwebtext", "config": "plain", "split": "train", "rows": 2501, "fingerprint": "abc123",
+        "role": "input", "documents": 0, "tokens": 0}
+
+
+def test_hf_dataset_without_datasets_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if not installed
+    with pytest.raises(KronyptError, match=r"kronypt\[data\]"):
+        prepare_tokens([HFDatasetSource.parse("openwebtext")], tmp_path / "out", tokenizer=str(TOKENIZER_DIR),
+                       progress=False)

@@ -1,0 +1,117 @@
+"""tiktoken GPT-2 BPE built offline from tokenizer files: equal to tiktoken's own gpt2 and to Hugging Face."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiktoken
+
+from kronypt.data.tokenizer import encode_documents, encoding_from_files, load_encoding
+from kronypt.errors import KronyptError
+from kronypt.models.loading import load_tokenizer
+from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared
+
+pytestmark = requires_shared
+
+# tiktoken's cache file names for the two GPT-2 files (sha1 of their URLs; see shared/data/SOURCES.md).
+TIKTOKEN_CACHE_KEYS = {"encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
+                       "vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"}
+
+
+def offline_tiktoken_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let `tiktoken.get_encoding("gpt2")` find the staged files instead of downloading them."""
+    for name, key in TIKTOKEN_CACHE_KEYS.items():
+        shutil.copy(TOKENIZER_DIR / name, tmp_path / key)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+
+
+def sample_text() -> str:
+    """~40 kB of varied real text: Shakespeare, Gutenberg prose with non-ASCII, WikiText markup."""
+    shakespeare = (SHARED_DATA / "tiny-shakespeare" / "input.txt").read_text(encoding="utf-8")[:12000]
+    with gzip.open(SHARED_DATA / "corpus" / "gutenberg" / "gutenberg_val.txt.gz", "rt", encoding="utf-8") as f:
+        gutenberg = f.read(400_000)[-16000:]
+    wiki = (SHARED_DATA / "wikitext-2" / "wiki.test.raw").read_text(encoding="utf-8")[:12000]
+    return shakespeare + gutenberg + wiki + " naïve café — 東京 🙂 \t\r\n  x"
+
+
+def test_files_give_tiktokens_own_gpt2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    offline_tiktoken_cache(tmp_path, monkeypatch)
+    reference = tiktoken.get_encoding("gpt2")
+    ours = encoding_from_files(TOKENIZER_DIR / "encoder.json", TOKENIZER_DIR / "vocab.bpe")
+    assert ours._mergeable_ranks == reference._mergeable_ranks
+    assert ours._special_tokens == reference._special_tokens == {"<|endoftext|>": 50256}
+    assert ours.n_vocab == 50257
+    text = sample_text()
+    assert ours.encode_ordinary(text) == reference.encode_ordinary(text)
+    assert load_encoding("gpt2").encode_ordinary(text) == reference.encode_ordinary(text)
+
+
+def test_files_match_hugging_face_ids() -> None:
+    encoding = load_encoding(str(TOKENIZER_DIR))
+    hf = load_tokenizer(str(TOKENIZER_DIR))
+    for piece in sample_text().split("\n\n"):
+        assert encoding.encode_ordinary(piece) == hf.encode(piece), piece[:80]
+
+
+def test_hf_file_names_are_accepted(tmp_path: Path) -> None:
+    shutil.copy(TOKENIZER_DIR / "encoder.json", tmp_path / "vocab.json")
+    shutil.copy(TOKENIZER_DIR / "vocab.bpe", tmp_path / "merges.txt")
+    text = sample_text()
+    assert load_encoding(str(tmp_path)).encode_ordinary(text) == load_encoding(str(TOKENIZER_DIR)).encode_ordinary(text)
+
+
+def test_encode_documents_appends_eot_and_ignores_special_strings() -> None:
+    encoding = load_encoding(str(TOKENIZER_DIR))
+    texts = ["Hello world", "a <|endoftext|> b", "x"]
+    tokens, lengths = encode_documents(encoding, texts)
+    assert tokens.dtype == np.uint16
+    expected = [t for text in texts for t in encoding.encode_ordinary(text) + [50256]]
+    assert tokens.tolist() == expected
+    assert lengths.tolist() == [len(encoding.encode_ordinary(t)) + 1 for t in texts]
+    assert tokens.tolist().count(50256) == 3  # the literal string in the second text is not a separator
+
+
+def write_tokenizer(folder: Path, vocab: dict[str, int], merges: list[str]) -> Path:
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return folder
+
+
+def byte_vocab() -> dict[str, int]:
+    encoder = json.loads((TOKENIZER_DIR / "encoder.json").read_text(encoding="utf-8"))
+    return {token: i for token, i in encoder.items() if i < 256}
+
+
+def test_small_custom_bpe_folder(tmp_path: Path) -> None:
+    vocab = byte_vocab() | {"ab": 256, "abc": 257, "<|endoftext|>": 258}
+    encoding = load_encoding(str(write_tokenizer(tmp_path / "tok", vocab, ["a b", "ab c"])))
+    assert encoding.encode_ordinary("abcab") == [257, 256]
+    assert encoding.encode_ordinary(" abd") == [vocab["Ġ"], 256, vocab["d"]]
+    assert encoding.eot_token == 258
+
+
+def test_vocab_too_large_for_uint16_is_refused(tmp_path: Path) -> None:
+    vocab = byte_vocab() | {"ab": 256, "<|endoftext|>": 70000}
+    with pytest.raises(KronyptError, match="uint16"):
+        load_encoding(str(write_tokenizer(tmp_path / "big", vocab, ["a b"])))
+
+
+def test_merges_out_of_id_order_are_refused(tmp_path: Path) -> None:
+    vocab = byte_vocab() | {"ab": 257, "cd": 256}
+    with pytest.raises(KronyptError, match="merge order"):
+        load_encoding(str(write_tokenizer(tmp_path / "bad", vocab, ["a b", "c d"])))
+
+
+def test_bad_tokenizer_sources(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_encoding(str(tmp_path / "missing"))
+    with pytest.raises(KronyptError, match="encoder.json"):
+        load_encoding(str(tmp_path))
+    with pytest.raises(KronyptError, match="tiktoken encoding"):
+        load_encoding("not-a-tokenizer")

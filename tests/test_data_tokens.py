@@ -1,0 +1,108 @@
+"""Reading token folders and drawing batches: checked against plain slicing of the token array."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kronypt.data.tokens import open_tokens, read_meta, sample_batch, sequential_batches
+from kronypt.data.writer import TokenFolderWriter
+from kronypt.errors import KronyptError
+
+
+def token_folder(path: Path, train: np.ndarray, val: np.ndarray) -> Path:
+    """A folder as `kronypt data prepare` writes it, with the given token arrays."""
+    with TokenFolderWriter(path) as writer:
+        writer.write("train", train)
+        writer.write("val", val)
+        writer.commit({"splits": {split: {"file": f"{split}.bin", "tokens": writer.tokens[split]}
+                                  for split in ("train", "val")}})
+    return path
+
+
+@pytest.fixture
+def ramp_dir(tmp_path: Path) -> Path:
+    """Token i has value i mod 50000, so any window shows where it starts."""
+    return token_folder(tmp_path / "ramp", np.arange(10_000) % 50_000, np.arange(300) + 60_000)
+
+
+def test_open_tokens_is_a_read_only_memmap(ramp_dir: Path) -> None:
+    train = open_tokens(ramp_dir, "train")
+    assert isinstance(train, np.memmap) and train.dtype == np.uint16
+    np.testing.assert_array_equal(train, np.arange(10_000))
+    np.testing.assert_array_equal(open_tokens(ramp_dir, "val"), np.arange(300) + 60_000)
+    with pytest.raises(ValueError):
+        train[0] = 1
+    assert read_meta(ramp_dir)["splits"]["train"]["tokens"] == 10_000
+
+
+def test_sample_batch_matches_plain_slicing(ramp_dir: Path) -> None:
+    tokens = open_tokens(ramp_dir)
+    batch_size, seq_len = 8, 64
+    x, y = sample_batch(tokens, batch_size, seq_len, torch.Generator().manual_seed(5))
+    starts = torch.randint(len(tokens) - seq_len, (batch_size,), generator=torch.Generator().manual_seed(5))
+    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (batch_size, seq_len)
+    assert x.is_contiguous() and y.is_contiguous()
+    for row, start in enumerate(starts.tolist()):
+        assert x[row].tolist() == tokens[start: start + seq_len].tolist()
+        assert y[row].tolist() == tokens[start + 1: start + seq_len + 1].tolist()
+
+
+def test_sample_batch_resumes_from_generator_state(ramp_dir: Path) -> None:
+    tokens = open_tokens(ramp_dir)
+    generator = torch.Generator().manual_seed(0)
+    sample_batch(tokens, 4, 32, generator)
+    state = generator.get_state()
+    expected = [sample_batch(tokens, 4, 32, generator) for _ in range(3)]
+    resumed = torch.Generator()
+    resumed.set_state(state)
+    for x_ref, y_ref in expected:
+        x, y = sample_batch(tokens, 4, 32, resumed)
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
+def test_every_window_start_is_drawn(ramp_dir: Path) -> None:
+    tokens = open_tokens(ramp_dir)[:20]  # windows of 5 + 1 tokens can start at 0..14
+    x, _ = sample_batch(tokens, 500, 5, torch.Generator().manual_seed(1))
+    assert sorted(set(x[:, 0].tolist())) == list(range(15))
+
+
+def test_sequential_batches_cover_the_split_in_order(ramp_dir: Path) -> None:
+    tokens = open_tokens(ramp_dir, "val")  # 300 tokens: 4 windows of 64 (+1 target), tail left out
+    batches = list(sequential_batches(tokens, 3, 64))
+    assert [x.shape[0] for x, _ in batches] == [3, 1]
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert torch.equal(x.flatten(), torch.arange(256) + 60_000)
+    assert torch.equal(y.flatten(), torch.arange(1, 257) + 60_000)
+    assert len(list(sequential_batches(tokens, 1, 64, max_batches=2))) == 2
+
+
+def test_too_few_tokens_for_a_window(ramp_dir: Path) -> None:
+    tokens = open_tokens(ramp_dir, "val")
+    with pytest.raises(KronyptError, match="too few"):
+        sample_batch(tokens, 2, 300, torch.Generator())
+    with pytest.raises(KronyptError, match="too few"):
+        next(sequential_batches(tokens, 2, 300))
+
+
+def test_empty_split_is_an_empty_array(tmp_path: Path) -> None:
+    folder = token_folder(tmp_path / "noval", np.arange(100), np.zeros(0, dtype=np.uint16))
+    assert open_tokens(folder, "val").shape == (0,)
+
+
+def test_incomplete_or_modified_folders_are_refused(ramp_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(KronyptError, match="split"):
+        open_tokens(ramp_dir, "test")
+    with open(ramp_dir / "train.bin", "r+b") as handle:
+        handle.truncate(1000)
+    with pytest.raises(KronyptError, match="does not match"):
+        open_tokens(ramp_dir, "train")
+    (ramp_dir / "meta.json").unlink()
+    with pytest.raises(KronyptError, match="no meta.json"):
+        open_tokens(ramp_dir, "val")
+    with pytest.raises(FileNotFoundError):
+        read_meta(tmp_path / "missing")

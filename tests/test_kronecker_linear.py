@@ -1,0 +1,134 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kronypt.errors import KronyptError
+from kronypt.math.decompose import kron_reconstruct
+from kronypt.nn import KroneckerLinear
+from kronypt.nn.cost import choose_path
+
+PATHS = ["factored_a_first", "factored_b_first", "materialised", "auto", "factored"]
+# (in, out, A shape): the 81M structure (B 4x1), c_proj's (1x4), 3x3 blocks, and a balanced split.
+SHAPES = [(16, 64, (16, 16)), (64, 16, (16, 16)), (24, 36, (12, 8)), (32, 48, (8, 4))]
+
+
+def make_layer(in_f, out_f, a_shape, k, scalars, bias, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    layer = KroneckerLinear(in_f, out_f, a_shape, k, scalars=scalars, bias=bias, dtype=dtype)
+    with torch.no_grad():  # non-trivial scalars and bias so that their gradients matter
+        if scalars:
+            layer.scalars.copy_(torch.linspace(0.5, 2.0, k))
+        if bias:
+            layer.bias.normal_()
+    return layer
+
+
+def reference(layer, x):
+    """float64 dense F.linear on the reconstructed weight, with gradients for every input."""
+    leaves = {n: p.detach().double().requires_grad_() for n, p in layer.named_parameters()}
+    x64 = x.detach().double().requires_grad_()
+    W = kron_reconstruct(leaves["A"], leaves["B"], leaves.get("scalars"))
+    y = F.linear(x64, W, leaves.get("bias"))
+    return y, x64, leaves
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k,scalars,bias", [(1, False, True), (3, True, True), (2, False, False)])
+def test_every_path_matches_dense_values_and_gradients_float32(path, shape, k, scalars, bias):
+    in_f, out_f, a_shape = shape
+    layer = make_layer(in_f, out_f, a_shape, k, scalars, bias)
+    layer.path = path
+    x = torch.randn(3, 5, in_f, requires_grad=True)
+    y = layer(x)
+    y_ref, x64, leaves = reference(layer, x)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad.float())
+    y_ref.backward(grad)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(p.grad.double(), leaves[name].grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["factored_a_first", "factored_b_first", "materialised"])
+def test_bfloat16_paths_match_within_bf16_tolerance(path):
+    layer = make_layer(32, 48, (8, 4), 2, True, True, dtype=torch.bfloat16)
+    layer.path = path
+    x = torch.randn(7, 32, dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    y_ref, x64, leaves = reference(layer, x)
+    # bf16 keeps 8 bits of mantissa: compare relative to the output's scale.
+    assert (y.double() - y_ref).norm() / y_ref.norm() < 2e-2
+    y.float().sum().backward()
+    y_ref.sum().backward()
+    assert (x.grad.double() - x64.grad).norm() / x64.grad.norm() < 2e-2
+    assert (layer.A.grad.double() - leaves["A"].grad).norm() / leaves["A"].grad.norm() < 2e-2
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([(12, 18), (18, 12), (16, 16)]), st.integers(1, 3), st.integers(1, 9), st.data())
+def test_factored_shape_property(dims, k, tokens, data):
+    out_f, in_f = dims
+    m1 = data.draw(st.sampled_from([d for d in range(1, out_f + 1) if out_f % d == 0]))
+    n1 = data.draw(st.sampled_from([d for d in range(1, in_f + 1) if in_f % d == 0]))
+    layer = make_layer(in_f, out_f, (m1, n1), k, False, True)
+    x = torch.randn(tokens, in_f)
+    expected = F.linear(x.double(), layer.dense_weight().double(), layer.bias.double())
+    for path in ("factored_a_first", "factored_b_first"):
+        layer.path = path
+        y = layer(x)
+        assert y.shape == (tokens, out_f)
+        torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_from_dense_with_all_terms_reproduces_the_weight():
+    W, b = torch.randn(12, 8), torch.randn(12)
+    layer, dec = KroneckerLinear.from_dense(W, b, (4, 4), factors=6)  # blocks are 3x2: 6 terms are exact
+    assert dec.rel_error < 1e-6
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(layer(x), F.linear(x, W, b), rtol=1e-5, atol=1e-5)
+
+
+def test_freeze_scalars():
+    layer = make_layer(16, 64, (16, 16), 2, True, True)
+    layer.freeze_scalars(4.0)
+    assert not layer.scalars.requires_grad and torch.equal(layer.scalars, torch.full((2,), 4.0))
+    no_scalars = make_layer(16, 64, (16, 16), 1, False, True)
+    with pytest.raises(KronyptError, match="no learnable scalars"):
+        no_scalars.freeze_scalars()
+
+
+def test_bad_arguments():
+    with pytest.raises(KronyptError, match="unknown path"):
+        make_layer(16, 64, (16, 16), 1, False, True).path = "dense"
+    with pytest.raises(KronyptError, match="does not divide"):
+        KroneckerLinear(16, 64, (5, 16))
+    with pytest.raises(KronyptError, match="unknown init"):
+        KroneckerLinear.from_dense(torch.randn(8, 8), None, (4, 4), init="svd")
+
+
+def test_cost_model_choices():
+    from kronypt.math.shapes import kron_shape
+
+    s81 = kron_shape(3072, 768, (768, 768))
+    assert choose_path(s81, 1, 1024, training=False) == "factored_a_first"
+    assert choose_path(s81, 1, 1024, training=True) == "factored_a_first"
+    s4 = kron_shape(3072, 768, (1024, 256))  # 92M-4: factored costs 1.34x dense per token
+    assert choose_path(s4, 4, 1, training=False).startswith("factored")
+    assert choose_path(s4, 4, 8192, training=False) == "materialised"
+    c_proj = kron_shape(768, 3072, (768, 768)).transposed()  # A (768, 768), B (1, 4) on (768, 3072)
+    assert choose_path(kron_shape(768, 3072, (768, 768)), 1, 64, training=False).startswith("factored")
+    assert c_proj.a_shape == (768, 768)
+
+
+def test_works_under_torch_compile():
+    layer = make_layer(32, 48, (8, 4), 2, True, True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 6, 32, requires_grad=True)
+    y = compiled(x)
+    torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad is not None and layer.A.grad is not None

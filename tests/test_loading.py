@@ -1,0 +1,48 @@
+import shutil
+
+import pytest
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+from kronypt.errors import KronyptError
+from kronypt.models.loading import load_config, load_model, load_tokenizer, parse_dtype
+from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared
+
+
+@requires_shared
+def test_openai_and_hf_file_layouts_give_the_same_ids_as_tiktoken(tmp_path):
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    shutil.copy(TOKENIZER_DIR / "encoder.json", hf_dir / "vocab.json")
+    shutil.copy(TOKENIZER_DIR / "vocab.bpe", hf_dir / "merges.txt")
+    text = (SHARED_DATA / "wikitext-2" / "wiki.test.raw").read_text(encoding="utf-8")[:20_000]
+    ranks = data_gym_to_mergeable_bpe_ranks(str(TOKENIZER_DIR / "vocab.bpe"), str(TOKENIZER_DIR / "encoder.json"))
+    enc = tiktoken.Encoding("gpt2-files", pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+                            mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+    expected = enc.encode_ordinary(text)
+    for folder in (TOKENIZER_DIR, hf_dir):
+        tok = load_tokenizer(str(folder))
+        assert len(tok) == 50257 and tok.eos_token_id == 50256
+        assert tok(text).input_ids == expected
+        assert tok.decode(expected) == text
+
+
+def test_bad_paths_and_names(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_tokenizer(str(tmp_path / "nothing"))
+    with pytest.raises(KronyptError, match="no tokenizer"):
+        load_tokenizer(str(tmp_path))
+    with pytest.raises(KronyptError, match="no config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(KronyptError, match="unknown dtype"):
+        parse_dtype("fp8")
+
+
+def test_known_family_configs_need_no_download():
+    config = load_config("openai-community/gpt2-large")
+    assert (config.n_layer, config.n_embd, config.n_head) == (36, 1280, 20)
+
+
+def test_local_model_in_bfloat16(tiny_dir):
+    model = load_model(str(tiny_dir), dtype="bfloat16")
+    assert next(model.parameters()).dtype == parse_dtype("bfloat16") and not model.training

@@ -1,0 +1,132 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+import kronypt
+from kronypt import CompressionConfig, KroneckerLinear, KronyGPT2LMHeadModel, compress, count_params, to_dense
+from kronypt.errors import KronyptError
+from kronypt.plan import plan_row
+from tests.conftest import tiny_config, tiny_model
+
+IDS = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_conv1d_orientation_with_exact_factors_keeps_the_logits():
+    model = tiny_model()
+    before = model(IDS).logits
+    # B is 4x1 for c_fc (256, 64) and 1x4 for c_proj: 4 terms represent any matrix exactly.
+    compress(model, CompressionConfig(a_shape=(64, 64), factors=4), progress=False)
+    assert isinstance(model.transformer.h[0].mlp.c_fc, KroneckerLinear)
+    assert model.transformer.h[0].mlp.c_proj.shape.a_shape == (64, 64)
+    assert rel(model(IDS).logits, before) < 1e-5
+
+
+def test_report_and_parameter_count_match_the_plan():
+    model = tiny_model()
+    report = compress(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
+    assert report.params_before == 3_324_736
+    assert report.params_after == count_params(model) == plan_row(tiny_config(), (16, 8), 1, True).model_params
+    assert [m.name for m in report.matrices] == [f"transformer.h.{i}.mlp.{n}" for i in (0, 1)
+                                                 for n in ("c_fc", "c_proj")]
+    assert all(0 < m.rel_error < 1 for m in report.matrices)
+    assert model.transformer.wte.weight is model.lm_head.weight
+
+
+def test_gpt2_124m_config_compressed_to_81M_has_exactly_the_planned_size():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config())
+    report = compress(model, CompressionConfig.from_scheme("81M"), progress=False)
+    assert report.params_before == 124_439_808
+    assert count_params(model) == 81_972_576
+    compress_more = GPT2LMHeadModel(GPT2Config(n_layer=1))
+    compress(compress_more, CompressionConfig.from_scheme("92M-4", scalars=True, init="random"), progress=False)
+    assert count_params(compress_more) == plan_row(GPT2Config(n_layer=1), (1024, 256), 4, True).model_params
+
+
+def test_save_and_load_give_identical_logits_and_generate_works(tmp_path):
+    model = tiny_model()
+    compress(model, CompressionConfig(a_shape=(16, 8), factors=2, scalars=True), progress=False)
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.scalars.copy_(torch.tensor([3.0, -1.5]))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is KronyGPT2LMHeadModel
+    assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+    assert count_params(loaded) == count_params(model)
+    assert loaded.transformer.wte.weight.data_ptr() == loaded.lm_head.weight.data_ptr()
+    out = loaded.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    ref = model.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 9) and torch.equal(out, ref)
+
+
+def test_to_dense_is_a_plain_gpt2_with_the_same_logits(tmp_path):
+    model = tiny_model()
+    compress(model, CompressionConfig(a_shape=(32, 16), factors=2, scalars=True), progress=False)
+    dense = to_dense(model)
+    assert type(dense) is GPT2LMHeadModel and dense.config.model_type == "gpt2"
+    assert rel(dense(IDS).logits, model(IDS).logits) < 1e-5
+    dense.save_pretrained(tmp_path)
+    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert rel(reloaded(IDS).logits, model(IDS).logits) < 1e-5
+    assert reloaded.transformer.wte.weight.data_ptr() == reloaded.lm_head.weight.data_ptr()
+
+
+def test_chosen_layers_and_modules_only():
+    model = tiny_model()
+    compress(model, CompressionConfig(a_shape=(16, 8), layers=[1], modules=["c_fc"]), progress=False)
+    kinds = {n: type(m).__name__ for n, m in model.named_modules() if n.endswith(("c_fc", "c_proj"))}
+    assert kinds["transformer.h.1.mlp.c_fc"] == "KroneckerLinear"
+    assert kinds["transformer.h.0.mlp.c_fc"] == kinds["transformer.h.1.mlp.c_proj"] == "Conv1D"
+    # A second call compresses more of the same model and keeps the first layers' map.
+    compress(model, CompressionConfig(a_shape=(16, 8), layers=[0]), progress=False)
+    assert set(model.config.kron_modules) == {"transformer.h.1.mlp.c_fc", "transformer.h.0.mlp.c_fc",
+                                              "transformer.h.0.mlp.c_proj"}
+
+
+def test_prune_scheme_keeps_even_columns_of_c_fc():
+    model = tiny_model()
+    w = model.transformer.h[0].mlp.c_fc.weight.detach().T.clone()  # (256, 64)
+    compress(model, CompressionConfig(a_shape=(256, 32), init="prune"), progress=False)
+    layer = model.transformer.h[0].mlp.c_fc
+    torch.testing.assert_close(layer.A[0], w[:, 0::2])
+    assert CompressionConfig.from_scheme("96M-prune").init == "prune"
+
+
+def test_bad_inputs_are_refused():
+    model = tiny_model()
+    with pytest.raises(KronyptError, match="does not divide"):
+        compress(model, CompressionConfig(a_shape=(768, 768)), progress=False)
+    with pytest.raises(KronyptError, match="out of range"):
+        compress(model, CompressionConfig(a_shape=(16, 8), layers=[5]), progress=False)
+    with pytest.raises(KronyptError, match="unknown init"):
+        CompressionConfig(a_shape=(16, 8), init="svd")
+    with pytest.raises(KronyptError, match="GPT2LMHeadModel"):
+        compress(torch.nn.Linear(2, 2), CompressionConfig(a_shape=(16, 8)))
+    compress(model, CompressionConfig(a_shape=(16, 8)), progress=False)
+    with pytest.raises(KronyptError, match="already compressed"):
+        compress(model, CompressionConfig(a_shape=(16, 8)), progress=False)
+
+
+def test_missing_kronecker_weights_are_initialised_not_garbage(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model()
+    compress(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["transformer.h.0.mlp.c_fc.scalars"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(loaded.transformer.h[0].mlp.c_fc.scalars, torch.ones(1))
+    assert torch.equal(loaded.transformer.h[0].mlp.c_fc.A, model.transformer.h[0].mlp.c_fc.A)
+
+
+def test_top_level_api_is_registered():
+    from transformers import AutoConfig
+
+    assert AutoConfig.for_model("kronygpt2").__class__ is kronypt.KronyGPT2Config

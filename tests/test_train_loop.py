@@ -1,0 +1,164 @@
+"""The trainer on a tiny GPT-2: learning, exact resume after SIGKILL, signals, divergence, freezing, distillation."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_support import make_token_folder, run_python, scratch_config, tiny_gpt2
+from transformers import GPT2LMHeadModel
+
+from kronypt.models import CompressionConfig, compress, load_model
+from kronypt.nn import KroneckerLinear
+from kronypt.train import TrainingDiverged, train
+from kronypt.train.checkpoint import latest_checkpoint, list_checkpoints, load_state
+from kronypt.train.metrics import read_metrics
+
+
+def test_loss_falls_within_a_few_steps(tmp_path: Path) -> None:
+    result = train(scratch_config(tmp_path, max_steps=12, eval_every=0), progress=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert len(losses) == 12 and result.step == 12 and result.tokens == 12 * 128
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.3, losses
+    assert result.val_loss is not None and result.val_loss < math.log(256)
+
+
+KILL_WHEN_STEP_6_IS_LOGGED = """
+import sys, time
+from pathlib import Path
+from kronypt.train import loop
+from test_train_support import scratch_config
+
+tmp = Path({tmp!r})
+log = loop.Trainer._log
+
+def log_then_hang(self, *args, **kwargs):
+    log(self, *args, **kwargs)
+    if self.step == 6:  # the checkpoint of step 4 is on disk, metrics already hold steps 5 and 6
+        (tmp / "hanging").write_text("")
+        time.sleep(600)
+
+loop.Trainer._log = log_then_hang
+loop.train(scratch_config(tmp, out=str(tmp / "killed")), progress=False)
+"""
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+    reference = train(scratch_config(tmp_path, out=str(tmp_path / "straight")), progress=False)
+    child = run_python(KILL_WHEN_STEP_6_IS_LOGGED.format(tmp=str(tmp_path)))
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "hanging").exists():
+        assert child.poll() is None, child.stdout.read()
+        assert time.monotonic() < deadline, "the child never reached step 6"
+        time.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    killed = tmp_path / "killed"
+    assert [p.name for p in list_checkpoints(killed)] == ["step-00000004"]
+    assert read_metrics(killed / "metrics.jsonl")[-1]["step"] == 6
+
+    resumed = train(scratch_config(tmp_path, out=str(killed)), progress=False)
+    expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    got = read_metrics(killed / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == list(range(1, 9))
+    for mine, ref in zip(got, expected, strict=True):
+        for key in ("loss", "grad_norm", "lr", "val_loss"):
+            assert (key in mine) == (key in ref)
+            if key in ref:
+                assert abs(mine[key] - ref[key]) <= 1e-6, (mine, ref)
+    assert (resumed.step, resumed.tokens) == (reference.step, reference.tokens)
+    straight = load_file(tmp_path / "straight" / "latest" / "model" / "model.safetensors")
+    again = load_file(killed / "latest" / "model" / "model.safetensors")
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+def _kill_self_on_call(model: torch.nn.Module, call: int, sig: int) -> None:
+    """Send `sig` to this process during the model's `call`-th forward pass."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), sig)
+
+    model.register_forward_hook(hook)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path: Path) -> None:
+    config = scratch_config(tmp_path, max_steps=50, save_every=100)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2())
+    _kill_self_on_call(model, call=5, sig=signal.SIGTERM)  # micro-batch 5 = step 3 (2 per step)
+    result = train(config, model=model, progress=False)
+    assert result.stopped_by == "SIGTERM" and result.step == 3
+    assert latest_checkpoint(config.out).name == "step-00000003"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    finished = train(config.with_overrides({"max_steps": 5}), progress=False)
+    assert finished.step == 5 and finished.stopped_by is None
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    config = scratch_config(tmp_path, max_steps=10, save_every=2, eval_every=0)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2())
+    calls = []
+
+    def poison(module, args, output):
+        calls.append(1)
+        return output * float("nan") if len(calls) >= 7 else output  # step 4 (micro-batches 7 and 8)
+
+    model.lm_head.register_forward_hook(poison)
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 4.*step-00000002"):
+        train(config, model=model, progress=False)
+    assert [p.name for p in list_checkpoints(config.out)] == ["step-00000002"]
+    model_dir, state = load_state(latest_checkpoint(config.out))
+    assert state["step"] == 2
+    assert all(torch.isfinite(p).all() for p in load_model(str(model_dir)).parameters())
+
+
+def _tiny_dense_folder(tmp_path: Path, **overrides) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "dense"
+    GPT2LMHeadModel(tiny_gpt2(**overrides)).save_pretrained(path)
+    return path
+
+
+def test_frozen_embeddings_and_scalars_stay_bit_identical(tmp_path: Path) -> None:
+    dense_dir = _tiny_dense_folder(tmp_path)
+    config = scratch_config(tmp_path, init_from="dense", model=str(dense_dir), model_config=None,
+                            a_shape="16x8", scalars=True, init="van-loan", max_steps=3, freeze_embeddings=True,
+                            freeze_scalars=True, scalar_value=2.0)
+    train(config, progress=False)
+    dense = load_model(str(dense_dir))
+    trained = load_model(str(latest_checkpoint(config.out) / "model"))
+    assert torch.equal(trained.transformer.wte.weight, dense.transformer.wte.weight)
+    assert torch.equal(trained.transformer.wpe.weight, dense.transformer.wpe.weight)
+    layers = [m for m in trained.modules() if isinstance(m, KroneckerLinear)]
+    assert len(layers) == 4 and all(torch.equal(m.scalars, torch.full_like(m.scalars, 2.0)) for m in layers)
+    assert not torch.equal(trained.transformer.h[0].ln_1.weight, dense.transformer.h[0].ln_1.weight)
+
+
+def test_distilling_from_an_identical_teacher_leaves_only_the_ce_share(tmp_path: Path) -> None:
+    """At step 1 student = teacher (dropout off), so KL and hidden MSE vanish: loss = (1 - alpha) · CE."""
+    model = load_model(str(_tiny_dense_folder(tmp_path)))
+    compress(model, CompressionConfig(a_shape=(16, 8)), progress=False)
+    kron_dir = tmp_path / "kron"
+    model.save_pretrained(kron_dir)
+    common = {"init_from": "kronypt", "model": str(kron_dir), "model_config": None, "max_steps": 1,
+              "dropout": 0.0, "eval_every": 0}
+    plain = train(scratch_config(tmp_path, out=str(tmp_path / "plain"), **common), progress=False)
+    distilled = train(scratch_config(tmp_path, out=str(tmp_path / "distilled"), teacher=str(kron_dir),
+                                     alpha=0.75, hidden_weight=1.0, **common), progress=False)
+    assert distilled.loss == pytest.approx(0.25 * plain.loss, rel=1e-5)
+
+
+def test_seq_len_beyond_the_context_is_refused(tmp_path: Path) -> None:
+    make_token_folder(tmp_path / "tokens")
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        train(scratch_config(tmp_path, seq_len=128), progress=False)
