@@ -60,7 +60,7 @@ def test_summary_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 BAD_INPUTS = {
     "missing file": (["--input", "{tmp}/missing.txt"], "does not exist"),
-    "empty glob": (["--input", "{tmp}/*.jsonl"], "matches no file"),
+    "empty glob": (["--input", "{tmp}/nothing/*.txt"], "matches no file"),
     "unsupported type": (["--input", "{tmp}/notes.md"], "unsupported type"),
     "folder input": (["--input", "{tmp}"], "is a folder"),
     "no input": ([], "--input"),
@@ -73,6 +73,9 @@ BAD_INPUTS = {
     "unknown tokenizer": (["--input", str(SHAKESPEARE), "--tokenizer", "gpt9"], "tiktoken encoding"),
     "no datasets package": (["--hf-dataset", "openwebtext"], "kronypt[data]"),
     "zero workers": (["--input", str(SHAKESPEARE), "--workers", "0"], "at least 1"),
+    "not utf-8": (["--input", "{tmp}/latin1.txt"], "not UTF-8"),
+    "truncated gzip": (["--input", "{tmp}/cut.txt.gz"], "not a complete gzip file"),
+    "bad jsonl": (["--input", "{tmp}/bad.jsonl"], "bad.jsonl:2: not valid JSON"),
 }
 
 
@@ -81,6 +84,9 @@ def test_bad_input_is_one_line(case: str, tmp_path: Path, capsys: pytest.Capture
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if the `data` extra were not installed
     (tmp_path / "notes.md").write_text("not a corpus")
+    (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
+    (tmp_path / "cut.txt.gz").write_bytes(GUTENBERG_VAL.read_bytes()[:5000])
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
     args, expected = BAD_INPUTS[case]
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--out" not in args:

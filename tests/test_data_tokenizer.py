@@ -108,6 +108,14 @@ def test_merges_out_of_id_order_are_refused(tmp_path: Path) -> None:
         load_encoding(str(write_tokenizer(tmp_path / "bad", vocab, ["a b", "c d"])))
 
 
+def test_vocab_without_end_of_text_or_bytes_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(KronyptError, match="<\\|endoftext\\|>"):
+        load_encoding(str(write_tokenizer(tmp_path / "noeot", byte_vocab() | {"ab": 256}, ["a b"])))
+    vocab = {token: i for token, i in byte_vocab().items() if token != "a"} | {"<|endoftext|>": 300}
+    with pytest.raises(KronyptError, match="byte-level"):
+        load_encoding(str(write_tokenizer(tmp_path / "nobyte", vocab, [])))
+
+
 def test_bad_tokenizer_sources(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_encoding(str(tmp_path / "missing"))

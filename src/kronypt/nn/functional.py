@@ -40,15 +40,23 @@ def kron_linear_factored(
         z = (xt @ A.reshape(k * m1, n1).T).view(T, n2, k, m1)
         # y[t, a, b] = Σ_(d, i) Z[t, d, i, a] · s_i B_i[b, d]
         small = B if scalars is None else B * scalars.view(k, 1, 1).to(B.dtype)
-        y = z.permute(0, 3, 1, 2).reshape(T * m1, n2 * k) @ small.permute(2, 0, 1).reshape(n2 * k, m2)
-        y = y.view(T, m1 * m2)
+        small = small.permute(2, 0, 1).reshape(n2 * k, m2)
+        if n2 * k == 1:  # an outer product: one pass writes y, bias included (the 81M/86M/96M c_fc shapes)
+            z = z.view(T, m1, 1)
+            y = z * small if bias is None else torch.addcmul(bias.view(m1, m2), z, small)
+            return y.view(*lead, m1 * m2)
+        y = (z.permute(0, 3, 1, 2).reshape(T * m1, n2 * k) @ small).view(T, m1 * m2)
     else:
         # Z[t, c, i, b] = Σ_d X[t, c, d] B_i[b, d]
         z = (t.reshape(T * n1, n2) @ B.reshape(k * m2, n2).T).view(T, n1, k, m2)
         # y[t, b, a] = Σ_(c, i) Z[t, c, i, b] · s_i A_i[a, c], then back to (t, a, b)
         small = A if scalars is None else A * scalars.view(k, 1, 1).to(A.dtype)
-        y = z.permute(0, 3, 1, 2).reshape(T * m2, n1 * k) @ small.permute(2, 0, 1).reshape(n1 * k, m1)
-        y = y.view(T, m2, m1).transpose(1, 2).reshape(T, m1 * m2)
+        z = z.permute(0, 3, 1, 2).reshape(T * m2, n1 * k)
+        small = small.permute(2, 0, 1).reshape(n1 * k, m1)
+        if m2 == 1:  # y is already in (t, a) order: let the GEMM add the bias (the 81M/86M/96M c_proj shapes)
+            y = z @ small if bias is None else torch.addmm(bias, z, small)
+            return y.view(*lead, m1)
+        y = (z @ small).view(T, m2, m1).transpose(1, 2).reshape(T, m1 * m2)
     if bias is not None:
         y = y + bias
     return y.view(*lead, m1 * m2)

@@ -16,7 +16,7 @@ from torch import nn
 from kronypt.errors import KronyptError
 from kronypt.math.decompose import Decomposition, kron_reconstruct, prune_init, random_init, van_loan
 from kronypt.math.shapes import KronShape, kron_shape
-from kronypt.nn.cost import choose_path
+from kronypt.nn.cost import choose_path, path_costs
 from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised
 
 PathName = Literal["auto", "factored", "factored_a_first", "factored_b_first", "materialised"]
@@ -134,8 +134,8 @@ class KroneckerLinear(nn.Module):
         if self.path == "auto":
             return choose_path(self.shape, self.factors, tokens, training)
         if self.path == "factored":
-            a_first, b_first = self.shape.macs_per_token(self.factors)
-            return "factored_a_first" if a_first <= b_first else "factored_b_first"
+            costs = path_costs(self.shape, self.factors, tokens, training)
+            return "factored_a_first" if costs.factored_a_first <= costs.factored_b_first else "factored_b_first"
         return self.path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

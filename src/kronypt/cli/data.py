@@ -1,0 +1,79 @@
+"""`kronypt data prepare`: text corpora to GPT-2 BPE token folders for training."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from kronypt.cli.app import app, console, print_json
+from kronypt.data.prepare import DEFAULT_VAL_FRACTION, prepare_tokens
+from kronypt.data.sources import DocumentSource, HFDatasetSource, resolve_inputs
+from kronypt.errors import KronyptError
+
+data_app = typer.Typer(help="Prepare token data for `kronypt train`.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command(context_settings={"allow_extra_args": True})
+def prepare(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Output folder for train.bin, val.bin and meta.json.")],
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", help="A .txt, .txt.gz, .jsonl or .jsonl.gz file or a quoted glob ('corpus/*.txt.gz'); "
+                        "repeat for more.")] = None,
+    hf_dataset: Annotated[str | None, typer.Option(
+        "--hf-dataset", help="A Hugging Face dataset NAME[:CONFIG] (train split, column 'text'); needs the "
+                             "`data` extra.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        "--val-fraction", help="Share of whole documents held out for validation, chosen with --seed "
+                               f"(default {DEFAULT_VAL_FRACTION}).")] = None,
+    val_inputs: Annotated[list[str] | None, typer.Option(
+        "--val-input", help="Validation file or quoted glob (instead of --val-fraction); repeat for more.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --val-fraction document choice.")] = 0,
+    workers: Annotated[int, typer.Option(help="Tokenising processes; the output does not depend on it.")] = (
+        os.cpu_count() or 1),
+    tokenizer: Annotated[str, typer.Option(
+        help="Folder with encoder.json+vocab.bpe or vocab.json+merges.txt (offline), or a tiktoken "
+             "encoding name (downloads once).")] = "gpt2",
+    force: Annotated[bool, typer.Option(help="Replace train.bin, val.bin and meta.json in a non-empty --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print meta.json instead of the summary table.")] = False,
+) -> None:
+    """Tokenise text into DIR/train.bin and DIR/val.bin (uint16, nanoGPT layout) plus DIR/meta.json.
+
+    Each document is followed by the end-of-text token. A .txt file is one document unless lines holding
+    only <|endoftext|> separate documents (as in the Gutenberg shards); each JSON line or dataset row is one
+    document. Output is written under temporary names and renamed at the end, meta.json last.
+
+    Example: kronypt data prepare --input 'corpus/gutenberg/gutenberg_train_*.txt.gz'
+    --val-input corpus/gutenberg/gutenberg_val.txt.gz --tokenizer gpt2-tokenizer --out data/gutenberg
+    """
+    if ctx.args:
+        raise KronyptError(f"unexpected arguments {' '.join(ctx.args)}: quote globs (--input 'dir/*.txt') or "
+                           "repeat --input / --val-input for each path")
+    if bool(inputs) == bool(hf_dataset):
+        raise KronyptError("give either --input PATH_OR_GLOB (repeatable) or --hf-dataset NAME[:CONFIG]")
+    if val_inputs and val_fraction is not None:
+        raise KronyptError("give either --val-fraction or --val-input, not both")
+    sources: list[DocumentSource] = (
+        [HFDatasetSource.parse(hf_dataset)] if hf_dataset else list(resolve_inputs(inputs or []))
+    )
+    meta = prepare_tokens(sources, out, val_inputs=resolve_inputs(val_inputs or []),
+                          val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed=seed,
+                          tokenizer=tokenizer, workers=workers, force=force, progress=not as_json)
+    if as_json:
+        print_json(meta)
+    else:
+        console.print(_summary(out, meta))
+
+
+def _summary(out: Path, meta: dict[str, Any]) -> Table:
+    table = Table(title=f"{out}: {meta['vocab_size']:,}-token vocabulary, end-of-text {meta['eot_token']}")
+    for header in ("split", "documents", "tokens", "file"):
+        table.add_column(header, justify="left" if header in ("split", "file") else "right")
+    for split, info in meta["splits"].items():
+        table.add_row(split, f"{info['documents']:,}", f"{info['tokens']:,}", str(out / info["file"]))
+    return table

@@ -1,0 +1,202 @@
+"""Tokenise document sources into a token folder (`train.bin`, `val.bin`, `meta.json`; nanoGPT layout).
+
+The pipeline reads documents in input order, assigns each to train or val, encodes batches of them in
+worker processes, and appends the tokens in the same order, so the output is byte-identical for any
+number of workers. A first pass counts the documents, which fixes the validation split before anything
+is encoded and gives the progress bar its total.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from kronypt import __version__
+from kronypt.data.sources import DocumentSource, check_disjoint, sha256_file
+from kronypt.data.tokenizer import encode_documents, eot_token, load_encoding, tokenizer_files
+from kronypt.data.writer import SPLITS, TokenFolderWriter
+from kronypt.errors import KronyptError
+
+FORMAT = "kronypt-tokens/1"
+DEFAULT_VAL_FRACTION = 0.0005  # nanoGPT's OpenWebText split
+BATCH_CHARS = 1 << 20  # documents are sent to workers in batches of about this many characters
+Encoded = tuple[np.ndarray, np.ndarray]  # (uint16 tokens, tokens per document), see encode_documents
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Documents to encode together, with where each came from and which split it goes to."""
+
+    texts: list[str]
+    inputs: list[int]
+    splits: list[str]
+
+
+@dataclass
+class _Counts:
+    """Documents per split, and documents and tokens per input, as written so far."""
+
+    split_documents: dict[str, int]
+    per_input: list[dict[str, int]]
+
+
+def prepare_tokens(
+    inputs: Sequence[DocumentSource],
+    out_dir: str | Path,
+    *,
+    val_inputs: Sequence[DocumentSource] = (),
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+    tokenizer: str = "gpt2",
+    workers: int = 1,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenise `inputs` (and `val_inputs`) into `out_dir`; returns the meta.json contents.
+
+    Validation: every document of `val_inputs` if given; otherwise a seeded random choice of
+    round(val_fraction × documents) whole documents of `inputs` (at least one, and at least one left for
+    training, when val_fraction > 0). `val_fraction=0` without `val_inputs` writes an empty val.bin.
+    `tokenizer` is a tokenizer folder or a tiktoken encoding name (see `kronypt.data.tokenizer`).
+    `progress` shows tqdm bars on stderr when it is a terminal.
+    """
+    if not inputs:
+        raise KronyptError("no inputs: give --input PATH_OR_GLOB or --hf-dataset NAME[:CONFIG]")
+    if not 0 <= val_fraction < 1:
+        raise KronyptError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if workers < 1:
+        raise KronyptError(f"--workers must be at least 1, got {workers}")
+    check_disjoint(inputs, val_inputs)
+    encoding = load_encoding(tokenizer)
+    sources = [*inputs, *val_inputs]
+    counts = [_count_documents(source, progress) for source in sources]
+    n_train = sum(counts[: len(inputs)])
+    val_docs = set() if val_inputs else _choose_val_documents(n_train, val_fraction, seed)
+    if n_train - len(val_docs) == 0:
+        raise KronyptError("the training inputs hold no documents")
+    if val_inputs and sum(counts[len(inputs):]) == 0:
+        raise KronyptError("the validation inputs hold no documents")
+
+    done = _Counts(dict.fromkeys(SPLITS, 0), [{"documents": 0, "tokens": 0} for _ in sources])
+    with TokenFolderWriter(Path(out_dir), force) as writer:
+        batches = _batches(sources, len(inputs), val_docs)
+        with tqdm(total=sum(counts), unit="doc", desc="tokenising", disable=None if progress else True) as bar:
+            for batch, encoded in _encode(batches, tokenizer, workers):
+                _write_batch(writer, batch, encoded, done)
+                bar.update(len(batch.texts))
+                bar.set_postfix(tokens=f"{sum(writer.tokens.values()):,}")
+        meta = {
+            "format": FORMAT,
+            "created_by": f"kronypt {__version__}",
+            "dtype": "uint16",
+            "layout": "flat token ids; every document is followed by eot_token",
+            "tokenizer": _describe_tokenizer(tokenizer, encoding.name),
+            "vocab_size": encoding.n_vocab,
+            "eot_token": eot_token(encoding),
+            "splits": {split: {"file": f"{split}.bin", "tokens": writer.tokens[split],
+                               "documents": done.split_documents[split]} for split in SPLITS},
+            "val_split": ({"method": "inputs"} if val_inputs else
+                          {"method": "documents", "fraction": val_fraction, "seed": seed}),
+            "inputs": [{**source.describe(), "role": "input" if i < len(inputs) else "val_input",
+                        **done.per_input[i]} for i, source in enumerate(sources)],
+        }
+        writer.commit(meta)
+    return meta
+
+
+def _count_documents(source: DocumentSource, progress: bool) -> int:
+    documents = tqdm(source.documents(), desc=f"scanning {source.label}", unit="doc", leave=False,
+                     disable=None if progress else True)
+    return sum(1 for _ in documents)
+
+
+def _choose_val_documents(n_documents: int, fraction: float, seed: int) -> set[int]:
+    """Indices of the validation documents: round(fraction × n), at least 1 and at most n - 1."""
+    if fraction == 0:
+        return set()
+    if n_documents < 2:
+        raise KronyptError(f"--val-fraction splits whole documents, but the inputs hold {n_documents} "
+                           "document(s); add inputs, give --val-input PATH, or pass --val-fraction 0")
+    size = min(max(round(fraction * n_documents), 1), n_documents - 1)
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(n_documents, size=size, replace=False).tolist())
+
+
+def _batches(sources: Sequence[DocumentSource], n_train_sources: int, val_docs: set[int]) -> Iterator[_Batch]:
+    """All documents in input order, grouped into batches of about BATCH_CHARS characters."""
+    batch = _Batch([], [], [])
+    size = 0
+    train_index = 0
+    for source_index, source in enumerate(sources):
+        for text in source.documents():
+            if source_index < n_train_sources:
+                split = "val" if train_index in val_docs else "train"
+                train_index += 1
+            else:
+                split = "val"
+            batch.texts.append(text)
+            batch.inputs.append(source_index)
+            batch.splits.append(split)
+            size += len(text)
+            if size >= BATCH_CHARS:
+                yield batch
+                batch, size = _Batch([], [], []), 0
+    if batch.texts:
+        yield batch
+
+
+def _encode(batches: Iterator[_Batch], tokenizer: str, workers: int) -> Iterator[tuple[_Batch, Encoded]]:
+    """Encode batches in order; with workers > 1, in a process pool with a bounded number in flight."""
+    if workers == 1:
+        for batch in batches:
+            yield batch, _encode_batch(tokenizer, batch.texts)
+        return
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tokenizer,))
+    pending: deque[tuple[_Batch, Future[Encoded]]] = deque()
+    try:
+        for batch in batches:
+            pending.append((batch, pool.submit(_encode_batch, tokenizer, batch.texts)))
+            if len(pending) >= 2 * workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _init_worker(tokenizer: str) -> None:
+    """Build the encoding once per worker; leave Ctrl-C to the main process, which cleans up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    load_encoding(tokenizer)
+
+
+def _encode_batch(tokenizer: str, texts: list[str]) -> Encoded:
+    return encode_documents(load_encoding(tokenizer), texts)
+
+
+def _write_batch(writer: TokenFolderWriter, batch: _Batch, encoded: Encoded, done: _Counts) -> None:
+    tokens, lengths = encoded
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for i, (source_index, split) in enumerate(zip(batch.inputs, batch.splits, strict=True)):
+        writer.write(split, tokens[offsets[i]: offsets[i + 1]])
+        done.split_documents[split] += 1
+        done.per_input[source_index]["documents"] += 1
+        done.per_input[source_index]["tokens"] += int(lengths[i])
+
+
+def _describe_tokenizer(source: str, name: str) -> dict[str, Any]:
+    files = tokenizer_files(source)
+    if files is None:
+        return {"tiktoken": name}
+    return {"folder": str(Path(source).expanduser()),
+            "files": {path.name: sha256_file(path) for path in files}}

@@ -1,0 +1,93 @@
+"""Read a prepared token folder and draw training batches from it (nanoGPT style).
+
+A token folder holds `train.bin` and `val.bin` (flat uint16 token ids, every document followed by the
+end-of-text token) and `meta.json`, which is written last and is the proof that the folder is complete.
+
+    tokens = open_tokens(data_dir, "train")                  # read-only np.memmap of uint16
+    generator = torch.Generator().manual_seed(seed + rank)   # one stream per rank; save its state to resume
+    x, y = sample_batch(tokens, batch_size, seq_len, generator)
+
+Batches are random windows of seq_len + 1 consecutive tokens (windows may cross document boundaries,
+as in nanoGPT); y is x shifted by one token. Given the generator state, the batches are exactly
+reproducible, so `generator.get_state()` is the whole data position of a training run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kronypt.data.writer import META_NAME, SPLITS
+from kronypt.errors import KronyptError
+
+
+def read_meta(data_dir: str | Path) -> dict[str, Any]:
+    """The meta.json of a prepared token folder (tokenizer, vocab_size, eot_token, token counts, inputs)."""
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"token folder {path} does not exist")
+    meta_path = path / META_NAME
+    if not meta_path.is_file():
+        raise KronyptError(f"{path} has no {META_NAME}: not a prepared token folder, or its preparation was "
+                           "interrupted; run `kronypt data prepare --out " + str(path) + " --force ...`")
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+def open_tokens(data_dir: str | Path, split: str = "train") -> np.ndarray:
+    """The tokens of `split` ('train' or 'val') as a read-only uint16 memmap (an empty array if none).
+
+    The file size is checked against meta.json, so a truncated or replaced file is refused.
+    """
+    if split not in SPLITS:
+        raise KronyptError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    meta = read_meta(data_dir)
+    path = Path(data_dir).expanduser() / meta["splits"][split]["file"]
+    expected = meta["splits"][split]["tokens"]
+    size = path.stat().st_size if path.is_file() else None
+    if size != 2 * expected:
+        found = "no file" if size is None else f"{size:,} bytes"
+        raise KronyptError(f"{path} does not match {META_NAME}: {expected:,} uint16 tokens expected, {found} "
+                           "found; prepare the folder again")
+    if expected == 0:
+        return np.empty(0, dtype=np.uint16)
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def sample_batch(
+    tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: x = tokens[s : s + seq_len], y = tokens[s + 1 : s + seq_len + 1] for batch_size
+    start offsets s drawn uniformly with the (CPU) `generator`; int64 tensors of shape (batch_size, seq_len)."""
+    _require_one_window(tokens, seq_len)
+    starts = torch.randint(len(tokens) - seq_len, (batch_size,), generator=generator).numpy()
+    return _windows(tokens, starts, seq_len)
+
+
+def sequential_batches(
+    tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Non-overlapping windows from the start, in order (for a deterministic validation loss);
+    the last batch may be smaller, and a tail shorter than a window is left out."""
+    _require_one_window(tokens, seq_len)
+    n_windows = (len(tokens) - 1) // seq_len
+    starts = np.arange(n_windows) * seq_len
+    for number, first in enumerate(range(0, n_windows, batch_size)):
+        if max_batches is not None and number >= max_batches:
+            return
+        yield _windows(tokens, starts[first: first + batch_size], seq_len)
+
+
+def _require_one_window(tokens: np.ndarray, seq_len: int) -> None:
+    if len(tokens) < seq_len + 1:
+        raise KronyptError(f"{len(tokens):,} tokens are too few for one window of seq_len {seq_len} "
+                           f"(needs {seq_len + 1:,}); use a shorter --seq-len or more data")
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.from_numpy(tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64))
+    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
