@@ -132,3 +132,23 @@ def test_works_under_torch_compile():
     torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
     y.sum().backward()
     assert x.grad is not None and layer.A.grad is not None
+
+
+def test_tensor_core_choice_materialises_beyond_decode():
+    from kronypt.math.shapes import kron_shape
+
+    s81 = kron_shape(3072, 768, (768, 768))
+    assert choose_path(s81, 1, 8192, training=True, tensor_cores=True) == "materialised"
+    assert choose_path(s81, 1, 1, training=False, tensor_cores=True) == "factored_a_first"
+    layer = make_layer(16, 64, (16, 16), 1, False, True)
+    assert layer.resolved_path(1024, False, tensor_cores=True) == "materialised"
+    assert layer.resolved_path(1024, False) == choose_path(layer.shape, 1, 1024, False)
+
+
+def test_fused_path_without_a_gpu_is_a_clear_error_and_auto_never_picks_it_on_cpu():
+    layer = make_layer(16, 64, (16, 16), 1, False, True)
+    x = torch.randn(3, 16)
+    assert layer(x).shape == (3, 64)  # auto on CPU: a plain PyTorch path
+    layer.path = "fused"
+    with pytest.raises(KronyptError, match="needs a CUDA GPU"):
+        layer(x)

@@ -54,6 +54,18 @@ def path_costs(shape: KronShape, k: int, tokens: int, training: bool) -> PathCos
     return PathCosts(factored_a, factored_b, materialised)
 
 
-def choose_path(shape: KronShape, k: int, tokens: int, training: bool) -> Path:
-    """The cheapest forward path for this call."""
-    return path_costs(shape, k, tokens, training).best()
+# On tensor cores (CUDA bf16/fp16, or TF32) the dense GEMM runs near peak while the factored path's skinny
+# GEMMs and permutes are memory-bound: measured on an H100 (docs/benchmarks.md), materialising W beat the
+# factored path for every scheme from 1024 tokens on. The factored path stays for decode-sized calls,
+# where it reads far fewer bytes and is CUDA-graph friendly.
+TENSOR_CORE_FACTORED_MAX_TOKENS = 16
+
+
+def choose_path(shape: KronShape, k: int, tokens: int, training: bool, tensor_cores: bool = False) -> Path:
+    """The cheapest forward path for this call (`tensor_cores`: the matmuls run on CUDA tensor cores)."""
+    costs = path_costs(shape, k, tokens, training)
+    if tensor_cores:
+        if tokens > TENSOR_CORE_FACTORED_MAX_TOKENS:
+            return "materialised"
+        return "factored_a_first" if costs.factored_a_first <= costs.factored_b_first else "factored_b_first"
+    return costs.best()

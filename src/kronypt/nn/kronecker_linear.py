@@ -2,7 +2,8 @@
 
 The weight is never stored. Each call runs the cheaper of three paths (factored with A first, factored
 with B first, or materialise W then a dense matmul), chosen by `kronypt.nn.cost` from the token count, k,
-the shapes and whether gradients are needed; set `path` to force one.
+the shapes and whether gradients are needed; set `path` to force one. On CUDA with Triton, the fused
+kernels of `kronypt.kernels` (x read once, y written once) join the automatic choice where they win.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import torch
 from torch import nn
 
 from kronypt.errors import KronyptError
+from kronypt.kernels import fused_available, fused_wins, kron_linear_fused
 from kronypt.math.decompose import Decomposition, kron_reconstruct, prune_init, random_init, van_loan
 from kronypt.math.shapes import KronShape, kron_shape
 from kronypt.nn.cost import choose_path, path_costs
 from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised
 
-PathName = Literal["auto", "factored", "factored_a_first", "factored_b_first", "materialised"]
-PATHS = ("auto", "factored", "factored_a_first", "factored_b_first", "materialised")
+PathName = Literal["auto", "factored", "factored_a_first", "factored_b_first", "materialised", "fused"]
+PATHS = ("auto", "factored", "factored_a_first", "factored_b_first", "materialised", "fused")
 INITS = ("van-loan", "prune", "random")
 
 
@@ -129,10 +131,15 @@ class KroneckerLinear(nn.Module):
         """The (out, in) weight this layer represents."""
         return kron_reconstruct(self.A, self.B, self.scalars)
 
-    def resolved_path(self, tokens: int, training: bool) -> str:
-        """The concrete path a call with this many tokens takes."""
+    def resolved_path(self, tokens: int, training: bool, tensor_cores: bool = False, fused: bool = False) -> str:
+        """The concrete path a call with this many tokens takes.
+
+        `tensor_cores`: the matmuls run on CUDA tensor cores; `fused`: the fused Triton kernels can run.
+        """
         if self.path == "auto":
-            return choose_path(self.shape, self.factors, tokens, training)
+            if fused and fused_wins(self.shape, self.factors, tokens, training):
+                return "fused"
+            return choose_path(self.shape, self.factors, tokens, training, tensor_cores=tensor_cores)
         if self.path == "factored":
             costs = path_costs(self.shape, self.factors, tokens, training)
             return "factored_a_first" if costs.factored_a_first <= costs.factored_b_first else "factored_b_first"
@@ -141,7 +148,12 @@ class KroneckerLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // self.in_features
         training = torch.is_grad_enabled() and (self.A.requires_grad or x.requires_grad)
-        path = self.resolved_path(tokens, training)
+        cuda = x.is_cuda
+        path = self.resolved_path(tokens, training, cuda and _on_tensor_cores(x), cuda and fused_available(x))
+        if path == "fused":
+            if not fused_available(x):
+                raise KronyptError("the fused path needs a CUDA GPU (compute capability >= 8.0) and triton")
+            return kron_linear_fused(x, self.A, self.B, self.scalars, self.bias)
         if path == "materialised":
             return kron_linear_materialised(x, self.A, self.B, self.scalars, self.bias)
         order = "a_first" if path == "factored_a_first" else "b_first"
@@ -152,3 +164,9 @@ class KroneckerLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, A={s.a_shape}, "
                 f"B={s.b_shape}, factors={self.factors}, scalars={self.scalars is not None}, "
                 f"bias={self.bias is not None}, path={self.path}")
+
+
+def _on_tensor_cores(x: torch.Tensor) -> bool:
+    """Whether matmuls on this CUDA input run on tensor cores (half precision, autocast or TF32)."""
+    return (x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cuda")
+            or torch.backends.cuda.matmul.allow_tf32)

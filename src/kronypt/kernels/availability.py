@@ -1,0 +1,38 @@
+"""Whether the fused Triton kernels can run on a tensor, decided without importing Triton's kernels.
+
+On a GPU the kernels need CUDA with compute capability ≥ 8.0 (bf16 tensor cores) and Triton. On a CPU
+they run only under Triton's interpreter (`TRITON_INTERPRET=1`, set before `kronypt.kernels` is first
+imported), which the tests use; otherwise the CPU keeps the plain PyTorch paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+# triton.jit reads this variable when a kernel is decorated, so it is read once here too: a value set
+# after the kernels were imported would not change what they are.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when the `triton` package can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _cuda_capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def fused_available(x: torch.Tensor) -> bool:
+    """True when `kron_linear_fused` can run on tensors on `x`'s device."""
+    if not triton_available():
+        return False
+    if INTERPRET:
+        return x.device.type == "cpu"
+    return x.is_cuda and _cuda_capable(x.device.index if x.device.index is not None else 0)

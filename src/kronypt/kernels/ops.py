@@ -1,0 +1,138 @@
+"""The fused kernels as PyTorch operators with autograd: `kron_linear_fused`.
+
+The forward and the backward are registered as custom operators (`torch.ops.kronypt.*`) with shape-only
+fake implementations, so `torch.compile` treats them as opaque nodes instead of tracing into Triton, and
+nothing in either pass synchronises with the host: a warmed-up model can be captured in a CUDA graph.
+
+Backward of y = act(x·Wᵀ + b), W = Σ s_i A_i ⊗ B_i, with G the gradient of the pre-activation:
+grad_x is itself a Kronecker product, G·(Σ s_i A_iᵀ ⊗ B_iᵀ), so the forward kernel computes it (and
+the bias gradient, Σ_t G, in the same pass); dA and M (hence dB = s·M and ds = ⟨B, M⟩) come from the
+token-reduction kernels of `kronypt.kernels.wgrad`. The pre-activation is saved only when an activation
+is fused and a gradient is needed (as unfused PyTorch saves it for its GELU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kronypt.errors import KronyptError
+from kronypt.kernels.activation import activation_code, gelu_backward
+from kronypt.kernels.forward import kron_forward
+from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
+
+
+def fused_forward(x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, bias: Tensor | None, act: int,
+                  save_pre: bool) -> tuple[Tensor, Tensor]:
+    """(y, pre) for a 2-D x: the body of the forward operator (plain, so tools can call it on meta tensors)."""
+    if x.shape[0] == 0:  # nothing to launch
+        return _forward_fake(x, A, B, scalars, bias, act, save_pre)
+    return kron_forward(x, A, B, scalars, bias, act, save_pre)
+
+
+_forward_op = torch.library.custom_op("kronypt::kron_linear_forward", fused_forward, mutates_args=())
+
+
+@_forward_op.register_fake
+def _forward_fake(x, A, B, scalars, bias, act, save_pre):
+    y = x.new_empty(x.shape[0], A.shape[1] * B.shape[1])
+    return y, (torch.empty_like(y) if save_pre else y.new_empty(0))
+
+
+def fused_backward(grad: Tensor, x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, pre: Tensor,
+                   act: int, need_x: bool, need_a: bool, need_b: bool, need_s: bool,
+                   need_bias: bool) -> list[Tensor]:
+    """[grad_x, dA, dB, ds, dbias]; an unneeded one is an empty tensor. Factor gradients are float32."""
+    k = A.shape[0]
+    m2, n2 = B.shape[1:]
+    outputs = _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, need_s, need_bias)
+    if x.shape[0] == 0:
+        return [t.zero_() for t in outputs]
+    g = grad.contiguous()
+    if act:
+        g = gelu_backward(g, pre)
+    if need_x:
+        colsum = outputs[4].zero_() if need_bias else None
+        outputs[0] = kron_forward(g, A.transpose(1, 2), B.transpose(1, 2), scalars, None, colsum=colsum)[0]
+    elif need_bias:
+        outputs[4] = g.sum(0, dtype=torch.float32)
+    if need_a:
+        outputs[1] = kron_grad_a(x, g, A, B, scalars)
+    if need_b or need_s:
+        M = kron_grad_m(x, g, A, m2, n2)
+        if need_b:
+            outputs[2] = M * scalars.float().view(k, 1, 1) if scalars is not None else M
+        if need_s:
+            outputs[3] = (M * B.float()).sum((1, 2))
+    return outputs
+
+
+_backward_op = torch.library.custom_op("kronypt::kron_linear_backward", fused_backward, mutates_args=())
+
+
+@_backward_op.register_fake
+def _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, need_s, need_bias):
+    k, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+
+    def f32(needed: bool, *shape: int) -> Tensor:
+        return x.new_empty(shape if needed else (0,), dtype=torch.float32)
+
+    return [x.new_empty(x.shape if need_x else (0,)), f32(need_a, k, m1, n1), f32(need_b, k, m2, n2),
+            f32(need_s, k), f32(need_bias, m1 * m2)]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, A, B, scalars, bias, act, _ = inputs
+    ctx.save_for_backward(x, A, B, scalars, output[1])
+    ctx.act = act
+    ctx.dtypes = [t.dtype if t is not None else None for t in (x, A, B, scalars, bias)]
+
+
+def _backward(ctx, grad_y: Tensor, _grad_pre: Tensor) -> tuple:
+    x, A, B, scalars, pre = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:5]
+    grads = torch.ops.kronypt.kron_linear_backward(grad_y, x, A, B, scalars, pre, ctx.act, *needs)
+    cast = (g.to(dtype) if need else None for g, dtype, need in zip(grads, ctx.dtypes, needs, strict=True))
+    return (*cast, None, None)
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def kron_linear_fused(
+    x: Tensor,
+    A: Tensor,
+    B: Tensor,
+    scalars: Tensor | None = None,
+    bias: Tensor | None = None,
+    activation: str | None = None,
+) -> Tensor:
+    """act(x · (Σ_i s_i A_i ⊗ B_i)ᵀ + bias) with the fused Triton kernels (see `fused_available`).
+
+    x (..., n1·n2); A (k, m1, n1); B (k, m2, n2); scalars (k,) or None; bias (m1·m2,) or None;
+    activation None or "gelu_new" (GPT-2's tanh GELU, also accepted as "gelu_pytorch_tanh"). x, A and B
+    share a dtype (float32 or bfloat16; under autocast they are cast to the autocast dtype); the kernels
+    accumulate in float32. Differentiable in x, A, B, scalars and bias.
+    """
+    act = activation_code(activation)
+    k, m1, n1 = A.shape
+    if B.dim() != 3 or B.shape[0] != k or x.shape[-1] != n1 * B.shape[2]:
+        raise KronyptError(f"shapes do not form a Kronecker layer: x {tuple(x.shape)}, A {tuple(A.shape)}, "
+                           f"B {tuple(B.shape)}; need A (k, m1, n1), B (k, m2, n2), x (..., n1·n2)")
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, A, B = x.to(dtype), A.to(dtype), B.to(dtype)
+    if not (x.dtype == A.dtype == B.dtype) or x.dtype not in (torch.float32, torch.bfloat16):
+        raise KronyptError(f"x, A and B must share a dtype, float32 or bfloat16; got {x.dtype}, {A.dtype}, "
+                           f"{B.dtype}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    scalars = scalars.contiguous() if scalars is not None else None
+    bias = bias.contiguous() if bias is not None else None
+    params = (x, A, B, scalars, bias)
+    save_pre = act != 0 and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+    y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save_pre)
+    return y.view(*lead, y.shape[-1])

@@ -1,0 +1,157 @@
+"""Block-size configurations of the Kronecker kernels and how a launch picks one.
+
+On a GPU each kernel is wrapped in `triton.autotune`, keyed on the layer's shape and a coarse token
+bucket (decode, small, medium, large), so a model tunes a handful of times, not once per prompt length.
+The lists stay short because tuning compiles every candidate. Under the interpreter no timing is
+possible: the smallest config is used.
+
+Tuning runs on a kernel's first call for a new key. Warm a model up before capturing it in a CUDA graph
+(a graph replay never tunes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import triton
+
+from kronypt.kernels.availability import INTERPRET
+
+# Estimated 32-bit registers per thread of live tiles above which a config spills (calibrated on sm_90
+# with `kronypt.kernels.sass`: 81M c_fc at (128, 64, 64)/8 warps uses 151 registers and no stack).
+REGISTER_BUDGET = 176
+# Candidates timed per tuning key; KRONYPT_TUNE_CANDIDATES=1 turns tuning off (first fitting config).
+MAX_CANDIDATES = max(1, int(os.environ.get("KRONYPT_TUNE_CANDIDATES", "3")))
+TOKEN_BUCKETS = (16, 256, 4096, 65536)
+
+
+def _cfg(t: int, a: int, c: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_T": t, "BLOCK_A": a, "BLOCK_C": c}, num_warps=warps, num_stages=stages)
+
+
+# Fits every shape with m2 ≤ 128; the interpreter always runs it (the most programs for small shapes).
+FALLBACK = _cfg(16, 16, 16, 4, 2)
+# (tokens, A rows, reduction) per program; the output tile is BLOCK_T × (BLOCK_A · m2). Ordered by
+# preference: pruning keeps the first MAX_CANDIDATES that fit.
+FORWARD_CONFIGS = [
+    _cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 8, 3), _cfg(64, 128, 64, 8, 3), _cfg(64, 64, 64, 8, 3),
+    _cfg(128, 32, 64, 8, 3), _cfg(128, 32, 64, 4, 4), _cfg(128, 16, 64, 8, 3), _cfg(64, 16, 64, 4, 3),
+    _cfg(32, 16, 32, 8, 3),
+    # decode / few tokens: tl.dot needs at least 16 rows
+    _cfg(16, 64, 128, 4, 3), _cfg(16, 32, 128, 4, 3), _cfg(16, 16, 128, 4, 3),
+    FALLBACK,
+]
+# The two-stage kernel (large B): its tiles are Z (BLOCK_A, BLOCK_T·n2) and acc (BLOCK_A·BLOCK_T, m2).
+TWO_STAGE_CONFIGS = [
+    _cfg(32, 32, 32, 8, 3), _cfg(16, 64, 32, 8, 3), _cfg(32, 16, 64, 8, 3), _cfg(16, 32, 32, 4, 3),
+    _cfg(16, 16, 32, 8, 3), _cfg(8, 32, 32, 8, 3), FALLBACK,
+]
+# Weight gradients: (tokens per step, A rows, A columns) of one program's slice of dA or M.
+WGRAD_CONFIGS = [
+    _cfg(64, 64, 64, 8, 3), _cfg(64, 32, 64, 4, 3), _cfg(32, 32, 32, 4, 3), _cfg(32, 16, 32, 8, 3),
+    _cfg(16, 32, 32, 8, 3), FALLBACK,
+]
+
+
+def token_bucket(tokens: int) -> int:
+    """The autotuning bucket of a token count."""
+    for bucket in TOKEN_BUCKETS:
+        if tokens <= bucket:
+            return bucket
+    return TOKEN_BUCKETS[-1]
+
+
+def registers(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> float:
+    """Estimated registers per thread held by the live tiles of `kernel` ("forward", "two_stage" or
+    "wgrad") under `cfg`: float32 tiles count 1 per element, bf16 tiles ½; a fused GELU doubles the
+    accumulator (its temporaries), fused column sums double the x tile."""
+    kw = cfg.kwargs
+    t, a, c = kw["BLOCK_T"], kw["BLOCK_A"], kw["BLOCK_C"]
+    m2p, n2p = args["M2P"], args["N2P"]
+    act = 2 if args.get("ACT") else 1
+    x_tile = t * c * n2p / 2 * (2 if args.get("COLSUM") else 1)
+    if kernel == "forward":
+        live = t * a * m2p * act + t * a + x_tile
+    elif kernel == "two_stage":
+        live = a * t * n2p + a * t * m2p * act + x_tile
+    else:  # the G and x tiles are widened to float32 where B is applied
+        live = t * a * m2p + t * c * n2p + a * max(c, t)
+    return live / (32 * cfg.num_warps)
+
+
+def _fits(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> bool:
+    """Within the register budget, and blocks no larger than the (power-of-two padded) shape needs."""
+    kw = cfg.kwargs
+    return (
+        registers(kernel, cfg, args) <= REGISTER_BUDGET
+        and kw["BLOCK_A"] <= max(16, triton.next_power_of_2(args["M1"]))
+        and kw["BLOCK_C"] <= max(16, triton.next_power_of_2(args["N1"]))
+    )
+
+
+def _pruner(kernel: str, limit: int, by_bucket: bool) -> Callable:
+    def prune(configs: Sequence[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
+        args = {**named_args, **kwargs}
+        decode = args["T_BUCKET"] <= TOKEN_BUCKETS[0]
+        kept = [c for c in configs if _fits(kernel, c, args)
+                and (not by_bucket or (c.kwargs["BLOCK_T"] == 16) == decode)]
+        return kept[: min(limit, MAX_CANDIDATES)] or [configs[-1]]
+
+    prune.__doc__ = f"Configs of the {kernel} kernel that fit (always at least one)."
+    return prune
+
+
+prune_forward = _pruner("forward", MAX_CANDIDATES, by_bucket=True)
+prune_two_stage = _pruner("two_stage", 2, by_bucket=False)
+prune_wgrad = _pruner("wgrad", 2, by_bucket=False)
+
+
+def tuned(kernel: Any, configs: list[triton.Config], key: list[str], prune: Callable,
+          reset: list[str] | None = None) -> Any:
+    """`kernel` wrapped in an autotuner (on a GPU); under the interpreter the raw kernel itself."""
+    if INTERPRET:
+        return kernel
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": prune},
+                           reset_to_zero=reset)(kernel)
+
+
+# When a list, launches are recorded here instead of run (see `kronypt.kernels.sass`).
+RECORDED_LAUNCHES: list[tuple[Any, list[triton.Config], dict[str, Any]]] | None = None
+
+
+def launch(kernel: Any, configs: list[triton.Config], grid: Callable, args: dict[str, Any]) -> None:
+    """Run `kernel`: autotuned on a GPU; under the interpreter with the smallest config, so that small
+    test shapes still span several programs along every axis. Empty `configs`: an untuned kernel."""
+    if RECORDED_LAUNCHES is not None:
+        RECORDED_LAUNCHES.append((kernel, configs, args))
+        return
+    # Positional, in signature order (the tuned block sizes are the last parameters): every Triton 3.x
+    # autotuner sees all arguments this way, whatever its version passes to prune and reset hooks.
+    names = kernel.arg_names[: len(args)]
+    if set(names) != set(args):
+        raise TypeError(f"arguments {sorted(set(args) ^ set(names))} do not match the leading parameters")
+    ordered = [args[name] for name in names]
+    if INTERPRET and configs:
+        kernel[grid](*ordered, **FALLBACK.kwargs)
+    else:
+        kernel[grid](*ordered)
+
+
+def dot_flags(dtype: torch.dtype) -> dict[str, bool]:
+    """Compile-time switches of `tl.dot`.
+
+    IEEE: float32 inputs are multiplied in full precision (no TF32), matching PyTorch's default.
+    DOT_F32: the interpreter of Triton 3.9 multiplies bfloat16 dot operands as raw integers, so there the
+    operands are widened to float32 first, which is exact (a bf16 product fits in fp32).
+    """
+    return {"DOT_F32": INTERPRET, "IEEE": dtype == torch.float32}
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (a small stand-in on the CPU interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4

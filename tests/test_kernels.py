@@ -1,0 +1,290 @@
+"""Fused Kronecker kernels (`kronypt.kernels`) against the float64 dense reference.
+
+On the CPU the kernels run under Triton's interpreter. `TRITON_INTERPRET=1` must be set before the
+kernels are first imported, and it would also switch `fused_available` on for CPU tensors in every later
+test module, so the interpreter checks run in one subprocess: this file run as a script (`--worker`),
+which prints one JSON line per case. The tests assert on those lines.
+
+Reference: `kron_linear_materialised` in float64 on the same (bf16-rounded) inputs, then gelu_new.
+Tolerances on ‖got − ref‖ / ‖ref‖ for the output and every gradient: float32 1e-5 (the interpreter
+multiplies in fp32, the GPU kernels in IEEE fp32); bfloat16 3e-2 (bf16 operands and outputs; the
+interpreter also truncates fp32 → bf16 instead of rounding, about doubling the error seen on a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from kronypt.errors import KronyptError  # noqa: E402
+from kronypt.kernels import fused_available, fused_wins, predict  # noqa: E402
+from kronypt.math.shapes import KronShape, kron_shape  # noqa: E402
+from kronypt.nn.functional import kron_linear_materialised  # noqa: E402
+
+TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-2}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One layer call: A (k, m1, n1), B (k, m2, n2), x with `tokens` rows (or `lead` leading dims)."""
+
+    m1: int
+    n1: int
+    m2: int
+    n2: int
+    k: int
+    tokens: int
+    dtype: str
+    scalars: bool
+    bias: bool
+    act: bool
+    lead: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:
+        flags = "".join(f for f, on in (("s", self.scalars), ("b", self.bias), ("g", self.act)) if on)
+        return (f"A{self.m1}x{self.n1}-B{self.m2}x{self.n2}-k{self.k}-T{self.tokens}{self.lead or ''}-"
+                f"{self.dtype}-{flags or 'plain'}")
+
+
+# B shaped like the real schemes: (4,1) c_fc of 81M, (1,4) its c_proj, (3,3) of 92M-4, (2,2), (1,2) of
+# 96M-prune, (12,12) of MF1 and a rectangular large B (both go to the two-stage kernel); token counts 1
+# (decode), 7, 17, 33; A sizes off the block multiples.
+CASES = [
+    Case(24, 40, 4, 1, 1, 33, "float32", True, True, True),
+    Case(24, 40, 4, 1, 1, 33, "bfloat16", False, True, True),
+    Case(40, 24, 1, 4, 1, 7, "float32", True, True, False),
+    Case(40, 24, 1, 4, 1, 33, "bfloat16", False, False, False),
+    Case(20, 12, 3, 3, 4, 7, "float32", True, False, True),
+    Case(20, 12, 3, 3, 4, 33, "bfloat16", True, True, False),
+    Case(33, 17, 2, 2, 4, 1, "float32", False, True, False),
+    Case(33, 17, 2, 2, 1, 7, "bfloat16", True, False, True),
+    Case(16, 24, 1, 2, 1, 1, "float32", False, True, True),
+    Case(16, 24, 1, 2, 4, 33, "float32", True, True, False),
+    Case(16, 8, 12, 12, 1, 17, "float32", True, True, False),
+    Case(16, 8, 12, 12, 4, 7, "bfloat16", False, False, True),
+    Case(16, 16, 10, 12, 1, 7, "float32", True, True, False),
+    Case(24, 40, 4, 1, 4, 1, "bfloat16", True, True, False),
+    Case(24, 40, 4, 1, 1, 10, "float32", False, True, False, lead=(2, 5)),
+]
+
+
+def _inputs(case: Case, seed: int) -> dict[str, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+    dtype = getattr(torch, case.dtype)
+
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * scale).to(dtype).requires_grad_()
+
+    x_shape = case.lead if case.lead else (case.tokens,)
+    return {
+        "x": rnd(*x_shape, case.n1 * case.n2),
+        "A": rnd(case.k, case.m1, case.n1, scale=case.n1**-0.5),
+        "B": rnd(case.k, case.m2, case.n2, scale=case.n2**-0.5),
+        "scalars": (torch.rand(case.k, generator=g) + 0.5).requires_grad_() if case.scalars else None,
+        "bias": rnd(case.m1 * case.m2) if case.bias else None,
+    }
+
+
+def _reference(inputs: dict, act: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    leaves = {n: t.detach().double().requires_grad_() for n, t in inputs.items() if t is not None}
+    y = kron_linear_materialised(leaves["x"], leaves["A"], leaves["B"], leaves.get("scalars"), leaves.get("bias"))
+    return (F.gelu(y, approximate="tanh") if act else y), leaves
+
+
+def _relative(got: torch.Tensor, ref: torch.Tensor) -> float:
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return ((got.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check_case(case: Case, seed: int = 0) -> dict[str, float]:
+    """Relative errors of the fused output and of every gradient (run with the interpreter on)."""
+    from kronypt.kernels import kron_linear_fused
+
+    inputs = _inputs(case, seed)
+    y = kron_linear_fused(**inputs, activation="gelu_new" if case.act else None)
+    ref, leaves = _reference(inputs, case.act)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    y.backward(grad.to(y.dtype))
+    ref.backward(grad)
+    errors = {"y": _relative(y, ref)}
+    for name, t in inputs.items():
+        if t is not None:
+            errors[f"d{name}"] = _relative(t.grad, leaves[name].grad)
+    return errors
+
+
+def check_interfaces() -> dict[str, float]:
+    """Custom-operator registration (opcheck), a compiled call, zero tokens, CPU availability."""
+    from kronypt.kernels import kron_linear_fused
+
+    case = CASES[0]
+    inp = _inputs(case, seed=5)
+    args = (inp["x"], inp["A"], inp["B"], inp["scalars"], inp["bias"], 1, True)
+    report = torch.library.opcheck(torch.ops.kronypt.kron_linear_forward.default, args)
+    compiled = torch.compile(lambda x: kron_linear_fused(x, inp["A"], inp["B"], activation="gelu_new"),
+                             backend="aot_eager", fullgraph=True)
+    ref, _ = _reference({"x": inp["x"], "A": inp["A"], "B": inp["B"]}, act=True)
+    empty = kron_linear_fused(inp["x"][:0], inp["A"], inp["B"], bias=inp["bias"])
+    return {
+        "opcheck_failures": float(sum(v != "SUCCESS" for v in report.values())),
+        "compiled_error": _relative(compiled(inp["x"]), ref),
+        "empty_shape_ok": float(tuple(empty.shape) == (0, case.m1 * case.m2)),
+        "cpu_available": float(fused_available(torch.zeros(1))),
+    }
+
+
+def _worker() -> None:
+    for case in CASES:
+        try:
+            print(json.dumps({"case": case.name, "errors": check_case(case)}), flush=True)
+        except Exception:  # report and go on: one failing case must not hide the others
+            print(json.dumps({"case": case.name, "failure": traceback.format_exc()}), flush=True)
+    try:
+        print(json.dumps({"case": "interfaces", "errors": check_interfaces()}), flush=True)
+    except Exception:
+        print(json.dumps({"case": "interfaces", "failure": traceback.format_exc()}), flush=True)
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, dict]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, __file__, "--worker"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            results[row["case"]] = row
+    if not results:
+        pytest.fail(f"interpreter worker printed nothing (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return results
+
+
+def _assert_within(row: dict | None, tolerance: float) -> None:
+    assert row is not None, "case missing from the worker's output"
+    assert "failure" not in row, row.get("failure")
+    bad = {name: err for name, err in row["errors"].items() if not err <= tolerance}
+    assert not bad, f"relative errors above {tolerance}: {bad}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_values_and_gradients_match_reference(interpreted: dict, case: Case) -> None:
+    _assert_within(interpreted.get(case.name), TOLERANCE[case.dtype])
+
+
+def test_operator_registration_compile_and_empty_input(interpreted: dict) -> None:
+    row = interpreted.get("interfaces")
+    assert row is not None and "failure" not in row, row
+    errors = row["errors"]
+    assert errors["opcheck_failures"] == 0
+    assert errors["compiled_error"] <= TOLERANCE["float32"]
+    assert errors["empty_shape_ok"] == 1.0
+    assert errors["cpu_available"] == 1.0  # the interpreter runs on CPU tensors
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(),
+                    reason="only meaningful on a plain CPU process")
+def test_not_available_on_plain_cpu() -> None:
+    assert not fused_available(torch.zeros(1))
+
+
+def test_bad_inputs_raise_kronypt_error() -> None:
+    from kronypt.kernels import kron_linear_fused
+
+    x, A, B = torch.randn(3, 8), torch.randn(1, 4, 4), torch.randn(1, 2, 2)
+    with pytest.raises(KronyptError, match="gelu_new"):
+        kron_linear_fused(x, A, B, activation="relu")
+    with pytest.raises(KronyptError, match="Kronecker layer"):
+        kron_linear_fused(torch.randn(3, 9), A, B)
+    with pytest.raises(KronyptError, match="share a dtype"):
+        kron_linear_fused(x.double(), A, B)
+
+
+def test_roofline_forward_is_the_memory_floor_for_81m() -> None:
+    shape, tokens = kron_shape(3072, 768, (768, 768)), 65536
+    floor = 2 * (tokens * (768 + 3072) + shape.params(1)) / 3.0e12 + 4e-6  # bf16 bytes over 3 TB/s + launch
+    assert predict(shape, 1, tokens, training=False)["fused"] == pytest.approx(floor)
+    assert fused_wins(shape, 1, tokens, training=True)
+    # four (1024, 256) ⊗ (3, 3) terms are 4/3 of dense FLOPs on the tensor cores: materialising wins
+    assert not fused_wins(KronShape(1024, 256, 3, 3), 4, tokens, training=False)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+def test_81m_forward_compiles_for_hopper_with_tensor_cores_and_no_spills() -> None:
+    """Compile (no GPU needed) what an 81M c_fc call would launch on an H100 and read the machine code."""
+    from kronypt.kernels.sass import layer_report
+
+    try:
+        rows = layer_report(kron_shape(3072, 768, (768, 768)), k=1, tokens=8192, training=False)
+    except FileNotFoundError as exc:  # a triton build without its bundled CUDA tools
+        pytest.skip(str(exc))
+    assert rows
+    for row in rows:
+        ops = row["instructions"]
+        assert row["stack_bytes"] == 0, row  # no register spills
+        assert any(name.startswith("HGMMA") for name in ops), row  # Hopper wgmma tensor cores
+        assert ops.get("LDGSTS.E.BYPASS.128", 0) > 0, row  # 16-byte asynchronous copies of x and A
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_cuda_81m_shape_matches_reference(dtype: str) -> None:
+    from kronypt.kernels import kron_linear_fused
+
+    case = Case(768, 768, 4, 1, 1, 257, dtype, True, True, True)
+    inputs = {n: (t.detach().cuda().requires_grad_() if t is not None else None)
+              for n, t in _inputs(case, seed=3).items()}
+    y = kron_linear_fused(**inputs, activation="gelu_new")
+    ref, leaves = _reference({n: (t.cpu() if t is not None else None) for n, t in inputs.items()}, act=True)
+    grad = torch.randn(ref.shape, dtype=torch.float64)
+    y.backward(grad.to(y.device, y.dtype))
+    ref.backward(grad)
+    tol = {"bfloat16": 1e-2, "float32": 1e-5}[dtype]
+    assert _relative(y.cpu(), ref) <= tol
+    for name, t in inputs.items():
+        if t is not None:
+            assert _relative(t.grad.cpu(), leaves[name].grad) <= tol, name
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_graph_decode_replays_eager_result() -> None:
+    from kronypt.kernels import kron_linear_fused
+
+    dev = torch.device("cuda")
+    A = torch.randn(1, 768, 768, device=dev, dtype=torch.bfloat16) * 0.03
+    B = torch.randn(1, 4, 1, device=dev, dtype=torch.bfloat16)
+    bias = torch.randn(3072, device=dev, dtype=torch.bfloat16)
+    static_x = torch.randn(1, 768, device=dev, dtype=torch.bfloat16)
+    with torch.no_grad():
+        kron_linear_fused(static_x, A, B, bias=bias, activation="gelu_new")  # tune and compile first
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = kron_linear_fused(static_x, A, B, bias=bias, activation="gelu_new")
+        fresh = torch.randn(1, 768, device=dev, dtype=torch.bfloat16)
+        static_x.copy_(fresh)
+        graph.replay()
+        eager = kron_linear_fused(fresh, A, B, bias=bias, activation="gelu_new")
+    torch.testing.assert_close(static_y, eager, rtol=0, atol=0)
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    _worker()
