@@ -130,3 +130,16 @@ def test_top_level_api_is_registered():
     from transformers import AutoConfig
 
     assert AutoConfig.for_model("kronygpt2").__class__ is kronypt.KronyGPT2Config
+
+
+def test_hidden_states_are_returned_after_compress_and_after_loading(tmp_path):
+    model = tiny_model()
+    dense_out = model(IDS, output_hidden_states=True)
+    compress(model, CompressionConfig(a_shape=(64, 64), factors=4), progress=False)
+    out = model(IDS, output_hidden_states=True)
+    assert len(out.hidden_states) == len(dense_out.hidden_states) == 3
+    assert rel(out.hidden_states[-1], dense_out.hidden_states[-1]) < 1e-5
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert len(loaded(IDS, output_hidden_states=True).hidden_states) == 3
+    assert loaded(IDS, labels=IDS).loss is not None

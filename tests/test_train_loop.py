@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from test_train_support import make_token_folder, run_python, scratch_config, tiny_gpt2
 from transformers import GPT2LMHeadModel
 
-from kronypt.models import CompressionConfig, compress, load_model
+from kronypt.models import load_model
 from kronypt.nn import KroneckerLinear
 from kronypt.train import TrainingDiverged, train
 from kronypt.train.checkpoint import latest_checkpoint, list_checkpoints, load_state
@@ -23,7 +23,9 @@ from kronypt.train.metrics import read_metrics
 
 def test_loss_falls_within_a_few_steps(tmp_path: Path) -> None:
     result = train(scratch_config(tmp_path, max_steps=12, eval_every=0), progress=False)
-    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert records[0] == {"step": 0, "tokens": 0, "val_loss": pytest.approx(math.log(256), abs=0.3)}
+    losses = [r["loss"] for r in records[1:]]
     assert len(losses) == 12 and result.step == 12 and result.tokens == 12 * 128
     assert sum(losses[-3:]) / 3 < losses[0] - 0.3, losses
     assert result.val_loss is not None and result.val_loss < math.log(256)
@@ -66,7 +68,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path: Path) -
     resumed = train(scratch_config(tmp_path, out=str(killed)), progress=False)
     expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     got = read_metrics(killed / "metrics.jsonl")
-    assert [r["step"] for r in got] == [r["step"] for r in expected] == list(range(1, 9))
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == list(range(9))
     for mine, ref in zip(got, expected, strict=True):
         for key in ("loss", "grad_norm", "lr", "val_loss"):
             assert (key in mine) == (key in ref)
@@ -79,12 +81,12 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path: Path) -
 
 
 def _kill_self_on_call(model: torch.nn.Module, call: int, sig: int) -> None:
-    """Send `sig` to this process during the model's `call`-th forward pass."""
+    """Send `sig` to this process during the model's `call`-th training forward pass."""
     calls = []
 
     def hook(module, args, output):
-        calls.append(1)
-        if len(calls) == call:
+        calls.append(module.training)  # validation passes run in eval mode and do not count
+        if sum(calls) == call and module.training:
             os.kill(os.getpid(), sig)
 
     model.register_forward_hook(hook)
@@ -110,8 +112,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     calls = []
 
     def poison(module, args, output):
-        calls.append(1)
-        return output * float("nan") if len(calls) >= 7 else output  # step 4 (micro-batches 7 and 8)
+        calls.append(module.training)
+        return output * float("nan") if sum(calls) >= 7 else output  # step 4 (training micro-batches 7 and 8)
 
     model.lm_head.register_forward_hook(poison)
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 4.*step-00000002"):
@@ -146,19 +148,17 @@ def test_frozen_embeddings_and_scalars_stay_bit_identical(tmp_path: Path) -> Non
 
 def test_distilling_from_an_identical_teacher_leaves_only_the_ce_share(tmp_path: Path) -> None:
     """At step 1 student = teacher (dropout off), so KL and hidden MSE vanish: loss = (1 - alpha) · CE."""
-    model = load_model(str(_tiny_dense_folder(tmp_path)))
-    compress(model, CompressionConfig(a_shape=(16, 8)), progress=False)
-    kron_dir = tmp_path / "kron"
-    model.save_pretrained(kron_dir)
-    common = {"init_from": "kronypt", "model": str(kron_dir), "model_config": None, "max_steps": 1,
-              "dropout": 0.0, "eval_every": 0}
-    plain = train(scratch_config(tmp_path, out=str(tmp_path / "plain"), **common), progress=False)
-    distilled = train(scratch_config(tmp_path, out=str(tmp_path / "distilled"), teacher=str(kron_dir),
-                                     alpha=0.75, hidden_weight=1.0, **common), progress=False)
-    assert distilled.loss == pytest.approx(0.25 * plain.loss, rel=1e-5)
+    teacher_dir = _tiny_dense_folder(tmp_path)
+    common = {"max_steps": 1, "dropout": 0.0, "eval_every": 0}
+    plain = train(scratch_config(tmp_path, out=str(tmp_path / "plain"), **common),
+                  model=load_model(str(teacher_dir)), progress=False)
+    distilled = train(scratch_config(tmp_path, out=str(tmp_path / "distilled"), teacher=str(teacher_dir),
+                                     alpha=0.75, hidden_weight=1.0, **common),
+                      model=load_model(str(teacher_dir)), progress=False)
+    assert distilled.loss == pytest.approx(0.25 * plain.loss, rel=1e-6)
 
 
 def test_seq_len_beyond_the_context_is_refused(tmp_path: Path) -> None:
     make_token_folder(tmp_path / "tokens")
     with pytest.raises(ValueError, match="exceeds the model's context"):
-        train(scratch_config(tmp_path, seq_len=128), progress=False)
+        train(scratch_config(tmp_path, seq_len=128, tokens_per_step=None), progress=False)

@@ -24,8 +24,9 @@ VOCAB = 256
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def make_token_folder(path: Path, vocab_size: int = VOCAB, blocks: int = 200) -> Path:
-    """train.bin / val.bin / meta.json with `blocks` (train) and 20 (val) rotations of a random block."""
+def make_token_folder(path: Path, vocab_size: int = VOCAB, blocks: int = 200, **meta) -> Path:
+    """train.bin / val.bin / meta.json with `blocks` (train) and 20 (val) rotations of a random block;
+    `meta` adds meta.json entries (e.g. the tokenizer)."""
     rng = np.random.default_rng(0)
     base = rng.integers(0, VOCAB, 64)
     train = np.concatenate([np.roll(base, k) for k in range(blocks)]).astype(np.uint16)
@@ -34,7 +35,7 @@ def make_token_folder(path: Path, vocab_size: int = VOCAB, blocks: int = 200) ->
         writer.write("train", train)
         writer.write("val", val)
         writer.commit({"vocab_size": vocab_size, "splits": {"train": {"file": "train.bin", "tokens": len(train)},
-                                                            "val": {"file": "val.bin", "tokens": len(val)}}})
+                                                            "val": {"file": "val.bin", "tokens": len(val)}}, **meta})
     return path
 
 

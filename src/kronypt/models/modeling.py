@@ -52,7 +52,7 @@ class KronyGPT2LMHeadModel(KroneckerInitMixin, GPT2LMHeadModel):
 
     def __init__(self, config: KronyGPT2Config) -> None:
         super().__init__(config)
-        self.transformer.__class__ = KronyGPT2Model
+        adopt_class(self, KronyGPT2LMHeadModel)
         for path, spec in config.kron_modules.items():
             old = self.get_submodule(path)
             in_features, out_features = old.weight.shape  # Conv1D stores (in, out)
@@ -61,6 +61,23 @@ class KronyGPT2LMHeadModel(KroneckerInitMixin, GPT2LMHeadModel):
                                   device=old.weight.device, dtype=old.weight.dtype)
             parent, _, name = path.rpartition(".")
             setattr(self.get_submodule(parent), name, new)
+
+
+def adopt_class(model: GPT2LMHeadModel, cls: type[GPT2LMHeadModel]) -> None:
+    """Turn a GPT-2 LM (and its inner GPT2Model) into the kronypt classes without rebuilding it.
+
+    Hugging Face keys per-class state on the class: which outputs (hidden states, attentions) a model can
+    record, and the loss type it derives from the class name. Both are carried over here.
+    """
+    model.__class__ = cls
+    model.transformer.__class__ = KronyGPT2Model
+    model.loss_type = "ForCausalLM"
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # older transformers record outputs without a registry
+        return
+    for module in (model, model.transformer):
+        _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
 
 
 AutoConfig.register(KronyGPT2Config.model_type, KronyGPT2Config, exist_ok=True)

@@ -12,7 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from kronypt.errors import KronyptError
 from kronypt.models.configuration import KronyGPT2Config
-from kronypt.models.modeling import KronyGPT2LMHeadModel, KronyGPT2Model
+from kronypt.models.modeling import KronyGPT2LMHeadModel, adopt_class
 from kronypt.nn import KroneckerLinear
 from kronypt.nn.kronecker_linear import INITS
 from kronypt.plan import SCHEME_INITS, mlp_dims, pick_for_target, resolve_scheme
@@ -132,8 +132,7 @@ def compress(model: GPT2LMHeadModel, config: CompressionConfig, progress: bool =
 def _become_kronecker(model: GPT2LMHeadModel, kron_modules: dict, init: str) -> None:
     base = model.config.to_gpt2() if isinstance(model.config, KronyGPT2Config) else model.config
     config = KronyGPT2Config.from_gpt2(base, {"modules": kron_modules, "init": init})
-    model.__class__ = KronyGPT2LMHeadModel
-    model.transformer.__class__ = KronyGPT2Model
+    adopt_class(model, KronyGPT2LMHeadModel)
     model.config = config
     model.transformer.config = config
 

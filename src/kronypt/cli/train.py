@@ -1,0 +1,116 @@
+"""`kronypt train`: heal a compressed model (or train a small model from scratch) from a recipe and flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from transformers.utils import logging as hf_logging
+
+from kronypt.cli.app import app, console, print_json
+from kronypt.errors import KronyptError
+from kronypt.train import TrainConfig
+from kronypt.train import train as run_training
+from kronypt.train.config import field_locations
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, Opt("--config", "-c", help="YAML recipe (see configs/); flags override it.")] = None,
+    init_from: Annotated[str | None, Opt(help="Model source: dense (compress on the fly), kronypt, scratch.")] = None,
+    model: Annotated[str | None, Opt(help="Hub id or folder of the dense / kronypt model.")] = None,
+    model_config: Annotated[str | None, Opt(help="GPT2Config JSON file for --init-from scratch.")] = None,
+    scheme: Annotated[str | None, Opt(help="Named scheme for --init-from dense, e.g. 81M, 96M-prune.")] = None,
+    a_shape: Annotated[str | None, Opt("--a-shape", help="Or an A-factor shape MxN of c_fc (out x in).")] = None,
+    factors: Annotated[int | None, Opt(help="Kronecker terms per matrix (default: the scheme's).")] = None,
+    init: Annotated[str | None, Opt(help="Factor init: van-loan, prune or random (default: the scheme's).")] = None,
+    scalars: Annotated[bool | None, Opt("--scalars/--no-scalars", help="Learnable scalar per factor.")] = None,
+    data: Annotated[str | None, Opt(help="Token folder from `kronypt data prepare`.")] = None,
+    out: Annotated[str | None, Opt("--out", "-o", help="Run folder: metrics.jsonl, checkpoints/, best, "
+                                                       "latest.")] = None,
+    max_steps: Annotated[int | None, Opt(help="Optimizer steps to train for.")] = None,
+    micro_batch_size: Annotated[int | None, Opt(help="Sequences per forward pass and rank.")] = None,
+    seq_len: Annotated[int | None, Opt(help="Tokens per sequence.")] = None,
+    tokens_per_step: Annotated[int | None, Opt(help="Tokens per optimizer step, all ranks together; "
+                                                    "sets the gradient accumulation.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    min_lr: Annotated[float | None, Opt(help="Final learning rate of cosine / wsd.")] = None,
+    schedule: Annotated[str | None, Opt(help="constant, cosine (warm-up, cosine) or wsd (warm-up, stable, "
+                                             "decay).")] = None,
+    warmup_steps: Annotated[int | None, Opt(help="Linear warm-up steps.")] = None,
+    weight_decay: Annotated[float | None, Opt(help="AdamW weight decay of matrices.")] = None,
+    grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
+    log_every: Annotated[int | None, Opt(help="Steps between metrics.jsonl records.")] = None,
+    eval_every: Annotated[int | None, Opt(help="Steps between validations (0: only at the end).")] = None,
+    eval_batches: Annotated[int | None, Opt(help="Validation micro-batches per evaluation.")] = None,
+    eval_wikitext: Annotated[str | None, Opt(help="Also log WikiText-2 validation perplexity (krony-pt protocol): "
+                                                  "a folder laid out like ../shared/data, or 'hub'.")] = None,
+    save_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
+    keep_last: Annotated[int | None, Opt(help="Checkpoints to keep (plus the best on validation).")] = None,
+    resume: Annotated[str | None, Opt(help="auto (latest checkpoint in --out, if any), never, or a checkpoint "
+                                           "folder.")] = None,
+    seed: Annotated[int | None, Opt(help="Seed of the initial weights, the data order and dropout.")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:1, ...")] = None,
+    precision: Annotated[str | None, Opt(help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32.")] = None,
+    compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
+    dropout: Annotated[float | None, Opt(help="Override the model's dropout probabilities.")] = None,
+    freeze_embeddings: Annotated[bool | None, Opt("--freeze-embeddings/--train-embeddings",
+                                                  help="Freeze token and position embeddings.")] = None,
+    freeze_scalars: Annotated[bool | None, Opt("--freeze-scalars/--train-scalars",
+                                               help="Freeze the Kronecker scalars.")] = None,
+    scalar_value: Annotated[float | None, Opt(help="With --freeze-scalars: set them to this value first.")] = None,
+    teacher: Annotated[str | None, Opt(help="Distil from this model (hub id or folder).")] = None,
+    alpha: Annotated[float | None, Opt("--distill-alpha", help="Weight of the KL term (1 − it weights CE).")] = None,
+    temperature: Annotated[float | None, Opt("--distill-temperature", help="Softmax temperature of the KL.")] = None,
+    hidden_weight: Annotated[float | None, Opt("--distill-hidden-weight", help="Weight of the hidden-state "
+                                                                              "MSE.")] = None,
+    settings: Annotated[list[str] | None, Opt("--set", help="Any other setting as KEY=VALUE, e.g. "
+                                                            "betas=0.9,0.95 (repeatable).")] = None,
+    print_config: Annotated[bool, Opt("--print-config", help="Print the resolved recipe and exit.")] = False,
+    as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a model on a token folder: heal a compressed GPT-2, or train a small one from scratch.
+
+    Settings come from the recipe (--config) and are overridden by flags. Rerunning the same command
+    resumes from the latest checkpoint in --out. SIGTERM / Ctrl-C save a checkpoint and stop. Under
+    `torchrun --nproc_per_node N -m kronypt.cli.main train ...` the same command trains with DDP.
+    """
+    flags = {name: value for name, value in locals().items() if name in field_locations() and value is not None}
+    recipe = TrainConfig.from_yaml(config) if config is not None else TrainConfig()
+    resolved = recipe.with_overrides({**_parse_settings(settings or []), **flags})
+    if print_config:
+        resolved.validate()
+        typer.echo(resolved.to_yaml(), nl=False)
+        return
+    hf_logging.disable_progress_bar()
+    result = run_training(resolved, progress=not as_json)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
+    if as_json:
+        print_json(result.to_json())
+        return
+    summary = (f"step {result.step:,} ({result.tokens:,} tokens), loss {_fmt(result.loss)}, "
+               f"val_loss {_fmt(result.val_loss)}, best val_loss {_fmt(result.best_val_loss)}")
+    console.print(summary, highlight=False)
+    if result.best_checkpoint:
+        console.print(f"best checkpoint: {result.best_checkpoint}/model", highlight=False)
+    if result.stopped_by:
+        console.print(f"stopped by {result.stopped_by}; rerun the same command to resume", highlight=False)
+
+
+def _parse_settings(items: list[str]) -> dict[str, str]:
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise KronyptError(f"cannot read --set {item!r}: expected KEY=VALUE, e.g. betas=0.9,0.95")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

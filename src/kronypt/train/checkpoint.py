@@ -1,0 +1,199 @@
+"""Atomic training checkpoints: the model in Hugging Face format plus the state to resume exactly.
+
+Layout of `OUT/checkpoints/step-00000100/`:
+    model/              save_pretrained output (config.json, model.safetensors): loads with `kronypt.load_model`
+    trainer_state.pt    optimizer, scheduler, step, tokens, data-sampler state, RNG states of every rank
+    checkpoint.json     written last: step, tokens, val_loss, and the size of every file above
+
+A checkpoint is written into a hidden temporary folder, every file and folder is fsynced, and only then
+is the folder renamed into place, so a crash never leaves a folder that looks complete. The newest
+`keep_last` checkpoints are kept plus the one with the lowest validation loss; `OUT/best` and
+`OUT/latest` are symlinks to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from kronypt.errors import KronyptError
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+STATE_FILE = "trainer_state.pt"
+INDEX_FILE = "checkpoint.json"
+
+
+def checkpoint_root(out: str | Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def list_checkpoints(out: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first (temporary folders are not listed)."""
+    root = checkpoint_root(out)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+
+
+def read_index(path: Path) -> dict[str, Any]:
+    """checkpoint.json of a checkpoint, after checking every file it lists has the recorded size."""
+    try:
+        index = json.loads((path / INDEX_FILE).read_text())
+        files = index["files"]
+        int(index["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise KronyptError(f"corrupt checkpoint {path}: missing or unreadable {INDEX_FILE}; "
+                           "delete it to resume from an earlier one") from None
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size:
+            raise KronyptError(f"corrupt checkpoint {path}: {name} is missing or has the wrong size; "
+                               "delete it to resume from an earlier one")
+    return index
+
+
+def load_state(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(model folder, trainer state) of a checkpoint, with a one-line error if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    read_index(path)
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means the file is damaged
+        raise KronyptError(f"corrupt checkpoint {path}: cannot read {STATE_FILE} ({type(exc).__name__}); "
+                           "delete it to resume from an earlier one") from None
+    return path / "model", state
+
+
+def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: dict[str, Any],
+                    val_loss: float | None, keep_last: int) -> Path:
+    """Write a checkpoint atomically, update the best/latest links and drop old checkpoints."""
+    root = checkpoint_root(out)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the training bar
+    try:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    torch.save(state, tmp / STATE_FILE)
+    files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+    index = {"step": step, "tokens": state.get("tokens"), "val_loss": val_loss, "files": files}
+    (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    _fsync_tree(tmp)
+    if final.exists():  # the same step saved twice (e.g. a save step that was also interrupted)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _prune(out, keep_last)
+    return final
+
+
+def best_checkpoint(out: str | Path) -> Path | None:
+    """The checkpoint with the lowest recorded validation loss, if any was evaluated."""
+    scored = [(index["val_loss"], path) for path, index in _indexes(out) if index.get("val_loss") is not None]
+    return min(scored)[1] if scored else None
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    found = list_checkpoints(out)
+    return found[-1] if found else None
+
+
+def clean_partial(out: str | Path) -> None:
+    """Remove temporary folders left by a run killed while saving."""
+    root = checkpoint_root(out)
+    if root.is_dir():
+        for path in root.glob(".tmp-step-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of this process: torch CPU, every CUDA device, NumPy and Python's random."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": np_state["has_gauss"],
+                         "gauss": np_state["gauss"],
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]}})
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _indexes(out: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    result = []
+    for path in list_checkpoints(out):
+        try:
+            result.append((path, json.loads((path / INDEX_FILE).read_text())))
+        except (OSError, ValueError):
+            continue  # a damaged checkpoint is never best; loading it reports the damage
+    return result
+
+
+def _prune(out: str | Path, keep_last: int) -> None:
+    found = list_checkpoints(out)
+    best = best_checkpoint(out)
+    keep = set(found[-keep_last:]) | ({best} if best else set())
+    for path in found:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+    _link(Path(out) / "latest", found[-1])
+    if best is not None:
+        _link(Path(out) / "best", best)
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point `link` at `target` (relative), replacing any old link atomically."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(tmp, link)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            _fsync_dir(path)
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,255 @@
+"""Training configuration: dataclass argument groups that load from YAML recipes and take CLI overrides.
+
+A recipe is a YAML file whose top-level keys are the `TrainConfig` fields (model source, data, output,
+seed) plus one section per argument group (`train`, `optim`, `eval`, `checkpoint`, `distill`). Every
+field name is unique across groups, so a flat override such as `{"lr": 1e-4}` (one per CLI flag) finds
+its group without ambiguity. Values are coerced to the field's type, so YAML's `6e-5` (a string in
+YAML 1.1) is read as a float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kronypt.errors import KronyptError
+
+INIT_FROM = ("dense", "kronypt", "scratch")
+SCHEDULES = ("constant", "cosine", "wsd")
+PRECISIONS = ("auto", "bf16", "fp32")
+NO_DECAY_KINDS = ("bias", "norm", "embedding", "scalars")
+
+
+@dataclass
+class TrainArgs:
+    """Batch geometry, length of the run and what is trained."""
+
+    max_steps: int = 1000
+    micro_batch_size: int = 32
+    seq_len: int = 1024
+    tokens_per_step: int | None = None  # None: one micro-batch per rank per step (no accumulation)
+    log_every: int = 10
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    compile: bool = False
+    dropout: float | None = None  # None keeps the model config's dropout
+    freeze_embeddings: bool = False
+    freeze_scalars: bool = False
+    scalar_value: float | None = None  # with freeze_scalars: set the scalars to this value first
+
+
+@dataclass
+class OptimArgs:
+    """AdamW, its parameter groups, the learning-rate schedule and gradient clipping."""
+
+    lr: float = 6e-5
+    min_lr: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_fraction: float = 0.1  # wsd: the final fraction of max_steps that decays to min_lr
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    no_decay: tuple[str, ...] = NO_DECAY_KINDS
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+
+
+@dataclass
+class EvalArgs:
+    """Periodic validation; the best checkpoint is chosen on `val.bin` loss only."""
+
+    eval_every: int = 500  # 0: only at the end
+    eval_batches: int = 20
+    eval_wikitext: str | None = None  # also WikiText-2 validation ppl: a folder like ../shared/data, or 'hub'
+    eval_wikitext_tokens: int | None = None  # cap on its tokens (quick checks); None: the whole split
+
+
+@dataclass
+class CheckpointArgs:
+    """When to save and how many checkpoints to keep."""
+
+    save_every: int = 1000
+    keep_last: int = 2
+    resume: str = "auto"  # auto (latest in OUT if any), never, or a checkpoint folder
+
+
+@dataclass
+class DistillArgs:
+    """Optional distillation from a teacher: alpha·T²·KL(teacher‖student) + (1−alpha)·CE + hidden MSE."""
+
+    teacher: str | None = None
+    alpha: float = 0.5
+    temperature: float = 2.0
+    hidden_weight: float = 0.0
+
+
+GROUPS = {"train": TrainArgs, "optim": OptimArgs, "eval": EvalArgs, "checkpoint": CheckpointArgs,
+          "distill": DistillArgs}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. See `configs/*.yaml` for recipes."""
+
+    init_from: str = "dense"
+    model: str | None = None  # hub id or folder (dense / kronypt)
+    model_config: str | None = None  # GPT2Config JSON (scratch)
+    scheme: str | None = None  # named scheme (dense), e.g. 81M
+    a_shape: str | None = None  # or an explicit A shape MxN of c_fc
+    factors: int | None = None
+    init: str | None = None  # van-loan / prune / random; default: the scheme's
+    scalars: bool = False
+    data: str | None = None  # folder with train.bin, val.bin, meta.json
+    out: str = "runs/train"
+    seed: int = 1337
+    device: str = "auto"
+    train: TrainArgs = field(default_factory=TrainArgs)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
+    distill: DistillArgs = field(default_factory=DistillArgs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a recipe; unknown keys are an error that lists the valid ones."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise KronyptError(f"cannot parse recipe {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise KronyptError(f"recipe {path} must be a mapping of keys to values")
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a nested dict (the YAML layout); group sections may also be given flat."""
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in GROUPS:
+                if not isinstance(value, dict):
+                    raise KronyptError(f"recipe section {key!r} must be a mapping")
+                _check_keys(value, GROUPS[key], key)
+                flat.update(value)
+            else:
+                flat[key] = value
+        return cls().with_overrides(flat)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A copy with flat `name: value` overrides applied (CLI flags), each coerced to its field's type."""
+        config = dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g)) for g in GROUPS})
+        where = field_locations()
+        for name, value in overrides.items():
+            if name not in where:
+                raise KronyptError(f"unknown setting {name!r}; valid settings: {', '.join(sorted(where))}")
+            target = config if where[name] is None else getattr(config, where[name])
+            setattr(target, name, _coerce(value, _hints(type(target))[name], name))
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested layout of a recipe (tuples as lists), e.g. to save next to the run."""
+        def plain(value: Any) -> Any:
+            return list(value) if isinstance(value, tuple) else value
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ({k: plain(v) for k, v in dataclasses.asdict(value).items()}
+                           if f.name in GROUPS else plain(value))
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> None:
+        """Check choices and required fields; raise KronyptError naming the fix."""
+        _choice("init_from", self.init_from, INIT_FROM)
+        _choice("schedule", self.optim.schedule, SCHEDULES)
+        _choice("precision", self.train.precision, PRECISIONS)
+        for kind in self.optim.no_decay:
+            _choice("no_decay entry", kind, NO_DECAY_KINDS)
+        if self.init_from in ("dense", "kronypt") and not self.model:
+            raise KronyptError(f"--init-from {self.init_from} needs --model (hub id or folder)")
+        if self.init_from == "scratch" and not self.model_config:
+            raise KronyptError("--init-from scratch needs --model-config (a GPT2Config JSON file)")
+        if self.init_from == "dense" and (self.scheme is None) == (self.a_shape is None):
+            raise KronyptError("--init-from dense needs exactly one of --scheme (e.g. 81M) or --a-shape MxN")
+        if self.init_from != "dense" and (self.scheme or self.a_shape):
+            raise KronyptError(f"--scheme / --a-shape only apply to --init-from dense, not {self.init_from}")
+        if not self.data:
+            raise KronyptError("no data folder: pass --data DIR (made by `kronypt data prepare`)")
+        for name, value in (("max_steps", self.train.max_steps), ("micro_batch_size", self.train.micro_batch_size),
+                            ("seq_len", self.train.seq_len), ("log_every", self.train.log_every),
+                            ("save_every", self.checkpoint.save_every), ("keep_last", self.checkpoint.keep_last),
+                            ("eval_batches", self.eval.eval_batches)):
+            if value < 1:
+                raise KronyptError(f"{name} must be at least 1, got {value}")
+        if self.train.scalar_value is not None and not self.train.freeze_scalars:
+            raise KronyptError("scalar_value only applies with freeze_scalars")
+        if not 0.0 <= self.distill.alpha <= 1.0 or self.distill.temperature <= 0:
+            raise KronyptError("distillation needs 0 <= alpha <= 1 and temperature > 0")
+
+
+def field_locations() -> dict[str, str | None]:
+    """Flat setting name -> its group (None for top-level fields)."""
+    where: dict[str, str | None] = {f.name: None for f in dataclasses.fields(TrainConfig) if f.name not in GROUPS}
+    for group, cls in GROUPS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in where, f"setting {f.name} is defined twice"
+            where[f.name] = group
+    return where
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_keys(values: dict[str, Any], cls: type, section: str) -> None:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    bad = [k for k in values if k not in valid]
+    if bad:
+        raise KronyptError(f"unknown key(s) {', '.join(bad)} in section {section!r}; valid: {', '.join(valid)}")
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise KronyptError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a YAML / CLI value to the annotated type (int, float, bool, str, tuples, optionals)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None  # so `--set scheme=null` can clear a recipe's value
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    try:
+        if typing.get_origin(hint) is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            inner = args[0]
+            if len(args) != 2 or args[1] is not Ellipsis:
+                if len(items) != len(args):
+                    raise ValueError(f"expected {len(args)} values")
+            return tuple(_coerce(v.strip() if isinstance(v, str) else v, inner, name) for v in items)
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("expected true or false")
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected an integer")
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if hint is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise KronyptError(f"bad value {value!r} for {name}: {exc}") from None

@@ -1,0 +1,333 @@
+"""The trainer: one loop for a CPU, one GPU, or many GPUs under `torchrun` (DDP).
+
+Each optimizer step reads `tokens_per_step` tokens: every rank runs `accumulation` micro-batches of
+`micro_batch_size` windows of `seq_len` tokens (gradients are synchronised on the last one only), then
+the gradients are clipped and AdamW steps. Rank 0 logs to `OUT/metrics.jsonl` and writes checkpoints;
+SIGTERM / SIGINT save a checkpoint and stop cleanly, a non-finite loss stops without touching the last
+good checkpoint. Launch recipes:
+
+    kronypt train --config configs/offline-heal.yaml                          # CPU or one GPU
+    torchrun --nproc_per_node 8 -m kronypt.cli.main train --config configs/gpt2-81M.yaml
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from kronypt.data.tokens import open_tokens, read_meta, sample_batch, sequential_batches
+from kronypt.errors import KronyptError
+from kronypt.models import load_model
+from kronypt.train import checkpoint, distributed
+from kronypt.train.config import TrainConfig
+from kronypt.train.distill import distillation_loss, lm_loss
+from kronypt.train.metrics import MetricsLog
+from kronypt.train.model_source import build_model, check_vocab, load_teacher, prepare_for_training
+from kronypt.train.optim import build_optimizer, build_scheduler
+from kronypt.train.wikitext import WikiTextValidation
+
+
+class TrainingDiverged(KronyptError):
+    """The loss or the gradient norm stopped being finite; nothing was saved for that step."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    out: str
+    step: int
+    tokens: int
+    loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    best_checkpoint: str | None
+    stopped_by: str | None  # the signal that stopped the run early, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def accumulation_steps(tokens_per_step: int | None, micro_batch_size: int, seq_len: int, world_size: int) -> int:
+    """Micro-batches per rank per optimizer step; tokens_per_step must be a multiple of one global micro-batch."""
+    per_micro = micro_batch_size * seq_len * world_size
+    if tokens_per_step is None:
+        return 1
+    if tokens_per_step < per_micro or tokens_per_step % per_micro:
+        nearest = max(1, round(tokens_per_step / per_micro)) * per_micro
+        raise KronyptError(f"tokens_per_step {tokens_per_step:,} is not a multiple of micro_batch_size × seq_len "
+                           f"× ranks = {per_micro:,}; e.g. use {nearest:,}")
+    return tokens_per_step // per_micro
+
+
+def train(config: TrainConfig, model: PreTrainedModel | None = None, progress: bool = True) -> TrainResult:
+    """Run (or resume) the training the config describes; `model` replaces the config's model source."""
+    config.validate()
+    owns_group = not distributed.dist.is_initialized()  # leave a caller's process group alone
+    env, device = distributed.setup(config.device)
+    try:
+        return Trainer(config, env, device, model).run(progress)
+    finally:
+        if owns_group:
+            distributed.teardown()
+
+
+class StopSignals:
+    """Record SIGTERM / SIGINT instead of dying, so the loop can save first; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Holds the model, optimizer, data sampler and counters of one run; `run` does the work."""
+
+    def __init__(self, config: TrainConfig, env: distributed.DistEnv, device: torch.device,
+                 model: PreTrainedModel | None = None) -> None:
+        self.config, self.env, self.device = config, env, device
+        args = config.train
+        self.out = Path(config.out)
+        meta = self._open_data()
+        self.accumulation = accumulation_steps(args.tokens_per_step, args.micro_batch_size, args.seq_len,
+                                               env.world_size)
+        self.tokens_per_step = args.micro_batch_size * args.seq_len * self.accumulation * env.world_size
+        resume_from = self._resume_path()
+        state = None
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        if resume_from is not None:
+            model_dir, state = checkpoint.load_state(resume_from)
+            model = _restore_weights(model, model_dir)
+        elif model is None:
+            model = build_model(config)
+        check_vocab(model, meta)
+        if args.seq_len > model.config.n_positions:
+            raise KronyptError(f"seq_len {args.seq_len} exceeds the model's context ({model.config.n_positions})")
+        prepare_for_training(model, args)
+        self.raw = model.to(device).train()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(model, config.optim, fused=device.type == "cuda")
+        self.scheduler = build_scheduler(self.optimizer, config.optim, args.max_steps)
+        # One stream for the global batch, sliced by rank: batches do not depend on the number of ranks.
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.step, self.tokens, self.best_val_loss = 0, 0, math.inf
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=env.is_main)
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        self.teacher = load_teacher(config.distill.teacher, model, device) if config.distill.teacher else None
+        wikitext = config.eval.eval_wikitext
+        self.wikitext = (WikiTextValidation(wikitext, meta, args.seq_len, args.micro_batch_size,
+                                            config.eval.eval_wikitext_tokens) if wikitext and env.is_main else None)
+        if args.compile:
+            model.compile()
+        self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None
+                                             ) if env.enabled else model
+        if state is not None:  # RNG states last: nothing above may draw from them after this
+            self._load_state(state)
+        else:
+            torch.manual_seed(config.seed + env.rank)  # different dropout masks on different ranks
+
+    def _open_data(self) -> dict[str, Any]:
+        """Open train.bin / val.bin (each must hold one window) and return meta.json."""
+        data, seq_len = self.config.data, self.config.train.seq_len
+        meta = read_meta(data)
+        self.train_tokens, self.val_tokens = open_tokens(data, "train"), open_tokens(data, "val")
+        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if len(tokens) < seq_len + 1:
+                raise KronyptError(f"the {split} split of {data} has {len(tokens):,} tokens, fewer than one "
+                                   f"window of seq_len + 1 = {seq_len + 1}")
+        return meta
+
+    def _resume_path(self) -> Path | None:
+        mode = self.config.checkpoint.resume
+        if mode == "never":
+            if checkpoint.list_checkpoints(self.out):
+                raise KronyptError(f"{self.out} already holds checkpoints; pass --resume auto to continue that "
+                                   "run or choose another --out")
+            return None
+        if mode == "auto":
+            return checkpoint.latest_checkpoint(self.out)
+        return Path(mode)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data_generator.set_state(state["data_generator"])
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.best_val_loss = float(state["best_val_loss"])
+        rng = state["rng"]
+        checkpoint.set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+        self.metrics.truncate_after(self.step)
+
+    def run(self, progress: bool = True) -> TrainResult:
+        """Train to max_steps (or until a signal), evaluating, logging and saving as configured."""
+        args, every = self.config.train, self.config.eval.eval_every
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            checkpoint.clean_partial(self.out)
+            (self.out / "config.yaml").write_text(self.config.to_yaml())
+        if self.step == 0:  # where training starts from, e.g. right after compression
+            self.metrics.write({"step": 0, "tokens": 0, **self.validate()})
+        bar = tqdm(total=args.max_steps, initial=self.step, desc="training", unit="step",
+                   disable=not (progress and self.env.is_main))
+        loss, scores = None, {}
+        busy, busy_tokens = 0.0, 0  # seconds in training steps since the last log, and their tokens
+        with StopSignals() as stop, bar:
+            while self.step < args.max_steps:
+                started = time.perf_counter()
+                loss, grad_norm, lr = self._train_step()
+                busy, busy_tokens = busy + time.perf_counter() - started, busy_tokens + self.tokens_per_step
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                stopped_by = stop.received if distributed.any_rank(stop.received is not None, self.device) else None
+                finished = self.step == args.max_steps
+                due = finished or (every > 0 and self.step % every == 0)
+                scores = self.validate() if due and not stopped_by else {}
+                if scores or self.step % args.log_every == 0 or finished or stopped_by:
+                    self._log(loss, grad_norm, lr, busy_tokens / max(busy, 1e-9), scores)
+                    busy, busy_tokens = 0.0, 0
+                val_loss = scores.get("val_loss")
+                improved = val_loss is not None and val_loss < self.best_val_loss
+                self.best_val_loss = val_loss if improved else self.best_val_loss
+                if improved or finished or stopped_by or self.step % self.config.checkpoint.save_every == 0:
+                    self.save(val_loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}))
+                if stopped_by:
+                    bar.write(f"{stopped_by}: saved step {self.step} to {checkpoint.latest_checkpoint(self.out)}; "
+                              "rerun the same command to resume")
+                    break
+        best = checkpoint.best_checkpoint(self.out) if self.env.is_main else None
+        return TrainResult(str(self.out), self.step, self.tokens, loss, scores.get("val_loss"),
+                           self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+                           str(best) if best else None, stop.received)
+
+    def _train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over `accumulation` micro-batches; returns (mean loss, grad norm, lr)."""
+        args = self.config.train
+        lr = self.scheduler.get_last_lr()[0]
+        per_rank = args.micro_batch_size * self.accumulation
+        inputs, targets = sample_batch(self.train_tokens, per_rank * self.env.world_size, args.seq_len,
+                                       self.data_generator)
+        mine = slice(self.env.rank * per_rank, (self.env.rank + 1) * per_rank)
+        inputs, targets = inputs[mine], targets[mine]
+        total = 0.0
+        for i, (x, y) in enumerate(zip(inputs.split(args.micro_batch_size), targets.split(args.micro_batch_size),
+                                       strict=True)):
+            last = i == self.accumulation - 1
+            sync = contextlib.nullcontext() if last or not self.env.enabled else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss = self._loss(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+                (loss / self.accumulation).backward()
+            total += loss.item()
+        loss_value = distributed.mean_across_ranks([total / self.accumulation], self.device)[0]
+        clip = self.config.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf).item()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            last_good = checkpoint.latest_checkpoint(self.out)
+            raise TrainingDiverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
+                                   f"at step {self.step + 1} (loss {loss_value}, grad norm {grad_norm}); stopped "
+                                   f"without saving; last good checkpoint: {last_good or 'none yet'} "
+                                   "(resume from it with a lower --lr)")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, grad_norm, lr
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        distill = self.config.distill
+        hidden = self.teacher is not None and distill.hidden_weight > 0
+        out = self.model(input_ids=x, output_hidden_states=hidden)
+        if self.teacher is None:
+            return lm_loss(out.logits, y)
+        with torch.no_grad():
+            ref = self.teacher(input_ids=x, output_hidden_states=hidden)
+        if hidden and (out.hidden_states is None or ref.hidden_states is None):
+            raise KronyptError("hidden-state distillation needs hidden states, but the student or the teacher "
+                               "returned none for output_hidden_states=True")
+        loss, _ = distillation_loss(out.logits, ref.logits, y, distill.alpha, distill.temperature,
+                                    out.hidden_states[1:] if hidden else None,
+                                    ref.hidden_states[1:] if hidden else None, distill.hidden_weight)
+        return loss
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def validate(self) -> dict[str, float]:
+        """{"val_loss": ...} on val.bin, plus "wikitext2_val_ppl" (rank 0) when configured."""
+        scores = {"val_loss": self.val_loss()}
+        if self.wikitext is not None:
+            with self._autocast():
+                scores["wikitext2_val_ppl"] = self.wikitext(self.raw)
+        return scores
+
+    @torch.no_grad()
+    def val_loss(self) -> float:
+        """Token-weighted mean loss on the first `eval_batches` validation batches (shared out over ranks)."""
+        self.raw.eval()
+        args = self.config.train
+        total = count = 0.0
+        val = sequential_batches(self.val_tokens, args.micro_batch_size, args.seq_len, self.config.eval.eval_batches)
+        for i, (x, y) in enumerate(val):
+            if i % self.env.world_size != self.env.rank:
+                continue
+            with self._autocast():
+                logits = self.raw(input_ids=x.to(self.device)).logits
+            total += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(), reduction="sum").item()
+            count += y.numel()
+        self.raw.train()
+        total, count = distributed.sum_across_ranks([total, count], self.device)
+        return total / count
+
+    def _log(self, loss: float, grad_norm: float, lr: float, tokens_per_s: float, scores: dict[str, float]) -> None:
+        self.metrics.write({"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                            "tokens_per_s": tokens_per_s, **scores})
+
+    def save(self, val_loss: float | None) -> None:
+        """Checkpoint on rank 0, with every rank's RNG state; all ranks wait until it is on disk."""
+        rng = distributed.gather_objects(checkpoint.rng_state())
+        if self.env.is_main:
+            state = {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val_loss,
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "data_generator": self.data_generator.get_state(), "rng": rng, "world_size": self.env.world_size,
+                     "config": self.config.to_dict()}
+            checkpoint.save_checkpoint(self.out, self.step, self.raw, state, val_loss, self.config.checkpoint.keep_last)
+        distributed.barrier()
+
+
+def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrainedModel:
+    """The checkpoint's model; into `model` (keeping its class and hooks) when one was given."""
+    saved = load_model(str(model_dir), dtype=torch.float32)
+    if model is None:
+        return saved
+    model.load_state_dict(saved.state_dict())
+    return model

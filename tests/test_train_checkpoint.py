@@ -1,0 +1,77 @@
+"""Checkpoints: atomic layout, keep-last-N plus best, damage detection, RNG round trip."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train_support import tiny_gpt2
+from transformers import GPT2LMHeadModel
+
+from kronypt.errors import KronyptError
+from kronypt.models import load_model
+from kronypt.train.checkpoint import (
+    best_checkpoint,
+    clean_partial,
+    latest_checkpoint,
+    list_checkpoints,
+    load_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(tiny_gpt2(n_layer=1))
+
+
+def test_keeps_the_last_n_and_the_best_and_links_them(tmp_path: Path, model: GPT2LMHeadModel) -> None:
+    for step, val_loss in [(1, 3.0), (2, 2.0), (3, 2.5), (4, None), (5, 2.7)]:
+        save_checkpoint(tmp_path, step, model, {"step": step, "tokens": step * 10}, val_loss, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000004", "step-00000005"]
+    assert best_checkpoint(tmp_path).name == "step-00000002"
+    assert (tmp_path / "best").resolve() == best_checkpoint(tmp_path).resolve()
+    assert (tmp_path / "latest").resolve() == latest_checkpoint(tmp_path).resolve()
+    model_dir, state = load_state(tmp_path / "latest")
+    assert state == {"step": 5, "tokens": 50}
+    reloaded = load_model(str(model_dir))
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values(),
+                                                  strict=True))
+
+
+def test_partial_folders_are_never_checkpoints(tmp_path: Path, model: GPT2LMHeadModel) -> None:
+    save_checkpoint(tmp_path, 1, model, {"step": 1}, None, keep_last=1)
+    partial = tmp_path / "checkpoints" / ".tmp-step-00000002-123"
+    (partial / "model").mkdir(parents=True)  # what a kill in the middle of a save leaves
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001"]
+    clean_partial(tmp_path)
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize("damage", ["index", "weights", "state"])
+def test_damaged_checkpoints_raise_one_clear_error(tmp_path: Path, model: GPT2LMHeadModel, damage: str) -> None:
+    path = save_checkpoint(tmp_path, 1, model, {"step": 1}, None, keep_last=1)
+    if damage == "index":
+        (path / "checkpoint.json").write_text("{")
+    elif damage == "weights":
+        (path / "model" / "model.safetensors").write_bytes(b"short")
+    else:
+        (path / "trainer_state.pt").write_bytes(b"x" * (path / "trainer_state.pt").stat().st_size)
+    with pytest.raises(KronyptError, match=f"^corrupt checkpoint {path}"):
+        load_state(path)
+    with pytest.raises(FileNotFoundError):
+        load_state(tmp_path / "checkpoints" / "step-00000099")
+
+
+def test_rng_states_round_trip() -> None:
+    state = rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]

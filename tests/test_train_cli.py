@@ -1,0 +1,78 @@
+"""`kronypt train` through the CLI: a short run, flag-over-recipe precedence, and one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_train_support import cli_args, make_token_folder, scratch_settings
+
+from kronypt.cli.main import main
+from kronypt.train.metrics import read_metrics
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        main(["train", *args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_trains_and_flags_override_the_recipe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    settings = scratch_settings(tmp_path, max_steps=3)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"init_from: scratch\nmodel_config: {settings['model_config']}\ndata: {settings['data']}\n"
+                      "train: {max_steps: 50, seq_len: 32, micro_batch_size: 2}\noptim: {lr: 3e-3}\n")
+    code, out, _ = _run(["--config", str(recipe), "--max-steps", "3", "--out", str(tmp_path / "run"),
+                         "--log-every", "1", "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["step"] == 3 and result["tokens"] == 3 * 2 * 32
+    assert [r.get("lr") for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [None] + [3e-3] * 3
+    code, out, _ = _run(["--config", str(recipe), "--lr", "1e-4", "--print-config"], capsys)
+    assert code == 0 and "lr: 0.0001" in out and "max_steps: 50" in out
+
+
+def _corrupt_latest(run: Path, how: str) -> None:
+    state = run / "latest" / "trainer_state.pt"
+    if how == "truncated":
+        state.write_bytes(state.read_bytes()[:100])
+    else:  # same size, garbage bytes: only unpickling notices
+        state.write_bytes(b"\0" * state.stat().st_size)
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, how: str) -> None:
+    settings = scratch_settings(tmp_path, max_steps=2, save_every=2)
+    assert _run(cli_args(settings), capsys)[0] == 0
+    _corrupt_latest(tmp_path / "run", how)
+    code, _, err = _run(cli_args({**settings, "max_steps": 4}), capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("kronypt: error: corrupt checkpoint") and "step-00000002" in err
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
+    big_vocab = make_token_folder(tmp_path / "big-vocab", vocab_size=70_000)
+    return {
+        "missing data": ({"data": str(tmp_path / "nowhere")}, "does not exist"),
+        "unknown scheme": ({"init_from": "dense", "model": str(tmp_path), "model_config": None, "scheme": "999M"},
+                           "unknown scheme '999M'; choose one of 67M"),
+        "vocab beyond uint16": ({"data": str(big_vocab)}, "vocab size 70,000 does not fit uint16"),
+        "batch geometry": ({"tokens_per_step": 100}, "not a multiple of micro_batch_size"),
+        "unknown schedule": ({"schedule": "linear"}, "choose one of constant, cosine, wsd"),
+        "missing model config": ({"model_config": str(tmp_path / "no.json")}, "does not exist"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing data", "unknown scheme", "vocab beyond uint16", "batch geometry",
+                                  "unknown schedule", "missing model config"])
+def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, case: str) -> None:
+    overrides, message = _bad_inputs(tmp_path)[case]
+    settings = {k: v for k, v in scratch_settings(tmp_path, **overrides).items() if v is not None}
+    code, _, err = _run(cli_args(settings), capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("kronypt: error: ") and message in err, err

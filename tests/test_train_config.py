@@ -1,0 +1,134 @@
+"""Recipes (YAML + overrides), batch geometry, LR schedules and AdamW parameter groups."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_support import tiny_gpt2
+from transformers import GPT2LMHeadModel
+
+from kronypt.errors import KronyptError
+from kronypt.models import CompressionConfig, compress
+from kronypt.train import TrainConfig
+from kronypt.train.config import OptimArgs
+from kronypt.train.loop import accumulation_steps
+from kronypt.train.optim import build_optimizer, build_scheduler, lr_multiplier, param_groups
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_yaml_sections_coercion_and_flag_overrides(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("init_from: dense\nmodel: gpt2\nscheme: 81M\ndata: d\n"
+                      "train: {micro_batch_size: 32, tokens_per_step: 131072}\n"
+                      "optim: {lr: 6e-5, betas: [0.9, 0.95]}\n")
+    config = TrainConfig.from_yaml(recipe)
+    assert config.optim.lr == 6e-5 and isinstance(config.optim.lr, float)  # '6e-5' is a string to YAML 1.1
+    assert config.optim.betas == (0.9, 0.95) and config.train.tokens_per_step == 131072
+    overridden = config.with_overrides({"lr": "1e-4", "max_steps": 7, "betas": "0.8,0.9", "compile": "true"})
+    assert (overridden.optim.lr, overridden.train.max_steps, overridden.optim.betas) == (1e-4, 7, (0.8, 0.9))
+    assert overridden.train.compile is True and config.optim.lr == 6e-5  # the original is untouched
+    assert TrainConfig.from_dict(overridden.to_dict()) == overridden
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("optim: {lr: 1, warmup: 3}\n", "unknown key.*warmup.*valid: lr"),
+    ("learning_rate: 1\n", "unknown setting 'learning_rate'"),
+    ("train: {max_steps: many}\n", "bad value 'many' for max_steps"),
+    ("optim: {betas: [0.9]}\n", "bad value .* for betas"),
+    ("- a list\n", "must be a mapping"),
+])
+def test_bad_recipes_are_refused_with_the_valid_options(tmp_path: Path, text: str, message: str) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    with pytest.raises(KronyptError, match=message):
+        TrainConfig.from_yaml(recipe)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"init_from": "hub"}, "unknown init_from 'hub'; choose one of dense, kronypt, scratch"),
+    ({"schedule": "linear"}, "choose one of constant, cosine, wsd"),
+    ({"init_from": "dense", "scheme": None}, "exactly one of --scheme"),
+    ({"init_from": "scratch", "scheme": None}, "needs --model-config"),
+    ({"data": None}, "no data folder"),
+    ({"scalar_value": 4.0}, "only applies with freeze_scalars"),
+])
+def test_validation_names_the_fix(overrides: dict, message: str) -> None:
+    config = TrainConfig().with_overrides({"model": "gpt2", "scheme": "81M", "data": "d", **overrides})
+    with pytest.raises(KronyptError, match=message):
+        config.validate()
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load_and_validate(recipe: Path) -> None:
+    config = TrainConfig.from_yaml(recipe)
+    config.validate()
+    accumulation_steps(config.train.tokens_per_step, config.train.micro_batch_size, config.train.seq_len, 1)
+
+
+def test_paper_recipe_batch_geometry() -> None:
+    config = TrainConfig.from_yaml(CONFIGS / "gpt2-81M.yaml")
+    args = config.train
+    assert (args.micro_batch_size, args.seq_len, config.optim.lr, config.optim.schedule) == (32, 1024, 6e-5, "constant")
+    assert accumulation_steps(args.tokens_per_step, 32, 1024, 1) == 4
+    assert accumulation_steps(args.tokens_per_step, 32, 1024, 4) == 1
+    with pytest.raises(KronyptError, match="not a multiple.*e.g. use"):
+        accumulation_steps(args.tokens_per_step, 32, 1024, 3)
+    assert accumulation_steps(None, 8, 128, 2) == 1
+
+
+def _reference_lr(schedule: str, step: int, max_steps: int = 100, warmup: int = 10, floor: float = 0.1,
+                  decay_fraction: float = 0.2) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return floor + (1 - floor) * (1 + math.cos(math.pi * (step - warmup) / (max_steps - warmup))) / 2
+    start = max_steps - decay_fraction * max_steps
+    return 1.0 if step < start else 1.0 - (1 - floor) * (step - start + 1) / (decay_fraction * max_steps)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "wsd"])
+def test_schedules_match_their_formulas(schedule: str) -> None:
+    args = OptimArgs(lr=1.0, min_lr=0.1, schedule=schedule, warmup_steps=10, decay_fraction=0.2)
+    multiplier = lr_multiplier(args, 100)
+    for step in range(100):
+        assert multiplier(step) == pytest.approx(_reference_lr(schedule, step)), step
+    last = {"constant": 1.0, "cosine": 0.1 + 0.9 * (1 + math.cos(math.pi * 89 / 90)) / 2, "wsd": 0.1}
+    assert multiplier(99) == pytest.approx(last[schedule])
+
+
+def test_scheduler_state_resumes_the_same_lrs() -> None:
+    args = OptimArgs(lr=0.5, schedule="cosine", warmup_steps=3)
+    param = torch.nn.Parameter(torch.zeros(2))
+    first = torch.optim.AdamW([param], lr=args.lr)
+    scheduler = build_scheduler(first, args, 20)
+    for _ in range(7):
+        first.step()
+        scheduler.step()
+    second = torch.optim.AdamW([param], lr=args.lr)
+    resumed = build_scheduler(second, args, 20)
+    resumed.load_state_dict(scheduler.state_dict())
+    assert resumed.get_last_lr() == scheduler.get_last_lr() == [0.5 * lr_multiplier(args, 20)(7)]
+
+
+def test_param_groups_exempt_biases_norms_embeddings_and_scalars() -> None:
+    model = GPT2LMHeadModel(tiny_gpt2())
+    compress(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
+    decay, no_decay = param_groups(model, OptimArgs(weight_decay=0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    assert all(n.endswith((".A", ".B", "attn.c_attn.weight", "attn.c_proj.weight")) for n in decayed)
+    assert len(decayed) == 2 * 6  # per block: attn.c_attn, attn.c_proj, and A, B of c_fc and mlp.c_proj
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.mlp.c_fc.scalars",
+            "transformer.h.0.ln_1.weight", "transformer.h.0.mlp.c_fc.bias"} <= exempt
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))  # tied head once
+    everything = param_groups(model, OptimArgs(no_decay=("bias",)))[0]["params"]
+    assert id(model.transformer.wte.weight) in {id(p) for p in everything}
+    optimizer = build_optimizer(model, OptimArgs(weight_decay=0.1))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
