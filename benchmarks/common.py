@@ -44,8 +44,9 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def write_json(path: str | None, payload: dict) -> None:
+def write_json(path: str | None, payload: dict, quiet: bool = False) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2))
-        print(f"wrote {path}")
+        if not quiet:
+            print(f"wrote {path}")

@@ -10,6 +10,7 @@ fused into c_fc): training-step tokens/s (bf16 autocast, AdamW), prefill tokens/
 latency, eager and graphed. Ratios are against dense in the same run (> 1 = faster than dense).
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu.py --quick --json $OUT/gpu.json   # core cases, ~2 min
+    PYTHONUNBUFFERED=1 python benchmarks/gpu.py --fast --json $OUT/gpu.json    # run-2 set, < 200 s
     PYTHONUNBUFFERED=1 python benchmarks/gpu.py --json $OUT/gpu.json           # everything, ≤ 4 min
     python benchmarks/gpu.py --dry-run                         # CPU: case list, predictions, tiny run
     TRITON_INTERPRET=1 python benchmarks/gpu.py --dry-run      # ... with the fused path interpreted
@@ -29,7 +30,7 @@ import sys
 import time
 import types
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -72,13 +73,28 @@ CASES = [
     LayerCase("92M-4 c_fc", 3072, 768, (1024, 256), 4, 65536),
     LayerCase("81M c_fc fp32", 3072, 768, (768, 768), 1, 8192, dtype="float32", backward=False),
 ]
+# --fast: what a second short device call needs (81M both layers fwd and fwd+bwd at 8192/65536, the
+# large-B and k = 4 forwards, graphed decode), with the 8192-token forwards also timed inside a CUDA graph
+# (the kernels' own time, without the eager launch cost).
+FAST_CASES = [
+    LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 8192, graph=True),
+    LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 65536),
+    LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 8192, graph=True),
+    LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 65536),
+    LayerCase("81M c_fc decode", 3072, 768, (768, 768), 1, 1, backward=False, graph=True),
+    LayerCase("67M c_fc", 3072, 768, (64, 32), 1, 65536, backward=False),
+    LayerCase("MF1 c_fc", 3072, 768, (256, 64), 1, 65536, backward=False),
+    LayerCase("92M-4 c_fc", 3072, 768, (1024, 256), 4, 65536, backward=False),
+]
 # The same structure at interpreter-friendly sizes, for --dry-run on a CPU.
 DRY_CASES = [
     LayerCase("dry c_fc", 96, 40, (24, 40), 1, 33, quick=True),
     LayerCase("dry c_proj", 40, 96, (40, 24), 1, 7, quick=True),
     LayerCase("dry decode", 96, 40, (24, 40), 1, 1, backward=False, graph=True, quick=True),
 ]
-PATHS = ("dense", "materialised", "factored", "fused")
+# fused: `kron_linear_fused` as the layer runs it (version 2 where it applies); fused_v1: the version-1
+# Triton kernels forced (impl="triton"), for the comparison.
+PATHS = ("dense", "materialised", "factored", "fused_v1", "fused")
 
 
 class Clock:
@@ -166,6 +182,7 @@ def _paths(case: LayerCase, device: torch.device) -> dict:
         "factored": lambda s: kron_linear_factored(s.x, s.A, s.B, None, s.bias, order=order),
     }
     if fused_available(torch.empty(0, device=device)):
+        paths["fused_v1"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="triton")
         paths["fused"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias)
     return paths
 
@@ -191,13 +208,13 @@ def replace_ns(s: types.SimpleNamespace, **changes) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{**vars(s), **changes})
 
 
-def _fused_grad_errors(s: types.SimpleNamespace, rows: int = 1024) -> dict[str, float]:
+def _fused_grad_errors(s: types.SimpleNamespace, impl: str, rows: int = 1024) -> dict[str, float]:
     """‖grad_fused − grad_ref‖ / ‖grad_ref‖ for x, A, B, bias against float64 autograd."""
     leaves = {n: getattr(s, n)[:rows] if n == "x" else getattr(s, n) for n in ("x", "A", "B", "bias")}
     fused = {n: t.detach().clone().requires_grad_() for n, t in leaves.items()}
     ref = {n: t.detach().double().requires_grad_() for n, t in leaves.items()}
     grad = s.grad[:rows]
-    kron_linear_fused(fused["x"], fused["A"], fused["B"], None, fused["bias"]).backward(grad)
+    kron_linear_fused(fused["x"], fused["A"], fused["B"], None, fused["bias"], impl=impl).backward(grad)
     kron_linear_materialised(ref["x"], ref["A"], ref["B"], None, ref["bias"]).backward(grad.double())
     return {n: ((fused[n].grad.double() - ref[n].grad).norm() / ref[n].grad.norm()).item() for n in leaves}
 
@@ -220,8 +237,8 @@ def run_layer(case: LayerCase, device: torch.device, clock: Clock, l2_bytes: int
             if case.graph and device.type == "cuda":
                 row["graph_ms"] = clock.graph_ms(path, sets)
             row["max_rel_err"] = _max_rel_error(path, sets[0])
-            if name == "fused" and case.backward:
-                row["grad_rel_err"] = _fused_grad_errors(sets[0])
+            if name.startswith("fused") and case.backward:
+                row["grad_rel_err"] = _fused_grad_errors(sets[0], "triton" if name == "fused_v1" else "auto")
         except Exception as exc:  # record and go on: one failing path must not hide the others
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         result["paths"][name] = row
@@ -397,7 +414,7 @@ def measure_ceilings(device: torch.device, clock: Clock) -> dict:
 def print_tables(layers: list[dict], model: dict | None) -> None:
     """Speed-ups over dense in the same run (× > 1 is faster), fused errors and predictions."""
     head = f"{'layer':22} {'B':>7} {'tok':>6} {'pass':8} {'dense ms':>9} "
-    head += " ".join(f"{p[:6]:>7}" for p in PATHS[1:])
+    head += " ".join(f"{p[:7]:>7}" for p in PATHS[1:])
     print("\n" + head + f" {'pred':>6} {'fused err':>9}")
     for r in layers:
         if "paths" not in r:
@@ -451,9 +468,12 @@ def sass_reports(cases: list[LayerCase]) -> list[dict]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the core cases (81M layer, decode, model)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the short second-run set (FAST_CASES and the model, < 200 s on an H100)")
     parser.add_argument("--dry-run", action="store_true", help="CPU: tiny cases and model, no GPU needed")
     parser.add_argument("--json", help="write all results here (rewritten after every case)")
-    parser.add_argument("--budget", type=float, default=230.0, help="seconds after which cases are skipped")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds after which cases are skipped (default 230; 185 with --fast)")
     parser.add_argument("--reps", type=int, default=30, help="timed repeats per measurement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step (slow to build)")
     parser.add_argument("--no-model", action="store_true", help="skip the whole-model section")
@@ -473,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("benchmarks/gpu.py needs a CUDA device (use --dry-run on a CPU)")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     clock = Clock(device, 3 if args.dry_run else args.reps)
-    deadline = START + args.budget
+    deadline = START + (args.budget if args.budget is not None else 185.0 if args.fast else 230.0)
     env = environment(device)
     env.update(triton=_version("triton"), transformers=_version("transformers"), cuda=torch.version.cuda,
                fused_available=fused_available(torch.empty(0, device=device)))
@@ -486,7 +506,13 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         report["ceilings"] = measure_ceilings(device, clock)
         print(f"ceilings: {report['ceilings']}", flush=True)
-    cases = [c for c in (DRY_CASES if args.dry_run else CASES) if c.quick or not args.quick]
+    if args.dry_run:
+        cases = DRY_CASES
+    elif args.fast:
+        cases = [replace(c, quick=True) for c in FAST_CASES]
+    else:
+        cases = CASES
+    cases = [c for c in cases if c.quick or not args.quick]
     if args.sass:
         report["sass"] = sass_reports(cases)
         write_json(args.json, report)

@@ -61,7 +61,8 @@ def layer_case(scheme: str, tokens: int, device: torch.device, dtype: torch.dtyp
         result[f"{path}_ms"] = timed(lambda: layer(x)) * 1e3
         result[f"{path}_speedup"] = dense * 1e3 / result[f"{path}_ms"]
     layer.path = "auto"
-    result["auto_choice"] = layer.resolved_path(tokens, training=backward)
+    with torch.inference_mode(not backward):
+        result["auto_choice"] = layer.path_for(x)
     macs = min(layer.shape.macs_per_token(k))
     result["flop_ideal_speedup"] = layer.shape.dense_macs_per_token() / macs
     best = min(result["factored_ms"], result["materialised_ms"])
@@ -111,6 +112,8 @@ def main() -> None:
                           f"{r['factored_speedup']:>7.2f}x {r['materialised_speedup']:>7.2f}x "
                           f"{r['auto_speedup']:>7.2f}x {r['flop_ideal_speedup']:>5.2f}x  {r['auto_choice']} "
                           f"({r['auto_vs_best']:.2f})", flush=True)
+                    write_json(args.json, {"environment": environment(device), "layers": results, "models": models},
+                               quiet=True)  # keep what was measured if the run is cut short
         if not args.no_model:
             m = model_case(device, dtype, 1024, budget)
             models.append(m)

@@ -51,17 +51,19 @@ class Case:
     bias: bool
     act: bool
     lead: tuple[int, ...] = ()
+    impl: str = "auto"
 
     @property
     def name(self) -> str:
         flags = "".join(f for f, on in (("s", self.scalars), ("b", self.bias), ("g", self.act)) if on)
         return (f"A{self.m1}x{self.n1}-B{self.m2}x{self.n2}-k{self.k}-T{self.tokens}{self.lead or ''}-"
-                f"{self.dtype}-{flags or 'plain'}")
+                f"{self.dtype}-{flags or 'plain'}-{self.impl}")
 
 
 # B shaped like the real schemes: (4,1) c_fc of 81M, (1,4) its c_proj, (3,3) of 92M-4, (2,2), (1,2) of
 # 96M-prune, (12,12) of MF1 and a rectangular large B (both go to the two-stage kernel); token counts 1
-# (decode), 7, 17, 33; A sizes off the block multiples.
+# (decode), 7, 17, 33, 70; A sizes off the block multiples. B with one row or column runs version 2
+# (`gemm_path`) under impl="auto"; the "triton" cases keep the version-1 kernels covered on those shapes.
 CASES = [
     Case(24, 40, 4, 1, 1, 33, "float32", True, True, True),
     Case(24, 40, 4, 1, 1, 33, "bfloat16", False, True, True),
@@ -78,6 +80,10 @@ CASES = [
     Case(16, 16, 10, 12, 1, 7, "float32", True, True, False),
     Case(24, 40, 4, 1, 4, 1, "bfloat16", True, True, False),
     Case(24, 40, 4, 1, 1, 10, "float32", False, True, False, lead=(2, 5)),
+    Case(24, 40, 3, 1, 2, 70, "float32", True, True, True),
+    Case(40, 24, 1, 4, 3, 17, "bfloat16", True, True, True),
+    Case(24, 40, 4, 1, 1, 33, "float32", True, True, True, impl="triton"),
+    Case(40, 24, 1, 4, 1, 17, "bfloat16", True, True, False, impl="triton"),
 ]
 
 
@@ -115,7 +121,7 @@ def check_case(case: Case, seed: int = 0) -> dict[str, float]:
     from kronypt.kernels import kron_linear_fused
 
     inputs = _inputs(case, seed)
-    y = kron_linear_fused(**inputs, activation="gelu_new" if case.act else None)
+    y = kron_linear_fused(**inputs, activation="gelu_new" if case.act else None, impl=case.impl)
     ref, leaves = _reference(inputs, case.act)
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     y.backward(grad.to(y.dtype))
@@ -139,11 +145,22 @@ def check_interfaces() -> dict[str, float]:
                              backend="aot_eager", fullgraph=True)
     ref, _ = _reference({"x": inp["x"], "A": inp["A"], "B": inp["B"]}, act=True)
     empty = kron_linear_fused(inp["x"][:0], inp["A"], inp["B"], bias=inp["bias"])
+    # training under bf16 autocast: float32 parameters (the bias stays float32), both version-2 orientations
+    autocast_errors = []
+    for proj in (Case(24, 40, 4, 1, 1, 33, "float32", True, True, False),
+                 Case(40, 24, 1, 4, 1, 33, "float32", True, True, False)):
+        p = _inputs(proj, seed=6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = kron_linear_fused(**p)
+        out.float().sum().backward()
+        autocast_errors.append(_relative(out, _reference(p, act=False)[0]))
+        autocast_errors += [float(p[n].grad is None or p[n].grad.dtype != torch.float32) for n in p]
     return {
         "opcheck_failures": float(sum(v != "SUCCESS" for v in report.values())),
         "compiled_error": _relative(compiled(inp["x"]), ref),
         "empty_shape_ok": float(tuple(empty.shape) == (0, case.m1 * case.m2)),
         "cpu_available": float(fused_available(torch.zeros(1))),
+        "autocast_worst": max(autocast_errors),
     }
 
 
@@ -194,6 +211,7 @@ def test_operator_registration_compile_and_empty_input(interpreted: dict) -> Non
     assert errors["compiled_error"] <= TOLERANCE["float32"]
     assert errors["empty_shape_ok"] == 1.0
     assert errors["cpu_available"] == 1.0  # the interpreter runs on CPU tensors
+    assert errors["autocast_worst"] <= TOLERANCE["bfloat16"]  # bf16 values, float32 gradients everywhere
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(),
@@ -212,15 +230,31 @@ def test_bad_inputs_raise_kronypt_error() -> None:
         kron_linear_fused(torch.randn(3, 9), A, B)
     with pytest.raises(KronyptError, match="share a dtype"):
         kron_linear_fused(x.double(), A, B)
+    with pytest.raises(KronyptError, match="triton"):
+        kron_linear_fused(x, A, B, impl="cuda")
 
 
-def test_roofline_forward_is_the_memory_floor_for_81m() -> None:
+def test_roofline_v1_forward_is_the_memory_floor_for_81m() -> None:
     shape, tokens = kron_shape(3072, 768, (768, 768)), 65536
     floor = 2 * (tokens * (768 + 3072) + shape.params(1)) / 3.0e12 + 4e-6  # bf16 bytes over 3 TB/s + launch
-    assert predict(shape, 1, tokens, training=False)["fused"] == pytest.approx(floor)
-    assert fused_wins(shape, 1, tokens, training=True)
-    # four (1024, 256) ⊗ (3, 3) terms are 4/3 of dense FLOPs on the tensor cores: materialising wins
+    p = predict(shape, 1, tokens, training=False)
+    assert p["fused_v1"] == pytest.approx(floor)
+    # version 2 writes and re-reads P = x·Aᵀ (T·768 values) and runs the A-GEMM unfused: above the floor
+    assert floor < p["fused"] < p["dense"]
+
+
+def test_fused_wins_only_where_measured() -> None:
+    tokens = 65536
+    # 81M: the layer alone (without the GELU fusion of the MLP) did not beat materialising (runs 1-3)
+    for shape in (kron_shape(3072, 768, (768, 768)), kron_shape(768, 3072, (768, 768))):
+        for training in (False, True):
+            assert not fused_wins(shape, 1, tokens, training)
     assert not fused_wins(KronShape(1024, 256, 3, 3), 4, tokens, training=False)
+    # 67M c_fc forward at 65536 tokens: fused 0.30 ms, materialised 0.53 ms, factored 1.36 ms (run 1)
+    large_b = kron_shape(3072, 768, (64, 32))
+    assert fused_wins(large_b, 1, tokens, training=False)
+    assert not fused_wins(large_b, 1, 8192, training=False)
+    assert not fused_wins(large_b, 1, tokens, training=True)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
@@ -228,8 +262,9 @@ def test_81m_forward_compiles_for_hopper_with_tensor_cores_and_no_spills() -> No
     """Compile (no GPU needed) what an 81M c_fc call would launch on an H100 and read the machine code."""
     from kronypt.kernels.sass import layer_report
 
+    shape = kron_shape(3072, 768, (768, 768))
     try:
-        rows = layer_report(kron_shape(3072, 768, (768, 768)), k=1, tokens=8192, training=False)
+        rows = layer_report(shape, k=1, tokens=8192, training=False, impl="triton")
     except FileNotFoundError as exc:  # a triton build without its bundled CUDA tools
         pytest.skip(str(exc))
     assert rows
@@ -238,6 +273,12 @@ def test_81m_forward_compiles_for_hopper_with_tensor_cores_and_no_spills() -> No
         assert row["stack_bytes"] == 0, row  # no register spills
         assert any(name.startswith("HGMMA") for name in ops), row  # Hopper wgmma tensor cores
         assert ops.get("LDGSTS.E.BYPASS.128", 0) > 0, row  # 16-byte asynchronous copies of x and A
+    # version 2 (GEMMs in cuBLAS): its memory-bound passes, with GELU, in training
+    rows = layer_report(shape, k=1, tokens=8192, training=True, activation="gelu_new")
+    assert {row["kernel"] for row in rows} == {"_expand_kernel", "_reduce_kernel"}
+    for row in rows:
+        assert row["stack_bytes"] == 0, row
+        assert row["instructions"].get("LDG.E.128", 0) > 0, row  # 16-byte loads of P / x
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -245,14 +286,17 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_cuda_81m_shape_matches_reference(dtype: str) -> None:
+@pytest.mark.parametrize(("b_shape", "dtype", "impl"), [
+    ((4, 1), "bfloat16", "auto"), ((4, 1), "float32", "auto"), ((1, 4), "bfloat16", "auto"),
+    ((4, 1), "bfloat16", "triton"), ((4, 1), "float32", "triton"),
+])
+def test_cuda_81m_shape_matches_reference(b_shape: tuple[int, int], dtype: str, impl: str) -> None:
     from kronypt.kernels import kron_linear_fused
 
-    case = Case(768, 768, 4, 1, 1, 257, dtype, True, True, True)
+    case = Case(768, 768, *b_shape, 1, 257, dtype, True, True, True, impl=impl)
     inputs = {n: (t.detach().cuda().requires_grad_() if t is not None else None)
               for n, t in _inputs(case, seed=3).items()}
-    y = kron_linear_fused(**inputs, activation="gelu_new")
+    y = kron_linear_fused(**inputs, activation="gelu_new", impl=impl)
     ref, leaves = _reference({n: (t.cpu() if t is not None else None) for n, t in inputs.items()}, act=True)
     grad = torch.randn(ref.shape, dtype=torch.float64)
     y.backward(grad.to(y.device, y.dtype))
@@ -261,7 +305,10 @@ def test_cuda_81m_shape_matches_reference(dtype: str) -> None:
     assert _relative(y.cpu(), ref) <= tol
     for name, t in inputs.items():
         if t is not None:
-            assert _relative(t.grad.cpu(), leaves[name].grad) <= tol, name
+            # The scalar's gradient is one sum of 257 x 3072 signed bf16 products: cancellation makes its
+            # relative error larger than an elementwise one (H100 run 2 measured 2.0e-2 with this seed).
+            limit = 3e-2 if (name == "scalars" and dtype == "bfloat16") else tol
+            assert _relative(t.grad.cpu(), leaves[name].grad) <= limit, name
 
 
 @pytest.mark.cuda

@@ -20,11 +20,12 @@ def kron_linear_fused(
     scalars: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """act(x · (Σ_i s_i A_i ⊗ B_i)ᵀ + bias) on the fused kernels; see `kronypt.kernels.ops`."""
     from kronypt.kernels.ops import kron_linear_fused as fused
 
-    return fused(x, A, B, scalars, bias, activation)
+    return fused(x, A, B, scalars, bias, activation, impl)
 
 
 __all__ = ["fused_available", "fused_wins", "kron_linear_fused", "predict", "triton_available"]

@@ -44,15 +44,20 @@ def gelu_tanh(x):
 
 
 @triton.jit
+def gelu_tanh_grad(g, x):
+    """d loss / d x from g = d loss / d gelu_new(x), float32 blocks."""
+    th = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
+    du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
+    return g * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)
+
+
+@triton.jit
 def _gelu_backward_kernel(G, PRE, OUT, N, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(PRE + offs, mask=mask, other=0.0).to(tl.float32)
-    th = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
-    du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
-    grad = g * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)
-    tl.store(OUT + offs, grad.to(OUT.dtype.element_ty), mask=mask)
+    tl.store(OUT + offs, gelu_tanh_grad(g, x).to(OUT.dtype.element_ty), mask=mask)
 
 
 def gelu_backward(grad: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:

@@ -19,14 +19,27 @@ from torch import Tensor
 from kronypt.errors import KronyptError
 from kronypt.kernels.activation import activation_code, gelu_backward
 from kronypt.kernels.forward import kron_forward
+from kronypt.kernels.gemm_path import gemm_backward, gemm_forward, supports
 from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
+
+# "auto": version 2 (`kronypt.kernels.gemm_path`: cuBLAS GEMMs + two memory-bound Triton passes) where
+# it applies, except for decode-sized calls, where version 1's single launch is the faster one inside a
+# CUDA graph (run 1: 3.9 µs against 5.2 µs dense); "triton": always version 1.
+IMPLS = ("auto", "triton")
+DECODE_TOKENS = 16
+
+
+def _use_gemm_path(x: Tensor, B: Tensor, impl: str) -> bool:
+    return impl == "auto" and x.shape[0] > DECODE_TOKENS and supports(B.shape[1], B.shape[2])
 
 
 def fused_forward(x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, bias: Tensor | None, act: int,
-                  save_pre: bool) -> tuple[Tensor, Tensor]:
+                  save_pre: bool, impl: str = "auto") -> tuple[Tensor, Tensor]:
     """(y, pre) for a 2-D x: the body of the forward operator (plain, so tools can call it on meta tensors)."""
     if x.shape[0] == 0:  # nothing to launch
-        return _forward_fake(x, A, B, scalars, bias, act, save_pre)
+        return _forward_fake(x, A, B, scalars, bias, act, save_pre, impl)
+    if _use_gemm_path(x, B, impl):
+        return gemm_forward(x, A, B, scalars, bias, act, save_pre)
     return kron_forward(x, A, B, scalars, bias, act, save_pre)
 
 
@@ -34,21 +47,27 @@ _forward_op = torch.library.custom_op("kronypt::kron_linear_forward", fused_forw
 
 
 @_forward_op.register_fake
-def _forward_fake(x, A, B, scalars, bias, act, save_pre):
+def _forward_fake(x, A, B, scalars, bias, act, save_pre, impl="auto"):
     y = x.new_empty(x.shape[0], A.shape[1] * B.shape[1])
     return y, (torch.empty_like(y) if save_pre else y.new_empty(0))
 
 
 def fused_backward(grad: Tensor, x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, pre: Tensor,
                    act: int, need_x: bool, need_a: bool, need_b: bool, need_s: bool,
-                   need_bias: bool) -> list[Tensor]:
+                   need_bias: bool, impl: str = "auto") -> list[Tensor]:
     """[grad_x, dA, dB, ds, dbias]; an unneeded one is an empty tensor. Factor gradients are float32."""
-    k = A.shape[0]
     m2, n2 = B.shape[1:]
     outputs = _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, need_s, need_bias)
     if x.shape[0] == 0:
         return [t.zero_() for t in outputs]
     g = grad.contiguous()
+    if _use_gemm_path(x, B, impl):
+        dx, da, M, dbias = gemm_backward(g, x, A, B, scalars, pre if act else None, need_x, need_a, need_bias)
+        outputs[0] = dx if need_x else outputs[0]
+        outputs[1] = da if need_a else outputs[1]
+        outputs[4] = dbias if need_bias else outputs[4]
+        _factor_grads(outputs, M, B, scalars, need_b, need_s)
+        return outputs
     if act:
         g = gelu_backward(g, pre)
     if need_x:
@@ -59,19 +78,24 @@ def fused_backward(grad: Tensor, x: Tensor, A: Tensor, B: Tensor, scalars: Tenso
     if need_a:
         outputs[1] = kron_grad_a(x, g, A, B, scalars)
     if need_b or need_s:
-        M = kron_grad_m(x, g, A, m2, n2)
-        if need_b:
-            outputs[2] = M * scalars.float().view(k, 1, 1) if scalars is not None else M
-        if need_s:
-            outputs[3] = (M * B.float()).sum((1, 2))
+        _factor_grads(outputs, kron_grad_m(x, g, A, m2, n2), B, scalars, need_b, need_s)
     return outputs
+
+
+def _factor_grads(outputs: list[Tensor], M: Tensor, B: Tensor, scalars: Tensor | None, need_b: bool,
+                  need_s: bool) -> None:
+    """dB = s·M and ds = ⟨B, M⟩ into `outputs` (M float32 (k, m2, n2))."""
+    if need_b:
+        outputs[2] = M * scalars.float().view(-1, 1, 1) if scalars is not None else M
+    if need_s:
+        outputs[3] = (M * B.float()).sum((1, 2))
 
 
 _backward_op = torch.library.custom_op("kronypt::kron_linear_backward", fused_backward, mutates_args=())
 
 
 @_backward_op.register_fake
-def _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, need_s, need_bias):
+def _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, need_s, need_bias, impl="auto"):
     k, m1, n1 = A.shape
     _, m2, n2 = B.shape
 
@@ -83,18 +107,18 @@ def _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, nee
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, A, B, scalars, bias, act, _ = inputs
+    x, A, B, scalars, bias, act, _, impl = inputs
     ctx.save_for_backward(x, A, B, scalars, output[1])
-    ctx.act = act
+    ctx.act, ctx.impl = act, impl
     ctx.dtypes = [t.dtype if t is not None else None for t in (x, A, B, scalars, bias)]
 
 
 def _backward(ctx, grad_y: Tensor, _grad_pre: Tensor) -> tuple:
     x, A, B, scalars, pre = ctx.saved_tensors
     needs = ctx.needs_input_grad[:5]
-    grads = torch.ops.kronypt.kron_linear_backward(grad_y, x, A, B, scalars, pre, ctx.act, *needs)
+    grads = torch.ops.kronypt.kron_linear_backward(grad_y, x, A, B, scalars, pre, ctx.act, *needs, ctx.impl)
     cast = (g.to(dtype) if need else None for g, dtype, need in zip(grads, ctx.dtypes, needs, strict=True))
-    return (*cast, None, None)
+    return (*cast, None, None, None)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -107,15 +131,19 @@ def kron_linear_fused(
     scalars: Tensor | None = None,
     bias: Tensor | None = None,
     activation: str | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     """act(x · (Σ_i s_i A_i ⊗ B_i)ᵀ + bias) with the fused Triton kernels (see `fused_available`).
 
     x (..., n1·n2); A (k, m1, n1); B (k, m2, n2); scalars (k,) or None; bias (m1·m2,) or None;
     activation None or "gelu_new" (GPT-2's tanh GELU, also accepted as "gelu_pytorch_tanh"). x, A and B
     share a dtype (float32 or bfloat16; under autocast they are cast to the autocast dtype); the kernels
-    accumulate in float32. Differentiable in x, A, B, scalars and bias.
+    accumulate in float32. Differentiable in x, A, B, scalars and bias. `impl`: "auto" (version 2 for B
+    with one row or column, see `kronypt.kernels.gemm_path`) or "triton" (the version-1 kernels always).
     """
     act = activation_code(activation)
+    if impl not in IMPLS:
+        raise KronyptError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
     k, m1, n1 = A.shape
     if B.dim() != 3 or B.shape[0] != k or x.shape[-1] != n1 * B.shape[2]:
         raise KronyptError(f"shapes do not form a Kronecker layer: x {tuple(x.shape)}, A {tuple(A.shape)}, "
@@ -134,5 +162,5 @@ def kron_linear_fused(
     bias = bias.contiguous() if bias is not None else None
     params = (x, A, B, scalars, bias)
     save_pre = act != 0 and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-    y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save_pre)
+    y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save_pre, impl)
     return y.view(*lead, y.shape[-1])

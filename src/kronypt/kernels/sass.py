@@ -43,7 +43,8 @@ def _cuobjdump() -> str:
 
 
 def recorded_launches(shape: KronShape, k: int, tokens: int, training: bool, dtype: torch.dtype,
-                      scalars: bool = False, bias: bool = True, activation: str | None = None) -> list:
+                      scalars: bool = False, bias: bool = True, activation: str | None = None,
+                      impl: str = "auto") -> list:
     """The (kernel, configs, args) of every launch one layer call makes, recorded on meta tensors."""
     meta = torch.device("meta")
     x = torch.empty(tokens, shape.in_features, device=meta, dtype=dtype)
@@ -54,9 +55,9 @@ def recorded_launches(shape: KronShape, k: int, tokens: int, training: bool, dty
     act = activation_code(activation)
     tuning.RECORDED_LAUNCHES = []
     try:
-        y, pre = ops.fused_forward(x, A, B, s, b, act, training and act != 0)
+        y, pre = ops.fused_forward(x, A, B, s, b, act, training and act != 0, impl)
         if training:
-            ops.fused_backward(torch.empty_like(y), x, A, B, s, pre, act, True, True, True, scalars, bias)
+            ops.fused_backward(torch.empty_like(y), x, A, B, s, pre, act, True, True, True, scalars, bias, impl)
         return tuning.RECORDED_LAUNCHES
     finally:
         tuning.RECORDED_LAUNCHES = None

@@ -122,11 +122,13 @@ def tuned(kernel: Any, configs: list[triton.Config], key: list[str], prune: Call
 RECORDED_LAUNCHES: list[tuple[Any, list[triton.Config], dict[str, Any]]] | None = None
 
 
-def launch(kernel: Any, configs: list[triton.Config], grid: Callable, args: dict[str, Any]) -> None:
+def launch(kernel: Any, configs: list[triton.Config], grid: Callable, args: dict[str, Any],
+           config: triton.Config | None = None) -> None:
     """Run `kernel`: autotuned on a GPU; under the interpreter with the smallest config, so that small
-    test shapes still span several programs along every axis. Empty `configs`: an untuned kernel."""
+    test shapes still span several programs along every axis. Empty `configs`: an untuned kernel, run
+    with the block sizes and warps of `config` when given (no autotuner in the launch path)."""
     if RECORDED_LAUNCHES is not None:
-        RECORDED_LAUNCHES.append((kernel, configs, args))
+        RECORDED_LAUNCHES.append((kernel, configs or ([config] if config else []), args))
         return
     # Positional, in signature order (the tuned block sizes are the last parameters): every Triton 3.x
     # autotuner sees all arguments this way, whatever its version passes to prune and reset hooks.
@@ -136,6 +138,8 @@ def launch(kernel: Any, configs: list[triton.Config], grid: Callable, args: dict
     ordered = [args[name] for name in names]
     if INTERPRET and configs:
         kernel[grid](*ordered, **FALLBACK.kwargs)
+    elif config is not None:
+        kernel[grid](*ordered, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     else:
         kernel[grid](*ordered)
 

@@ -145,11 +145,15 @@ class KroneckerLinear(nn.Module):
             return "factored_a_first" if costs.factored_a_first <= costs.factored_b_first else "factored_b_first"
         return self.path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def path_for(self, x: torch.Tensor) -> str:
+        """The concrete path a call on `x` takes now (depends on grad mode, device and dtype)."""
         tokens = x.numel() // self.in_features
         training = torch.is_grad_enabled() and (self.A.requires_grad or x.requires_grad)
         cuda = x.is_cuda
-        path = self.resolved_path(tokens, training, cuda and _on_tensor_cores(x), cuda and fused_available(x))
+        return self.resolved_path(tokens, training, cuda and _on_tensor_cores(x), cuda and fused_available(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = self.path_for(x)
         if path == "fused":
             if not fused_available(x):
                 raise KronyptError("the fused path needs a CUDA GPU (compute capability >= 8.0) and triton")
