@@ -1,0 +1,112 @@
+"""Evaluation corpora: local files give the rows the HF datasets give, and bad inputs give one-line errors."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import tiktoken
+from conftest import SHARED_DATA, requires_shared
+
+from kronypt.data.tokenizer import load_encoding
+from kronypt.errors import KronyptError
+from kronypt.eval.corpora import HUB_SOURCES, LOCAL_FILES, load_texts, wikitext_pages, wikitext_rows
+from kronypt.eval.detokenize import wikitext_detokenize
+
+
+def _gpt2() -> tiktoken.Encoding:
+    return load_encoding(str(SHARED_DATA / "gpt2-tokenizer"))
+
+
+@requires_shared
+def test_wikitext_rows_are_the_hf_rows():
+    rows = load_texts("wikitext2", "test", "raw", SHARED_DATA)
+    lines = (SHARED_DATA / "wikitext-2" / "wiki.test.raw").read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(rows) == len(lines) == 4358
+    for row, line in zip(rows, lines, strict=True):
+        assert row == ("" if not line.strip() else line + "\n")
+    # SOURCES.md: 287,644 GPT-2 tokens for the HF recipe ("\n\n".join of the rows)
+    assert len(_gpt2().encode_ordinary("\n\n".join(rows))) == 287_644
+
+
+@requires_shared
+def test_non_raw_rows_and_validation_split():
+    test_rows = load_texts("wikitext2", "test", "tokens", SHARED_DATA)
+    valid_rows = load_texts("wikitext2", "validation", "tokens", SHARED_DATA)
+    assert (len(test_rows), len(valid_rows)) == (4358, 3760)
+    assert sum("<unk>" in r for r in test_rows) > 0
+    assert sum(r == "" for r in test_rows) == 1467
+
+
+@requires_shared
+def test_pages_partition_the_raw_file_at_top_level_headings():
+    text = (SHARED_DATA / "wikitext-2" / "wiki.test.raw").read_text(encoding="utf-8")
+    pages = load_texts("wikitext2", "test", "pages", SHARED_DATA)
+    assert len(pages) == 62  # SOURCES.md: 62 top-level ` = Title = ` headings
+    assert all(p.startswith(" = ") and not p.startswith(" = = ") for p in pages)
+    assert "\n".join(pages) == text.split("\n", 1)[1]  # only the leading blank line is dropped
+
+
+def test_pages_on_a_small_example():
+    text = " \n = A = \n \n x . \n = = Sub = = \n y \n = B = \n z \n"
+    assert wikitext_pages(text) == [" = A = \n \n x . \n = = Sub = = \n y ", " = B = \n z \n"]
+    assert wikitext_rows(" \n a \n\n") == ["", " a \n", ""]
+
+
+def test_detokenizer_rules():
+    page = (' = = Early life = = \n He won 1 @,@ 000 @.@ 5 ( about 3 @-@ 4 ) " prizes " , N times , '
+            'he said : it \'s fine . \n')
+    expected = ' == Early life ==\nHe won 1,000.5 (about 3-4) "prizes", 1 times, he said: it\'s fine.\n'
+    assert wikitext_detokenize(page) == expected
+
+
+@requires_shared
+def test_lambada_files():
+    passages = load_texts("lambada", "test", "passages", SHARED_DATA)
+    dev = load_texts("lambada", "validation", "passages", SHARED_DATA)
+    openai = load_texts("lambada", "test", "openai", SHARED_DATA)
+    assert (len(passages), len(dev), len(openai)) == (5153, 4869, 5153)
+    assert passages[0] == passages[0].lower() and not passages[0].endswith("\n")
+    # the same passages: the openai texts are the detokenised, cased versions, ending in the same word
+    assert all(o.lower().endswith(p.split()[-1]) for p, o in zip(passages, openai, strict=True))
+
+
+def test_missing_file_names_it_and_the_layout(tmp_path):
+    with pytest.raises(KronyptError, match=r"missing .*wikitext-103/wiki\.test\.tokens.*wikitext-2/wiki\.test\.raw"):
+        load_texts("wikitext103", "test", "tokens", tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_texts("wikitext2", "test", "raw", tmp_path / "nowhere")
+
+
+def test_bad_names_list_the_options():
+    with pytest.raises(KronyptError, match="wikitext2, wikitext103, lambada"):
+        load_texts("ptb", "test", "raw")
+    with pytest.raises(KronyptError, match="test, validation"):
+        load_texts("wikitext2", "train", "raw")
+    with pytest.raises(KronyptError, match="available: test"):
+        load_texts("lambada", "validation", "openai")
+
+
+def test_hub_needs_the_data_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    with pytest.raises(KronyptError, match=r"kronypt\[data\].*--data-dir"):
+        load_texts("wikitext2", "test", "raw")
+
+
+@pytest.mark.parametrize("key", sorted(HUB_SOURCES))
+def test_hub_source_of_every_local_file(monkeypatch, key):
+    """Each local file has a hub counterpart whose config names the same WikiText variant."""
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return {HUB_SOURCES[key][3]: ["row"]}
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    assert load_texts(*key) == ["row"]
+    name, config, split = calls[0]
+    assert split == key[1] and key in LOCAL_FILES
+    if key[0].startswith("wikitext"):
+        assert config.startswith("wikitext-" + key[0].removeprefix("wikitext") + "-")
+        assert ("raw" in config) == (key[2] != "tokens")

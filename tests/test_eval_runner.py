@@ -1,0 +1,135 @@
+"""The evaluation entry points: constant-logit models, dense vs kronypt models, records, refusals."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared, tiny_config, tiny_model
+from transformers.modeling_outputs import CausalLMOutput
+
+import kronypt
+from kronypt.errors import KronyptError
+from kronypt.eval import comparison_table, evaluate, evaluate_models, load_texts, plan_eval, run_plan
+from kronypt.eval.detokenize import wikitext_detokenize
+from kronypt.models.loading import load_tokenizer
+
+pytestmark = requires_shared
+VOCAB = 50257
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(str(TOKENIZER_DIR))
+
+
+class ConstantLM(torch.nn.Module):
+    """Every position gets the same logits: each token has probability 1/vocab."""
+
+    def __init__(self, vocab_size=VOCAB):
+        super().__init__()
+        self.config = tiny_config(vocab_size=vocab_size)
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids):
+        return CausalLMOutput(logits=self.bias.expand(*input_ids.shape, self.config.vocab_size))
+
+
+def test_constant_logits_give_the_vocabulary_size_under_every_protocol(tokenizer):
+    records = evaluate(ConstantLM(), tokenizer, ["wikitext2", "lambada"],
+                       ["krony-pt", "hf-strided", "lambada-openai", "word"], data_dir=SHARED_DATA, stride=50,
+                       max_tokens=700, batch_size=3, progress=False)
+    values = {(r.task, r.protocol, r.metric): r for r in records}
+    assert len(values) == 8
+    for key in [("wikitext2", "krony-pt", "perplexity"), ("lambada", "krony-pt", "perplexity"),
+                ("wikitext2", "hf-strided", "perplexity")]:
+        assert values[key].value == pytest.approx(VOCAB, rel=1e-6)
+    # Per-example and per-word metrics are the vocabulary size to the power tokens per example / word.
+    lam = values["lambada", "lambada-openai", "perplexity"]
+    assert lam.value == pytest.approx(VOCAB ** (lam.tokens / lam.examples), rel=1e-6)
+    assert values["lambada", "lambada-openai", "accuracy"].value == 0.0  # argmax is token 0 ("!")
+    page = load_texts("wikitext2", "test", "pages", SHARED_DATA)[0]
+    n_tokens = len(tokenizer(wikitext_detokenize(page))["input_ids"])
+    words, n_bytes = len(re.split(r"\s+", page)), len(page.encode())
+    assert values["wikitext2", "word", "word_perplexity"].value == pytest.approx(VOCAB ** (n_tokens / words),
+                                                                                 rel=1e-6)
+    assert values["wikitext2", "word", "bits_per_byte"].value == pytest.approx(n_tokens * math.log2(VOCAB)
+                                                                               / n_bytes, rel=1e-6)
+
+
+def test_records_carry_the_protocol_and_counts(tokenizer):
+    records = evaluate(ConstantLM(), tokenizer, ["wikitext2"], ["hf-strided"], data_dir=SHARED_DATA,
+                       max_tokens=300, model_name="const", progress=False)
+    (record,) = records
+    fields = record.to_dict()
+    for key in ("model", "params", "task", "split", "protocol", "metric", "value", "tokens"):
+        assert key in fields
+    assert (record.model, record.params, record.protocol, record.split) == ("const", 1, "hf-strided", "test")
+    assert record.stride == 64 and record.context_length == 128  # default: half the context (GPT-2: 512)
+    assert record.tokens == 299 and record.tokens_per_s > 0
+    table = comparison_table(records)
+    assert [c.header for c in table.columns][:4] == ["model", "params", "protocol", "wikitext2 ppl"]
+
+
+def test_shorter_context_than_the_model(tokenizer):
+    (record,) = evaluate(ConstantLM(), tokenizer, ["wikitext2"], ["krony-pt"], data_dir=SHARED_DATA, context=64,
+                         max_tokens=300, progress=False)
+    assert (record.context_length, record.examples, record.tokens) == (64, 5, 295)
+    assert record.value == pytest.approx(VOCAB, rel=1e-6)
+    with pytest.raises(KronyptError, match="context 256 must be between 2 and the model's context length 128"):
+        evaluate(ConstantLM(), tokenizer, data_dir=SHARED_DATA, context=256, progress=False)
+
+
+def test_validation_plan_is_reusable_for_periodic_evaluation(tokenizer):
+    """The training loop plans once on the validation split and scores as often as it likes."""
+    plan = plan_eval(tokenizer, "wikitext2", "krony-pt", context=128, split="validation",
+                     data_dir=SHARED_DATA, max_tokens=400)
+    model = tiny_model(seed=3).train()
+    first, _ = run_plan(model, plan, progress=False)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(2)
+    second, _ = run_plan(model, plan, progress=False)
+    assert model.training  # restored after scoring
+    assert first["perplexity"] != pytest.approx(second["perplexity"], rel=1e-3)
+
+
+def test_tokenizer_vocabulary_mismatch_is_refused(tokenizer):
+    with pytest.raises(KronyptError, match="tokenizer has 50,257 tokens but the model's vocabulary has 1,000"):
+        evaluate(ConstantLM(vocab_size=1000), tokenizer, data_dir=SHARED_DATA, progress=False)
+
+
+@pytest.mark.parametrize(("tasks", "protocols", "message"), [
+    (["wikitext2"], ["ppl"], "unknown protocol 'ppl'; choose from krony-pt, hf-strided, lambada-openai, word"),
+    (["ptb"], ["krony-pt"], "unknown task 'ptb'"),
+    (["lambada"], ["hf-strided"], "task lambada has no protocol among hf-strided; it supports krony-pt, "
+                                  "lambada-openai"),
+    (["wikitext2"], ["krony-pt", "lambada-openai"], "protocol lambada-openai applies to none of wikitext2"),
+])
+def test_bad_task_protocol_combinations(tokenizer, tasks, protocols, message):
+    with pytest.raises(KronyptError, match=re.escape(message)):
+        evaluate(ConstantLM(), tokenizer, tasks, protocols, data_dir=SHARED_DATA, progress=False)
+
+
+def test_kronypt_and_dense_models_share_the_entry_point(tmp_path, tokenizer):
+    """A compressed model, its `to_dense` export and folders of both evaluate alike through one code path."""
+    model = tiny_model(seed=4, initializer_range=0.2)
+    kronypt.compress(model, kronypt.CompressionConfig(a_shape=(16, 8), init="random"), progress=False)
+    dense = kronypt.to_dense(model)
+    options = {"tasks": ["lambada"], "protocols": ["lambada-openai"], "data_dir": SHARED_DATA,
+               "max_tokens": 500, "progress": False}
+    krony, _ = evaluate(model, tokenizer, **options)  # perplexity, accuracy
+    plain, _ = evaluate(dense, tokenizer, **options)
+    assert type(model).__name__ == "KronyGPT2LMHeadModel" and type(dense).__name__ == "GPT2LMHeadModel"
+    assert krony.params < plain.params
+    assert krony.value == pytest.approx(plain.value, rel=1e-5)
+
+    model.save_pretrained(tmp_path / "krony")
+    dense.save_pretrained(tmp_path / "dense")
+    from_folders = evaluate_models([str(tmp_path / "krony"), str(tmp_path / "dense")],
+                                   tokenizer=str(TOKENIZER_DIR), **options)
+    ppl_records = [r for r in from_folders if r.metric == "perplexity"]
+    assert [r.params for r in ppl_records] == [krony.params, plain.params]
+    for record in ppl_records:
+        assert record.value == pytest.approx(plain.value, rel=1e-5)
