@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="comma-separated: float32, bfloat16")
     parser.add_argument("--tokens", default=None, help="comma-separated token counts (default 1,64,1024,8192)")
+    parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated scheme names")
     parser.add_argument("--no-model", action="store_true", help="skip the whole-model forward")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
@@ -104,7 +105,7 @@ def main() -> None:
     print(header)
     for dtype in dtypes:
         for backward in (False, True):
-            for scheme in SCHEMES:
+            for scheme in args.schemes.split(","):
                 for t in tokens:
                     r = layer_case(scheme, t, device, dtype, backward, budget)
                     results.append(r)

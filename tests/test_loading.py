@@ -1,9 +1,8 @@
 import shutil
 
 import pytest
-import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from kronypt.data.tokenizer import load_encoding
 from kronypt.errors import KronyptError
 from kronypt.models.loading import load_config, load_model, load_tokenizer, parse_dtype
 from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared
@@ -16,9 +15,7 @@ def test_openai_and_hf_file_layouts_give_the_same_ids_as_tiktoken(tmp_path):
     shutil.copy(TOKENIZER_DIR / "encoder.json", hf_dir / "vocab.json")
     shutil.copy(TOKENIZER_DIR / "vocab.bpe", hf_dir / "merges.txt")
     text = (SHARED_DATA / "wikitext-2" / "wiki.test.raw").read_text(encoding="utf-8")[:20_000]
-    ranks = data_gym_to_mergeable_bpe_ranks(str(TOKENIZER_DIR / "vocab.bpe"), str(TOKENIZER_DIR / "encoder.json"))
-    enc = tiktoken.Encoding("gpt2-files", pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-                            mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+    enc = load_encoding(str(TOKENIZER_DIR))  # tiktoken's GPT-2 encoding, built offline from the same files
     expected = enc.encode_ordinary(text)
     for folder in (TOKENIZER_DIR, hf_dir):
         tok = load_tokenizer(str(folder))

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Tokenizer, PretrainedConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from kronypt.data.tokenizer import FILE_PAIRS
 from kronypt.errors import KronyptError
 from kronypt.models.family import family_config
 
@@ -74,7 +75,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     `vocab.json`+`merges.txt` or OpenAI's `encoder.json`+`vocab.bpe`."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        for vocab_name, merges_name in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        for vocab_name, merges_name in FILE_PAIRS:
             if (path / vocab_name).is_file() and (path / merges_name).is_file():
                 return _bpe_from_files(path / vocab_name, path / merges_name)
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():

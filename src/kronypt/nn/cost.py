@@ -5,7 +5,7 @@ its two skinny GEMMs and the reshuffles between them per token; the materialised
 build W (once per call) and a dense GEMM per token. Training adds the backward of each: about twice the
 forward for the GEMMs, and for the materialised path the gradient of W contracted back into A and B.
 The weights below were fitted to `benchmarks/layer.py` on a 2-core CPU; they only move the break-even
-point, so a rough fit is enough.
+point, so a rough fit is enough. On tensor cores the balance is different (see `choose_path`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from kronypt.math.shapes import KronShape
 
 Path = Literal["factored_a_first", "factored_b_first", "materialised"]
 
-# Skinny GEMMs and the permute copies run below dense GEMM speed; per-element traffic of the reshuffles.
-FACTORED_EFFICIENCY = 0.6
+# Fitted to benchmarks/layer.py on the 2-core CPU (float32, benchmarks/results/layer-cpu.json): the
+# factored GEMMs run at ~85% of dense GEMM speed per multiply-add; a reshuffled element costs ~4 MACs; and
+# building W is memory-bound, ~16 MACs per element of W and factor (92M-4 at 64 tokens: building W took as
+# long as 64 tokens of dense matmul).
+FACTORED_EFFICIENCY = 0.85
 COPY_COST_PER_ELEMENT = 4.0
+BUILD_COST_PER_ELEMENT = 16.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ def path_costs(shape: KronShape, k: int, tokens: int, training: bool) -> PathCos
     a_call = k * shape.m2 * shape.n2
     b_call = k * shape.m1 * shape.n1 if k > 1 else 0
     dense = shape.dense_macs_per_token()
-    build = k * dense
+    build = BUILD_COST_PER_ELEMENT * k * dense
     grad_scale = 3.0 if training else 1.0
     factored_a = tokens * grad_scale * (a_macs / FACTORED_EFFICIENCY + COPY_COST_PER_ELEMENT * a_copy)
     factored_b = tokens * grad_scale * (b_macs / FACTORED_EFFICIENCY + COPY_COST_PER_ELEMENT * b_copy)
