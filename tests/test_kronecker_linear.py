@@ -124,9 +124,10 @@ def test_cost_model_choices():
     assert c_proj.a_shape == (768, 768)
 
 
-def test_works_under_torch_compile():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_works_under_torch_compile(backend):
     layer = make_layer(32, 48, (8, 4), 2, True, True)
-    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
     x = torch.randn(4, 6, 32, requires_grad=True)
     y = compiled(x)
     torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
