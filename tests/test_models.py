@@ -143,3 +143,54 @@ def test_hidden_states_are_returned_after_compress_and_after_loading(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert len(loaded(IDS, output_hidden_states=True).hidden_states) == 3
     assert loaded(IDS, labels=IDS).loss is not None
+
+
+FUSED_MLP_SCRIPT = r"""
+import torch
+import kronypt.models.modeling as modeling
+from kronypt import CompressionConfig, compress
+from tests.conftest import tiny_model
+
+calls = []
+fused = modeling.kron_linear_fused
+modeling.kron_linear_fused = lambda *a, **k: calls.append(k.get("activation")) or fused(*a, **k)
+model = tiny_model()  # eval mode: no dropout; gradients still flow
+compress(model, CompressionConfig(a_shape=(64, 64), scalars=True), progress=False)
+ids = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
+results = {}
+for path in ("materialised", "fused"):
+    model.zero_grad()
+    for block in model.transformer.h:
+        block.mlp.c_fc.path = path
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    results[path] = (out.logits.detach(), model.transformer.h[0].mlp.c_fc.A.grad.clone())
+assert calls == ["gelu_new", "gelu_new"], calls  # one fused call per block, GELU inside the kernel
+torch.testing.assert_close(results["fused"][0], results["materialised"][0], rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(results["fused"][1], results["materialised"][1], rtol=1e-3, atol=1e-5)
+print("ok")
+"""
+
+
+def test_mlp_fuses_gelu_into_c_fc_on_the_fused_path():
+    """Under Triton's interpreter (a subprocess: the variable must be set before the kernels load)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", FUSED_MLP_SCRIPT], env=env, cwd=repo, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_mlp_is_plain_gpt2_off_the_fused_path():
+    model = tiny_model()
+    compress(model, CompressionConfig(a_shape=(64, 64)), progress=False)
+    mlp = model.transformer.h[0].mlp
+    assert type(mlp).__name__ == "KroneckerGPT2MLP" and mlp.fused_activation == "gelu_new"
+    x = torch.randn(2, 5, 64)
+    torch.testing.assert_close(mlp(x), mlp.c_proj(mlp.act(mlp.c_fc(x))))

@@ -14,10 +14,11 @@ import triton
 import triton.language as tl
 
 from kronypt.errors import KronyptError
+from kronypt.kernels.availability import FUSED_ACTIVATIONS
 from kronypt.kernels.tuning import launch
 
 # Names accepted for the tanh-approximated GELU (GPT-2's config calls it "gelu_new"); 0 means none.
-ACTIVATIONS = {"gelu_new": 1, "gelu_pytorch_tanh": 1}
+ACTIVATIONS = dict.fromkeys(FUSED_ACTIVATIONS, 1)
 
 
 def activation_code(activation: str | None) -> int:

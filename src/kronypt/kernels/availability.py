@@ -17,6 +17,9 @@ import torch
 # after the kernels were imported would not change what they are.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+# Activations the kernels can fuse into their epilogue: GPT-2's tanh-approximated GELU under both names.
+FUSED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+
 
 @functools.cache
 def triton_available() -> bool:

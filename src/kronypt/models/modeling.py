@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel, GPT2Model
 from transformers import initialization as init
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
+from kronypt.kernels import FUSED_ACTIVATIONS, kron_linear_fused
 from kronypt.models.configuration import KronyGPT2Config
 from kronypt.nn import KroneckerLinear
 
@@ -37,6 +39,26 @@ class KroneckerInitMixin:
         if isinstance(module, GPT2MLP) and isinstance(module.c_proj, KroneckerLinear):
             return  # GPT-2's scaled c_proj init is for dense weights; the Kronecker layer is handled above
         super()._init_weights(module)
+
+
+class KroneckerGPT2MLP(GPT2MLP):
+    """GPT-2's MLP; where c_fc runs on the fused CUDA kernels, GELU is applied inside that kernel.
+
+    Fusing the activation saves a full read and write of the (tokens, n_inner) activations in the forward
+    and the backward; elsewhere (CPU, other paths, other activations) this is exactly GPT2MLP.
+    """
+
+    fused_activation: str | None = None  # set by `adopt_class` from the model config
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        fc = self.c_fc
+        if (self.fused_activation is not None and isinstance(fc, KroneckerLinear)
+                and fc.path_for(hidden_states) == "fused"):
+            hidden_states = kron_linear_fused(hidden_states, fc.A, fc.B, fc.scalars, fc.bias,
+                                              activation=self.fused_activation)
+        else:
+            hidden_states = self.act(fc(hidden_states))
+        return self.dropout(self.c_proj(hidden_states))
 
 
 class KronyGPT2Model(KroneckerInitMixin, GPT2Model):
@@ -67,11 +89,16 @@ def adopt_class(model: GPT2LMHeadModel, cls: type[GPT2LMHeadModel]) -> None:
     """Turn a GPT-2 LM (and its inner GPT2Model) into the kronypt classes without rebuilding it.
 
     Hugging Face keys per-class state on the class: which outputs (hidden states, attentions) a model can
-    record, and the loss type it derives from the class name. Both are carried over here.
+    record, and the loss type it derives from the class name. Both are carried over here. The MLPs become
+    `KroneckerGPT2MLP`, which fuses GELU into c_fc when that layer runs on the fused kernels.
     """
     model.__class__ = cls
     model.transformer.__class__ = KronyGPT2Model
     model.loss_type = "ForCausalLM"
+    activation = model.config.activation_function
+    for block in model.transformer.h:
+        block.mlp.__class__ = KroneckerGPT2MLP
+        block.mlp.fused_activation = activation if activation in FUSED_ACTIVATIONS else None
     try:
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
     except ImportError:  # older transformers record outputs without a registry
