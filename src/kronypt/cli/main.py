@@ -14,24 +14,19 @@ from transformers.utils import logging as transformers_logging
 from kronypt.cli.app import app, print_error
 from kronypt.errors import KronyptError
 
-# Each module registers its commands on `app` when imported; a group missing from this install is skipped.
+# Each module registers its commands on `app` when imported.
 COMMAND_MODULES = (
     "kronypt.cli.plan",
     "kronypt.cli.models",
     "kronypt.cli.evaluate",
     "kronypt.cli.data",
     "kronypt.cli.train",
-    "kronypt.cli.bench",
 )
 
 
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+        importlib.import_module(name)
 
 
 def main(argv: list[str] | None = None) -> None:
