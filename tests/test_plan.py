@@ -67,3 +67,11 @@ def test_unknown_scheme_lists_the_names():
     with pytest.raises(KronyptError, match="81M.*96M-prune"):
         resolve_scheme("80M")
     assert resolve_scheme("67m alt") == ((128, 64), 1)
+
+
+def test_names_belong_to_gpt2_124m_widths_only():
+    from tests.conftest import tiny_config
+
+    assert all(r.name is None for r in plan_rows(tiny_config()))
+    assert {r.name for r in plan_rows(family_config("distilgpt2")) if r.name} == set(SCHEMES)
+    assert all(r.name is None for r in plan_rows(family_config("gpt2-medium")))

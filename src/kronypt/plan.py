@@ -30,6 +30,8 @@ SCHEMES: dict[str, tuple[tuple[int, int], int]] = {
     "96M": ((1536, 768), 1),
     "96M-prune": ((3072, 384), 1),
 }
+# The names describe GPT-2 124M's c_fc, (out, in) = (3072, 768); other widths get unnamed rows.
+SCHEME_MLP_SHAPE = (3072, 768)
 # Schemes whose paper recipe uses a particular init.
 SCHEME_INITS = {"96M-prune": "prune"}
 
@@ -101,8 +103,8 @@ def plan_rows(config: GPT2Config, factors: int = 1, scalars: bool = False) -> li
     base = dense_params(config)
     rows = [_row(s, factors, scalars, n_layer, base) for s in kron_factor_shapes(inner, n_embd)]
     seen = {(r.a_shape, r.factors) for r in rows}
-    for shape_a, k in SCHEMES.values():
-        if (shape_a, k) not in seen and inner % shape_a[0] == 0 and n_embd % shape_a[1] == 0:
+    for shape_a, k in SCHEMES.values() if (inner, n_embd) == SCHEME_MLP_SHAPE else ():
+        if (shape_a, k) not in seen:
             rows.append(_row(kron_shape(inner, n_embd, shape_a), k, scalars, n_layer, base))
     return sorted(rows, key=lambda r: (r.model_params, r.a_shape))
 
@@ -127,8 +129,9 @@ def _row(shape: KronShape, k: int, scalars: bool, n_layer: int, base: int) -> Pl
     dense_matrix = shape.dense_macs_per_token()
     a_macs, b_macs = shape.macs_per_token(k)
     a_shape, k_name = shape.a_shape, k
+    named = (shape.out_features, shape.in_features) == SCHEME_MLP_SHAPE
     return PlanRow(
-        name=scheme_name(a_shape, k_name),
+        name=scheme_name(a_shape, k_name) if named else None,
         a_shape=a_shape,
         b_shape=shape.b_shape,
         factors=k,
