@@ -115,3 +115,24 @@ def test_bad_input_gives_one_line_errors(capsys, tiny_dir, tmp_path, args, patte
 def test_help_explains(capsys):
     code, out, _ = run(capsys, "compress", "--help")
     assert code == 0 and "--scheme" in out and "van-loan" in out
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["plan", "gpt2", "--factors", "0"], "--factors"),
+    (["plan", "gpt2", "--no-such-option"], "No such option"),
+    (["compress", "{tiny}"], "Missing option"),
+    (["nonsense-command"], "No such command"),
+])
+def test_usage_errors_are_one_line_too(capsys, tiny_dir, args, pattern):
+    code, _, err = run(capsys, *[a.format(tiny=tiny_dir) for a in args])
+    assert_one_line_error(code, err, pattern)
+
+
+def test_bare_command_shows_help(capsys):
+    code, out, _ = run(capsys)
+    assert code == 0 and "compress" in out and "plan" in out
+
+
+def test_eval_json_into_a_missing_folder_is_refused_before_loading(capsys, tiny_dir, tmp_path):
+    code, _, err = run(capsys, "eval", str(tiny_dir), "--json", str(tmp_path / "no" / "x.json"))
+    assert_one_line_error(code, err, "does not exist")

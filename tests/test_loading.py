@@ -43,3 +43,17 @@ def test_known_family_configs_need_no_download():
 def test_local_model_in_bfloat16(tiny_dir):
     model = load_model(str(tiny_dir), dtype="bfloat16")
     assert next(model.parameters()).dtype == parse_dtype("bfloat16") and not model.training
+
+
+def test_check_device():
+    import torch
+
+    from kronypt.models.loading import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    for bad in ("tpu", "cuda:x", "cpu:1"):
+        with pytest.raises(KronyptError, match="unknown device"):
+            check_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(KronyptError, match="no CUDA device"):
+            check_device("cuda")

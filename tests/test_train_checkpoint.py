@@ -75,3 +75,19 @@ def test_rng_states_round_trip() -> None:
     set_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_checkpoint_model_folder_carries_the_tokenizer(tmp_path: Path, model: GPT2LMHeadModel) -> None:
+    from conftest import TOKENIZER_DIR
+
+    if not TOKENIZER_DIR.is_dir():
+        pytest.skip("../shared/data is not present")
+    from kronypt.models import load_tokenizer
+    from kronypt.train.loop import _tokenizer_dir
+
+    final = save_checkpoint(tmp_path, 1, model, {"tokens": 0}, None, keep_last=2, tokenizer_dir=TOKENIZER_DIR)
+    assert load_tokenizer(str(final / "model"))("Hello world").input_ids == [15496, 995]
+    # the source model's folder first, then the folder that made the token data
+    config = type("C", (), {"model": str(tmp_path / "no-such-model")})()
+    assert _tokenizer_dir(config, {"tokenizer": {"folder": str(TOKENIZER_DIR)}}) == TOKENIZER_DIR
+    assert _tokenizer_dir(config, {"tokenizer": {"tiktoken": "gpt2"}}) is None

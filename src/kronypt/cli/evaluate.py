@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from kronypt.cli.app import app, console, print_json
 from kronypt.errors import KronyptError
 from kronypt.eval import TASKS, comparison_table, evaluate_models, write_json
+from kronypt.models.loading import check_device
 
 PROTOCOL_HELP = (
     "Comma-separated protocols; each task runs under those defined on it. "
@@ -52,7 +52,9 @@ def eval_command(
     """
     task_list = _split_list(tasks)
     protocol_list = _split_list(protocol)
-    _check_device(device)  # tasks, protocols, split and data files are checked before any model loads
+    check_device(device)  # tasks, protocols, split and data files are checked before any model loads
+    if json_path is not None and str(json_path) != "-" and not json_path.resolve().parent.is_dir():
+        raise KronyptError(f"cannot write --json {json_path}: folder {json_path.resolve().parent} does not exist")
     records = evaluate_models(models, task_list, protocol_list, tokenizer=tokenizer, dtype=dtype, device=device,
                               split=split, data_dir=data_dir, stride=stride, batch_size=batch_size,
                               max_tokens=max_tokens, progress=progress)
@@ -70,11 +72,3 @@ def _split_list(value: str) -> list[str]:
     if not items:
         raise KronyptError(f"expected a comma-separated list, got {value!r}")
     return items
-
-
-def _check_device(device: str) -> None:
-    kind = device.split(":")[0]
-    if kind not in ("cpu", "cuda"):
-        raise KronyptError(f"unknown device {device!r}; choose cpu or cuda (cuda:N)")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise KronyptError("--device cuda asked for, but no CUDA device is available")

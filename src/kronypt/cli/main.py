@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+import typer
+from huggingface_hub.utils import logging as hub_logging
 from transformers.utils import logging as transformers_logging
 
 from kronypt.cli.app import app, print_error
@@ -29,12 +31,31 @@ def _register_commands() -> None:
         importlib.import_module(name)
 
 
+# Typer may vendor its own click: take its usage-error classes from the exception it exports.
+_CLICK_ERRORS = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+UsageError, ClickException = _CLICK_ERRORS["UsageError"], _CLICK_ERRORS["ClickException"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn expected errors into one line and a non-zero exit."""
     _register_commands()
     transformers_logging.disable_progress_bar()  # kronypt shows its own progress; keep stderr readable
+    hub_logging.set_verbosity_error()  # an unreachable hub is reported once, not as a page of retries
     try:
-        app(args=argv, prog_name="kronypt")
+        code = typer.main.get_command(app).main(args=argv, prog_name="kronypt", standalone_mode=False)
+    except UsageError as exc:  # unknown option, bad or missing value
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kronypt` or `kronypt data`: show the help
+            exc.show()
+            sys.exit(0)
+        where = exc.ctx.command_path if exc.ctx is not None else "kronypt"
+        print_error(f"{' '.join(exc.format_message().split())} (see '{where} --help')")
+        sys.exit(2)
+    except ClickException as exc:
+        print_error(" ".join(exc.format_message().split()))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("kronypt: interrupted\n")
+        sys.exit(130)
     except (KronyptError, FileNotFoundError, FileExistsError, NotADirectoryError) as exc:
         text = str(exc).strip()
         print_error(" ".join(text.split()) if text else type(exc).__name__)
@@ -42,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("kronypt: interrupted\n")
         sys.exit(130)
+    if isinstance(code, int) and code:
+        if code == 130:  # Typer turns Ctrl-C into exit code 130
+            sys.stderr.write("kronypt: interrupted\n")
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from kronypt.models import (
     CompressionConfig,
     CompressionReport,
     KronyGPT2Config,
+    copy_tokenizer_files,
     count_params,
+    has_tokenizer,
     load_config,
     load_model,
     load_tokenizer,
@@ -152,14 +154,14 @@ def generate(
     model: Annotated[str, typer.Argument(help="Model folder or hub id.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 40,
-    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer id or folder (default: the model "
-                                                       "folder's, else gpt2).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer id or folder (default: the model's "
+                                                       "own).")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Continue a prompt with a dense or kronypt model."""
-    lm = load_model(model)
     tok = load_tokenizer(tokenizer or _default_tokenizer(model))
+    lm = load_model(model)
     if len(tok) > lm.config.vocab_size:
         raise KronyptError(f"tokenizer has {len(tok)} tokens but the model only {lm.config.vocab_size}")
     torch.manual_seed(seed)
@@ -171,22 +173,16 @@ def generate(
 
 
 def _default_tokenizer(model: str) -> str:
-    path = Path(model)
-    names = ("vocab.json", "encoder.json", "tokenizer.json")
-    return model if path.is_dir() and any((path / n).exists() for n in names) else "gpt2"
-
-
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.json",
-                   "tokenizer_config.json", "special_tokens_map.json")
+    """The model folder itself when it holds a tokenizer; a hub id's own tokenizer; else a clear error."""
+    if not Path(model).is_dir() or has_tokenizer(model):
+        return model
+    raise KronyptError(f"{model} holds no tokenizer files; pass --tokenizer (a hub id or a tokenizer folder)")
 
 
 def _copy_tokenizer(source: str, dest: Path) -> None:
-    """Carry the tokenizer files along with the weights (from a local folder; hub tokenizers are saved)."""
-    path = Path(source)
-    if path.is_dir():
-        for name in TOKENIZER_FILES:
-            if (path / name).is_file():
-                (dest / name).write_bytes((path / name).read_bytes())
+    """Carry the tokenizer along with the weights (files from a local folder; a hub tokenizer is saved)."""
+    if Path(source).is_dir():
+        copy_tokenizer_files(source, dest)
         return
     try:
         load_tokenizer(source).save_pretrained(dest)

@@ -1,7 +1,7 @@
 """GPT-2 model surgery and Hugging Face integration (config, model classes, loading, export)."""
 
 from kronypt.models.configuration import KronyGPT2Config
-from kronypt.models.loading import load_config, load_model, load_tokenizer
+from kronypt.models.loading import copy_tokenizer_files, has_tokenizer, load_config, load_model, load_tokenizer
 from kronypt.models.modeling import KronyGPT2LMHeadModel
 from kronypt.models.surgery import CompressionConfig, CompressionReport, compress, count_params, to_dense
 
@@ -11,6 +11,8 @@ __all__ = [
     "KronyGPT2Config",
     "KronyGPT2LMHeadModel",
     "compress",
+    "copy_tokenizer_files",
+    "has_tokenizer",
     "count_params",
     "load_config",
     "load_model",

@@ -25,6 +25,19 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
+def check_device(name: str) -> torch.device:
+    """A usable torch device from 'cpu', 'cuda' or 'cuda:N', refused with the options when unavailable."""
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise KronyptError(f"unknown device {name!r}; choose cpu, cuda or cuda:N")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise KronyptError(f"device {name!r} asked for, but no CUDA device is available")
+        if index and int(index) >= torch.cuda.device_count():
+            raise KronyptError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
 def _is_local(name: str) -> bool:
     return Path(name).exists() or name.startswith((".", "/", "~"))
 
@@ -92,6 +105,26 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
         raise KronyptError(f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}") from None
+
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.json",
+                   "tokenizer_config.json", "special_tokens_map.json")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether a local folder holds a loadable tokenizer (BPE file pair or tokenizer.json)."""
+    path = Path(folder).expanduser()
+    return path.is_dir() and (any((path / v).is_file() and (path / m).is_file() for v, m in FILE_PAIRS)
+                              or (path / "tokenizer.json").is_file())
+
+
+def copy_tokenizer_files(source: str | Path, dest: Path) -> bool:
+    """Copy the tokenizer files of a local folder next to saved weights; False when there are none."""
+    folder = Path(source).expanduser()
+    names = [n for n in TOKENIZER_FILES if (folder / n).is_file()] if folder.is_dir() else []
+    for name in names:
+        (dest / name).write_bytes((folder / name).read_bytes())
+    return bool(names)
 
 
 def _bpe_from_files(vocab_file: Path, merges_file: Path) -> PreTrainedTokenizerBase:

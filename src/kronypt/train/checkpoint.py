@@ -27,6 +27,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from kronypt.errors import KronyptError
+from kronypt.models.loading import copy_tokenizer_files
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.pt"
@@ -77,8 +78,11 @@ def load_state(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: dict[str, Any],
-                    val_loss: float | None, keep_last: int) -> Path:
-    """Write a checkpoint atomically, update the best/latest links and drop old checkpoints."""
+                    val_loss: float | None, keep_last: int, tokenizer_dir: str | Path | None = None) -> Path:
+    """Write a checkpoint atomically, update the best/latest links and drop old checkpoints.
+
+    With `tokenizer_dir`, its tokenizer files go next to the weights, so the model folder stands alone.
+    """
     root = checkpoint_root(out)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -92,6 +96,8 @@ def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: d
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, tmp / "model")
     torch.save(state, tmp / STATE_FILE)
     files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
     index = {"step": step, "tokens": state.get("tokens"), "val_loss": val_loss, "files": files}

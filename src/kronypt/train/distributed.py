@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kronypt.models.loading import check_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -35,7 +37,7 @@ def resolve_device(name: str, env: DistEnv) -> torch.device:
     """'auto' -> this rank's GPU if CUDA is available, else the CPU; otherwise the named device."""
     if name == "auto":
         return torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    device = check_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", env.local_rank)
     return device

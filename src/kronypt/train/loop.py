@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from kronypt.data.tokens import open_tokens, read_meta, sample_batch, sequential_batches
 from kronypt.errors import KronyptError
 from kronypt.models import load_model
+from kronypt.models.loading import has_tokenizer
 from kronypt.train import checkpoint, distributed
 from kronypt.train.config import TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
@@ -115,6 +116,7 @@ class Trainer:
         args = config.train
         self.out = Path(config.out)
         meta = self._open_data()
+        self.tokenizer_dir = _tokenizer_dir(config, meta)
         self.accumulation = accumulation_steps(args.tokens_per_step, args.micro_batch_size, args.seq_len,
                                                env.world_size)
         self.tokens_per_step = args.micro_batch_size * args.seq_len * self.accumulation * env.world_size
@@ -320,7 +322,8 @@ class Trainer:
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "data_generator": self.data_generator.get_state(), "rng": rng, "world_size": self.env.world_size,
                      "config": self.config.to_dict()}
-            checkpoint.save_checkpoint(self.out, self.step, self.raw, state, val_loss, self.config.checkpoint.keep_last)
+            checkpoint.save_checkpoint(self.out, self.step, self.raw, state, val_loss, self.config.checkpoint.keep_last,
+                                       self.tokenizer_dir)
         distributed.barrier()
 
 
@@ -331,3 +334,13 @@ def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrain
         return saved
     model.load_state_dict(saved.state_dict())
     return model
+
+
+def _tokenizer_dir(config: TrainConfig, meta: dict[str, Any]) -> Path | None:
+    """A local folder with the run's tokenizer files: the source model's, else the one that made the data."""
+    described = meta.get("tokenizer")
+    folder = described.get("folder") if isinstance(described, dict) else None
+    for candidate in (config.model, folder):
+        if candidate and has_tokenizer(candidate):
+            return Path(candidate)
+    return None
