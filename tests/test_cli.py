@@ -136,3 +136,9 @@ def test_bare_command_shows_help(capsys):
 def test_eval_json_into_a_missing_folder_is_refused_before_loading(capsys, tiny_dir, tmp_path):
     code, _, err = run(capsys, "eval", str(tiny_dir), "--json", str(tmp_path / "no" / "x.json"))
     assert_one_line_error(code, err, "does not exist")
+
+
+def test_compress_warns_when_the_scheme_saves_nothing(capsys, tiny_dir, tmp_path):
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "64x64", "--factors", "4", "--out",
+                       str(tmp_path / "k4"))
+    assert code == 0 and "kronypt: warning:" in err and "saves nothing" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -79,7 +80,10 @@ def compress(
     model_config = load_config(model)
     if config is None:
         config = CompressionConfig.from_target_params(model_config, target_params, **options)
-    plan_row(model_config, config.a_shape, config.factors)  # refuse shapes that do not divide, before loading
+    row = plan_row(model_config, config.a_shape, config.factors)  # refuses shapes that do not divide
+    if not row.compresses:
+        sys.stderr.write(f"kronypt: warning: A {row.a_shape[0]}x{row.a_shape[1]} with {row.factors} factors can "
+                         f"represent any matrix of this size: it saves nothing ({row.model_params:,} parameters)\n")
     lm = load_model(model)
     report = compress_model(lm, config)
     tmp = staging_dir(out)

@@ -108,7 +108,7 @@ def compress(model: GPT2LMHeadModel, config: CompressionConfig, progress: bool =
     report = CompressionReport(params_before=count_params(model))
     kron_modules = dict(getattr(model.config, "kron_modules", {}))
     targets = [(i, name) for i in layers for name in config.modules]
-    for i, name in tqdm(targets, desc="compressing", unit="matrix", disable=not progress, leave=False):
+    for i, name in tqdm(targets, desc="compressing", unit="matrix", disable=None if progress else True, leave=False):
         path = f"transformer.h.{i}.mlp.{name}"
         old = model.get_submodule(path)
         if not isinstance(old, Conv1D):
