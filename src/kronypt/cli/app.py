@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # reflow docstring paragraphs; `code` and lists render
 )
 
 # Tables must not be squeezed to 80 columns when stdout is a pipe or a file.
