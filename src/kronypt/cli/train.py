@@ -72,6 +72,7 @@ def train(
                                                             "betas=0.9,0.95 (repeatable).")] = None,
     print_config: Annotated[bool, Opt("--print-config", help="Print the resolved recipe and exit.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
+    progress: Annotated[bool, Opt("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Train a model on a token folder: heal a compressed GPT-2, or train a small one from scratch.
 
@@ -87,7 +88,7 @@ def train(
         typer.echo(resolved.to_yaml(), nl=False)
         return
     hf_logging.disable_progress_bar()
-    result = run_training(resolved, progress=not as_json)
+    result = run_training(resolved, progress=progress and not as_json)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     if as_json:
