@@ -102,6 +102,7 @@ def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_p
     (["compress", "{tmp}/missing", "--scheme", "81M", "--out", "{tmp}/x"], "does not exist"),
     (["compress", "{tmp}", "--scheme", "81M", "--out", "{tmp}/x"], "no config.json"),
     (["export", "{tiny}", "--out", "{tmp}/x"], "--dense"),
+    (["compress", "{tiny}", "--target-params", "3300000", "--layers", "0", "--out", "{tmp}/x"], "every MLP"),
     (["plan", "./missing-model"], "does not exist"),
     (["generate", "{tiny}", "--prompt", "x", "--tokenizer", "{tmp}/none"], "does not exist"),
 ])

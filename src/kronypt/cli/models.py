@@ -64,6 +64,9 @@ def compress(
     chosen = [o for o in (scheme, a_shape, target_params) if o is not None]
     if len(chosen) != 1:
         raise KronyptError("give exactly one of --scheme, --a-shape or --target-params")
+    if target_params is not None and (layers not in (None, "all") or modules != "c_fc,c_proj"):
+        raise KronyptError("--target-params sizes a model with every MLP matrix compressed; "
+                           "use --scheme or --a-shape with --layers/--modules")
     check_out_dir(out, force)
     options = {"scalars": scalars, "rescale": rescale, "prune_fill": prune_fill, "layers": parse_layers(layers),
                "modules": tuple(m.strip() for m in modules.split(",") if m.strip())}
