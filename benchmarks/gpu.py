@@ -42,6 +42,7 @@ from common import environment, write_json  # noqa: E402
 
 from kronypt import CompressionConfig, KroneckerLinear, compress  # noqa: E402
 from kronypt.kernels import fused_available, kron_linear_fused, predict  # noqa: E402
+from kronypt.kernels.roofline import predict_v3  # noqa: E402
 from kronypt.math.decompose import kron_reconstruct  # noqa: E402
 from kronypt.math.shapes import kron_shape  # noqa: E402
 from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised  # noqa: E402
@@ -93,8 +94,10 @@ DRY_CASES = [
     LayerCase("dry decode", 96, 40, (24, 40), 1, 1, backward=False, graph=True, quick=True),
 ]
 # fused: `kron_linear_fused` as the layer runs it (version 2 where it applies); fused_v1: the version-1
-# Triton kernels forced (impl="triton"), for the comparison.
-PATHS = ("dense", "materialised", "factored", "fused_v1", "fused")
+# Triton kernels forced (impl="triton"), for the comparison; fused_v3: the opt-in one-kernel forward
+# (impl="v3", version 2's backward), only on the shapes `kronypt.kernels.v3.supports` (81M, k = 1).
+PATHS = ("dense", "materialised", "factored", "fused_v1", "fused", "fused_v3")
+IMPL_OF_PATH = {"fused_v1": "triton", "fused": "auto", "fused_v3": "v3"}
 
 
 class Clock:
@@ -172,6 +175,14 @@ def _operand_sets(case: LayerCase, device: torch.device, l2_bytes: int) -> list[
     return [first] + [one(i) for i in range(1, count)]
 
 
+def _v3_case(case: LayerCase) -> bool:
+    """Whether impl="v3" runs version 3 on this case (else it would just repeat the `fused` column)."""
+    from kronypt.kernels.v3 import supports
+
+    shape = kron_shape(case.out_features, case.in_features, case.a_shape)
+    return case.tokens > 16 and supports(case.k, *shape.b_shape)
+
+
 def _paths(case: LayerCase, device: torch.device) -> dict:
     shape = kron_shape(case.out_features, case.in_features, case.a_shape)
     a_first, b_first = shape.macs_per_token(case.k)
@@ -184,6 +195,8 @@ def _paths(case: LayerCase, device: torch.device) -> dict:
     if fused_available(torch.empty(0, device=device)):
         paths["fused_v1"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="triton")
         paths["fused"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias)
+        if _v3_case(case):
+            paths["fused_v3"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="v3")
     return paths
 
 
@@ -225,6 +238,9 @@ def run_layer(case: LayerCase, device: torch.device, clock: Clock, l2_bytes: int
     result = {**asdict(case), "b_shape": list(shape.b_shape), "paths": {}, "predicted_ms": {
         label: {k: v * 1e3 for k, v in predict(shape, case.k, case.tokens, training, nbytes).items()}
         for label, training in (("fwd", False), ("fwdbwd", True))}}
+    if _v3_case(case):
+        for label, training in (("fwd", False), ("fwdbwd", True)):
+            result["predicted_ms"][label]["fused_v3"] = predict_v3(shape, case.tokens, training, nbytes) * 1e3
     sets = _operand_sets(case, device, l2_bytes)
     result["operand_sets"] = len(sets)
     for name, path in _paths(case, device).items():
@@ -238,7 +254,7 @@ def run_layer(case: LayerCase, device: torch.device, clock: Clock, l2_bytes: int
                 row["graph_ms"] = clock.graph_ms(path, sets)
             row["max_rel_err"] = _max_rel_error(path, sets[0])
             if name.startswith("fused") and case.backward:
-                row["grad_rel_err"] = _fused_grad_errors(sets[0], "triton" if name == "fused_v1" else "auto")
+                row["grad_rel_err"] = _fused_grad_errors(sets[0], IMPL_OF_PATH[name])
         except Exception as exc:  # record and go on: one failing path must not hide the others
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         result["paths"][name] = row
@@ -414,7 +430,7 @@ def measure_ceilings(device: torch.device, clock: Clock) -> dict:
 def print_tables(layers: list[dict], model: dict | None) -> None:
     """Speed-ups over dense in the same run (× > 1 is faster), fused errors and predictions."""
     head = f"{'layer':22} {'B':>7} {'tok':>6} {'pass':8} {'dense ms':>9} "
-    head += " ".join(f"{p[:7]:>7}" for p in PATHS[1:])
+    head += " ".join(f"{p[:8]:>8}" for p in PATHS[1:])
     print("\n" + head + f" {'pred':>6} {'fused err':>9}")
     for r in layers:
         if "paths" not in r:
@@ -425,7 +441,7 @@ def print_tables(layers: list[dict], model: dict | None) -> None:
         passes += [("graph", "graph_ms", "graph_speedup")] if "graph_ms" in r["paths"]["dense"] else []
         for label, ms, speed in passes:
             dense = r["paths"]["dense"].get(ms, float("nan"))
-            cells = " ".join(f"{r['paths'].get(p, {}).get(speed, float('nan')):6.2f}x" for p in PATHS[1:])
+            cells = " ".join(f"{r['paths'].get(p, {}).get(speed, float('nan')):7.2f}x" for p in PATHS[1:])
             pred = r["predicted_ms"].get(ms.removesuffix("_ms"))
             pred = pred["dense"] / pred["fused"] if pred else float("nan")
             err = r["paths"].get("fused", {}).get("max_rel_err", float("nan"))
@@ -453,7 +469,11 @@ def sass_reports(cases: list[LayerCase]) -> list[dict]:
     out = []
     for case in cases:
         shape = kron_shape(case.out_features, case.in_features, case.a_shape)
-        rows = layer_report(shape, case.k, case.tokens, case.backward, getattr(torch, case.dtype))
+        dtype = getattr(torch, case.dtype)
+        rows = layer_report(shape, case.k, case.tokens, case.backward, dtype)
+        if _v3_case(case):  # the opt-in version 3 forward, with GELU (the MLP's c_fc)
+            rows += [r for r in layer_report(shape, case.k, case.tokens, case.backward, dtype, impl="v3",
+                                             activation="gelu_new") if r["kernel"] == "_v3_kernel"]
         out.append({**asdict(case), "kernels": rows})
         for r in rows:
             c = r["config"]

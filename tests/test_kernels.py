@@ -84,6 +84,16 @@ CASES = [
     Case(40, 24, 1, 4, 3, 17, "bfloat16", True, True, True),
     Case(24, 40, 4, 1, 1, 33, "float32", True, True, True, impl="triton"),
     Case(40, 24, 1, 4, 1, 17, "bfloat16", True, True, False, impl="triton"),
+    # version 3 (opt-in one-kernel forward, version 2's backward): both orientations, m2 = 2 and a padded
+    # n2 = 3, GELU/bias/scalars on and off; decode (T = 1) and k = 2 are not v3 calls and run as "auto"
+    Case(24, 40, 4, 1, 1, 33, "float32", True, True, True, impl="v3"),
+    Case(24, 40, 4, 1, 1, 17, "bfloat16", False, True, True, impl="v3"),
+    Case(40, 24, 1, 4, 1, 33, "float32", False, False, False, impl="v3"),
+    Case(40, 24, 1, 4, 1, 7, "bfloat16", True, True, True, impl="v3"),
+    Case(24, 40, 2, 1, 1, 19, "float32", True, False, False, impl="v3"),
+    Case(24, 40, 4, 1, 1, 1, "bfloat16", True, True, True, impl="v3"),
+    Case(40, 24, 1, 3, 1, 9, "bfloat16", True, False, True, impl="v3"),
+    Case(24, 40, 4, 1, 2, 17, "float32", True, True, False, impl="v3"),
 ]
 
 
@@ -260,6 +270,47 @@ def test_fused_wins_only_where_measured() -> None:
     assert not fused_wins(large_b, 1, tokens, training=True)
 
 
+def test_v3_is_opt_in() -> None:
+    """impl="v3" launches the version-3 kernel for 81M (k = 1) and version 2's backward; "auto" never does."""
+    from kronypt.kernels.sass import recorded_launches
+
+    def kernels(shape: KronShape, k: int, impl: str, tokens: int = 8192) -> list[str]:
+        launches = recorded_launches(shape, k, tokens, True, torch.bfloat16, activation="gelu_new", impl=impl)
+        return [getattr(kernel, "fn", kernel).__name__ for kernel, _, _ in launches]  # jit or autotuner
+
+    for shape in (kron_shape(3072, 768, (768, 768)), kron_shape(768, 3072, (768, 768))):
+        v3, auto = kernels(shape, 1, "v3"), kernels(shape, 1, "auto")
+        assert v3[0] == "_v3_kernel" and "_v3_kernel" not in auto
+        assert v3[1:] == auto[1:]  # the same backward launches
+        assert "_v3_kernel" not in kernels(shape, 2, "v3")  # not a v3 shape: what "auto" runs
+        assert kernels(shape, 1, "v3", tokens=1) == kernels(shape, 1, "auto", tokens=1)  # decode: version 1
+
+
+def _v3_hopper_reports(shape: KronShape) -> list[dict]:
+    """sm_90 compile reports of the version-3 forward in training with GELU (its largest epilogue)."""
+    from kronypt.kernels.sass import compile_report, recorded_launches
+
+    launches = recorded_launches(shape, 1, 8192, True, torch.bfloat16, activation="gelu_new", impl="v3")
+    return [compile_report(kernel, args, configs[0]) for kernel, configs, args in launches
+            if kernel.__name__ == "_v3_kernel"]
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+def test_v3_compiles_for_hopper_with_large_tiles_and_no_spills() -> None:
+    for shape in (kron_shape(3072, 768, (768, 768)), kron_shape(768, 3072, (768, 768))):
+        try:
+            rows = _v3_hopper_reports(shape)
+        except FileNotFoundError as exc:  # a triton build without its bundled CUDA tools
+            pytest.skip(str(exc))
+        assert len(rows) == 1
+        row, ops = rows[0], rows[0]["instructions"]
+        assert row["config"]["BLOCK_T"] == row["config"]["BLOCK_A"] == 128, row
+        assert row["stack_bytes"] == 0, row  # no register spills
+        assert any(name.startswith("HGMMA.64x128") for name in ops), row  # 128-wide wgmma
+        assert ops.get("LDGSTS.E.BYPASS.128", 0) > 0 and not any(n.startswith("LDGSTS.E.64") for n in ops), row
+        assert ops.get("STG.E.128", 0) > 0 and not any(n.startswith("STG.E.U16") for n in ops), row
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
 def test_81m_forward_compiles_for_hopper_with_tensor_cores_and_no_spills() -> None:
     """Compile (no GPU needed) what an 81M c_fc call would launch on an H100 and read the machine code."""
@@ -292,6 +343,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.parametrize(("b_shape", "dtype", "impl"), [
     ((4, 1), "bfloat16", "auto"), ((4, 1), "float32", "auto"), ((1, 4), "bfloat16", "auto"),
     ((4, 1), "bfloat16", "triton"), ((4, 1), "float32", "triton"),
+    ((4, 1), "bfloat16", "v3"), ((1, 4), "bfloat16", "v3"), ((4, 1), "float32", "v3"),
 ])
 def test_cuda_81m_shape_matches_reference(b_shape: tuple[int, int], dtype: str, impl: str) -> None:
     from kronypt.kernels import kron_linear_fused

@@ -20,17 +20,25 @@ from kronypt.errors import KronyptError
 from kronypt.kernels.activation import activation_code, gelu_backward
 from kronypt.kernels.forward import kron_forward
 from kronypt.kernels.gemm_path import gemm_backward, gemm_forward, supports
+from kronypt.kernels.v3 import supports as v3_supports
+from kronypt.kernels.v3 import v3_forward
 from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
 
 # "auto": version 2 (`kronypt.kernels.gemm_path`: cuBLAS GEMMs + two memory-bound Triton passes) where
 # it applies, except for decode-sized calls, where version 1's single launch is the faster one inside a
-# CUDA graph (run 1: 3.9 µs against 5.2 µs dense); "triton": always version 1.
-IMPLS = ("auto", "triton")
+# CUDA graph (run 1: 3.9 µs against 5.2 µs dense); "triton": always version 1; "v3" (opt-in, not yet
+# measured on a GPU): the one-kernel forward of `kronypt.kernels.v3` with version 2's backward where
+# `v3.supports` the shape and there are more than DECODE_TOKENS tokens, else what "auto" runs.
+IMPLS = ("auto", "triton", "v3")
 DECODE_TOKENS = 16
 
 
 def _use_gemm_path(x: Tensor, B: Tensor, impl: str) -> bool:
-    return impl == "auto" and x.shape[0] > DECODE_TOKENS and supports(B.shape[1], B.shape[2])
+    return impl in ("auto", "v3") and x.shape[0] > DECODE_TOKENS and supports(B.shape[1], B.shape[2])
+
+
+def _use_v3(x: Tensor, A: Tensor, B: Tensor, impl: str) -> bool:
+    return impl == "v3" and _use_gemm_path(x, B, impl) and v3_supports(A.shape[0], B.shape[1], B.shape[2])
 
 
 def fused_forward(x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, bias: Tensor | None, act: int,
@@ -38,6 +46,8 @@ def fused_forward(x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, bias:
     """(y, pre) for a 2-D x: the body of the forward operator (plain, so tools can call it on meta tensors)."""
     if x.shape[0] == 0:  # nothing to launch
         return _forward_fake(x, A, B, scalars, bias, act, save_pre, impl)
+    if _use_v3(x, A, B, impl):
+        return v3_forward(x, A, B, scalars, bias, act, save_pre)
     if _use_gemm_path(x, B, impl):
         return gemm_forward(x, A, B, scalars, bias, act, save_pre)
     return kron_forward(x, A, B, scalars, bias, act, save_pre)
@@ -139,7 +149,9 @@ def kron_linear_fused(
     activation None or "gelu_new" (GPT-2's tanh GELU, also accepted as "gelu_pytorch_tanh"). x, A and B
     share a dtype (float32 or bfloat16; under autocast they are cast to the autocast dtype); the kernels
     accumulate in float32. Differentiable in x, A, B, scalars and bias. `impl`: "auto" (version 2 for B
-    with one row or column, see `kronypt.kernels.gemm_path`) or "triton" (the version-1 kernels always).
+    with one row or column, see `kronypt.kernels.gemm_path`), "triton" (the version-1 kernels always) or
+    "v3" (opt-in: the one-kernel forward of `kronypt.kernels.v3` for k = 1, B with one row or column and
+    more than 16 tokens, version 2's backward; anything else runs as "auto").
     """
     act = activation_code(activation)
     if impl not in IMPLS:

@@ -84,6 +84,16 @@ def predict_v2(shape: KronShape, k: int, tokens: int, training: bool, nbytes: in
     return t
 
 
+def predict_v3(shape: KronShape, tokens: int, training: bool, nbytes: int = 2, dev: Device = H100) -> float:
+    """Seconds of version 3 (`kronypt.kernels.v3`: k = 1, B with one column or row, > 16 tokens). Its one
+    forward kernel reads x and A once and writes y once with the A-contraction (a quarter of dense for
+    81M) overlapped, i.e. version 1's ideal forward; the backward is version 2's."""
+    t = _forward(dev, shape, 1, tokens, nbytes)
+    if training:
+        t += predict_v2(shape, 1, tokens, True, nbytes, dev) - predict_v2(shape, 1, tokens, False, nbytes, dev)
+    return t
+
+
 def predict(shape: KronShape, k: int, tokens: int, training: bool, nbytes: int = 2,
             dev: Device = H100) -> dict[str, float]:
     """Predicted seconds of one layer call (forward, or forward + backward when `training`): dense,

@@ -1,0 +1,173 @@
+"""Version 3 of the fused forward (opt-in, `impl="v3"`): one kernel for k = 1 and a B with one column or row.
+
+Version 2 (`kronypt.kernels.gemm_path`) writes P = x·Aᵀ and reads it back; version 1 (`forward.py`) keeps
+a (BLOCK_T, BLOCK_A, m2) float32 accumulator, which the register budget shrinks to 64-wide tiles. Here
+the A-contraction runs on the tensor cores with 128 × 128 tiles and only a (BLOCK_T, BLOCK_A) float32
+accumulator; the small B factor is applied in registers, on the way in or on the way out:
+
+- n2 = 1 (81M c_fc, B (m2, 1)):  acc = x · A_0ᵀ over n1; epilogue, per slice of BLOCK_A / EPI rows of A:
+  the m2 copies s·B[b, 0]·acc interleaved with `tl.join` (no extra accumulator), reshaped to
+  (BLOCK_T, slice·m2) = contiguous output columns, + bias, pre-activation, gelu_new, one store.
+- m2 = 1 (81M c_proj, B (1, n2)):  B is applied to x on load, R[t, c] = Σ_d s·B[0, d]·x[t, c·n2 + d]
+  (the contiguous slab of x, 16-byte loads, n2 FMAs per element), and the tensor cores contract R with
+  A_0 over n1 only. The alternative, contracting over (c, d) against A ⊗ B built on the fly, would do n2×
+  the tensor-core work (= dense FLOPs) and rebuild an n2× larger weight tile per step; the reduction on
+  load costs n2 FMAs per x element per A-row block (≈ 40 µs of CUDA-core time at 65536 tokens, hidden
+  under the memory time) and keeps the MMA at a quarter of dense.
+
+x and A are read from memory once (the other A-row blocks of a token tile re-read x from L2), y is written
+once. The backward is version 2's (`gemm_path.gemm_backward`). Fixed block sizes, no autotuner in the
+launch path (as version 2), so nothing is tuned at the first call and the kernel is graph-capturable.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kronypt.kernels.activation import gelu_tanh
+from kronypt.kernels.availability import INTERPRET
+from kronypt.kernels.tiles import load_x, mma, pick_x
+from kronypt.kernels.tuning import dot_flags, launch
+
+# (BLOCK_T, BLOCK_A, BLOCK_C, EPI) for B with one column (c_fc) and one row (c_proj): EPI slices of the
+# accumulator are expanded and stored one at a time (each a (BLOCK_T, BLOCK_A / EPI · m2) tile). Chosen
+# with `kronypt.kernels.sass` for sm_90 (bf16, with and without GELU and the saved pre-activation): c_fc
+# 136-205 registers, 128 KB shared, `HGMMA.64x128x16`, 16-byte async copies and stores, no stack;
+# c_proj 161-206 registers, 136 KB shared, the same. (128, 256) tiles spill with GELU. Small under the
+# interpreter so the test shapes span several programs and the epilogue slicing is exercised.
+if INTERPRET:
+    CONFIGS = dict.fromkeys(("column", "row"), triton.Config({"BLOCK_T": 16, "BLOCK_A": 16, "BLOCK_C": 16,
+                                                               "EPI": 2}, num_warps=4))
+else:
+    CONFIGS = {"column": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4}, num_warps=8,
+                                       num_stages=4),
+               "row": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 32, "EPI": 1}, num_warps=8,
+                                    num_stages=4)}
+
+
+def supports(k: int, m2: int, n2: int) -> bool:
+    """Whether version 3 handles k factors with B (m2, n2): k = 1 and one column (m2 ∈ {1, 2, 4}) or one
+    row (n2 ≤ 16). Anything else runs what impl="auto" runs."""
+    return k == 1 and ((n2 == 1 and m2 in (1, 2, 4)) or (m2 == 1 and n2 <= 16))
+
+
+@triton.jit
+def _halves(acc, BLOCK_T: tl.constexpr, WIDTH: tl.constexpr):
+    """Columns [0, WIDTH/2) and [WIDTH/2, WIDTH) of a (BLOCK_T, WIDTH) tile, as two tiles (registers)."""
+    return tl.split(tl.permute(tl.reshape(acc, (BLOCK_T, 2, WIDTH // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
+                  N2: tl.constexpr, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr,
+                  ACT: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Output columns [a0·M2, (a0 + WIDTH)·M2) from part (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH)."""
+    if N2 == 1:  # y[t, a·M2 + b] = s·B[b, 0]·part[t, a]; joins interleave b fastest
+        if M2 == 1:
+            out = part * (s * tl.load(B).to(tl.float32))
+        elif M2 == 2:
+            out = tl.join(part * (s * tl.load(B).to(tl.float32)), part * (s * tl.load(B + 1).to(tl.float32)))
+        else:
+            w0 = s * tl.load(B).to(tl.float32)
+            w1 = s * tl.load(B + 1).to(tl.float32)
+            w2 = s * tl.load(B + 2).to(tl.float32)
+            w3 = s * tl.load(B + 3).to(tl.float32)
+            out = tl.join(tl.join(part * w0, part * w2), tl.join(part * w1, part * w3))
+        out = tl.reshape(out, (BLOCK_T, WIDTH * M2))
+    else:  # B (and s) already applied to x
+        out = part
+    cols = a0 * M2 + tl.arange(0, WIDTH * M2)
+    mask_c = cols < M1 * M2
+    if HAS_BIAS:
+        out += tl.load(BIAS + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    offsets = offs_t.to(tl.int64)[:, None] * stride_yt + cols[None, :]
+    mask = (offs_t < T)[:, None] & mask_c[None, :]
+    if SAVE_PRE:
+        tl.store(PRE + offsets, out.to(PRE.dtype.element_ty), mask=mask)
+    if ACT == 1:
+        out = gelu_tanh(out)
+    tl.store(Y + offsets, out.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _v3_kernel(
+    X, A, B, S, BIAS, Y, PRE, T, stride_xt, stride_yt,
+    M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
+    HAS_S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
+):
+    num_a = tl.cdiv(M1, BLOCK_A)
+    pid = tl.program_id(0)
+    pid_t = pid // num_a  # the A-row blocks of one token tile are neighbours: x is re-read from L2
+    pid_a = pid % num_a
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
+    mask_t = offs_t < T
+    x_rows = X + offs_t.to(tl.int64)[:, None] * stride_xt
+    s = 1.0
+    if HAS_S:
+        s = tl.load(S).to(tl.float32)
+    u = tl.full((N2P,), 1.0, tl.float32)
+    if N2 > 1:  # row 0 of B contracts x over d on load
+        offs_d = tl.arange(0, N2P)
+        u = s * tl.load(B + offs_d, mask=offs_d < N2, other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    for c0 in range(0, N1, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        a_tile = tl.load(A + offs_c[:, None] + offs_a[None, :] * N1,
+                         mask=(offs_c < N1)[:, None] & (offs_a < M1)[None, :], other=0.0)
+        if N2 == N2P:  # the slab as (BLOCK_T, BLOCK_C·N2): 16-byte copies, then viewed as (.., .., N2)
+            offs_f = c0 * N2 + tl.arange(0, BLOCK_C * N2)
+            slab = tl.load(x_rows + offs_f[None, :], mask=mask_t[:, None] & (offs_f < N1 * N2)[None, :], other=0.0)
+            x_tile = slab
+            if N2 > 1:
+                x_tile = pick_x(tl.reshape(slab, (BLOCK_T, BLOCK_C, N2)), u, N2P)
+        else:
+            x_tile = pick_x(load_x(x_rows, c0, mask_t, N1, N2, N2P, BLOCK_C), u, N2P)
+        acc = mma(x_tile, a_tile, acc, DOT_F32, IEEE)
+    a0 = pid_a * BLOCK_A
+    if EPI == 1:
+        _expand_store(acc, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, BLOCK_A, HAS_BIAS,
+                      SAVE_PRE, ACT, BLOCK_T)
+    elif EPI == 2:
+        lo, hi = _halves(acc, BLOCK_T, BLOCK_A)
+        W: tl.constexpr = BLOCK_A // 2
+        _expand_store(lo, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS, SAVE_PRE,
+                      ACT, BLOCK_T)
+        _expand_store(hi, a0 + W, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS,
+                      SAVE_PRE, ACT, BLOCK_T)
+    else:  # EPI == 4
+        lo, hi = _halves(acc, BLOCK_T, BLOCK_A)
+        q0, q1 = _halves(lo, BLOCK_T, BLOCK_A // 2)
+        q2, q3 = _halves(hi, BLOCK_T, BLOCK_A // 2)
+        Q: tl.constexpr = BLOCK_A // 4
+        _expand_store(q0, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS, SAVE_PRE,
+                      ACT, BLOCK_T)
+        _expand_store(q1, a0 + Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
+                      SAVE_PRE, ACT, BLOCK_T)
+        _expand_store(q2, a0 + 2 * Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
+                      SAVE_PRE, ACT, BLOCK_T)
+        _expand_store(q3, a0 + 3 * Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
+                      SAVE_PRE, ACT, BLOCK_T)
+
+
+def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,
+               bias: torch.Tensor | None, act: int, save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, pre) of the layer on a 2-D x (unit feature stride) for shapes `supports` accepts."""
+    T = x.shape[0]
+    _, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+    A, B = A.contiguous(), B.contiguous()  # no-ops for parameters; the kernel takes unit strides as given
+    y = torch.empty(T, m1 * m2, device=x.device, dtype=x.dtype)
+    pre = torch.empty_like(y) if save_pre else y.new_empty(0)
+    args = dict(X=x, A=A, B=B, S=scalars if scalars is not None else y, BIAS=bias if bias is not None else y,
+                Y=y, PRE=pre if save_pre else y, T=T, stride_xt=x.stride(0), stride_yt=y.stride(0),
+                M1=m1, N1=n1, M2=m2, N2=n2, N2P=triton.next_power_of_2(n2), HAS_S=scalars is not None,
+                HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, **dot_flags(x.dtype))
+    config = CONFIGS["column" if n2 == 1 else "row"]
+    grid = (triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"]),)
+    launch(_v3_kernel, [], lambda meta: grid, args, config=config)
+    return y, pre
