@@ -128,11 +128,10 @@ def _row(shape: KronShape, k: int, scalars: bool, n_layer: int, base: int) -> Pl
     per_matrix = shape.params(k, scalars)
     dense_matrix = shape.dense_macs_per_token()
     a_macs, b_macs = shape.macs_per_token(k)
-    a_shape, k_name = shape.a_shape, k
     named = (shape.out_features, shape.in_features) == SCHEME_MLP_SHAPE
     return PlanRow(
-        name=scheme_name(a_shape, k_name) if named else None,
-        a_shape=a_shape,
+        name=scheme_name(shape.a_shape, k) if named else None,
+        a_shape=shape.a_shape,
         b_shape=shape.b_shape,
         factors=k,
         scalars=scalars,
