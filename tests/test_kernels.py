@@ -165,7 +165,16 @@ def check_interfaces() -> dict[str, float]:
         out.float().sum().backward()
         autocast_errors.append(_relative(out, _reference(p, act=False)[0]))
         autocast_errors += [float(p[n].grad is None or p[n].grad.dtype != torch.float32) for n in p]
+    # training on versions 2/3 with a B of one column keeps P = x·Aᵀ (T, k·m1), not the pre-activation
+    saved_errors = []
+    for impl in ("auto", "v3"):
+        x2 = inp["x"].detach()
+        y, saved = torch.ops.kronypt.kron_linear_forward(x2, inp["A"].detach(), inp["B"].detach(), None,
+                                                         inp["bias"].detach(), 1, True, impl)
+        p_ref = x2.double() @ inp["A"].detach().double()[0].t()
+        saved_errors.append(_relative(saved, p_ref) if saved.shape == p_ref.shape else float("inf"))
     return {
+        "saved_p_worst": max(saved_errors),
         "opcheck_failures": float(sum(v != "SUCCESS" for v in report.values())),
         "compiled_error": _relative(compiled(inp["x"]), ref),
         "empty_shape_ok": float(tuple(empty.shape) == (0, case.m1 * case.m2)),
@@ -174,16 +183,52 @@ def check_interfaces() -> dict[str, float]:
     }
 
 
+def check_sweeps() -> dict[str, float]:
+    """Every block-size candidate of `benchmarks/gpu.py --sweep` (the GPU tile sizes, interpreted) against
+    the float64 reference: version 3 in both orientations, version 2's expand and reduce passes."""
+    from kronypt.kernels import gemm_path, v3
+
+    errors = {}
+    g = torch.Generator().manual_seed(11)
+    for orientation, (m1, n1, m2, n2) in (("column", (160, 96, 4, 1)), ("row", (96, 160, 1, 4))):
+        x = torch.randn(150, n1 * n2, generator=g)
+        A, B = torch.randn(1, m1, n1, generator=g) / n1**0.5, torch.randn(1, m2, n2, generator=g)
+        bias, s = torch.randn(m1 * m2, generator=g), torch.tensor([1.5])
+        ref = F.gelu(kron_linear_materialised(x.double(), A.double(), B.double(), s.double(), bias.double()),
+                     approximate="tanh")
+        for i, config in enumerate(v3.SWEEP[orientation]):
+            y, _ = v3.v3_forward(x, A, B, s, bias, 1, False, config=config)
+            errors[f"v3-{orientation}-{i}"] = _relative(y, ref)
+    k, m1, m2, T = 2, 80, 4, 150
+    p, w = torch.randn(T, k * m1, generator=g), torch.randn(k, m2, generator=g)
+    bias, grad = torch.randn(m1 * m2, generator=g), torch.randn(T, m1 * m2, generator=g)
+    pre = torch.einsum("tia,ib->tab", p.double().view(T, k, m1), w.double()).reshape(T, -1) + bias.double()
+    pre.requires_grad_()
+    F.gelu(pre, approximate="tanh").backward(grad.double())
+    g_pre = pre.grad.view(T, m1, m2)
+    h_ref = torch.einsum("tab,ib->tia", g_pre, w.double()).reshape(T, -1)
+    m_ref = torch.einsum("tab,tia->ib", g_pre, p.double().view(T, k, m1))
+    for i, config in enumerate(gemm_path.SWEEP["expand"]):
+        y = gemm_path.expand(p, w, m1, bias, act=1, config=config)
+        errors[f"expand-{i}"] = _relative(y, F.gelu(pre.detach(), approximate="tanh"))
+    for i, config in enumerate(gemm_path.SWEEP["reduce"]):
+        h, m, cols = gemm_path.reduce(grad, p, w, m1, colsum=True, act=1, bias=bias, config=config)
+        errors[f"reduce-{i}"] = max(_relative(h, h_ref), _relative(m, m_ref),
+                                    _relative(cols, g_pre.reshape(T, -1).sum(0)))
+    return errors
+
+
 def _worker() -> None:
     for case in CASES:
         try:
             print(json.dumps({"case": case.name, "errors": check_case(case)}), flush=True)
         except Exception:  # report and go on: one failing case must not hide the others
             print(json.dumps({"case": case.name, "failure": traceback.format_exc()}), flush=True)
-    try:
-        print(json.dumps({"case": "interfaces", "errors": check_interfaces()}), flush=True)
-    except Exception:
-        print(json.dumps({"case": "interfaces", "failure": traceback.format_exc()}), flush=True)
+    for name, check in (("interfaces", check_interfaces), ("sweeps", check_sweeps)):
+        try:
+            print(json.dumps({"case": name, "errors": check()}), flush=True)
+        except Exception:
+            print(json.dumps({"case": name, "failure": traceback.format_exc()}), flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +267,19 @@ def test_operator_registration_compile_and_empty_input(interpreted: dict) -> Non
     assert errors["empty_shape_ok"] == 1.0
     assert errors["cpu_available"] == 1.0  # the interpreter runs on CPU tensors
     assert errors["autocast_worst"] <= TOLERANCE["bfloat16"]  # bf16 values, float32 gradients everywhere
+    assert errors["saved_p_worst"] <= TOLERANCE["float32"]  # training keeps P = x·Aᵀ, not T x 3072 values
+
+
+def test_sweep_candidates_match_reference(interpreted: dict) -> None:
+    """Every tile-size candidate the GPU sweep times computes the right values (masks at 150 tokens, A
+    blocks wider than m1), so a sweep winner can become the default without a second correctness run."""
+    from kronypt.kernels import gemm_path, v3
+
+    row = interpreted.get("sweeps")
+    _assert_within(row, TOLERANCE["float32"])
+    expected = (len(v3.SWEEP["column"]) + len(v3.SWEEP["row"]) + len(gemm_path.SWEEP["expand"])
+                + len(gemm_path.SWEEP["reduce"]))
+    assert len(row["errors"]) == expected
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(),

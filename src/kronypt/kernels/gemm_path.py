@@ -7,9 +7,10 @@ is one cuBLAS GEMM on the factored form, and everything with the small B factor 
 Triton pass:
 
 forward, n2 = 1:  P = x · A_catᵀ (GEMM, N = k·m1), then `expand`: y[t,a,b] = Σ_i s_i B_i[b,0] P_i[t,a] + bias
-                  (+ the saved pre-activation, + gelu_new) - x read once, P written and read once, y once.
+                  (+ gelu_new) - x read once, P written and read once, y once. Training keeps P (not the
+                  m2× larger pre-activation): the backward needs P anyway and rebuilds pre from it.
 forward, m2 = 1:  `reduce` without M: R_i[t,c] = Σ_d s_i B_i[0,d] x[t,c,d]; y = R_cat · A_perm + bias (GEMM).
-backward, n2 = 1: P again (GEMM); `reduce` reads G (and, with GELU, the pre-activation) and P once:
+backward, n2 = 1: `reduce` reads G and the saved P once (with GELU, pre = expand(P) + bias in registers):
                   H_i[t,a] = Σ_b G[t,a,b] s_i B_i[b,0], M_i[b] = Σ_{t,a} G[t,a,b] P_i[t,a], dbias = Σ_t G;
                   then dX = H · A_cat and dA = Hᵀ x (two GEMMs).
 backward, m2 = 1: the transposed problem: Q = G · A_cat (GEMM); `reduce` on (x, Q) gives s·R and Mᵀ;
@@ -38,6 +39,21 @@ REDUCE = triton.Config({"BLOCK_T": 16, "BLOCK_A": 16} if INTERPRET else {"BLOCK_
                        num_warps=8, num_stages=1)
 
 
+def _cfg(bt: int, ba: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba}, num_warps=warps, num_stages=stages)
+
+
+# Candidates for one timed sweep on a GPU (`benchmarks/gpu.py --sweep`), the defaults first. H100 run 2
+# put the expand pass at ~0.6 TB/s and the reduce pass at ~1.6 TB/s (docs/gpu-notes.md): these vary the
+# tile, the warps and, for reduce's token loop, software pipelining (stages > 1).
+SWEEP = {
+    "expand": [EXPAND, _cfg(64, 64, 8, 1), _cfg(16, 128, 4, 1), _cfg(32, 128, 8, 1), _cfg(64, 128, 8, 1),
+               _cfg(128, 64, 8, 1), _cfg(32, 64, 4, 1)],
+    "reduce": [REDUCE, _cfg(32, 64, 8, 2), _cfg(32, 64, 8, 3), _cfg(16, 64, 4, 2), _cfg(64, 64, 8, 2),
+               _cfg(16, 128, 8, 2), _cfg(32, 128, 8, 2)],
+}
+
+
 def supports(m2: int, n2: int) -> bool:
     """Whether version 2 handles a B factor of shape (m2, n2): one column or one row, at most 16 long."""
     return (n2 == 1 and m2 <= 16) or (m2 == 1 and n2 <= 16)
@@ -45,10 +61,9 @@ def supports(m2: int, n2: int) -> bool:
 
 @triton.jit
 def _expand_kernel(
-    P, W, BIAS, Y, PRE, T, stride_pt, stride_yt,
+    P, W, BIAS, Y, T, stride_pt, stride_yt,
     M1: tl.constexpr, M2: tl.constexpr, M2P: tl.constexpr, K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr,
 ):
     # y[t, a*M2 + b] = Σ_i W[i, b] · P[t, i*M1 + a] (+ bias, gelu); W float32 (k, M2)
     num_a = tl.cdiv(M1, BLOCK_A)
@@ -63,25 +78,30 @@ def _expand_kernel(
         p = tl.load(P + rows + i * M1 + offs_a[None, :], mask=mask, other=0.0).to(tl.float32)
         w = tl.load(W + i * M2 + offs_b, mask=offs_b < M2, other=0.0)
         acc += p[:, :, None] * w[None, None, :]
-    store_output(acc, offs_t, offs_a, T, stride_yt, BIAS, Y, PRE, M1, M2, M2P, HAS_BIAS, SAVE_PRE, ACT)
+    store_output(acc, offs_t, offs_a, T, stride_yt, BIAS, Y, Y, M1, M2, M2P, HAS_BIAS, False, ACT)
 
 
 @triton.jit
 def _reduce_kernel(
-    G, PRE, P, BV, H, MOUT, COLS, T, T_SLICE, stride_gt, stride_pt,
+    G, P, BV, BIAS, H, MOUT, COLS, T, T_SLICE, stride_gt, stride_pt,
     M1: tl.constexpr, M2: tl.constexpr, M2P: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-    COLSUM: tl.constexpr, ACT: tl.constexpr, WITH_M: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_A: tl.constexpr,
+    COLSUM: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WITH_M: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr,
 ):
     # H[t, i*M1 + a] = Σ_b G[t, a*M2 + b] BV[i, b];  MOUT[i, b] += Σ_{t,a} G[t, a*M2 + b] P[t, i*M1 + a];
     # COLS[a*M2 + b] += Σ_t G[t, a*M2 + b]. Program = (A-row block, token slice). ACT: G is the gradient
-    # of gelu_new(PRE) and is turned into the pre-activation gradient on the fly (never stored).
+    # of gelu_new(pre) and is turned into the pre-activation gradient on the fly (never stored), with
+    # pre[t, a*M2 + b] = Σ_i BV[i, b] P[t, i*M1 + a] + BIAS[a*M2 + b] recomputed from the saved P exactly
+    # as `_expand_kernel` formed it: the forward keeps P (T·k·m1 values), not the m2× larger pre-activation.
     offs_a = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
     offs_b = tl.arange(0, M2P)
     offs_k = tl.arange(0, KP)
     mask_a = offs_a < M1
     g_cols = offs_a[:, None] * M2 + offs_b[None, :]
     mask_g = mask_a[:, None] & (offs_b < M2)[None, :]
+    bias = tl.zeros((BLOCK_A, M2P), dtype=tl.float32)
+    if ACT == 1 and HAS_BIAS:
+        bias = tl.load(BIAS + g_cols, mask=mask_g, other=0.0).to(tl.float32)
     t_start = tl.program_id(1) * T_SLICE
     t_end = tl.minimum(T, t_start + T_SLICE)
     cols = tl.zeros((BLOCK_T, BLOCK_A, M2P), dtype=tl.float32)
@@ -94,11 +114,17 @@ def _reduce_kernel(
         g_ptrs = rows[:, None, None] * stride_gt + g_cols[None, :, :]
         mask_3 = mask_t[:, None, None] & mask_g[None, :, :]
         g3 = tl.load(G + g_ptrs, mask=mask_3, other=0.0).to(tl.float32)
+        mask_p = mask_t[:, None] & mask_a[None, :]
         if ACT == 1:
-            g3 = gelu_tanh_grad(g3, tl.load(PRE + g_ptrs, mask=mask_3, other=0.0).to(tl.float32))
+            pre = tl.zeros((BLOCK_T, BLOCK_A, M2P), dtype=tl.float32)
+            for i in range(K):
+                bv = tl.load(BV + i * M2 + offs_b, mask=offs_b < M2, other=0.0)
+                p = tl.load(P + rows[:, None] * stride_pt + i * M1 + offs_a[None, :], mask=mask_p,
+                            other=0.0).to(tl.float32)
+                pre += p[:, :, None] * bv[None, None, :]
+            g3 = gelu_tanh_grad(g3, pre + bias[None, :, :])
         if COLSUM:
             cols += g3
-        mask_p = mask_t[:, None] & mask_a[None, :]
         for i in range(K):
             bv = tl.load(BV + i * M2 + offs_b, mask=offs_b < M2, other=0.0)
             h = tl.sum(g3 * bv[None, None, :], axis=2)
@@ -121,41 +147,44 @@ def _reduce_kernel(
 
 
 def expand(p: torch.Tensor, w: torch.Tensor, m1: int, bias: torch.Tensor | None = None, act: int = 0,
-           save_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, pre): y[t, a·m2 + b] = act(Σ_i w[i, b] p[t, i·m1 + a] + bias), w float32 (k, m2)."""
+           config: triton.Config | None = None) -> torch.Tensor:
+    """y[t, a·m2 + b] = act(Σ_i w[i, b] p[t, i·m1 + a] + bias), w float32 (k, m2). `config` overrides the
+    block sizes (one of `SWEEP["expand"]`, for timing candidates)."""
     T = p.shape[0]
     k, m2 = w.shape
+    config = config or EXPAND
     y = torch.empty(T, m1 * m2, device=p.device, dtype=p.dtype)
-    pre = torch.empty_like(y) if save_pre else y.new_empty(0)
-    bt, ba = EXPAND.kwargs["BLOCK_T"], EXPAND.kwargs["BLOCK_A"]
-    args = dict(P=p, W=w, BIAS=bias if bias is not None else y, Y=y, PRE=pre if save_pre else y, T=T,
-                stride_pt=p.stride(0), stride_yt=y.stride(0), M1=m1, M2=m2, M2P=triton.next_power_of_2(m2),
-                K=k, HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre)
+    bt, ba = config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"]
+    args = dict(P=p, W=w, BIAS=bias if bias is not None else y, Y=y, T=T, stride_pt=p.stride(0),
+                stride_yt=y.stride(0), M1=m1, M2=m2, M2P=triton.next_power_of_2(m2), K=k,
+                HAS_BIAS=bias is not None, ACT=act)
     grid = (triton.cdiv(T, bt) * triton.cdiv(m1, ba),)
-    launch(_expand_kernel, [], lambda meta: grid, args, config=EXPAND)
-    return y, pre
+    launch(_expand_kernel, [], lambda meta: grid, args, config=config)
+    return y
 
 
-def reduce(g: torch.Tensor, p: torch.Tensor | None, bv: torch.Tensor, m1: int, colsum: bool,
-           pre: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def reduce(g: torch.Tensor, p: torch.Tensor | None, bv: torch.Tensor, m1: int, colsum: bool, act: int = 0,
+           bias: torch.Tensor | None = None, config: triton.Config | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(H, M, column sums of g or None) for g (T, m1·m2), p (T, k·m1), bv float32 (k, m2); see the kernel.
-    With `pre`, g is the gradient of gelu_new(pre) (same shape and strides) and is converted on the fly.
-    Without `p`, M is not computed (returned as zeros)."""
+    With `act`, g is the gradient of gelu_new(pre), pre = expand(p, bv, m1, bias) recomputed in registers.
+    Without `p`, M is not computed (returned as zeros). `config` overrides the block sizes."""
     T = g.shape[0]
     k, m2 = bv.shape
+    config = config or REDUCE
     h = torch.empty(T, k * m1, device=g.device, dtype=g.dtype)
     m = torch.zeros(k, m2, device=g.device, dtype=torch.float32)
     cols = torch.zeros(m1 * m2, device=g.device, dtype=torch.float32) if colsum else m
-    bt, ba = REDUCE.kwargs["BLOCK_T"], REDUCE.kwargs["BLOCK_A"]
+    bt, ba = config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"]
     a_blocks = triton.cdiv(m1, ba)
     slices = max(1, min(triton.cdiv(2 * sm_count(g.device), a_blocks), triton.cdiv(T, bt)))
     t_slice = triton.cdiv(triton.cdiv(T, slices), bt) * bt
-    args = dict(G=g, PRE=pre if pre is not None else g, P=p if p is not None else h, BV=bv, H=h, MOUT=m,
+    args = dict(G=g, P=p if p is not None else h, BV=bv, BIAS=bias if bias is not None else bv, H=h, MOUT=m,
                 COLS=cols, T=T, T_SLICE=t_slice, stride_gt=g.stride(0), stride_pt=h.stride(0), M1=m1, M2=m2,
-                M2P=triton.next_power_of_2(m2), K=k, KP=triton.next_power_of_2(k), COLSUM=colsum,
-                ACT=int(pre is not None), WITH_M=p is not None)
+                M2P=triton.next_power_of_2(m2), K=k, KP=triton.next_power_of_2(k), COLSUM=colsum, ACT=act,
+                HAS_BIAS=bias is not None, WITH_M=p is not None)
     grid = (a_blocks, triton.cdiv(T, t_slice))
-    launch(_reduce_kernel, [], lambda meta: grid, args, config=REDUCE)
+    launch(_reduce_kernel, [], lambda meta: grid, args, config=config)
     return h, m, (cols if colsum else None)
 
 
@@ -165,47 +194,53 @@ def _scaled(v: torch.Tensor, scalars: torch.Tensor | None) -> torch.Tensor:
 
 
 def gemm_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,
-                 bias: torch.Tensor | None, act: int, save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, pre) of the layer on a 2-D x for a B with one column (n2 = 1) or one row (m2 = 1)."""
+                 bias: torch.Tensor | None, act: int, save: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, saved) of the layer on a 2-D x for a B with one column (n2 = 1) or one row (m2 = 1).
+
+    With `save` (a gradient will be needed): for n2 = 1 `saved` is P = x·A_catᵀ, from which the backward
+    recomputes the pre-activation (no second GEMM, and T·k·m1 values kept instead of T·m1·m2); for m2 = 1
+    it is the pre-activation when `act` is on. Otherwise an empty tensor.
+    """
     k, m1, n1 = A.shape
     _, m2, n2 = B.shape
     if n2 == 1:
         p = x @ A.reshape(k * m1, n1).t()
-        return expand(p, _scaled(B[:, :, 0], scalars), m1, bias, act, save_pre)
+        y = expand(p, _scaled(B[:, :, 0], scalars), m1, bias, act)
+        return y, (p if save else y.new_empty(0))
     r = reduce(x, None, _scaled(B[:, 0, :], scalars), n1, colsum=False)[0]  # s_i R_i[t, c] at [t, i·n1 + c]
     a_perm = A.transpose(1, 2).reshape(k * n1, m1)  # [(i, c), a] = A_i[a, c]; a view of A when k = 1
     y = torch.addmm(bias.to(r.dtype), r, a_perm) if bias is not None else r @ a_perm  # bias may be fp32
     if act == 0:
         return y, y.new_empty(0)
     out = torch.nn.functional.gelu(y, approximate="tanh")
-    return out, (y if save_pre else y.new_empty(0))
+    return out, (y if save else y.new_empty(0))
 
 
 def gemm_backward(g: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                  scalars: torch.Tensor | None, pre: torch.Tensor | None, need_x: bool, need_a: bool,
-                  need_bias: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor,
-                                            torch.Tensor | None]:
-    """(dX, dA float32, M float32 (k, m2, n2), dbias float32) from the output gradient g (contiguous);
-    with `pre`, g is the gradient of gelu_new(pre): for n2 = 1 the reduce pass applies gelu' itself.
-    The scalars ride on B in `reduce`, so H (resp. R) already carries s_i and dX, dA need no rescaling."""
+                  scalars: torch.Tensor | None, saved: torch.Tensor, act: int, bias: torch.Tensor | None,
+                  need_x: bool, need_a: bool, need_bias: bool,
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(dX, dA float32, M float32 (k, m2, n2), dbias float32) from the output gradient g (contiguous) and
+    what `gemm_forward` saved; with `act`, g is the gradient of gelu_new(pre). The scalars ride on B in
+    `reduce`, so H (resp. R) already carries s_i and dX, dA need no rescaling."""
     k, m1, n1 = A.shape
     _, m2, n2 = B.shape
     dx = da = None
     if n2 == 1:
-        p = x @ A.reshape(k * m1, n1).t()
-        h, m, dbias = reduce(g, p, _scaled(B[:, :, 0], scalars), m1, colsum=need_bias, pre=pre)
+        p = saved if saved.numel() else x @ A.reshape(k * m1, n1).t()
+        h, m, dbias = reduce(g, p, _scaled(B[:, :, 0], scalars), m1, colsum=need_bias, act=act, bias=bias)
         if need_x:
             dx = h @ A.reshape(k * m1, n1)
         if need_a:
             da = (h.t() @ x).float().view(k, m1, n1)
         return dx, da, m.view(k, m2, 1), dbias
-    if pre is not None:
-        g = gelu_backward(g, pre)
+    if act:
+        g = gelu_backward(g, saved)
     q = g @ A.permute(1, 0, 2).reshape(m1, k * n1)  # Q_i[t, c] at [t, i·n1 + c]
     sb = _scaled(B[:, 0, :], scalars)
     r, m, _ = reduce(x, q, sb, n1, colsum=False)  # s_i R_i[t, c] and M_i[0, d]
     if need_x:
-        dx = expand(q, sb, n1)[0]
+        dx = expand(q, sb, n1)
     if need_a:
         da = (g.t() @ r).float().view(m1, k, n1).permute(1, 0, 2).contiguous()
     dbias = g.sum(0, dtype=torch.float32) if need_bias else None

@@ -8,7 +8,9 @@ Backward of y = act(x·Wᵀ + b), W = Σ s_i A_i ⊗ B_i, with G the gradient of
 grad_x is itself a Kronecker product, G·(Σ s_i A_iᵀ ⊗ B_iᵀ), so the forward kernel computes it (and
 the bias gradient, Σ_t G, in the same pass); dA and M (hence dB = s·M and ds = ⟨B, M⟩) come from the
 token-reduction kernels of `kronypt.kernels.wgrad`. The pre-activation is saved only when an activation
-is fused and a gradient is needed (as unfused PyTorch saves it for its GELU).
+is fused and a gradient is needed (as unfused PyTorch saves it for its GELU). Versions 2 and 3 with a B of
+one column save P = x·A_catᵀ instead (`saves_p`): m2× smaller than the pre-activation, and their
+backward needs P anyway (it used to recompute it with a GEMM).
 """
 
 from __future__ import annotations
@@ -41,45 +43,56 @@ def _use_v3(x: Tensor, A: Tensor, B: Tensor, impl: str) -> bool:
     return impl == "v3" and _use_gemm_path(x, B, impl) and v3_supports(A.shape[0], B.shape[1], B.shape[2])
 
 
+def saves_p(x: Tensor, B: Tensor, impl: str) -> bool:
+    """Whether a call on the 2-D x keeps P = x·A_catᵀ for its backward (versions 2/3, B with one column)."""
+    return _use_gemm_path(x, B, impl) and B.shape[2] == 1
+
+
 def fused_forward(x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, bias: Tensor | None, act: int,
-                  save_pre: bool, impl: str = "auto") -> tuple[Tensor, Tensor]:
-    """(y, pre) for a 2-D x: the body of the forward operator (plain, so tools can call it on meta tensors)."""
+                  save: bool, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """(y, saved) for a 2-D x: the body of the forward operator (plain, so tools can call it on meta
+    tensors). With `save` (a backward will follow), `saved` is P where `saves_p`, else the pre-activation
+    when an activation is fused; otherwise it is empty."""
     if x.shape[0] == 0:  # nothing to launch
-        return _forward_fake(x, A, B, scalars, bias, act, save_pre, impl)
+        return _forward_fake(x, A, B, scalars, bias, act, save, impl)
     if _use_v3(x, A, B, impl):
-        return v3_forward(x, A, B, scalars, bias, act, save_pre)
+        return v3_forward(x, A, B, scalars, bias, act, save)
     if _use_gemm_path(x, B, impl):
-        return gemm_forward(x, A, B, scalars, bias, act, save_pre)
-    return kron_forward(x, A, B, scalars, bias, act, save_pre)
+        return gemm_forward(x, A, B, scalars, bias, act, save)
+    return kron_forward(x, A, B, scalars, bias, act, save and act != 0)
 
 
 _forward_op = torch.library.custom_op("kronypt::kron_linear_forward", fused_forward, mutates_args=())
 
 
 @_forward_op.register_fake
-def _forward_fake(x, A, B, scalars, bias, act, save_pre, impl="auto"):
+def _forward_fake(x, A, B, scalars, bias, act, save, impl="auto"):
     y = x.new_empty(x.shape[0], A.shape[1] * B.shape[1])
-    return y, (torch.empty_like(y) if save_pre else y.new_empty(0))
+    if save and saves_p(x, B, impl):
+        return y, x.new_empty(x.shape[0], A.shape[0] * A.shape[1])
+    return y, (torch.empty_like(y) if save and act != 0 else y.new_empty(0))
 
 
-def fused_backward(grad: Tensor, x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, pre: Tensor,
-                   act: int, need_x: bool, need_a: bool, need_b: bool, need_s: bool,
+def fused_backward(grad: Tensor, x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, saved: Tensor,
+                   bias: Tensor | None, act: int, need_x: bool, need_a: bool, need_b: bool, need_s: bool,
                    need_bias: bool, impl: str = "auto") -> list[Tensor]:
-    """[grad_x, dA, dB, ds, dbias]; an unneeded one is an empty tensor. Factor gradients are float32."""
+    """[grad_x, dA, dB, ds, dbias]; an unneeded one is an empty tensor. Factor gradients are float32.
+    `saved` is the forward's second output; `bias` is needed only to rebuild a pre-activation from P."""
     m2, n2 = B.shape[1:]
-    outputs = _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, need_s, need_bias)
+    outputs = _backward_fake(grad, x, A, B, scalars, saved, bias, act, need_x, need_a, need_b, need_s,
+                             need_bias)
     if x.shape[0] == 0:
         return [t.zero_() for t in outputs]
     g = grad.contiguous()
     if _use_gemm_path(x, B, impl):
-        dx, da, M, dbias = gemm_backward(g, x, A, B, scalars, pre if act else None, need_x, need_a, need_bias)
+        dx, da, M, dbias = gemm_backward(g, x, A, B, scalars, saved, act, bias, need_x, need_a, need_bias)
         outputs[0] = dx if need_x else outputs[0]
         outputs[1] = da if need_a else outputs[1]
         outputs[4] = dbias if need_bias else outputs[4]
         _factor_grads(outputs, M, B, scalars, need_b, need_s)
         return outputs
     if act:
-        g = gelu_backward(g, pre)
+        g = gelu_backward(g, saved)
     if need_x:
         colsum = outputs[4].zero_() if need_bias else None
         outputs[0] = kron_forward(g, A.transpose(1, 2), B.transpose(1, 2), scalars, None, colsum=colsum)[0]
@@ -105,7 +118,8 @@ _backward_op = torch.library.custom_op("kronypt::kron_linear_backward", fused_ba
 
 
 @_backward_op.register_fake
-def _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, need_s, need_bias, impl="auto"):
+def _backward_fake(grad, x, A, B, scalars, saved, bias, act, need_x, need_a, need_b, need_s, need_bias,
+                   impl="auto"):
     k, m1, n1 = A.shape
     _, m2, n2 = B.shape
 
@@ -118,15 +132,16 @@ def _backward_fake(grad, x, A, B, scalars, pre, act, need_x, need_a, need_b, nee
 
 def _setup_context(ctx, inputs, output) -> None:
     x, A, B, scalars, bias, act, _, impl = inputs
-    ctx.save_for_backward(x, A, B, scalars, output[1])
+    ctx.save_for_backward(x, A, B, scalars, output[1], bias)
     ctx.act, ctx.impl = act, impl
     ctx.dtypes = [t.dtype if t is not None else None for t in (x, A, B, scalars, bias)]
 
 
 def _backward(ctx, grad_y: Tensor, _grad_pre: Tensor) -> tuple:
-    x, A, B, scalars, pre = ctx.saved_tensors
+    x, A, B, scalars, saved, bias = ctx.saved_tensors
     needs = ctx.needs_input_grad[:5]
-    grads = torch.ops.kronypt.kron_linear_backward(grad_y, x, A, B, scalars, pre, ctx.act, *needs, ctx.impl)
+    grads = torch.ops.kronypt.kron_linear_backward(grad_y, x, A, B, scalars, saved, bias, ctx.act, *needs,
+                                                   ctx.impl)
     cast = (g.to(dtype) if need else None for g, dtype, need in zip(grads, ctx.dtypes, needs, strict=True))
     return (*cast, None, None, None)
 
@@ -173,6 +188,7 @@ def kron_linear_fused(
     scalars = scalars.contiguous() if scalars is not None else None
     bias = bias.contiguous() if bias is not None else None
     params = (x, A, B, scalars, bias)
-    save_pre = act != 0 and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-    y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save_pre, impl)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+    save = needs_grad and (act != 0 or saves_p(x2, B, impl))
+    y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save, impl)
     return y.view(*lead, y.shape[-1])

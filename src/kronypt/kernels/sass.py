@@ -55,9 +55,11 @@ def recorded_launches(shape: KronShape, k: int, tokens: int, training: bool, dty
     act = activation_code(activation)
     tuning.RECORDED_LAUNCHES = []
     try:
-        y, pre = ops.fused_forward(x, A, B, s, b, act, training and act != 0, impl)
+        save = training and (act != 0 or ops.saves_p(x, B, impl))
+        y, saved = ops.fused_forward(x, A, B, s, b, act, save, impl)
         if training:
-            ops.fused_backward(torch.empty_like(y), x, A, B, s, pre, act, True, True, True, scalars, bias, impl)
+            ops.fused_backward(torch.empty_like(y), x, A, B, s, saved, b, act, True, True, True, scalars, bias,
+                               impl)
         return tuning.RECORDED_LAUNCHES
     finally:
         tuning.RECORDED_LAUNCHES = None

@@ -7,7 +7,8 @@ accumulator; the small B factor is applied in registers, on the way in or on the
 
 - n2 = 1 (81M c_fc, B (m2, 1)):  acc = x · A_0ᵀ over n1; epilogue, per slice of BLOCK_A / EPI rows of A:
   the m2 copies s·B[b, 0]·acc interleaved with `tl.join` (no extra accumulator), reshaped to
-  (BLOCK_T, slice·m2) = contiguous output columns, + bias, pre-activation, gelu_new, one store.
+  (BLOCK_T, slice·m2) = contiguous output columns, + bias, gelu_new, one store. Training also stores
+  acc itself (P, T·m1 values), from which version 2's backward rebuilds the pre-activation.
 - m2 = 1 (81M c_proj, B (1, n2)):  B is applied to x on load, R[t, c] = Σ_d s·B[0, d]·x[t, c·n2 + d]
   (the contiguous slab of x, 16-byte loads, n2 FMAs per element), and the tensor cores contract R with
   A_0 over n1 only. The alternative, contracting over (c, d) against A ⊗ B built on the fly, would do n2×
@@ -45,6 +46,41 @@ else:
                                        num_stages=4),
                "row": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 32, "EPI": 1}, num_warps=8,
                                     num_stages=4)}
+
+
+def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "BLOCK_C": bc, "EPI": epi}, num_warps=warps,
+                         num_stages=stages)
+
+
+# Candidates for one timed sweep on a GPU (`benchmarks/gpu.py --sweep`), the defaults first. Pre-filtered
+# with `kronypt.kernels.sass` on the 81M shapes (bf16): none spills without GELU; "(gelu spills)" marks
+# those that spill with GELU + saved pre-activation (the sweep times them without GELU too). Blocks/SM is
+# the estimate from registers and shared memory. Why these: (128, 128) tiles re-read x and A from L2
+# about 3x the bytes written (docs/gpu-notes.md, "Version 3 sweep"); (256, 128) or (128, 256) halve
+# that, smaller tiles or 4 warps give 2-4 resident blocks per SM so one block's stores overlap another's
+# loads.
+SWEEP = {
+    "column": [
+        CONFIGS["column"],        # 136 / 205 regs (no GELU / GELU), 128 KB, 1 block/SM
+        _cfg(128, 128, 64, 4, 8, 3),   # 110 / 206 regs, 96 KB: 2 blocks/SM without GELU
+        _cfg(128, 128, 32, 4, 8, 3),   # 132 / 205 regs, 48 KB
+        _cfg(128, 128, 64, 4, 16, 3),  # 60 / 80 regs, 96 KB, 2 blocks/SM, HGMMA 64x64
+        _cfg(256, 128, 64, 4, 16, 3),  # 110 regs / (gelu spills), 144 KB: half the L2 re-reads
+        _cfg(64, 128, 64, 4, 4, 3),    # 152 / 226 regs, 72 KB, 2-3 blocks/SM, HGMMA 64x128
+        _cfg(64, 128, 32, 4, 8, 3),    # 58 / 80 regs, 36 KB, 3-4 blocks/SM
+        _cfg(128, 64, 64, 2, 8, 3),    # 80 / 150 regs, 72 KB
+    ],
+    "row": [
+        CONFIGS["row"],           # 161 regs, 136 KB, 1 block/SM
+        _cfg(128, 256, 32, 1, 8, 3),   # 209 regs, 120 KB: x re-read from L2 3x instead of 6x
+        _cfg(64, 256, 32, 1, 8, 3),    # 114 regs, 84 KB, 2 blocks/SM
+        _cfg(64, 256, 32, 1, 4, 3),    # 206 regs, 84 KB, 2 blocks/SM, HGMMA 64x256
+        _cfg(128, 128, 64, 1, 8, 3),   # 168 regs, 184 KB
+        _cfg(64, 128, 32, 1, 4, 3),    # 157 regs, 60 KB, 3 blocks/SM
+        _cfg(128, 64, 32, 1, 8, 3),    # 100 regs, 84 KB, 2 blocks/SM
+    ],
+}
 
 
 def supports(k: int, m2: int, n2: int) -> bool:
@@ -96,9 +132,11 @@ def _v3_kernel(
     X, A, B, S, BIAS, Y, PRE, T, stride_xt, stride_yt,
     M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
     HAS_S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
-    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    SAVE_P: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
 ):
+    # SAVE_P (n2 = 1, training): PRE receives P = x·A_0ᵀ (T, M1) instead of the pre-activation; the backward
+    # (version 2's) rebuilds the pre-activation from it, so the kernel writes T·M1 extra values, not T·M1·M2.
     num_a = tl.cdiv(M1, BLOCK_A)
     pid = tl.program_id(0)
     pid_t = pid // num_a  # the A-row blocks of one token tile are neighbours: x is re-read from L2
@@ -128,6 +166,9 @@ def _v3_kernel(
         else:
             x_tile = pick_x(load_x(x_rows, c0, mask_t, N1, N2, N2P, BLOCK_C), u, N2P)
         acc = mma(x_tile, a_tile, acc, DOT_F32, IEEE)
+    if SAVE_P:
+        tl.store(PRE + offs_t.to(tl.int64)[:, None] * M1 + offs_a[None, :], acc.to(PRE.dtype.element_ty),
+                 mask=mask_t[:, None] & (offs_a < M1)[None, :])
     a0 = pid_a * BLOCK_A
     if EPI == 1:
         _expand_store(acc, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, BLOCK_A, HAS_BIAS,
@@ -155,19 +196,26 @@ def _v3_kernel(
 
 
 def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,
-               bias: torch.Tensor | None, act: int, save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, pre) of the layer on a 2-D x (unit feature stride) for shapes `supports` accepts."""
+               bias: torch.Tensor | None, act: int, save: bool,
+               config: triton.Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, saved) of the layer on a 2-D x (unit feature stride) for shapes `supports` accepts.
+
+    With `save`, `saved` is what version 2's backward (`gemm_path.gemm_backward`) takes: P = x·A_0ᵀ for a B
+    with one column, the pre-activation for a B with one row and an activation; else it is empty.
+    `config` overrides the block sizes (one of `SWEEP`, for timing candidates).
+    """
     T = x.shape[0]
     _, m1, n1 = A.shape
     _, m2, n2 = B.shape
     A, B = A.contiguous(), B.contiguous()  # no-ops for parameters; the kernel takes unit strides as given
     y = torch.empty(T, m1 * m2, device=x.device, dtype=x.dtype)
-    pre = torch.empty_like(y) if save_pre else y.new_empty(0)
+    save_p, save_pre = save and n2 == 1, save and n2 > 1 and act != 0
+    saved = (y.new_empty(T, m1) if save_p else torch.empty_like(y) if save_pre else y.new_empty(0))
     args = dict(X=x, A=A, B=B, S=scalars if scalars is not None else y, BIAS=bias if bias is not None else y,
-                Y=y, PRE=pre if save_pre else y, T=T, stride_xt=x.stride(0), stride_yt=y.stride(0),
+                Y=y, PRE=saved if saved.numel() else y, T=T, stride_xt=x.stride(0), stride_yt=y.stride(0),
                 M1=m1, N1=n1, M2=m2, N2=n2, N2P=triton.next_power_of_2(n2), HAS_S=scalars is not None,
-                HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, **dot_flags(x.dtype))
-    config = CONFIGS["column" if n2 == 1 else "row"]
+                HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, SAVE_P=save_p, **dot_flags(x.dtype))
+    config = config or CONFIGS["column" if n2 == 1 else "row"]
     grid = (triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"]),)
     launch(_v3_kernel, [], lambda meta: grid, args, config=config)
-    return y, pre
+    return y, saved
