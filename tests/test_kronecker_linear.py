@@ -153,3 +153,12 @@ def test_fused_path_without_a_gpu_is_a_clear_error_and_auto_never_picks_it_on_cp
     layer.path = "fused"
     with pytest.raises(KronyptError, match="needs a CUDA GPU"):
         layer(x)
+
+
+def test_fused_impl_is_checked_when_set():
+    layer = KroneckerLinear(8, 16, (4, 4))
+    assert layer.fused_impl == "auto"
+    layer.fused_impl = "v3"
+    assert layer.fused_impl == "v3"
+    with pytest.raises(KronyptError, match="unknown fused implementation 'cuda'"):
+        layer.fused_impl = "cuda"

@@ -153,21 +153,24 @@ from tests.conftest import tiny_model
 
 calls = []
 fused = modeling.kron_linear_fused
-modeling.kron_linear_fused = lambda *a, **k: calls.append(k.get("activation")) or fused(*a, **k)
+modeling.kron_linear_fused = lambda *a, **k: calls.append((k.get("activation"), k.get("impl"))) or fused(*a, **k)
 model = tiny_model()  # eval mode: no dropout; gradients still flow
 compress(model, CompressionConfig(a_shape=(64, 64), scalars=True), progress=False)
 ids = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
 results = {}
-for path in ("materialised", "fused"):
+for path, impl in (("materialised", "auto"), ("fused", "auto"), ("fused", "v3")):
     model.zero_grad()
     for block in model.transformer.h:
         block.mlp.c_fc.path = path
+        block.mlp.c_fc.fused_impl = impl
     out = model(ids, labels=ids)
     out.loss.backward()
-    results[path] = (out.logits.detach(), model.transformer.h[0].mlp.c_fc.A.grad.clone())
-assert calls == ["gelu_new", "gelu_new"], calls  # one fused call per block, GELU inside the kernel
-torch.testing.assert_close(results["fused"][0], results["materialised"][0], rtol=1e-4, atol=1e-4)
-torch.testing.assert_close(results["fused"][1], results["materialised"][1], rtol=1e-3, atol=1e-5)
+    results[path, impl] = (out.logits.detach(), model.transformer.h[0].mlp.c_fc.A.grad.clone())
+# one fused call per block with GELU inside the kernel, on the implementation the layer asks for
+assert calls == [("gelu_new", "auto")] * 2 + [("gelu_new", "v3")] * 2, calls
+for impl in ("auto", "v3"):
+    torch.testing.assert_close(results["fused", impl][0], results["materialised", "auto"][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(results["fused", impl][1], results["materialised", "auto"][1], rtol=1e-3, atol=1e-5)
 print("ok")
 """
 

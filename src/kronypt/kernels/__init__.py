@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kronypt.kernels.availability import FUSED_ACTIVATIONS, fused_available, triton_available
+from kronypt.kernels.availability import FUSED_ACTIVATIONS, FUSED_IMPLS, fused_available, triton_available
 from kronypt.kernels.roofline import fused_wins, predict
 
 
@@ -28,4 +28,4 @@ def kron_linear_fused(
     return fused(x, A, B, scalars, bias, activation, impl)
 
 
-__all__ = ["FUSED_ACTIVATIONS", "fused_available", "fused_wins", "kron_linear_fused", "predict", "triton_available"]
+__all__ = ["FUSED_ACTIVATIONS", "FUSED_IMPLS", "fused_available", "fused_wins", "kron_linear_fused", "predict", "triton_available"]

@@ -20,6 +20,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Activations the kernels can fuse into their epilogue: GPT-2's tanh-approximated GELU under both names.
 FUSED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
+# Implementations `kron_linear_fused(..., impl=...)` accepts (`kronypt.kernels.ops` says what each runs).
+FUSED_IMPLS = ("auto", "triton", "v3")
+
 
 @functools.cache
 def triton_available() -> bool:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from kronypt.errors import KronyptError
 from kronypt.kernels.activation import activation_code, gelu_backward
+from kronypt.kernels.availability import FUSED_IMPLS
 from kronypt.kernels.forward import kron_forward
 from kronypt.kernels.gemm_path import gemm_backward, gemm_forward, supports
 from kronypt.kernels.v3 import supports as v3_supports
@@ -31,7 +32,7 @@ from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
 # CUDA graph (run 1: 3.9 µs against 5.2 µs dense); "triton": always version 1; "v3" (opt-in, not yet
 # measured on a GPU): the one-kernel forward of `kronypt.kernels.v3` with version 2's backward where
 # `v3.supports` the shape and there are more than DECODE_TOKENS tokens, else what "auto" runs.
-IMPLS = ("auto", "triton", "v3")
+IMPLS = FUSED_IMPLS
 DECODE_TOKENS = 16
 
 

@@ -55,7 +55,7 @@ class KroneckerGPT2MLP(GPT2MLP):
         if (self.fused_activation is not None and isinstance(fc, KroneckerLinear)
                 and fc.path_for(hidden_states) == "fused"):
             hidden_states = kron_linear_fused(hidden_states, fc.A, fc.B, fc.scalars, fc.bias,
-                                              activation=self.fused_activation)
+                                              activation=self.fused_activation, impl=fc.fused_impl)
         else:
             hidden_states = self.act(fc(hidden_states))
         return self.dropout(self.c_proj(hidden_states))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kronypt.errors import KronyptError
-from kronypt.kernels import fused_available, fused_wins, kron_linear_fused
+from kronypt.kernels import FUSED_IMPLS, fused_available, fused_wins, kron_linear_fused
 from kronypt.math.decompose import Decomposition, kron_reconstruct, prune_init, random_init, van_loan
 from kronypt.math.shapes import KronShape, kron_shape
 from kronypt.nn.cost import choose_path, path_costs
@@ -31,7 +31,14 @@ class KroneckerLinear(nn.Module):
 
     Parameters: `A` (k, m1, n1), `B` (k, m2, n2), optional learnable `scalars` (k,) and `bias` (out,).
     Without learnable scalars s_i = 1 and no parameter exists.
+
+    `path` picks how the product is computed ("auto": by the cost model, and on CUDA the fused kernels
+    where they were measured to win); `fused_impl` picks which fused kernels run when the path is
+    "fused" (see `kronypt.kernels.ops`: "auto", "triton" for version 1, "v3" for the experimental
+    one-kernel forward). Neither is saved with the model.
     """
+
+    fused_impl: str = "auto"
 
     def __init__(
         self,
@@ -56,6 +63,7 @@ class KroneckerLinear(nn.Module):
         self.scalars = nn.Parameter(torch.ones(factors, **kw)) if scalars else None
         self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
         self.path = path
+        self.fused_impl = "auto"
         self.reset_parameters()
 
     @property
@@ -67,6 +75,16 @@ class KroneckerLinear(nn.Module):
         if value not in PATHS:
             raise KronyptError(f"unknown path {value!r}; choose one of {', '.join(PATHS)}")
         self._path = value
+
+    @property
+    def fused_impl(self) -> str:
+        return self._fused_impl
+
+    @fused_impl.setter
+    def fused_impl(self, value: str) -> None:
+        if value not in FUSED_IMPLS:
+            raise KronyptError(f"unknown fused implementation {value!r}; choose one of {', '.join(FUSED_IMPLS)}")
+        self._fused_impl = value
 
     def reset_parameters(self) -> None:
         """GPT-2-style random init (see `kronypt.math.random_init`), zero bias, unit scalars."""
@@ -157,7 +175,7 @@ class KroneckerLinear(nn.Module):
         if path == "fused":
             if not fused_available(x):
                 raise KronyptError("the fused path needs a CUDA GPU (compute capability >= 8.0) and triton")
-            return kron_linear_fused(x, self.A, self.B, self.scalars, self.bias)
+            return kron_linear_fused(x, self.A, self.B, self.scalars, self.bias, impl=self.fused_impl)
         if path == "materialised":
             return kron_linear_materialised(x, self.A, self.B, self.scalars, self.bias)
         order = "a_first" if path == "factored_a_first" else "b_first"
