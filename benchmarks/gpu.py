@@ -263,10 +263,27 @@ def run_layer(case: LayerCase, device: torch.device, clock: Clock, l2_bytes: int
         for key in ("fwd_ms", "fwdbwd_ms", "graph_ms"):
             if key in row and key in dense:
                 row[key.replace("_ms", "_speedup")] = dense[key] / row[key]
+    result["auto"] = _auto_choice(case, shape, result["paths"], device)
     del sets
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def _auto_choice(case: LayerCase, shape, paths: dict, device: torch.device) -> dict:
+    """What `KroneckerLinear`'s automatic path runs for this case, and its speed-up (the timing of that
+    path in this run; factored is timed in its cheaper order, as the layer would pick it)."""
+    layer = KroneckerLinear(case.in_features, case.out_features, case.a_shape, case.k, device="meta")
+    fused = fused_available(torch.empty(0, device=device))
+    cuda = device.type == "cuda"
+    out = {}
+    for label, training, key in (("fwd", False, "fwd_speedup"), ("fwdbwd", True, "fwdbwd_speedup")):
+        if label == "fwdbwd" and not case.backward:
+            continue
+        path = layer.resolved_path(case.tokens, training, tensor_cores=cuda, fused=fused)
+        column = "factored" if path.startswith("factored") else path
+        out[label] = {"path": path, "speedup": paths.get(column, {}).get(key)}
+    return out
 
 
 # ---- whole model ---------------------------------------------------------------------------------------
@@ -289,7 +306,10 @@ def use_fused_mlps(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
 
 
 def _model_variants(dry: bool, device: torch.device) -> dict:
-    """Factories of the three models (fp32 weights), built lazily so only one set lives at a time."""
+    """Factories of the models (fp32 weights), built lazily so only one lives at a time: dense; compressed
+    to 81M on the layer's automatic path (`kron_auto`); with every MLP forced onto the fused kernels
+    (`kron_fused`, GELU in c_fc's kernel); and `kron_v3`, the automatic path with the layers' fused
+    implementation set to "v3" (the one-kernel forward wherever the path resolves to the fused kernels)."""
     if dry:
         cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=1000)
         scheme = CompressionConfig(a_shape=(64, 64), init="random")
@@ -307,9 +327,17 @@ def _model_variants(dry: bool, device: torch.device) -> dict:
         compress(model, copy.deepcopy(scheme), progress=False)
         return model.to(device)
 
+    def kron_v3() -> GPT2LMHeadModel:
+        model = kron()
+        for module in model.modules():
+            if isinstance(module, KroneckerLinear):
+                module.fused_impl = "v3"
+        return model
+
     variants = {"dense": dense, "kron_auto": kron}
     if fused_available(torch.empty(0, device=device)):
         variants["kron_fused"] = lambda: use_fused_mlps(kron())
+        variants["kron_v3"] = kron_v3
     return variants
 
 
@@ -375,11 +403,19 @@ def _measure_model(key: str, model, clock: Clock, batch: torch.Tensor, context: 
     return _decode_ms(model, clock, context, graphed=key == "decode_graph_ms")
 
 
-def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, deadline: float) -> dict:
+def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, deadline: float,
+              report: dict) -> dict:
+    """Fills and returns report["model"]; the JSON is rewritten after each variant. With --compile only
+    the training step is measured (prefill and decode do not use the compiled model)."""
     batch_shape = (2, 32) if args.dry_run else (8, 1024)
     context = 16 if args.dry_run else 128
-    results: dict = {"batch": list(batch_shape), "decode_context": context, "variants": {}}
+    results: dict = {"batch": list(batch_shape), "decode_context": context, "compiled": args.compile,
+                     "variants": {}}
+    report["model"] = results
+    wanted = set(filter(None, args.variants.split(","))) if args.variants else None
     for name, build in _model_variants(args.dry_run, device).items():
+        if wanted is not None and name not in wanted:
+            continue
         if time.perf_counter() > deadline:
             results["variants"][name] = {"skipped": "time budget"}
             continue
@@ -390,6 +426,7 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
         batch = torch.randint(model.config.vocab_size, batch_shape, device=device)
         keys = ["train_tokens_per_s", "prefill_tokens_per_s", "decode_ms"]
         keys += ["decode_graph_ms"] if device.type == "cuda" else []
+        keys = keys[:1] if args.compile else keys
         for key in keys:
             try:
                 if key == "prefill_tokens_per_s":  # inference on bf16 weights; training on fp32 + autocast
@@ -398,6 +435,7 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
             except Exception as exc:
                 row[key + "_error"] = f"{type(exc).__name__}: {exc}"[:400]
         print(f"[{time.perf_counter() - START:6.1f}s] model {name}: {row}", flush=True)
+        write_json(args.json, report, quiet=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -431,7 +469,7 @@ def print_tables(layers: list[dict], model: dict | None) -> None:
     """Speed-ups over dense in the same run (× > 1 is faster), fused errors and predictions."""
     head = f"{'layer':22} {'B':>7} {'tok':>6} {'pass':8} {'dense ms':>9} "
     head += " ".join(f"{p[:8]:>8}" for p in PATHS[1:])
-    print("\n" + head + f" {'pred':>6} {'fused err':>9}")
+    print("\n" + head + f" {'pred':>6} {'fused err':>9}  auto (the layer's own choice)")
     for r in layers:
         if "paths" not in r:
             print(f"{r['name']:22} {r.get('skipped') or r.get('error', '')[:80]}")
@@ -446,7 +484,10 @@ def print_tables(layers: list[dict], model: dict | None) -> None:
             pred = pred["dense"] / pred["fused"] if pred else float("nan")
             err = r["paths"].get("fused", {}).get("max_rel_err", float("nan"))
             b = "x".join(map(str, r["b_shape"])) + (f"k{r['k']}" if r["k"] > 1 else "")
-            print(f"{r['name']:22} {b:>7} {r['tokens']:>6} {label:8} {dense:9.4f} {cells} {pred:5.2f}x {err:9.1e}")
+            auto = r.get("auto", {}).get(ms.removesuffix("_ms"), {})
+            choice = f"{auto['path']} {auto['speedup'] or float('nan'):.2f}x" if auto else ""
+            print(f"{r['name']:22} {b:>7} {r['tokens']:>6} {label:8} {dense:9.4f} {cells} {pred:5.2f}x {err:9.1e}"
+                  f"  {choice}")
     if model:
         print(f"\n{'model':12} {'train tok/s':>12} {'x':>6} {'prefill tok/s':>14} {'x':>6} "
               f"{'decode ms':>10} {'x':>6} {'graph ms':>9} {'x':>6}")
@@ -497,6 +538,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=30, help="timed repeats per measurement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step (slow to build)")
     parser.add_argument("--no-model", action="store_true", help="skip the whole-model section")
+    parser.add_argument("--no-layers", action="store_true", help="skip the layer cases (model only)")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated model variants to run (dense, kron_auto, kron_fused, kron_v3)")
     parser.add_argument("--sass", action="store_true",
                         help="no timing: compile every case's kernels for sm_90 (works on a CPU) and report "
                              "registers, spills and instruction mix")
@@ -537,12 +581,14 @@ def main(argv: list[str] | None = None) -> dict:
         report["sass"] = sass_reports(cases)
         write_json(args.json, report)
         return report
+    if args.no_layers:
+        cases = []
     core, rest = [c for c in cases if c.quick], [c for c in cases if not c.quick]
     for case in core:
         _layer_step(report, case, device, clock, env.get("l2_bytes", 50 << 20), deadline, args.json)
     if not args.no_model:
         try:
-            report["model"] = run_model(args, device, clock, deadline)
+            run_model(args, device, clock, deadline, report)
         except Exception as exc:
             report["model"] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
         write_json(args.json, report)

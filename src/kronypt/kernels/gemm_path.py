@@ -43,7 +43,7 @@ def _cfg(bt: int, ba: int, warps: int, stages: int) -> triton.Config:
     return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba}, num_warps=warps, num_stages=stages)
 
 
-# Candidates for one timed sweep on a GPU (`benchmarks/gpu.py --sweep`), the defaults first. H100 run 2
+# Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. H100 run 2
 # put the expand pass at ~0.6 TB/s and the reduce pass at ~1.6 TB/s (docs/gpu-notes.md): these vary the
 # tile, the warps and, for reduce's token loop, software pipelining (stages > 1).
 SWEEP = {

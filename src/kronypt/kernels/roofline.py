@@ -67,11 +67,10 @@ def predict_v2(shape: KronShape, k: int, tokens: int, training: bool, nbytes: in
                dev: Device = H100) -> float:
     """Seconds of version 2 (`kronypt.kernels.gemm_path`, B with one column or one row)."""
     s, T = shape, tokens
-    if s.n2 == 1:  # P = x·A_catᵀ, expand; backward: P again, reduce, dX and dA GEMMs
-        p = _gemm(dev, T, k * s.m1, s.n1, nbytes)
-        t = p + _stream(dev, T * (k * s.m1 + s.out_features), nbytes)
+    if s.n2 == 1:  # P = x·A_catᵀ (kept for the backward), expand; backward: reduce (G, P → H), dX, dA GEMMs
+        t = _gemm(dev, T, k * s.m1, s.n1, nbytes) + _stream(dev, T * (k * s.m1 + s.out_features), nbytes)
         if training:
-            t += p + _stream(dev, T * (s.out_features + 2 * k * s.m1), nbytes)
+            t += _stream(dev, T * (s.out_features + 2 * k * s.m1), nbytes)
             t += _gemm(dev, T, s.n1, k * s.m1, nbytes) + _gemm(dev, k * s.m1, s.n1, T, nbytes)
         return t
     # m2 = 1: R (GEMV over d), one GEMM; backward: Q GEMM, reduce (x, Q → R), expand (dX), dA GEMM, Σ_t G
@@ -91,7 +90,21 @@ def predict_v3(shape: KronShape, tokens: int, training: bool, nbytes: int = 2, d
     t = _forward(dev, shape, 1, tokens, nbytes)
     if training:
         t += predict_v2(shape, 1, tokens, True, nbytes, dev) - predict_v2(shape, 1, tokens, False, nbytes, dev)
+        t += nbytes * tokens * shape.m1 / dev.bandwidth if shape.n2 == 1 else 0  # P kept for the backward
     return t
+
+
+def v3_traffic(shape: KronShape, tokens: int, block_t: int, block_a: int, nbytes: int = 2) -> dict[str, float]:
+    """Bytes one version-3 forward moves with (block_t, block_a) tiles: `hbm` (x and A read once, y written
+    once) and `l2` (what the programs load from L2 plus what they store: every A-row block of a token
+    tile loads its x tile, every token tile loads the whole of A). With 128 × 128 tiles at 65536 tokens the L2 traffic is
+    3.2× the HBM bytes on 81M c_fc and 6.2× on c_proj (x 4× wider than y): why the sweep tries wider
+    tiles."""
+    x = nbytes * tokens * shape.in_features
+    y = nbytes * tokens * shape.out_features
+    a = nbytes * shape.m1 * shape.n1
+    a_blocks, t_blocks = -(-shape.m1 // block_a), -(-tokens // block_t)
+    return {"hbm": x + y + a, "l2": x * a_blocks + a * t_blocks + y}
 
 
 def predict(shape: KronShape, k: int, tokens: int, training: bool, nbytes: int = 2,

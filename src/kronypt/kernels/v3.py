@@ -53,7 +53,7 @@ def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int) -> triton
                          num_stages=stages)
 
 
-# Candidates for one timed sweep on a GPU (`benchmarks/gpu.py --sweep`), the defaults first. Pre-filtered
+# Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. Pre-filtered
 # with `kronypt.kernels.sass` on the 81M shapes (bf16): none spills without GELU; "(gelu spills)" marks
 # those that spill with GELU + saved pre-activation (the sweep times them without GELU too). Blocks/SM is
 # the estimate from registers and shared memory. Why these: (128, 128) tiles re-read x and A from L2

@@ -1,0 +1,286 @@
+"""Block-size sweep and per-kernel profile of the fused kernels on a GPU, in one call (≈ 2 min on an H100).
+
+H100 runs 1-3 timed each fused path as a whole; this script answers the two questions those runs left:
+
+1. Which block sizes make each kernel fastest? Every candidate in `kronypt.kernels.v3.SWEEP` (the one-
+   kernel forward, both 81M orientations) and `kronypt.kernels.gemm_path.SWEEP` (version 2's expand and
+   reduce passes) is timed against dense cuBLAS in the same run, with its max relative error against a
+   float64 reference and the bytes it must move (`roofline.v3_traffic`: HBM and L2), so the winner can
+   become the default without another device call.
+2. Where does the time of a fused forward + backward go? `torch.profiler` per-kernel GPU times of the
+   81M c_fc (+GELU) and c_proj layer calls at 16384 tokens (one GPT-2 training micro-batch of 16 x 1024),
+   dense and fused (impl "auto" and "v3").
+
+    PYTHONUNBUFFERED=1 python benchmarks/sweep.py --json $OUT/sweep.json        # GPU
+    TRITON_INTERPRET=1 python benchmarks/sweep.py --dry-run                     # CPU: tiny shapes
+
+Every result is written to the JSON as soon as it exists; past `--budget` seconds the rest is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, write_json  # noqa: E402
+from gpu import Clock, LayerCase, _operand_sets, _version  # noqa: E402
+
+from kronypt.kernels import fused_available, kron_linear_fused  # noqa: E402
+from kronypt.kernels.roofline import v3_traffic  # noqa: E402
+from kronypt.math.shapes import kron_shape  # noqa: E402
+
+START = time.perf_counter()
+
+# (label, orientation, layer case, activation, timed inside a CUDA graph). The 8192-token cases are
+# graphed: their kernels take ~20-60 µs, about the eager launch cost, which would otherwise hide them.
+V3_CASES = [
+    ("81M c_fc", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 65536, backward=False), None, False),
+    ("81M c_fc", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 8192, backward=False), None, True),
+    ("81M c_fc gelu", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 65536, backward=False),
+     "gelu_new", False),
+    ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 65536, backward=False), None, False),
+    ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 8192, backward=False), None, True),
+]
+DRY_V3_CASES = [
+    ("dry c_fc", "column", LayerCase("dry c_fc", 96, 40, (24, 40), 1, 150, backward=False), "gelu_new", False),
+    ("dry c_proj", "row", LayerCase("dry c_proj", 40, 96, (40, 24), 1, 150, backward=False), None, False),
+]
+
+
+def _config_dict(config) -> dict:
+    return {**config.kwargs, "warps": config.num_warps, "stages": config.num_stages}
+
+
+def _rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def _dense_ref(s: types.SimpleNamespace, act: str | None, rows: int = 1024) -> torch.Tensor:
+    y = F.linear(s.x[:rows].double(), s.W.double(), s.bias.double())
+    return F.gelu(y, approximate="tanh") if act else y
+
+
+def _time(clock: Clock, fn, sets: list, graph: bool) -> float:
+    with torch.no_grad():
+        return clock.graph_ms(fn, sets) if graph and clock.device.type == "cuda" else clock.median_ms(fn, sets)
+
+
+def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, path: str | None) -> None:
+    """Every `v3.SWEEP` candidate on every case, against dense in the same run."""
+    from kronypt.kernels import v3
+
+    for label, orientation, case, act, graph in cases:
+        if time.perf_counter() > deadline:
+            report["v3"].append({"case": label, "tokens": case.tokens, "skipped": "time budget"})
+            continue
+        shape = kron_shape(case.out_features, case.in_features, case.a_shape)
+        sets = _operand_sets(case, clock.device, l2)
+        code = 1 if act else 0
+        dense_ms = _time(clock, lambda s: (F.gelu(F.linear(s.x, s.W, s.bias), approximate="tanh") if act
+                                           else F.linear(s.x, s.W, s.bias)), sets, graph)
+        row = {"case": label, "tokens": case.tokens, "activation": act, "graph": graph, "dense_ms": dense_ms,
+               "configs": []}
+        ref = _dense_ref(sets[0], act)
+        for config in v3.SWEEP[orientation]:
+            cfg = {"config": _config_dict(config)}
+            traffic = v3_traffic(shape, case.tokens, config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"])
+            cfg.update(hbm_mb=traffic["hbm"] / 1e6, l2_mb=traffic["l2"] / 1e6)
+            try:
+                def run(s, config=config):
+                    return v3.v3_forward(s.x, s.A, s.B, None, s.bias, code, False, config=config)[0]
+
+                cfg["ms"] = _time(clock, run, sets, graph)
+                cfg["speedup"] = dense_ms / cfg["ms"]
+                cfg["hbm_tb_per_s"] = traffic["hbm"] / (cfg["ms"] / 1e3) / 1e12
+                with torch.no_grad():
+                    cfg["max_rel_err"] = _rel_error(run(types.SimpleNamespace(**{**vars(sets[0]),
+                                                                                 "x": sets[0].x[:1024]})), ref)
+            except Exception as exc:  # record and go on
+                cfg["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            row["configs"].append(cfg)
+        timed = [c for c in row["configs"] if "ms" in c]
+        if timed:
+            row["best"] = min(timed, key=lambda c: c["ms"])
+        report["v3"].append(row)
+        best = row.get("best", {})
+        print(f"[{time.perf_counter() - START:6.1f}s] v3 {label} T={case.tokens}: dense {dense_ms:.4f} ms, best "
+              f"{best.get('ms', float('nan')):.4f} ms = {best.get('speedup', float('nan')):.2f}x "
+              f"{best.get('config')}", flush=True)
+        write_json(path, report, quiet=True)
+        del sets
+        _free(clock.device)
+
+
+def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path: str | None,
+                 m1: int = 768, m2: int = 4) -> None:
+    """Version 2's memory-bound passes: `expand` (P → y, + bias) and `reduce` (G, P → H, M, Σ_t G with
+    GELU's backward), each candidate's time and the bandwidth it reaches, against a plain copy of y."""
+    from kronypt.kernels import gemm_path
+
+    dev, dtype = clock.device, torch.bfloat16
+    count = 2 if dev.type == "cpu" else 3
+    sets = [types.SimpleNamespace(p=torch.randn(tokens, m1, device=dev, dtype=dtype),
+                                  g=torch.randn(tokens, m1 * m2, device=dev, dtype=dtype),
+                                  y=torch.empty(tokens, m1 * m2, device=dev, dtype=dtype))
+            for _ in range(count)]
+    w = torch.randn(1, m2, device=dev)
+    bias = torch.randn(m1 * m2, device=dev, dtype=dtype)
+    nbytes = 2
+    copy_ms = clock.median_ms(lambda s: s.y.copy_(s.g), sets)
+    out = {"tokens": tokens, "m1": m1, "m2": m2, "copy_ms": copy_ms,
+           "copy_tb_per_s": 2 * nbytes * tokens * m1 * m2 / (copy_ms / 1e3) / 1e12, "expand": [], "reduce": []}
+    moved = {"expand": nbytes * tokens * (m1 + m1 * m2), "reduce": nbytes * tokens * (m1 * m2 + 2 * m1)}
+    calls = {"expand": lambda s, c: gemm_path.expand(s.p, w, m1, bias, 0, config=c),
+             "reduce": lambda s, c: gemm_path.reduce(s.g, s.p, w, m1, True, act=1, bias=bias, config=c)}
+    for kind in ("expand", "reduce"):
+        for config in gemm_path.SWEEP[kind]:
+            if time.perf_counter() > deadline:
+                out[kind].append({"config": _config_dict(config), "skipped": "time budget"})
+                continue
+            row = {"config": _config_dict(config)}
+            try:
+                row["ms"] = clock.median_ms(lambda s, c=config: calls[kind](s, c), sets)
+                row["tb_per_s"] = moved[kind] / (row["ms"] / 1e3) / 1e12
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            out[kind].append(row)
+        timed = [r for r in out[kind] if "ms" in r]
+        if timed:
+            out[f"best_{kind}"] = min(timed, key=lambda r: r["ms"])
+            b = out[f"best_{kind}"]
+            print(f"[{time.perf_counter() - START:6.1f}s] {kind} T={tokens}: default {timed[0]['ms']:.4f} ms "
+                  f"({timed[0]['tb_per_s']:.2f} TB/s), best {b['ms']:.4f} ms ({b['tb_per_s']:.2f} TB/s) "
+                  f"{b['config']}; copy {out['copy_tb_per_s']:.2f} TB/s", flush=True)
+    report["passes"] = out
+    write_json(path, report, quiet=True)
+    del sets
+    _free(dev)
+
+
+def _kernel_times(fn, device: torch.device, reps: int = 5) -> dict[str, float]:
+    """Per-kernel device microseconds per call of `fn` (CPU operators on a CPU), from torch.profiler."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        fn()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    times: dict[str, float] = {}
+    for event in prof.key_averages():
+        if cuda and event.device_type == DeviceType.CPU:  # operators: their kernels are counted themselves
+            continue
+        total = event.device_time_total if cuda else event.self_cpu_time_total
+        if total > 0:
+            times[event.key[:120]] = times.get(event.key[:120], 0.0) + total / reps
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+def profile_layers(tokens: int, clock: Clock, deadline: float, report: dict, path: str | None,
+                   dry: bool) -> None:
+    """Where a forward + backward of each 81M MLP layer spends its GPU time, dense and fused."""
+    dev = clock.device
+    dims = [("c_fc", 96, 40, (24, 40), "gelu_new"), ("c_proj", 40, 96, (40, 24), None)] if dry else \
+        [("c_fc", 3072, 768, (768, 768), "gelu_new"), ("c_proj", 768, 3072, (768, 768), None)]
+    for name, out_f, in_f, a_shape, act in dims:
+        case = LayerCase(name, out_f, in_f, a_shape, 1, tokens)
+        s = _operand_sets(case, dev, 0)[0]
+        variants = {"dense": lambda: _dense_step(s, act)}
+        if fused_available(s.x):
+            for impl in ("auto", "v3"):
+                variants[f"fused_{impl}"] = lambda impl=impl: _fused_step(s, act, impl)
+        for label, fn in variants.items():
+            if time.perf_counter() > deadline:
+                report["profile"].append({"layer": name, "variant": label, "skipped": "time budget"})
+                continue
+            try:
+                kernels = _kernel_times(fn, dev)
+                row = {"layer": name, "variant": label, "tokens": tokens, "kernels_us": kernels,
+                       "total_us": sum(kernels.values())}
+            except Exception as exc:
+                row = {"layer": name, "variant": label, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            report["profile"].append(row)
+            top = ", ".join(f"{k[:40]} {v:.0f}" for k, v in list(row.get("kernels_us", {}).items())[:4])
+            print(f"[{time.perf_counter() - START:6.1f}s] profile {name} {label}: "
+                  f"{row.get('total_us', float('nan')):.0f} µs ({top})", flush=True)
+            write_json(path, report, quiet=True)
+        del s
+        _free(dev)
+
+
+def _dense_step(s: types.SimpleNamespace, act: str | None) -> None:
+    for t in (s.x, s.W, s.bias):
+        t.grad = None
+    y = F.linear(s.x, s.W, s.bias)
+    (F.gelu(y, approximate="tanh") if act else y).backward(s.grad)
+
+
+def _fused_step(s: types.SimpleNamespace, act: str | None, impl: str) -> None:
+    for t in (s.x, s.A, s.B, s.bias):
+        t.grad = None
+    kron_linear_fused(s.x, s.A, s.B, None, s.bias, activation=act, impl=impl).backward(s.grad)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="write all results here (rewritten after every case)")
+    parser.add_argument("--budget", type=float, default=150.0, help="seconds after which the rest is skipped")
+    parser.add_argument("--reps", type=int, default=20, help="timed repeats per measurement")
+    parser.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes (set TRITON_INTERPRET=1)")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: v3, passes, profile")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    if not args.dry_run and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/sweep.py needs a CUDA device (use --dry-run on a CPU)")
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    clock = Clock(device, 2 if args.dry_run else args.reps)
+    deadline = START + args.budget
+    env = environment(device)
+    env.update(triton=_version("triton"), cuda=torch.version.cuda,
+               fused_available=fused_available(torch.empty(0, device=device)))
+    l2 = 0 if args.dry_run else getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
+    report: dict = {"environment": env, "v3": [], "passes": None, "profile": []}
+    print(f"device: {env['device_name']}  torch {env['torch']}  triton {env['triton']}  "
+          f"fused: {env['fused_available']}", flush=True)
+    if not env["fused_available"]:
+        raise SystemExit("the fused kernels cannot run here (CUDA >= 8.0 and triton, or TRITON_INTERPRET=1)")
+    skip = set(filter(None, args.skip.split(",")))
+    if "v3" not in skip:
+        sweep_v3(DRY_V3_CASES if args.dry_run else V3_CASES, clock, l2, deadline, report, args.json)
+    if "passes" not in skip:
+        sweep_passes(150 if args.dry_run else 65536, clock, deadline, report, args.json,
+                     m1=24 if args.dry_run else 768)
+    if "profile" not in skip:
+        profile_layers(33 if args.dry_run else 16384, clock, deadline, report, args.json, args.dry_run)
+    report["elapsed_s"] = time.perf_counter() - START
+    write_json(args.json, report)
+    print(f"{env['device_name']}: {report['elapsed_s']:.0f} s", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
