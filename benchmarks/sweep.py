@@ -20,7 +20,7 @@ Every result is written to the JSON as soon as it exists; past `--budget` second
 from __future__ import annotations
 
 import argparse
-import math
+import functools
 import sys
 import time
 import types
@@ -85,8 +85,11 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
         shape = kron_shape(case.out_features, case.in_features, case.a_shape)
         sets = _operand_sets(case, clock.device, l2)
         code = 1 if act else 0
-        dense_ms = _time(clock, lambda s: (F.gelu(F.linear(s.x, s.W, s.bias), approximate="tanh") if act
-                                           else F.linear(s.x, s.W, s.bias)), sets, graph)
+        def dense(s, act=act):
+            y = F.linear(s.x, s.W, s.bias)
+            return F.gelu(y, approximate="tanh") if act else y
+
+        dense_ms = _time(clock, dense, sets, graph)
         row = {"case": label, "tokens": case.tokens, "activation": act, "graph": graph, "dense_ms": dense_ms,
                "configs": []}
         ref = _dense_ref(sets[0], act)
@@ -95,7 +98,7 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
             traffic = v3_traffic(shape, case.tokens, config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"])
             cfg.update(hbm_mb=traffic["hbm"] / 1e6, l2_mb=traffic["l2"] / 1e6)
             try:
-                def run(s, config=config):
+                def run(s, config=config, code=code):
                     return v3.v3_forward(s.x, s.A, s.B, None, s.bias, code, False, config=config)[0]
 
                 cfg["ms"] = _time(clock, run, sets, graph)
@@ -148,7 +151,7 @@ def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path:
                 continue
             row = {"config": _config_dict(config)}
             try:
-                row["ms"] = clock.median_ms(lambda s, c=config: calls[kind](s, c), sets)
+                row["ms"] = clock.median_ms(lambda s, c=config, call=calls[kind]: call(s, c), sets)
                 row["tb_per_s"] = moved[kind] / (row["ms"] / 1e3) / 1e12
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -199,11 +202,11 @@ def profile_layers(tokens: int, clock: Clock, deadline: float, report: dict, pat
         [("c_fc", 3072, 768, (768, 768), "gelu_new"), ("c_proj", 768, 3072, (768, 768), None)]
     for name, out_f, in_f, a_shape, act in dims:
         case = LayerCase(name, out_f, in_f, a_shape, 1, tokens)
-        s = _operand_sets(case, dev, 0)[0]
-        variants = {"dense": lambda: _dense_step(s, act)}
-        if fused_available(s.x):
+        operands = _operand_sets(case, dev, 0)[0]
+        variants = {"dense": functools.partial(_dense_step, operands, act)}
+        if fused_available(operands.x):
             for impl in ("auto", "v3"):
-                variants[f"fused_{impl}"] = lambda impl=impl: _fused_step(s, act, impl)
+                variants[f"fused_{impl}"] = functools.partial(_fused_step, operands, act, impl)
         for label, fn in variants.items():
             if time.perf_counter() > deadline:
                 report["profile"].append({"layer": name, "variant": label, "skipped": "time budget"})
@@ -219,7 +222,7 @@ def profile_layers(tokens: int, clock: Clock, deadline: float, report: dict, pat
             print(f"[{time.perf_counter() - START:6.1f}s] profile {name} {label}: "
                   f"{row.get('total_us', float('nan')):.0f} µs ({top})", flush=True)
             write_json(path, report, quiet=True)
-        del s
+        del operands, variants
         _free(dev)
 
 

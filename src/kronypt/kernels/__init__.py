@@ -28,4 +28,5 @@ def kron_linear_fused(
     return fused(x, A, B, scalars, bias, activation, impl)
 
 
-__all__ = ["FUSED_ACTIVATIONS", "FUSED_IMPLS", "fused_available", "fused_wins", "kron_linear_fused", "predict", "triton_available"]
+__all__ = ["FUSED_ACTIVATIONS", "FUSED_IMPLS", "fused_available", "fused_wins", "kron_linear_fused", "predict",
+           "triton_available"]

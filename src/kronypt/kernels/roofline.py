@@ -67,7 +67,7 @@ def predict_v2(shape: KronShape, k: int, tokens: int, training: bool, nbytes: in
                dev: Device = H100) -> float:
     """Seconds of version 2 (`kronypt.kernels.gemm_path`, B with one column or one row)."""
     s, T = shape, tokens
-    if s.n2 == 1:  # P = x·A_catᵀ (kept for the backward), expand; backward: reduce (G, P → H), dX, dA GEMMs
+    if s.n2 == 1:  # P = x·A_catᵀ (kept for the backward), expand; backward: reduce (G, P → H), dX, dA
         t = _gemm(dev, T, k * s.m1, s.n1, nbytes) + _stream(dev, T * (k * s.m1 + s.out_features), nbytes)
         if training:
             t += _stream(dev, T * (s.out_features + 2 * k * s.m1), nbytes)
@@ -97,9 +97,9 @@ def predict_v3(shape: KronShape, tokens: int, training: bool, nbytes: int = 2, d
 def v3_traffic(shape: KronShape, tokens: int, block_t: int, block_a: int, nbytes: int = 2) -> dict[str, float]:
     """Bytes one version-3 forward moves with (block_t, block_a) tiles: `hbm` (x and A read once, y written
     once) and `l2` (what the programs load from L2 plus what they store: every A-row block of a token
-    tile loads its x tile, every token tile loads the whole of A). With 128 × 128 tiles at 65536 tokens the L2 traffic is
-    3.2× the HBM bytes on 81M c_fc and 6.2× on c_proj (x 4× wider than y): why the sweep tries wider
-    tiles."""
+    tile loads its x tile, every token tile loads the whole of A). With 128 × 128 tiles at 65536 tokens the
+    L2 traffic is 3.2× the HBM bytes on 81M c_fc and 6.2× on c_proj (x 4× wider than y): why the sweep
+    tries wider tiles."""
     x = nbytes * tokens * shape.in_features
     y = nbytes * tokens * shape.out_features
     a = nbytes * shape.m1 * shape.n1

@@ -38,8 +38,6 @@ class KroneckerLinear(nn.Module):
     one-kernel forward). Neither is saved with the model.
     """
 
-    fused_impl: str = "auto"
-
     def __init__(
         self,
         in_features: int,
