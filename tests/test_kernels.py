@@ -93,6 +93,9 @@ CASES = [
     Case(24, 40, 2, 1, 1, 19, "float32", True, False, False, impl="v3"),
     Case(24, 40, 4, 1, 1, 1, "bfloat16", True, True, True, impl="v3"),
     Case(40, 24, 1, 3, 1, 9, "bfloat16", True, False, True, impl="v3"),
+    # c_proj's grad_x on version 3 (factors Aᵀ, Bᵀ): scalars and bias, n2 = 4 and 2, above 16 tokens
+    Case(40, 24, 1, 4, 1, 33, "bfloat16", True, True, False, impl="v3"),
+    Case(40, 24, 1, 2, 1, 21, "float32", True, True, True, impl="v3"),
     Case(24, 40, 4, 1, 2, 17, "float32", True, True, False, impl="v3"),
 ]
 
@@ -329,17 +332,22 @@ def test_fused_wins_only_where_measured() -> None:
 
 
 def test_v3_is_opt_in() -> None:
-    """impl="v3" launches the version-3 kernel for 81M (k = 1) and version 2's backward; "auto" never does."""
+    """impl="v3" launches the version-3 kernel for 81M (k = 1) and version 2's backward, except that c_proj's
+    grad_x (a layer with the factors Aᵀ, Bᵀ: B one column) also runs on it; "auto" never launches it."""
     from kronypt.kernels.sass import recorded_launches
 
     def kernels(shape: KronShape, k: int, impl: str, tokens: int = 8192) -> list[str]:
         launches = recorded_launches(shape, k, tokens, True, torch.bfloat16, activation="gelu_new", impl=impl)
         return [getattr(kernel, "fn", kernel).__name__ for kernel, _, _ in launches]  # jit or autotuner
 
-    for shape in (kron_shape(3072, 768, (768, 768)), kron_shape(768, 3072, (768, 768))):
-        v3, auto = kernels(shape, 1, "v3"), kernels(shape, 1, "auto")
-        assert v3[0] == "_v3_kernel" and "_v3_kernel" not in auto
-        assert v3[1:] == auto[1:]  # the same backward launches
+    c_fc, c_proj = kron_shape(3072, 768, (768, 768)), kron_shape(768, 3072, (768, 768))
+    v3, auto = kernels(c_fc, 1, "v3"), kernels(c_fc, 1, "auto")
+    assert v3 == ["_v3_kernel", "_reduce_kernel"] and auto == ["_expand_kernel", "_reduce_kernel"]
+    v3, auto = kernels(c_proj, 1, "v3"), kernels(c_proj, 1, "auto")
+    # forward; backward: Q = G·A and grad_x in one v3 pass instead of a GEMM + expand; reduce (R, M)
+    assert v3 == ["_v3_kernel", "_gelu_backward_kernel", "_v3_kernel", "_reduce_kernel"], v3
+    assert auto == ["_reduce_kernel", "_gelu_backward_kernel", "_reduce_kernel", "_expand_kernel"], auto
+    for shape in (c_fc, c_proj):
         assert "_v3_kernel" not in kernels(shape, 2, "v3")  # not a v3 shape: what "auto" runs
         assert kernels(shape, 1, "v3", tokens=1) == kernels(shape, 1, "auto", tokens=1)  # decode: version 1
 
@@ -360,13 +368,15 @@ def test_v3_compiles_for_hopper_with_large_tiles_and_no_spills() -> None:
             rows = _v3_hopper_reports(shape)
         except FileNotFoundError as exc:  # a triton build without its bundled CUDA tools
             pytest.skip(str(exc))
-        assert len(rows) == 1
-        row, ops = rows[0], rows[0]["instructions"]
-        assert row["config"]["BLOCK_T"] == row["config"]["BLOCK_A"] == 128, row
-        assert row["stack_bytes"] == 0, row  # no register spills
-        assert any(name.startswith("HGMMA.64x128") for name in ops), row  # 128-wide wgmma
-        assert ops.get("LDGSTS.E.BYPASS.128", 0) > 0 and not any(n.startswith("LDGSTS.E.64") for n in ops), row
-        assert ops.get("STG.E.128", 0) > 0 and not any(n.startswith("STG.E.U16") for n in ops), row
+        assert len(rows) == (1 if shape.n2 == 1 else 2)  # c_proj: the forward and grad_x
+        for row in rows:
+            ops = row["instructions"]
+            assert row["config"]["BLOCK_T"] == row["config"]["BLOCK_A"] == 128, row
+            assert row["stack_bytes"] == 0, row  # no register spills
+            assert any(name.startswith("HGMMA.64x128") for name in ops), row  # 128-wide wgmma
+            assert ops.get("LDGSTS.E.BYPASS.128", 0) > 0, row
+            assert not any(n.startswith("LDGSTS.E.64") for n in ops), row
+            assert ops.get("STG.E.128", 0) > 0 and not any(n.startswith("STG.E.U16") for n in ops), row
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")

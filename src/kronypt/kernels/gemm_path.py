@@ -30,6 +30,7 @@ from kronypt.kernels.activation import gelu_backward, gelu_tanh_grad
 from kronypt.kernels.availability import INTERPRET
 from kronypt.kernels.tiles import store_output
 from kronypt.kernels.tuning import launch, sm_count
+from kronypt.kernels.v3 import v3_forward
 
 # (BLOCK_T, BLOCK_A, warps): a (BLOCK_T, BLOCK_A, m2) float32 tile per program; small under the interpreter
 # so that the test shapes span several programs along both axes.
@@ -218,11 +219,15 @@ def gemm_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: tor
 
 def gemm_backward(g: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                   scalars: torch.Tensor | None, saved: torch.Tensor, act: int, bias: torch.Tensor | None,
-                  need_x: bool, need_a: bool, need_bias: bool,
+                  need_x: bool, need_a: bool, need_bias: bool, use_v3: bool = False,
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """(dX, dA float32, M float32 (k, m2, n2), dbias float32) from the output gradient g (contiguous) and
     what `gemm_forward` saved; with `act`, g is the gradient of gelu_new(pre). The scalars ride on B in
-    `reduce`, so H (resp. R) already carries s_i and dX, dA need no rescaling."""
+    `reduce`, so H (resp. R) already carries s_i and dX, dA need no rescaling.
+
+    `use_v3` (B with one row, k = 1): dX = G·(A ⊗ B) is a layer with the factors Aᵀ, Bᵀ (B one column), so
+    version 3's forward kernel computes it in one pass and also writes Q = G·A (its P) for `reduce`,
+    replacing the Q GEMM and the `expand` pass."""
     k, m1, n1 = A.shape
     _, m2, n2 = B.shape
     dx = da = None
@@ -236,10 +241,13 @@ def gemm_backward(g: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Te
         return dx, da, m.view(k, m2, 1), dbias
     if act:
         g = gelu_backward(g, saved)
-    q = g @ A.permute(1, 0, 2).reshape(m1, k * n1)  # Q_i[t, c] at [t, i·n1 + c]
     sb = _scaled(B[:, 0, :], scalars)
+    if use_v3:
+        dx, q = v3_forward(g, A.transpose(1, 2).contiguous(), B.transpose(1, 2), scalars, None, 0, True)
+    else:
+        q = g @ A.permute(1, 0, 2).reshape(m1, k * n1)  # Q_i[t, c] at [t, i·n1 + c]
     r, m, _ = reduce(x, q, sb, n1, colsum=False)  # s_i R_i[t, c] and M_i[0, d]
-    if need_x:
+    if need_x and not use_v3:
         dx = expand(q, sb, n1)
     if need_a:
         da = (g.t() @ r).float().view(m1, k, n1).permute(1, 0, 2).contiguous()

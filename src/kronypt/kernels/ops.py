@@ -44,6 +44,13 @@ def _use_v3(x: Tensor, A: Tensor, B: Tensor, impl: str) -> bool:
     return impl == "v3" and _use_gemm_path(x, B, impl) and v3_supports(A.shape[0], B.shape[1], B.shape[2])
 
 
+def _v3_grad_x(x: Tensor, A: Tensor, B: Tensor, impl: str) -> bool:
+    """Whether the backward computes grad_x with version 3's kernel: B with one row, whose transpose (one
+    column) version 3 supports."""
+    k, (m2, n2) = A.shape[0], B.shape[1:]
+    return _use_v3(x, A, B, impl) and m2 == 1 and n2 > 1 and v3_supports(k, n2, m2)
+
+
 def saves_p(x: Tensor, B: Tensor, impl: str) -> bool:
     """Whether a call on the 2-D x keeps P = x·A_catᵀ for its backward (versions 2/3, B with one column)."""
     return _use_gemm_path(x, B, impl) and B.shape[2] == 1
@@ -86,7 +93,8 @@ def fused_backward(grad: Tensor, x: Tensor, A: Tensor, B: Tensor, scalars: Tenso
         return [t.zero_() for t in outputs]
     g = grad.contiguous()
     if _use_gemm_path(x, B, impl):
-        dx, da, M, dbias = gemm_backward(g, x, A, B, scalars, saved, act, bias, need_x, need_a, need_bias)
+        dx, da, M, dbias = gemm_backward(g, x, A, B, scalars, saved, act, bias, need_x, need_a, need_bias,
+                                         use_v3=_v3_grad_x(x, A, B, impl))
         outputs[0] = dx if need_x else outputs[0]
         outputs[1] = da if need_a else outputs[1]
         outputs[4] = dbias if need_bias else outputs[4]

@@ -86,12 +86,19 @@ def predict_v2(shape: KronShape, k: int, tokens: int, training: bool, nbytes: in
 def predict_v3(shape: KronShape, tokens: int, training: bool, nbytes: int = 2, dev: Device = H100) -> float:
     """Seconds of version 3 (`kronypt.kernels.v3`: k = 1, B with one column or row, > 16 tokens). Its one
     forward kernel reads x and A once and writes y once with the A-contraction (a quarter of dense for
-    81M) overlapped, i.e. version 1's ideal forward; the backward is version 2's."""
+    81M) overlapped, i.e. version 1's ideal forward; the backward is version 2's, with grad_x of a B with
+    one row on the version-3 kernel."""
     t = _forward(dev, shape, 1, tokens, nbytes)
-    if training:
-        t += predict_v2(shape, 1, tokens, True, nbytes, dev) - predict_v2(shape, 1, tokens, False, nbytes, dev)
-        t += nbytes * tokens * shape.m1 / dev.bandwidth if shape.n2 == 1 else 0  # P kept for the backward
-    return t
+    if not training:
+        return t
+    s, T = shape, tokens
+    if s.n2 == 1:  # + P kept for the backward; version 2's backward (reduce, dX and dA GEMMs)
+        t += nbytes * T * s.m1 / dev.bandwidth
+        return t + predict_v2(s, 1, T, True, nbytes, dev) - predict_v2(s, 1, T, False, nbytes, dev)
+    # B one row: grad_x and Q = G·A in one version-3 pass on (Aᵀ, Bᵀ); reduce (x, Q → R, M); dA GEMM; Σ_t G
+    t += _forward(dev, s.transposed(), 1, T, nbytes) + nbytes * T * s.n1 / dev.bandwidth
+    t += _stream(dev, T * (s.in_features + 2 * s.n1), nbytes)
+    return t + _gemm(dev, s.m1, s.n1, T, nbytes) + _stream(dev, T * s.out_features, nbytes)
 
 
 def v3_traffic(shape: KronShape, tokens: int, block_t: int, block_a: int, nbytes: int = 2) -> dict[str, float]:
