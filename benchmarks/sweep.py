@@ -13,6 +13,7 @@ H100 runs 1-3 timed each fused path as a whole; this script answers the two ques
 
     PYTHONUNBUFFERED=1 python benchmarks/sweep.py --json $OUT/sweep.json        # GPU
     TRITON_INTERPRET=1 python benchmarks/sweep.py --dry-run                     # CPU: tiny shapes
+    python benchmarks/sweep.py --sass                                           # CPU: sm_90 builds only
 
 Every result is written to the JSON as soon as it exists; past `--budget` seconds the rest is skipped.
 """
@@ -169,6 +170,32 @@ def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path:
     _free(dev)
 
 
+def sass_table(report: dict, path: str | None) -> None:
+    """No GPU needed: compile every version-3 candidate for sm_90 (81M shapes, bf16) and print registers,
+    spills, shared memory and the resident blocks per SM they allow (docs/gpu-notes.md, "Version 3.1")."""
+    from kronypt.kernels import sass, v3
+    from kronypt.math.shapes import KronShape
+
+    print("| kernel | variant | tile TxAxC | warps | stages | regs | stack | smem KB | blocks/SM |")
+    for orientation, shape in (("column", KronShape(768, 768, 4, 1)), ("row", KronShape(768, 768, 1, 4))):
+        variants = [("plain", None, False)]
+        variants += [("GELU + training", "gelu_new", True)] if orientation == "column" else []
+        for label, act, training in variants:
+            launches = sass.recorded_launches(shape, 1, 65536, training, torch.bfloat16, activation=act,
+                                              impl="v3")
+            kernel, _, args = launches[0]
+            for config in v3.SWEEP[orientation]:
+                r = sass.compile_report(kernel, args, config)
+                warps, k = config.num_warps, config.kwargs
+                regs = -(-r["registers"] // 8) * 8 * 32 * warps
+                blocks = min(65536 // regs, (228 << 10) // (r["shared_bytes"] + 1024), 64 // warps)
+                report["sass"].append({"orientation": orientation, "variant": label, **r, "blocks_per_sm": blocks})
+                print(f"| {orientation} | {label} | {k['BLOCK_T']}x{k['BLOCK_A']}x{k['BLOCK_C']} | {warps} | "
+                      f"{config.num_stages} | {r['registers']} | {r['stack_bytes']} | {r['shared_bytes'] >> 10} | "
+                      f"{blocks} |", flush=True)
+    write_json(path, report, quiet=True)
+
+
 def _kernel_times(fn, device: torch.device, reps: int = 5) -> dict[str, float]:
     """Per-kernel device microseconds per call of `fn` (CPU operators on a CPU), from torch.profiler."""
     from torch.autograd import DeviceType
@@ -251,12 +278,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=20, help="timed repeats per measurement")
     parser.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes (set TRITON_INTERPRET=1)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: v3, passes, profile")
+    parser.add_argument("--sass", action="store_true",
+                        help="no timing, no GPU: compile every version-3 candidate for sm_90 and print a table")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.sass:
+        report = {"sass": []}
+        sass_table(report, args.json)
+        return report
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("benchmarks/sweep.py needs a CUDA device (use --dry-run on a CPU)")
     device = torch.device("cpu" if args.dry_run else "cuda")
