@@ -190,6 +190,52 @@ def test_mlp_fuses_gelu_into_c_fc_on_the_fused_path():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
+COMPILED_DECODE_SCRIPT = r"""
+import warnings
+import torch
+import kronypt.nn.kronecker_linear as kl
+from kronypt import CompressionConfig, compress
+from kronypt.nn import KroneckerLinear
+from tests.conftest import tiny_model
+
+model = tiny_model()
+compress(model, CompressionConfig(a_shape=(64, 64)), progress=False)
+ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
+ref = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)  # plain paths, eager
+for module in model.modules():
+    if isinstance(module, KroneckerLinear):
+        module.path = "fused"
+calls = []
+fused = kl.kron_linear_fused
+kl.kron_linear_fused = lambda *a, **k: calls.append(1) or fused(*a, **k)
+model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)  # no graph break allowed
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = model.generate(ids, max_new_tokens=4, do_sample=False, cache_implementation="static", pad_token_id=0)
+assert calls, "the fused kernels did not run"
+assert torch.equal(out, ref), (out, ref)
+assert not [w for w in caught if "lru_cache" in str(w.message)], [str(w.message) for w in caught]
+print("ok")
+"""
+
+
+def test_generate_with_static_cache_under_torch_compile_on_the_fused_path():
+    """The decode path a GPU captures in CUDA graphs: `generate` with a static KV cache and the model's
+    forward compiled with fullgraph=True (no graph break around the fused operators), on the fused
+    kernels (Triton's interpreter here), gives the eager plain-path tokens."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-c", COMPILED_DECODE_SCRIPT], env=env, cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 def test_mlp_is_plain_gpt2_off_the_fused_path():
     model = tiny_model()
     compress(model, CompressionConfig(a_shape=(64, 64)), progress=False)

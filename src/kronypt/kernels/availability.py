@@ -7,7 +7,6 @@ imported), which the tests use; otherwise the CPU keeps the plain PyTorch paths.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -24,13 +23,17 @@ FUSED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 FUSED_IMPLS = ("auto", "triton", "v3")
 
 
-@functools.cache
+# Looked up once, at import: a cached function here would be traced by torch.compile (Dynamo ignores
+# lru_cache wrappers) each time a compiled model asks which path to take.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """True when the `triton` package can be imported."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
-@functools.cache
+@torch.compiler.assume_constant_result
 def _cuda_capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
