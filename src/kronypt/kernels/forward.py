@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from kronypt.kernels.roofline import uses_two_stage
-from kronypt.kernels.tiles import add_colsum, load_a, load_x, mma, pick_x, store_output
+from kronypt.kernels.tiles import add_colsum, load_a, load_x, mma, pick_x, store_output, token_tile
 from kronypt.kernels.tuning import (
     FORWARD_CONFIGS,
     TWO_STAGE_CONFIGS,
@@ -55,12 +55,7 @@ def _forward_kernel(
     BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # N1 <= BLOCK_C (a compile-time test): all of n1 in one block: read the token tile once
-    num_a = tl.cdiv(M1, BLOCK_A)
-    pid = tl.program_id(0)
-    pid_t = pid // num_a  # the A-row blocks of one token tile are neighbours: x is re-read from L2
-    pid_a = pid % num_a
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
+    pid_a, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
     offs_b = tl.arange(0, M2P)
     offs_d = tl.arange(0, N2P)
     mask_t = offs_t < T

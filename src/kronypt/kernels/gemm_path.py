@@ -28,7 +28,7 @@ import triton.language as tl
 
 from kronypt.kernels.activation import gelu_backward, gelu_tanh_grad
 from kronypt.kernels.availability import INTERPRET
-from kronypt.kernels.tiles import store_output
+from kronypt.kernels.tiles import store_output, token_tile
 from kronypt.kernels.tuning import launch, sm_count
 from kronypt.kernels.v3 import v3_forward
 
@@ -67,10 +67,7 @@ def _expand_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr,
 ):
     # y[t, a*M2 + b] = Σ_i W[i, b] · P[t, i*M1 + a] (+ bias, gelu); W float32 (k, M2)
-    num_a = tl.cdiv(M1, BLOCK_A)
-    pid = tl.program_id(0)
-    offs_t = (pid // num_a) * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_a = (pid % num_a) * BLOCK_A + tl.arange(0, BLOCK_A)
+    _, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
     offs_b = tl.arange(0, M2P)
     mask = (offs_t < T)[:, None] & (offs_a < M1)[None, :]
     rows = offs_t.to(tl.int64)[:, None] * stride_pt

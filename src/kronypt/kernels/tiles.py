@@ -13,6 +13,18 @@ from kronypt.kernels.activation import gelu_tanh
 
 
 @triton.jit
+def token_tile(M1: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr):
+    """(pid_a, offs_t, offs_a) of this program in a 1-D grid of token tiles × A-row blocks, A-row blocks
+    fastest: the programs that share a token tile run next to each other, so x is re-read from L2."""
+    num_a = tl.cdiv(M1, BLOCK_A)
+    pid = tl.program_id(0)
+    pid_a = pid % num_a
+    offs_t = (pid // num_a) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
+    return pid_a, offs_t, offs_a
+
+
+@triton.jit
 def mma(a, b, acc, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
     """acc + a @ b on the tensor cores (see `tuning.dot_flags` for the two switches)."""
     if DOT_F32:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kronypt.kernels.tiles import add_colsum, load_a, load_x, mma, store_output
+from kronypt.kernels.tiles import add_colsum, load_a, load_x, mma, store_output, token_tile
 
 
 @triton.jit
@@ -33,12 +33,7 @@ def two_stage_kernel(
     COLSUM: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    num_a = tl.cdiv(M1, BLOCK_A)
-    pid = tl.program_id(0)
-    pid_t = pid // num_a
-    pid_a = pid % num_a
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
+    pid_a, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
     offs_b = tl.arange(0, M2P)
     offs_d = tl.arange(0, N2P)
     mask_t = offs_t < T

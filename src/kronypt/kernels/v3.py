@@ -29,7 +29,7 @@ import triton.language as tl
 
 from kronypt.kernels.activation import gelu_tanh
 from kronypt.kernels.availability import INTERPRET
-from kronypt.kernels.tiles import load_x, mma, pick_x
+from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
 from kronypt.kernels.tuning import dot_flags, launch
 
 # (BLOCK_T, BLOCK_A, BLOCK_C, EPI) for B with one column (c_fc) and one row (c_proj): EPI slices of the
@@ -137,12 +137,7 @@ def _v3_kernel(
 ):
     # SAVE_P (n2 = 1, training): PRE receives P = x·A_0ᵀ (T, M1) instead of the pre-activation; the backward
     # (version 2's) rebuilds the pre-activation from it, so the kernel writes T·M1 extra values, not T·M1·M2.
-    num_a = tl.cdiv(M1, BLOCK_A)
-    pid = tl.program_id(0)
-    pid_t = pid // num_a  # the A-row blocks of one token tile are neighbours: x is re-read from L2
-    pid_a = pid % num_a
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
+    pid_a, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
     mask_t = offs_t < T
     x_rows = X + offs_t.to(tl.int64)[:, None] * stride_xt
     s = 1.0
