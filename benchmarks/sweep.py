@@ -126,8 +126,9 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
 
 def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path: str | None,
                  m1: int = 768, m2: int = 4) -> None:
-    """Version 2's memory-bound passes: `expand` (P → y, + bias) and `reduce` (G, P → H, M, Σ_t G with
-    GELU's backward), each candidate's time and the bandwidth it reaches, against a plain copy of y."""
+    """Version 2's memory-bound passes: `expand` (P → y, + bias), its 16-byte-store alternative
+    `expand_joined`, and `reduce` (G, P → H, M, Σ_t G with GELU's backward): each candidate's time and the
+    bandwidth it reaches, against a plain copy of y."""
     from kronypt.kernels import gemm_path
 
     dev, dtype = clock.device, torch.bfloat16
@@ -141,11 +142,14 @@ def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path:
     nbytes = 2
     copy_ms = clock.median_ms(lambda s: s.y.copy_(s.g), sets)
     out = {"tokens": tokens, "m1": m1, "m2": m2, "copy_ms": copy_ms,
-           "copy_tb_per_s": 2 * nbytes * tokens * m1 * m2 / (copy_ms / 1e3) / 1e12, "expand": [], "reduce": []}
-    moved = {"expand": nbytes * tokens * (m1 + m1 * m2), "reduce": nbytes * tokens * (m1 * m2 + 2 * m1)}
+           "copy_tb_per_s": 2 * nbytes * tokens * m1 * m2 / (copy_ms / 1e3) / 1e12,
+           **{kind: [] for kind in gemm_path.SWEEP}}
+    expanded = nbytes * tokens * (m1 + m1 * m2)
+    moved = {"expand": expanded, "expand_joined": expanded, "reduce": nbytes * tokens * (m1 * m2 + 2 * m1)}
     calls = {"expand": lambda s, c: gemm_path.expand(s.p, w, m1, bias, 0, config=c),
+             "expand_joined": lambda s, c: gemm_path.expand_joined(s.p, w, m1, bias, 0, config=c),
              "reduce": lambda s, c: gemm_path.reduce(s.g, s.p, w, m1, True, act=1, bias=bias, config=c)}
-    for kind in ("expand", "reduce"):
+    for kind in gemm_path.SWEEP:
         for config in gemm_path.SWEEP[kind]:
             if time.perf_counter() > deadline:
                 out[kind].append({"config": _config_dict(config), "skipped": "time budget"})

@@ -214,6 +214,11 @@ def check_sweeps() -> dict[str, float]:
     for i, config in enumerate(gemm_path.SWEEP["expand"]):
         y = gemm_path.expand(p, w, m1, bias, act=1, config=config)
         errors[f"expand-{i}"] = _relative(y, F.gelu(pre.detach(), approximate="tanh"))
+    p1, w1 = p[:, :m1], w[:1]  # the joined expansion takes k = 1
+    ref1 = F.gelu((p1.double()[:, :, None] * w1.double()[0]).reshape(T, -1) + bias.double(), approximate="tanh")
+    for i, config in enumerate(gemm_path.SWEEP["expand_joined"]):
+        errors[f"expand_joined-{i}"] = _relative(gemm_path.expand_joined(p1, w1, m1, bias, act=1, config=config),
+                                                 ref1)
     for i, config in enumerate(gemm_path.SWEEP["reduce"]):
         h, m, cols = gemm_path.reduce(grad, p, w, m1, colsum=True, act=1, bias=bias, config=config)
         errors[f"reduce-{i}"] = max(_relative(h, h_ref), _relative(m, m_ref),
@@ -280,8 +285,7 @@ def test_sweep_candidates_match_reference(interpreted: dict) -> None:
 
     row = interpreted.get("sweeps")
     _assert_within(row, TOLERANCE["float32"])
-    expected = (len(v3.SWEEP["column"]) + len(v3.SWEEP["row"]) + len(gemm_path.SWEEP["expand"])
-                + len(gemm_path.SWEEP["reduce"]))
+    expected = len(v3.SWEEP["column"]) + len(v3.SWEEP["row"]) + sum(map(len, gemm_path.SWEEP.values()))
     assert len(row["errors"]) == expected
 
 

@@ -30,7 +30,7 @@ from kronypt.kernels.activation import gelu_backward, gelu_tanh_grad
 from kronypt.kernels.availability import INTERPRET
 from kronypt.kernels.tiles import store_output, token_tile
 from kronypt.kernels.tuning import launch, sm_count
-from kronypt.kernels.v3 import v3_forward
+from kronypt.kernels.v3 import expand_store, v3_forward
 
 # (BLOCK_T, BLOCK_A, warps): a (BLOCK_T, BLOCK_A, m2) float32 tile per program; small under the interpreter
 # so that the test shapes span several programs along both axes.
@@ -52,6 +52,9 @@ SWEEP = {
                _cfg(128, 64, 8, 1), _cfg(32, 64, 4, 1)],
     "reduce": [REDUCE, _cfg(32, 64, 8, 2), _cfg(32, 64, 8, 3), _cfg(16, 64, 4, 2), _cfg(64, 64, 8, 2),
                _cfg(16, 128, 8, 2), _cfg(32, 128, 8, 2)],
+    # `expand_joined` (k = 1): 2-D tiles, 16-byte stores
+    "expand_joined": [_cfg(32, 128, 4, 1), _cfg(64, 64, 4, 1), _cfg(64, 128, 8, 1), _cfg(128, 64, 8, 1),
+                      _cfg(32, 256, 8, 1), _cfg(16, 128, 4, 1)],
 }
 
 
@@ -77,6 +80,22 @@ def _expand_kernel(
         w = tl.load(W + i * M2 + offs_b, mask=offs_b < M2, other=0.0)
         acc += p[:, :, None] * w[None, None, :]
     store_output(acc, offs_t, offs_a, T, stride_yt, BIAS, Y, Y, M1, M2, M2P, HAS_BIAS, False, ACT)
+
+
+@triton.jit
+def _expand_joined_kernel(
+    P, W, BIAS, Y, T, stride_pt, stride_yt,
+    M1: tl.constexpr, M2: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr,
+):
+    # k = 1, m2 in {1, 2, 4}: a 2-D P tile (16-byte loads) expanded by version 3's epilogue, whose
+    # `tl.join`s interleave the m2 scaled copies into contiguous output columns (16-byte stores), instead
+    # of `_expand_kernel`'s (BLOCK_T, BLOCK_A, m2) tile (8-byte stores, a shared-memory layout change).
+    pid_a, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
+    p = tl.load(P + offs_t.to(tl.int64)[:, None] * stride_pt + offs_a[None, :],
+                mask=(offs_t < T)[:, None] & (offs_a < M1)[None, :], other=0.0).to(tl.float32)
+    expand_store(p, pid_a * BLOCK_A, offs_t, T, stride_yt, W, 1.0, BIAS, Y, Y, M1, M2, 1, BLOCK_A, HAS_BIAS,
+                 False, ACT, BLOCK_T)
 
 
 @triton.jit
@@ -158,6 +177,23 @@ def expand(p: torch.Tensor, w: torch.Tensor, m1: int, bias: torch.Tensor | None 
                 HAS_BIAS=bias is not None, ACT=act)
     grid = (triton.cdiv(T, bt) * triton.cdiv(m1, ba),)
     launch(_expand_kernel, [], lambda meta: grid, args, config=config)
+    return y
+
+
+def expand_joined(p: torch.Tensor, w: torch.Tensor, m1: int, bias: torch.Tensor | None = None, act: int = 0,
+                  config: triton.Config | None = None) -> torch.Tensor:
+    """`expand` for k = 1 and m2 in {1, 2, 4} with 16-byte stores (`_expand_joined_kernel`); a candidate of
+    `benchmarks/sweep.py` (`SWEEP["expand_joined"]`), not yet used by the layer."""
+    T = p.shape[0]
+    k, m2 = w.shape
+    if k != 1 or m2 not in (1, 2, 4):
+        raise ValueError(f"expand_joined takes k = 1 and m2 in (1, 2, 4), got k = {k}, m2 = {m2}")
+    config = config or SWEEP["expand_joined"][0]
+    y = torch.empty(T, m1 * m2, device=p.device, dtype=p.dtype)
+    args = dict(P=p, W=w, BIAS=bias if bias is not None else y, Y=y, T=T, stride_pt=p.stride(0),
+                stride_yt=y.stride(0), M1=m1, M2=m2, HAS_BIAS=bias is not None, ACT=act)
+    grid = (triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"]),)
+    launch(_expand_joined_kernel, [], lambda meta: grid, args, config=config)
     return y
 
 

@@ -34,9 +34,10 @@ from kronypt.kernels.tuning import dot_flags, launch
 
 # (BLOCK_T, BLOCK_A, BLOCK_C, EPI) for B with one column (c_fc) and one row (c_proj): EPI slices of the
 # accumulator are expanded and stored one at a time (each a (BLOCK_T, BLOCK_A / EPI · m2) tile). Chosen
-# with `kronypt.kernels.sass` for sm_90 (bf16, with and without GELU and the saved pre-activation): c_fc
-# 136-205 registers, 128 KB shared, `HGMMA.64x128x16`, 16-byte async copies and stores, no stack;
-# c_proj 161-206 registers, 136 KB shared, the same. (128, 256) tiles spill with GELU. Small under the
+# with `kronypt.kernels.sass` for sm_90 (bf16, with and without GELU in training): c_fc 136-153
+# registers, 128 KB shared, `HGMMA.64x128x16`, 16-byte async copies and stores, no stack; c_proj 161-206
+# registers, 136 KB shared, the same. (128, 256) tiles spill with GELU. Not yet timed: `SWEEP` below
+# holds the candidates for the first GPU run to choose from. Small under the
 # interpreter so the test shapes span several programs and the epilogue slicing is exercised.
 if INTERPRET:
     CONFIGS = dict.fromkeys(("column", "row"), triton.Config({"BLOCK_T": 16, "BLOCK_A": 16, "BLOCK_C": 16,
@@ -54,22 +55,22 @@ def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int) -> triton
 
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. Pre-filtered
-# with `kronypt.kernels.sass` on the 81M shapes (bf16): none spills without GELU; "(gelu spills)" marks
-# those that spill with GELU + saved pre-activation (the sweep times them without GELU too). Blocks/SM is
-# the estimate from registers and shared memory. Why these: (128, 128) tiles re-read x and A from L2
-# about 3x the bytes written (docs/gpu-notes.md, "Version 3 sweep"); (256, 128) or (128, 256) halve
-# that, smaller tiles or 4 warps give 2-4 resident blocks per SM so one block's stores overlap another's
-# loads.
+# with `kronypt.kernels.sass` on the 81M shapes (bf16; `python benchmarks/sweep.py --sass` prints the
+# table): none spills except (256, 128) with GELU in training (192 B). Comments: registers without GELU /
+# with GELU in training (P stored), shared memory, resident blocks per SM. Why these: (128, 128) tiles
+# load about 3x (c_fc) and 6x (c_proj) the HBM bytes from L2 (`roofline.v3_traffic`); (256, 128) or
+# (128, 256) cut that; 16 warps, 4 warps or 64-token tiles keep 2-4 blocks per SM so that one block's
+# stores overlap another's loads.
 SWEEP = {
     "column": [
-        CONFIGS["column"],        # 136 / 205 regs (no GELU / GELU), 128 KB, 1 block/SM
-        _cfg(128, 128, 64, 4, 8, 3),   # 110 / 206 regs, 96 KB: 2 blocks/SM without GELU
-        _cfg(128, 128, 32, 4, 8, 3),   # 132 / 205 regs, 48 KB
-        _cfg(128, 128, 64, 4, 16, 3),  # 60 / 80 regs, 96 KB, 2 blocks/SM, HGMMA 64x64
-        _cfg(256, 128, 64, 4, 16, 3),  # 110 regs / (gelu spills), 144 KB: half the L2 re-reads
-        _cfg(64, 128, 64, 4, 4, 3),    # 152 / 226 regs, 72 KB, 2-3 blocks/SM, HGMMA 64x128
-        _cfg(64, 128, 32, 4, 8, 3),    # 58 / 80 regs, 36 KB, 3-4 blocks/SM
-        _cfg(128, 64, 64, 2, 8, 3),    # 80 / 150 regs, 72 KB
+        CONFIGS["column"],        # 136 / 153 regs, 128 KB, 1 block/SM
+        _cfg(128, 128, 64, 4, 8, 3),   # 110 / 153 regs, 96 KB, 2 / 1 blocks/SM
+        _cfg(128, 128, 32, 4, 8, 3),   # 132 / 153 regs, 48 KB
+        _cfg(128, 128, 64, 4, 16, 3),  # 60 / 64 regs, 96 KB, 2 blocks/SM, HGMMA 64x64
+        _cfg(256, 128, 64, 4, 16, 3),  # 110 / 128 regs (192 B spilled with GELU), 144 KB: fewer L2 loads
+        _cfg(64, 128, 64, 4, 4, 3),    # 152 / 142 regs, 72 KB, 3 blocks/SM, HGMMA 64x128
+        _cfg(64, 128, 32, 4, 8, 3),    # 58 / 64 regs, 36 KB, 4 blocks/SM
+        _cfg(128, 64, 64, 2, 8, 3),    # 80 / 92 regs, 72 KB, 2-3 blocks/SM
     ],
     "row": [
         CONFIGS["row"],           # 161 regs, 136 KB, 1 block/SM
@@ -96,7 +97,7 @@ def _halves(acc, BLOCK_T: tl.constexpr, WIDTH: tl.constexpr):
 
 
 @triton.jit
-def _expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
+def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
                   N2: tl.constexpr, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr,
                   ACT: tl.constexpr, BLOCK_T: tl.constexpr):
     """Output columns [a0·M2, (a0 + WIDTH)·M2) from part (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH)."""
@@ -166,27 +167,27 @@ def _v3_kernel(
                  mask=mask_t[:, None] & (offs_a < M1)[None, :])
     a0 = pid_a * BLOCK_A
     if EPI == 1:
-        _expand_store(acc, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, BLOCK_A, HAS_BIAS,
+        expand_store(acc, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, BLOCK_A, HAS_BIAS,
                       SAVE_PRE, ACT, BLOCK_T)
     elif EPI == 2:
         lo, hi = _halves(acc, BLOCK_T, BLOCK_A)
         W: tl.constexpr = BLOCK_A // 2
-        _expand_store(lo, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS, SAVE_PRE,
+        expand_store(lo, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS, SAVE_PRE,
                       ACT, BLOCK_T)
-        _expand_store(hi, a0 + W, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS,
+        expand_store(hi, a0 + W, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS,
                       SAVE_PRE, ACT, BLOCK_T)
     else:  # EPI == 4
         lo, hi = _halves(acc, BLOCK_T, BLOCK_A)
         q0, q1 = _halves(lo, BLOCK_T, BLOCK_A // 2)
         q2, q3 = _halves(hi, BLOCK_T, BLOCK_A // 2)
         Q: tl.constexpr = BLOCK_A // 4
-        _expand_store(q0, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS, SAVE_PRE,
+        expand_store(q0, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS, SAVE_PRE,
                       ACT, BLOCK_T)
-        _expand_store(q1, a0 + Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
+        expand_store(q1, a0 + Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
                       SAVE_PRE, ACT, BLOCK_T)
-        _expand_store(q2, a0 + 2 * Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
+        expand_store(q2, a0 + 2 * Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
                       SAVE_PRE, ACT, BLOCK_T)
-        _expand_store(q3, a0 + 3 * Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
+        expand_store(q3, a0 + 3 * Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
                       SAVE_PRE, ACT, BLOCK_T)
 
 
