@@ -76,7 +76,7 @@ class KroneckerLinear(nn.Module):
 
     @property
     def fused_impl(self) -> str:
-        return self._fused_impl
+        return getattr(self, "_fused_impl", "auto")  # "auto" for a module pickled before this attribute
 
     @fused_impl.setter
     def fused_impl(self, value: str) -> None:
