@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -45,8 +46,11 @@ def environment(device: torch.device) -> dict:
 
 
 def write_json(path: str | None, payload: dict, quiet: bool = False) -> None:
+    """Write atomically: a run killed by its time limit mid-write leaves the previous complete file."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2))
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, path)
         if not quiet:
             print(f"wrote {path}")

@@ -275,7 +275,7 @@ def _auto_choice(case: LayerCase, shape, paths: dict, device: torch.device) -> d
     path in this run; factored is timed in its cheaper order, as the layer would pick it)."""
     layer = KroneckerLinear(case.in_features, case.out_features, case.a_shape, case.k, device="meta")
     fused = fused_available(torch.empty(0, device=device))
-    cuda = device.type == "cuda"
+    cuda = device.type == "cuda" and (case.dtype != "float32" or torch.backends.cuda.matmul.allow_tf32)
     out = {}
     for label, training, key in (("fwd", False, "fwd_speedup"), ("fwdbwd", True, "fwdbwd_speedup")):
         if label == "fwdbwd" and not case.backward:
@@ -412,10 +412,12 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
     results: dict = {"batch": list(batch_shape), "decode_context": context, "compiled": args.compile,
                      "variants": {}}
     report["model"] = results
-    wanted = set(filter(None, args.variants.split(","))) if args.variants else None
-    for name, build in _model_variants(args.dry_run, device).items():
-        if wanted is not None and name not in wanted:
-            continue
+    variants = _model_variants(args.dry_run, device)
+    wanted = [v for v in args.variants.split(",") if v] if args.variants else list(variants)
+    unknown = set(wanted) - set(variants)
+    if unknown:
+        raise SystemExit(f"unknown or unavailable model variants: {', '.join(sorted(unknown))}")
+    for name, build in ((v, variants[v]) for v in wanted):  # in the order asked for
         if time.perf_counter() > deadline:
             results["variants"][name] = {"skipped": "time budget"}
             continue
@@ -540,7 +542,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-model", action="store_true", help="skip the whole-model section")
     parser.add_argument("--no-layers", action="store_true", help="skip the layer cases (model only)")
     parser.add_argument("--variants", default="",
-                        help="comma-separated model variants to run (dense, kron_auto, kron_fused, kron_v3)")
+                        help="comma-separated model variants, run in this order (dense, kron_auto, kron_fused, "
+                             "kron_v3)")
     parser.add_argument("--sass", action="store_true",
                         help="no timing: compile every case's kernels for sm_90 (works on a CPU) and report "
                              "registers, spills and instruction mix")

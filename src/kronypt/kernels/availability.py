@@ -33,9 +33,15 @@ def triton_available() -> bool:
     return _TRITON_INSTALLED
 
 
+_CAPABLE: dict[int, bool] = {}
+
+
 @torch.compiler.assume_constant_result
 def _cuda_capable(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (8, 0)
+    """Compute capability ≥ 8.0, asked once per device (eager calls come once per layer call)."""
+    if index not in _CAPABLE:
+        _CAPABLE[index] = torch.cuda.get_device_capability(index) >= (8, 0)
+    return _CAPABLE[index]
 
 
 def fused_available(x: torch.Tensor) -> bool:

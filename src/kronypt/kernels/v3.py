@@ -212,6 +212,8 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
                 M1=m1, N1=n1, M2=m2, N2=n2, N2P=triton.next_power_of_2(n2), HAS_S=scalars is not None,
                 HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, SAVE_P=save_p, **dot_flags(x.dtype))
     config = config or CONFIGS["column" if n2 == 1 else "row"]
+    if x.dtype == torch.float32 and config.num_stages > 2:  # 4-byte tiles: 4 stages overflow shared memory
+        config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)
     grid = (triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"]),)
     launch(_v3_kernel, [], lambda meta: grid, args, config=config)
     return y, saved
