@@ -36,8 +36,8 @@ from kronypt.kernels.v3 import expand_store, v3_forward
 # so that the test shapes span several programs along both axes.
 EXPAND = triton.Config({"BLOCK_T": 16, "BLOCK_A": 16} if INTERPRET else {"BLOCK_T": 32, "BLOCK_A": 64},
                        num_warps=8, num_stages=1)
-REDUCE = triton.Config({"BLOCK_T": 16, "BLOCK_A": 16} if INTERPRET else {"BLOCK_T": 32, "BLOCK_A": 64},
-                       num_warps=8, num_stages=1)
+REDUCE = triton.Config({"BLOCK_T": 16, "BLOCK_A": 16, "LOAD_2D": 0} if INTERPRET else
+                       {"BLOCK_T": 32, "BLOCK_A": 64, "LOAD_2D": 0}, num_warps=8, num_stages=1)
 
 
 def _cfg(bt: int, ba: int, warps: int, stages: int) -> triton.Config:
@@ -46,12 +46,17 @@ def _cfg(bt: int, ba: int, warps: int, stages: int) -> triton.Config:
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. H100 run 2
 # put the expand pass at ~0.6 TB/s and the reduce pass at ~1.6 TB/s (docs/gpu-notes.md): these vary the
-# tile, the warps and, for reduce's token loop, software pipelining (stages > 1).
+# tile, the warps and the width of the loads and stores.
 SWEEP = {
     "expand": [EXPAND, _cfg(64, 64, 8, 1), _cfg(16, 128, 4, 1), _cfg(32, 128, 8, 1), _cfg(64, 128, 8, 1),
                _cfg(128, 64, 8, 1), _cfg(32, 64, 4, 1)],
-    "reduce": [REDUCE, _cfg(32, 64, 8, 2), _cfg(32, 64, 8, 3), _cfg(16, 64, 4, 2), _cfg(64, 64, 8, 2),
-               _cfg(16, 128, 8, 2), _cfg(32, 128, 8, 2)],
+    # reduce: tiles without spills (sm_90: 181-205 registers; (64, 64) and (32, 128) spill), each with G
+    # read as 3-D rows of m2 (8-byte loads) or, LOAD_2D, as 2-D rows (16-byte loads) reshaped in registers.
+    # Pipelining stages change nothing here (Triton does not pipeline this loop), so all use 1.
+    "reduce": [REDUCE, *(triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "LOAD_2D": load_2d}, num_warps=warps,
+                                       num_stages=1)
+                         for bt, ba, warps, load_2d in ((16, 64, 4, 0), (16, 128, 8, 0), (32, 64, 8, 1),
+                                                        (16, 128, 8, 1), (16, 64, 4, 1)))],
     # `expand_joined` (k = 1): 2-D tiles, 16-byte stores
     "expand_joined": [_cfg(32, 128, 4, 1), _cfg(64, 64, 4, 1), _cfg(64, 128, 8, 1), _cfg(128, 64, 8, 1),
                       _cfg(32, 256, 8, 1), _cfg(16, 128, 4, 1)],
@@ -103,7 +108,7 @@ def _reduce_kernel(
     G, P, BV, BIAS, H, MOUT, COLS, T, T_SLICE, stride_gt, stride_pt,
     M1: tl.constexpr, M2: tl.constexpr, M2P: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
     COLSUM: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WITH_M: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, LOAD_2D: tl.constexpr,
 ):
     # H[t, i*M1 + a] = Σ_b G[t, a*M2 + b] BV[i, b];  MOUT[i, b] += Σ_{t,a} G[t, a*M2 + b] P[t, i*M1 + a];
     # COLS[a*M2 + b] += Σ_t G[t, a*M2 + b]. Program = (A-row block, token slice). ACT: G is the gradient
@@ -128,9 +133,14 @@ def _reduce_kernel(
         offs_t = t0 + tl.arange(0, BLOCK_T)
         mask_t = offs_t < t_end
         rows = offs_t.to(tl.int64)
-        g_ptrs = rows[:, None, None] * stride_gt + g_cols[None, :, :]
-        mask_3 = mask_t[:, None, None] & mask_g[None, :, :]
-        g3 = tl.load(G + g_ptrs, mask=mask_3, other=0.0).to(tl.float32)
+        if LOAD_2D and M2 == M2P:  # the G rows as one 2-D tile (16-byte loads), viewed as (.., BLOCK_A, M2)
+            c2 = tl.program_id(0) * BLOCK_A * M2 + tl.arange(0, BLOCK_A * M2)
+            g2 = tl.load(G + rows[:, None] * stride_gt + c2[None, :],
+                         mask=mask_t[:, None] & (c2 < M1 * M2)[None, :], other=0.0)
+            g3 = tl.reshape(g2, (BLOCK_T, BLOCK_A, M2P)).to(tl.float32)
+        else:
+            g_ptrs = rows[:, None, None] * stride_gt + g_cols[None, :, :]
+            g3 = tl.load(G + g_ptrs, mask=mask_t[:, None, None] & mask_g[None, :, :], other=0.0).to(tl.float32)
         mask_p = mask_t[:, None] & mask_a[None, :]
         if ACT == 1:
             pre = tl.zeros((BLOCK_T, BLOCK_A, M2P), dtype=tl.float32)
