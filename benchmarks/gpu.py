@@ -360,11 +360,28 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _prefill_tokens_per_s(model, clock: Clock, batch: torch.Tensor) -> float:
+def _prefill_tokens_per_s(model, clock: Clock, batch: torch.Tensor, graphed: bool = False) -> float:
+    """Tokens/s of one forward over the batch (logits of the last position only, as `generate` asks).
+    `graphed`: the same forward captured in a CUDA graph, i.e. GPU time without the host's launch cost;
+    eager well below graphed means the eager model is host-bound."""
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+    def forward(_) -> None:
+        model(input_ids=batch, use_cache=False, **keep)
+
     with torch.no_grad():
-        ms = clock.median_ms(lambda _: model(input_ids=batch, use_cache=False, **keep), [None])
-    return batch.numel() / (ms / 1e3)
+        if not graphed:
+            return batch.numel() / (clock.median_ms(forward, [None]) / 1e3)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up (kernels compiled, library handles) outside the capture
+            for _ in range(3):
+                forward(None)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            forward(None)
+        return batch.numel() / (clock.median_ms(lambda _: graph.replay(), [None]) / 1e3)
 
 
 def _decode_ms(model, clock: Clock, context: int, graphed: bool) -> float:
@@ -398,8 +415,8 @@ def _decode_ms(model, clock: Clock, context: int, graphed: bool) -> float:
 def _measure_model(key: str, model, clock: Clock, batch: torch.Tensor, context: int, compiled: bool) -> float:
     if key == "train_tokens_per_s":
         return _train_tokens_per_s(model, clock, batch, compiled)
-    if key == "prefill_tokens_per_s":
-        return _prefill_tokens_per_s(model, clock, batch)
+    if key.startswith("prefill"):
+        return _prefill_tokens_per_s(model, clock, batch, graphed=key == "prefill_graph_tokens_per_s")
     return _decode_ms(model, clock, context, graphed=key == "decode_graph_ms")
 
 
@@ -427,7 +444,7 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
         row["params"] = sum(p.numel() for p in model.parameters())
         batch = torch.randint(model.config.vocab_size, batch_shape, device=device)
         keys = ["train_tokens_per_s", "prefill_tokens_per_s", "decode_ms"]
-        keys += ["decode_graph_ms"] if device.type == "cuda" else []
+        keys += ["prefill_graph_tokens_per_s", "decode_graph_ms"] if device.type == "cuda" else []
         keys = keys[:1] if args.compile else keys
         for key in keys:
             try:
@@ -443,7 +460,7 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
             torch.cuda.empty_cache()
     dense = results["variants"].get("dense", {})
     for row in results["variants"].values():
-        for key in ("train_tokens_per_s", "prefill_tokens_per_s"):
+        for key in ("train_tokens_per_s", "prefill_tokens_per_s", "prefill_graph_tokens_per_s"):
             if key in row and key in dense:
                 row[key.replace("_tokens_per_s", "_speedup")] = row[key] / dense[key]
         for key in ("decode_ms", "decode_graph_ms"):
@@ -491,14 +508,16 @@ def print_tables(layers: list[dict], model: dict | None) -> None:
             print(f"{r['name']:22} {b:>7} {r['tokens']:>6} {label:8} {dense:9.4f} {cells} {pred:5.2f}x {err:9.1e}"
                   f"  {choice}")
     if model:
-        print(f"\n{'model':12} {'train tok/s':>12} {'x':>6} {'prefill tok/s':>14} {'x':>6} "
-              f"{'decode ms':>10} {'x':>6} {'graph ms':>9} {'x':>6}")
+        print(f"\n{'model':12} {'train tok/s':>12} {'x':>6} {'prefill tok/s':>14} {'x':>6} {'graphed':>9} "
+              f"{'x':>6} {'decode ms':>10} {'x':>6} {'graph ms':>9} {'x':>6}")
         for name, row in model["variants"].items():
             v = {k: row.get(k, float("nan")) for k in (
-                "train_tokens_per_s", "train_speedup", "prefill_tokens_per_s", "prefill_speedup", "decode_ms",
-                "decode_speedup", "decode_graph_ms", "decode_graph_speedup")}
+                "train_tokens_per_s", "train_speedup", "prefill_tokens_per_s", "prefill_speedup",
+                "prefill_graph_tokens_per_s", "prefill_graph_speedup", "decode_ms", "decode_speedup",
+                "decode_graph_ms", "decode_graph_speedup")}
             print(f"{name:12} {v['train_tokens_per_s']:12.0f} {v['train_speedup']:6.2f} "
-                  f"{v['prefill_tokens_per_s']:14.0f} {v['prefill_speedup']:6.2f} {v['decode_ms']:10.3f} "
+                  f"{v['prefill_tokens_per_s']:14.0f} {v['prefill_speedup']:6.2f} "
+                  f"{v['prefill_graph_tokens_per_s']:9.0f} {v['prefill_graph_speedup']:6.2f} {v['decode_ms']:10.3f} "
                   f"{v['decode_speedup']:6.2f} {v['decode_graph_ms']:9.3f} {v['decode_graph_speedup']:6.2f}")
             errors = {k: e for k, e in row.items() if k.endswith("_error") or k == "skipped"}
             if errors:
