@@ -19,15 +19,20 @@ pytest.importorskip("triton")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _dry_run(script: str, tmp_path: Path) -> dict:
+    """The script's --dry-run under Triton's interpreter; its JSON report."""
+    out = tmp_path / "report.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--dry-run", "--json", str(out)], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 def test_sweep_dry_run_times_every_candidate_and_profiles(tmp_path: Path) -> None:
     from kronypt.kernels import gemm_path, v3
 
-    out = tmp_path / "sweep.json"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "benchmarks/sweep.py", "--dry-run", "--json", str(out)], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = _dry_run("sweep.py", tmp_path)
     sizes = {"column": len(v3.SWEEP["column"]), "row": len(v3.SWEEP["row"])}
     assert [len(row["configs"]) for row in report["v3"]] == [sizes["column"], sizes["row"]]
     for row in report["v3"]:
@@ -44,12 +49,7 @@ def test_sweep_dry_run_times_every_candidate_and_profiles(tmp_path: Path) -> Non
 
 
 def test_gpu_benchmark_dry_run_covers_every_path_and_model_variant(tmp_path: Path) -> None:
-    out = tmp_path / "gpu.json"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--dry-run", "--json", str(out)], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = _dry_run("gpu.py", tmp_path)
     paths = {"dense", "materialised", "factored", "fused_v1", "fused"}
     for layer in report["layers"]:
         got = set(layer["paths"])
