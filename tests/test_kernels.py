@@ -202,6 +202,10 @@ def check_sweeps() -> dict[str, float]:
         for i, config in enumerate(v3.SWEEP[orientation]):
             y, _ = v3.v3_forward(x, A, B, s, bias, 1, False, config=config)
             errors[f"v3-{orientation}-{i}"] = _relative(y, ref)
+        # persistent programs with many tiles each (the GPU candidates' tiles are too large for that here)
+        for persist in (1, 2):
+            y, _ = v3.v3_forward(x, A, B, s, bias, 1, False, config=v3._cfg(16, 32, 16, 2, 4, 2, persist))
+            errors[f"v3-{orientation}-persistent-{persist}"] = _relative(y, ref)
     k, m1, m2, T = 2, 80, 4, 150
     p, w = torch.randn(T, k * m1, generator=g), torch.randn(k, m2, generator=g)
     bias, grad = torch.randn(m1 * m2, generator=g), torch.randn(T, m1 * m2, generator=g)
@@ -285,7 +289,7 @@ def test_sweep_candidates_match_reference(interpreted: dict) -> None:
 
     row = interpreted.get("sweeps")
     _assert_within(row, TOLERANCE["float32"])
-    expected = len(v3.SWEEP["column"]) + len(v3.SWEEP["row"]) + sum(map(len, gemm_path.SWEEP.values()))
+    expected = len(v3.SWEEP["column"]) + len(v3.SWEEP["row"]) + 4 + sum(map(len, gemm_path.SWEEP.values()))
     assert len(row["errors"]) == expected
 
 

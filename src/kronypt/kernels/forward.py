@@ -55,7 +55,7 @@ def _forward_kernel(
     BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # N1 <= BLOCK_C (a compile-time test): all of n1 in one block: read the token tile once
-    pid_a, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
+    pid_a, offs_t, offs_a = token_tile(tl.program_id(0), M1, BLOCK_T, BLOCK_A)
     offs_b = tl.arange(0, M2P)
     offs_d = tl.arange(0, N2P)
     mask_t = offs_t < T

@@ -75,7 +75,7 @@ def _expand_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr,
 ):
     # y[t, a*M2 + b] = Σ_i W[i, b] · P[t, i*M1 + a] (+ bias, gelu); W float32 (k, M2)
-    _, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
+    _, offs_t, offs_a = token_tile(tl.program_id(0), M1, BLOCK_T, BLOCK_A)
     offs_b = tl.arange(0, M2P)
     mask = (offs_t < T)[:, None] & (offs_a < M1)[None, :]
     rows = offs_t.to(tl.int64)[:, None] * stride_pt
@@ -96,7 +96,7 @@ def _expand_joined_kernel(
     # k = 1, m2 in {1, 2, 4}: a 2-D P tile (16-byte loads) expanded by version 3's epilogue, whose
     # `tl.join`s interleave the m2 scaled copies into contiguous output columns (16-byte stores), instead
     # of `_expand_kernel`'s (BLOCK_T, BLOCK_A, m2) tile (8-byte stores, a shared-memory layout change).
-    pid_a, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
+    pid_a, offs_t, offs_a = token_tile(tl.program_id(0), M1, BLOCK_T, BLOCK_A)
     p = tl.load(P + offs_t.to(tl.int64)[:, None] * stride_pt + offs_a[None, :],
                 mask=(offs_t < T)[:, None] & (offs_a < M1)[None, :], other=0.0).to(tl.float32)
     expand_store(p, pid_a * BLOCK_A, offs_t, T, stride_yt, W, 1.0, BIAS, Y, Y, M1, M2, 1, BLOCK_A, HAS_BIAS,

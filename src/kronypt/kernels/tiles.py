@@ -13,11 +13,11 @@ from kronypt.kernels.activation import gelu_tanh
 
 
 @triton.jit
-def token_tile(M1: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr):
-    """(pid_a, offs_t, offs_a) of this program in a 1-D grid of token tiles × A-row blocks, A-row blocks
-    fastest: the programs that share a token tile run next to each other, so x is re-read from L2."""
+def token_tile(pid, M1: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr):
+    """(pid_a, offs_t, offs_a) of tile `pid` (a program id, or a persistent program's current tile) in a
+    1-D order of token tiles × A-row blocks, A-row blocks fastest: the tiles that share a token tile run
+    next to each other, so x is re-read from L2."""
     num_a = tl.cdiv(M1, BLOCK_A)
-    pid = tl.program_id(0)
     pid_a = pid % num_a
     offs_t = (pid // num_a) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)

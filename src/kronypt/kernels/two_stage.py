@@ -33,7 +33,7 @@ def two_stage_kernel(
     COLSUM: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_a, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
+    pid_a, offs_t, offs_a = token_tile(tl.program_id(0), M1, BLOCK_T, BLOCK_A)
     offs_b = tl.arange(0, M2P)
     offs_d = tl.arange(0, N2P)
     mask_t = offs_t < T

@@ -30,7 +30,7 @@ import triton.language as tl
 from kronypt.kernels.activation import gelu_tanh
 from kronypt.kernels.availability import INTERPRET
 from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
-from kronypt.kernels.tuning import dot_flags, launch
+from kronypt.kernels.tuning import dot_flags, launch, sm_count
 
 # (BLOCK_T, BLOCK_A, BLOCK_C, EPI) for B with one column (c_fc) and one row (c_proj): EPI slices of the
 # accumulator are expanded and stored one at a time (each a (BLOCK_T, BLOCK_A / EPI · m2) tile). Chosen
@@ -41,17 +41,17 @@ from kronypt.kernels.tuning import dot_flags, launch
 # interpreter so the test shapes span several programs and the epilogue slicing is exercised.
 if INTERPRET:
     CONFIGS = dict.fromkeys(("column", "row"), triton.Config({"BLOCK_T": 16, "BLOCK_A": 16, "BLOCK_C": 16,
-                                                               "EPI": 2}, num_warps=4))
+                                                               "EPI": 2, "PERSIST": 0}, num_warps=4))
 else:
-    CONFIGS = {"column": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4}, num_warps=8,
-                                       num_stages=4),
-               "row": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 32, "EPI": 1}, num_warps=8,
-                                    num_stages=4)}
+    CONFIGS = {"column": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4, "PERSIST": 0},
+                                       num_warps=8, num_stages=4),
+               "row": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 32, "EPI": 1, "PERSIST": 0},
+                                    num_warps=8, num_stages=4)}
 
 
-def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "BLOCK_C": bc, "EPI": epi}, num_warps=warps,
-                         num_stages=stages)
+def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: int = 0) -> triton.Config:
+    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "BLOCK_C": bc, "EPI": epi, "PERSIST": persist},
+                         num_warps=warps, num_stages=stages)
 
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. Pre-filtered
@@ -71,6 +71,12 @@ SWEEP = {
         _cfg(64, 128, 64, 4, 4, 3),    # 152 / 142 regs, 72 KB, 3 blocks/SM, HGMMA 64x128
         _cfg(64, 128, 32, 4, 8, 3),    # 58 / 64 regs, 36 KB, 4 blocks/SM
         _cfg(128, 64, 64, 2, 8, 3),    # 80 / 92 regs, 72 KB, 2-3 blocks/SM
+        # persistent (PERSIST programs per SM loop over the tiles; loads of the next tile overlap the
+        # current tile's stores): the default tile, the 16-warp one, 64-token tiles with 2 per SM
+        _cfg(128, 128, 64, 4, 8, 4, 1),   # 177 / 189 regs, 160 KB
+        _cfg(128, 128, 64, 4, 8, 3, 1),   # 148 / 189 regs, 128 KB
+        _cfg(128, 128, 64, 4, 16, 3, 1),  # 85 / 106 regs, 160 KB
+        _cfg(64, 128, 64, 4, 4, 3, 2),    # 177 / 198 regs, 80 KB, 2 blocks/SM
     ],
     "row": [
         CONFIGS["row"],           # 161 regs, 136 KB, 1 block/SM
@@ -80,6 +86,8 @@ SWEEP = {
         _cfg(128, 128, 64, 1, 8, 3),   # 168 regs, 184 KB
         _cfg(64, 128, 32, 1, 4, 3),    # 157 regs, 60 KB, 3 blocks/SM
         _cfg(128, 64, 32, 1, 8, 3),    # 100 regs, 84 KB, 2 blocks/SM
+        _cfg(128, 128, 32, 1, 8, 4, 1),   # persistent: 210 regs, 160 KB
+        _cfg(64, 256, 32, 1, 8, 3, 1),    # persistent: 161 regs, 96 KB
     ],
 }
 
@@ -129,25 +137,17 @@ def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.cons
 
 
 @triton.jit
-def _v3_kernel(
-    X, A, B, S, BIAS, Y, PRE, T, stride_xt, stride_yt,
+def _v3_tile(
+    pid, X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u,
     M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
-    HAS_S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
-    SAVE_P: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr, SAVE_P: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
 ):
-    # SAVE_P (n2 = 1, training): PRE receives P = x·A_0ᵀ (T, M1) instead of the pre-activation; the backward
-    # (version 2's) rebuilds the pre-activation from it, so the kernel writes T·M1 extra values, not T·M1·M2.
-    pid_a, offs_t, offs_a = token_tile(M1, BLOCK_T, BLOCK_A)
+    """One (BLOCK_T, BLOCK_A) output tile: the A-contraction, then the expansion and stores."""
+    pid_a, offs_t, offs_a = token_tile(pid, M1, BLOCK_T, BLOCK_A)
     mask_t = offs_t < T
     x_rows = X + offs_t.to(tl.int64)[:, None] * stride_xt
-    s = 1.0
-    if HAS_S:
-        s = tl.load(S).to(tl.float32)
-    u = tl.full((N2P,), 1.0, tl.float32)
-    if N2 > 1:  # row 0 of B contracts x over d on load
-        offs_d = tl.arange(0, N2P)
-        u = s * tl.load(B + offs_d, mask=offs_d < N2, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
     for c0 in range(0, N1, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -168,27 +168,57 @@ def _v3_kernel(
     a0 = pid_a * BLOCK_A
     if EPI == 1:
         expand_store(acc, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, BLOCK_A, HAS_BIAS,
-                      SAVE_PRE, ACT, BLOCK_T)
+                     SAVE_PRE, ACT, BLOCK_T)
     elif EPI == 2:
         lo, hi = _halves(acc, BLOCK_T, BLOCK_A)
         W: tl.constexpr = BLOCK_A // 2
         expand_store(lo, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS, SAVE_PRE,
-                      ACT, BLOCK_T)
+                     ACT, BLOCK_T)
         expand_store(hi, a0 + W, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS,
-                      SAVE_PRE, ACT, BLOCK_T)
+                     SAVE_PRE, ACT, BLOCK_T)
     else:  # EPI == 4
         lo, hi = _halves(acc, BLOCK_T, BLOCK_A)
         q0, q1 = _halves(lo, BLOCK_T, BLOCK_A // 2)
         q2, q3 = _halves(hi, BLOCK_T, BLOCK_A // 2)
         Q: tl.constexpr = BLOCK_A // 4
         expand_store(q0, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS, SAVE_PRE,
-                      ACT, BLOCK_T)
+                     ACT, BLOCK_T)
         expand_store(q1, a0 + Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
-                      SAVE_PRE, ACT, BLOCK_T)
+                     SAVE_PRE, ACT, BLOCK_T)
         expand_store(q2, a0 + 2 * Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
-                      SAVE_PRE, ACT, BLOCK_T)
+                     SAVE_PRE, ACT, BLOCK_T)
         expand_store(q3, a0 + 3 * Q, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS,
-                      SAVE_PRE, ACT, BLOCK_T)
+                     SAVE_PRE, ACT, BLOCK_T)
+
+
+@triton.jit
+def _v3_kernel(
+    X, A, B, S, BIAS, Y, PRE, T, stride_xt, stride_yt,
+    M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
+    HAS_S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
+    SAVE_P: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
+    PERSIST: tl.constexpr,
+):
+    # SAVE_P (n2 = 1, training): PRE receives P = x·A_0ᵀ (T, M1) instead of the pre-activation; the backward
+    # (version 2's) rebuilds the pre-activation from it, so the kernel writes T·M1 extra values, not T·M1·M2.
+    # PERSIST > 0: a grid of PERSIST programs per SM, each looping over tiles; the flattened loop lets the
+    # pipeliner load the next tile's x and A while the current tile's expansion is stored.
+    s = 1.0
+    if HAS_S:
+        s = tl.load(S).to(tl.float32)
+    u = tl.full((N2P,), 1.0, tl.float32)
+    if N2 > 1:  # row 0 of B contracts x over d on load
+        offs_d = tl.arange(0, N2P)
+        u = s * tl.load(B + offs_d, mask=offs_d < N2, other=0.0).to(tl.float32)
+    if PERSIST:
+        tiles = tl.cdiv(T, BLOCK_T) * tl.cdiv(M1, BLOCK_A)
+        for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+            _v3_tile(tile, X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u, M1, N1, M2, N2, N2P, HAS_BIAS,
+                     ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
+    else:
+        _v3_tile(tl.program_id(0), X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u, M1, N1, M2, N2, N2P,
+                 HAS_BIAS, ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
 
 
 def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,
@@ -214,6 +244,8 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
     config = config or CONFIGS["column" if n2 == 1 else "row"]
     if x.dtype == torch.float32 and config.num_stages > 2:  # 4-byte tiles: 4 stages overflow shared memory
         config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)
-    grid = (triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"]),)
+    tiles = triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"])
+    persist = config.kwargs.get("PERSIST", 0)
+    grid = (min(tiles, persist * sm_count(x.device)) if persist else tiles,)
     launch(_v3_kernel, [], lambda meta: grid, args, config=config)
     return y, saved
