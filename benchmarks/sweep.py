@@ -41,20 +41,39 @@ from kronypt.math.shapes import kron_shape  # noqa: E402
 
 START = time.perf_counter()
 
-# (label, orientation, layer case, activation, timed inside a CUDA graph). The 8192-token cases are
+# (label, orientation, layer case, activation, timed inside a CUDA graph, top). The 8192-token cases are
 # graphed: their kernels take ~20-60 µs, about the eager launch cost, which would otherwise hide them.
+# `top` = N: only the default and the N fastest candidates of the plain 65536-token case of the same
+# orientation (each candidate is a separate compile: this keeps the whole sweep inside one device call).
 V3_CASES = [
-    ("81M c_fc", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 65536, backward=False), None, False),
-    ("81M c_fc", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 8192, backward=False), None, True),
+    ("81M c_fc", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 65536, backward=False), None, False,
+     None),
+    ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 65536, backward=False), None, False,
+     None),
     ("81M c_fc gelu", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 65536, backward=False),
-     "gelu_new", False),
-    ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 65536, backward=False), None, False),
-    ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 8192, backward=False), None, True),
+     "gelu_new", False, 5),
+    ("81M c_fc", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 8192, backward=False), None, True, 5),
+    ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 8192, backward=False), None, True,
+     5),
 ]
 DRY_V3_CASES = [
-    ("dry c_fc", "column", LayerCase("dry c_fc", 96, 40, (24, 40), 1, 150, backward=False), "gelu_new", False),
-    ("dry c_proj", "row", LayerCase("dry c_proj", 40, 96, (40, 24), 1, 150, backward=False), None, False),
+    ("dry c_fc", "column", LayerCase("dry c_fc", 96, 40, (24, 40), 1, 150, backward=False), None, False, None),
+    ("dry c_proj", "row", LayerCase("dry c_proj", 40, 96, (40, 24), 1, 150, backward=False), None, False, None),
+    ("dry c_fc gelu", "column", LayerCase("dry c_fc", 96, 40, (24, 40), 1, 150, backward=False), "gelu_new",
+     False, 3),
 ]
+
+
+def _candidates(configs: list, orientation: str, top: int | None, report: dict) -> list:
+    """All of `configs`, or the default and the `top` fastest of the first plain (no activation, not
+    graphed) case of this orientation already timed."""
+    first = next((row for row in report["v3"] if row.get("orientation") == orientation and "configs" in row
+                  and not row["activation"] and not row["graph"]), None)
+    if top is None or first is None:
+        return configs
+    timed = sorted((c for c in first["configs"] if "ms" in c), key=lambda c: c["ms"])
+    wanted = [c["config"] for c in timed[:top]]
+    return [configs[0]] + [c for c in configs[1:] if _config_dict(c) in wanted]
 
 
 def _config_dict(config) -> dict:
@@ -79,7 +98,7 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
     """Every `v3.SWEEP` candidate on every case, against dense in the same run."""
     from kronypt.kernels import v3
 
-    for label, orientation, case, act, graph in cases:
+    for label, orientation, case, act, graph, top in cases:
         if time.perf_counter() > deadline:
             report["v3"].append({"case": label, "tokens": case.tokens, "skipped": "time budget"})
             continue
@@ -91,10 +110,10 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
             return F.gelu(y, approximate="tanh") if act else y
 
         dense_ms = _time(clock, dense, sets, graph)
-        row = {"case": label, "tokens": case.tokens, "activation": act, "graph": graph, "dense_ms": dense_ms,
-               "configs": []}
+        row = {"case": label, "orientation": orientation, "tokens": case.tokens, "activation": act,
+               "graph": graph, "dense_ms": dense_ms, "configs": []}
         ref = _dense_ref(sets[0], act)
-        for config in v3.SWEEP[orientation]:
+        for config in _candidates(v3.SWEEP[orientation], orientation, top, report):
             cfg = {"config": _config_dict(config)}
             traffic = v3_traffic(shape, case.tokens, config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"])
             cfg.update(hbm_mb=traffic["hbm"] / 1e6, l2_mb=traffic["l2"] / 1e6)
@@ -312,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     # most informative first: v3 at 65536 tokens, the profile, the passes, then v3's graphed 8192 cases
     v3_cases = DRY_V3_CASES if args.dry_run else V3_CASES
     if "v3" not in skip:
-        sweep_v3([c for c in v3_cases if not c[4]], clock, l2, deadline, report, args.json)
+        sweep_v3([c for c in v3_cases if not c[4]], clock, l2, deadline, report, args.json)  # not graphed
     if "profile" not in skip:
         profile_layers(33 if args.dry_run else 16384, clock, deadline, report, args.json, args.dry_run)
     if "passes" not in skip:

@@ -34,7 +34,13 @@ def test_sweep_dry_run_times_every_candidate_and_profiles(tmp_path: Path) -> Non
 
     report = _dry_run("sweep.py", tmp_path)
     sizes = {"column": len(v3.SWEEP["column"]), "row": len(v3.SWEEP["row"])}
-    assert [len(row["configs"]) for row in report["v3"]] == [sizes["column"], sizes["row"]]
+    counts = [len(row["configs"]) for row in report["v3"]]
+    assert counts[:2] == [sizes["column"], sizes["row"]]
+    # the GELU case times the default and the 3 fastest candidates of the plain c_fc case
+    gelu = report["v3"][2]
+    fastest = [c["config"] for c in sorted(report["v3"][0]["configs"], key=lambda c: c["ms"])[:3]]
+    assert gelu["configs"][0]["config"] == report["v3"][0]["configs"][0]["config"]  # the default first
+    assert all(c["config"] in fastest for c in gelu["configs"][1:]) and counts[2] in (3, 4)
     for row in report["v3"]:
         for config in row["configs"]:
             assert "error" not in config, config
