@@ -32,34 +32,30 @@ from kronypt.kernels.tiles import store_output, token_tile
 from kronypt.kernels.tuning import launch, sm_count
 from kronypt.kernels.v3 import expand_store, v3_forward
 
+
+def _cfg(bt: int, ba: int, warps: int, **flags: int) -> triton.Config:
+    """Block sizes of one memory-bound pass (one stage: Triton does not pipeline these loops)."""
+    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, **flags}, num_warps=warps, num_stages=1)
+
+
 # (BLOCK_T, BLOCK_A, warps): a (BLOCK_T, BLOCK_A, m2) float32 tile per program; small under the interpreter
 # so that the test shapes span several programs along both axes.
-EXPAND = triton.Config({"BLOCK_T": 16, "BLOCK_A": 16} if INTERPRET else {"BLOCK_T": 32, "BLOCK_A": 64},
-                       num_warps=8, num_stages=1)
-REDUCE = triton.Config({"BLOCK_T": 16, "BLOCK_A": 16, "LOAD_2D": 0} if INTERPRET else
-                       {"BLOCK_T": 32, "BLOCK_A": 64, "LOAD_2D": 0}, num_warps=8, num_stages=1)
-
-
-def _cfg(bt: int, ba: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba}, num_warps=warps, num_stages=stages)
-
+EXPAND = _cfg(16, 16, 8) if INTERPRET else _cfg(32, 64, 8)
+REDUCE = _cfg(16, 16, 8, LOAD_2D=0) if INTERPRET else _cfg(32, 64, 8, LOAD_2D=0)
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. H100 run 2
 # put the expand pass at ~0.6 TB/s and the reduce pass at ~1.6 TB/s (docs/gpu-notes.md): these vary the
 # tile, the warps and the width of the loads and stores.
 SWEEP = {
-    "expand": [EXPAND, _cfg(64, 64, 8, 1), _cfg(16, 128, 4, 1), _cfg(32, 128, 8, 1), _cfg(64, 128, 8, 1),
-               _cfg(128, 64, 8, 1), _cfg(32, 64, 4, 1)],
+    "expand": [EXPAND, _cfg(64, 64, 8), _cfg(16, 128, 4), _cfg(32, 128, 8), _cfg(64, 128, 8), _cfg(128, 64, 8),
+               _cfg(32, 64, 4)],
     # reduce: tiles without spills (sm_90: 181-205 registers; (64, 64) and (32, 128) spill), each with G
-    # read as 3-D rows of m2 (8-byte loads) or, LOAD_2D, as 2-D rows (16-byte loads) reshaped in registers.
-    # Pipelining stages change nothing here (Triton does not pipeline this loop), so all use 1.
-    "reduce": [REDUCE, *(triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "LOAD_2D": load_2d}, num_warps=warps,
-                                       num_stages=1)
-                         for bt, ba, warps, load_2d in ((16, 64, 4, 0), (16, 128, 8, 0), (32, 64, 8, 1),
-                                                        (16, 128, 8, 1), (16, 64, 4, 1)))],
+    # read as 3-D rows of m2 (8-byte loads) or, LOAD_2D, as 2-D rows (16-byte loads) reshaped in registers
+    "reduce": [REDUCE, _cfg(16, 64, 4, LOAD_2D=0), _cfg(16, 128, 8, LOAD_2D=0), _cfg(32, 64, 8, LOAD_2D=1),
+               _cfg(16, 128, 8, LOAD_2D=1), _cfg(16, 64, 4, LOAD_2D=1)],
     # `expand_joined` (k = 1): 2-D tiles, 16-byte stores
-    "expand_joined": [_cfg(32, 128, 4, 1), _cfg(64, 64, 4, 1), _cfg(64, 128, 8, 1), _cfg(128, 64, 8, 1),
-                      _cfg(32, 256, 8, 1), _cfg(16, 128, 4, 1)],
+    "expand_joined": [_cfg(32, 128, 4), _cfg(64, 64, 4), _cfg(64, 128, 8), _cfg(128, 64, 8), _cfg(32, 256, 8),
+                      _cfg(16, 128, 4)],
 }
 
 

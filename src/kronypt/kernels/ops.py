@@ -30,9 +30,9 @@ from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
 # "auto": version 2 (`kronypt.kernels.gemm_path`: cuBLAS GEMMs + two memory-bound Triton passes) where
 # it applies, except for decode-sized calls, where version 1's single launch is the faster one inside a
 # CUDA graph (run 1: 3.9 µs against 5.2 µs dense); "triton": always version 1; "v3" (opt-in, not yet
-# measured on a GPU): the one-kernel forward of `kronypt.kernels.v3` with version 2's backward where
-# `v3.supports` the shape and there are more than DECODE_TOKENS tokens, else what "auto" runs.
-IMPLS = FUSED_IMPLS
+# measured on a GPU): the one-kernel forward of `kronypt.kernels.v3` with version 2's backward (grad_x of a
+# B with one row on version 3 too) where `v3.supports` the shape and there are more than DECODE_TOKENS
+# tokens, else what "auto" runs. The names are `availability.FUSED_IMPLS`.
 DECODE_TOKENS = 16
 
 
@@ -175,11 +175,12 @@ def kron_linear_fused(
     accumulate in float32. Differentiable in x, A, B, scalars and bias. `impl`: "auto" (version 2 for B
     with one row or column, see `kronypt.kernels.gemm_path`), "triton" (the version-1 kernels always) or
     "v3" (opt-in: the one-kernel forward of `kronypt.kernels.v3` for k = 1, B with one row or column and
-    more than 16 tokens, version 2's backward; anything else runs as "auto").
+    more than 16 tokens, version 2's backward with a one-row B's grad_x on version 3; anything else runs
+    as "auto").
     """
     act = activation_code(activation)
-    if impl not in IMPLS:
-        raise KronyptError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    if impl not in FUSED_IMPLS:
+        raise KronyptError(f"unknown impl {impl!r}; choose one of {', '.join(FUSED_IMPLS)}")
     k, m1, n1 = A.shape
     if B.dim() != 3 or B.shape[0] != k or x.shape[-1] != n1 * B.shape[2]:
         raise KronyptError(f"shapes do not form a Kronecker layer: x {tuple(x.shape)}, A {tuple(A.shape)}, "
