@@ -473,14 +473,19 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
 
 
 def measure_ceilings(device: torch.device, clock: Clock) -> dict:
-    """Device-to-device copy bandwidth and a large bf16 GEMM rate, the two roofline ceilings."""
+    """Device-to-device copy bandwidth and a large bf16 GEMM rate, the two roofline ceilings, plus the copy
+    bandwidth of an 8 MiB buffer that stays in L2 (64 copies replayed from one CUDA graph, so launches do
+    not count): a lower bound on what the L2 term of `roofline.v3_traffic` can be divided by."""
     n = 1 << 28  # 512 MiB of bf16 each way
     src = torch.randn(n, device=device, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
     copy_ms = clock.median_ms(lambda _: dst.copy_(src), [None])
+    small = 1 << 22  # 8 MiB of bf16 each way
+    l2_ms = clock.graph_ms(lambda _: dst[:small].copy_(src[:small]), [None] * 64)
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     gemm_ms = clock.median_ms(lambda _: a @ a, [None])
     return {"copy_tb_per_s": 2 * n * 2 / (copy_ms / 1e3) / 1e12,
+            "l2_copy_tb_per_s": 2 * small * 2 / (l2_ms / 1e3) / 1e12,
             "bf16_gemm_tflops": 2 * 8192**3 / (gemm_ms / 1e3) / 1e12}
 
 

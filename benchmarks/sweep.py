@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_json  # noqa: E402
-from gpu import Clock, LayerCase, _operand_sets, _version  # noqa: E402
+from gpu import Clock, LayerCase, _operand_sets, _version, measure_ceilings  # noqa: E402
 
 from kronypt.kernels import fused_available, kron_linear_fused  # noqa: E402
 from kronypt.kernels.roofline import v3_traffic  # noqa: E402
@@ -327,6 +327,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"fused: {env['fused_available']}", flush=True)
     if not env["fused_available"]:
         raise SystemExit("the fused kernels cannot run here (CUDA >= 8.0 and triton, or TRITON_INTERPRET=1)")
+    if device.type == "cuda":
+        report["ceilings"] = measure_ceilings(device, clock)
+        print(f"ceilings: {report['ceilings']}", flush=True)
     skip = set(filter(None, args.skip.split(",")))
     # most informative first: v3 at 65536 tokens, the profile, the passes, then v3's graphed 8192 cases
     v3_cases = DRY_V3_CASES if args.dry_run else V3_CASES
