@@ -44,7 +44,7 @@ EXPAND = _cfg(16, 16, 8) if INTERPRET else _cfg(32, 64, 8)
 REDUCE = _cfg(16, 16, 8, LOAD_2D=0) if INTERPRET else _cfg(32, 64, 8, LOAD_2D=0)
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. H100 run 2
-# put the expand pass at ~0.6 TB/s and the reduce pass at ~1.6 TB/s (docs/gpu-notes.md): these vary the
+# timings imply ~0.6 TB/s for the expand pass and ~1.6 TB/s for reduce (docs/gpu-notes.md): these vary the
 # tile, the warps and the width of the loads and stores.
 SWEEP = {
     "expand": [EXPAND, _cfg(64, 64, 8), _cfg(16, 128, 4), _cfg(32, 128, 8), _cfg(64, 128, 8), _cfg(128, 64, 8),
