@@ -47,7 +47,7 @@ def test_plan_table_and_enumeration(capsys):
     assert code == 0 and any(r["factors"] == 4 and not r["compresses"] for r in rows)
 
 
-def test_compress_info_generate_export_round_trip(capsys, tiny_dir, tmp_path):
+def test_compress_info_generate_export_round_trip(capsys, tiny_dir, tmp_path, monkeypatch):
     out_dir = tmp_path / "k"
     code, out, _ = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--factors", "2", "--scalars",
                        "--out", str(out_dir), "--json")
@@ -63,6 +63,14 @@ def test_compress_info_generate_export_round_trip(capsys, tiny_dir, tmp_path):
 
     code, out, _ = run(capsys, "generate", str(out_dir), "--prompt", "The", "--max-new-tokens", "3")
     assert code == 0 and out.startswith("The")
+    # static KV cache + compiled forward (the decode path a GPU replays from CUDA graphs): the same tokens
+    compiles = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiles.append(kw) or real_compile(fn, **kw))
+    code, compiled, _ = run(capsys, "generate", str(out_dir), "--prompt", "The", "--max-new-tokens", "3",
+                            "--compile", "--device", "cpu", "--dtype", "float32")
+    assert code == 0 and compiled == out
+    assert compiles == [{"mode": None, "fullgraph": True, "dynamic": False}]
 
     dense_dir = tmp_path / "d"
     code, _, _ = run(capsys, "export", str(out_dir), "--dense", "--out", str(dense_dir))
@@ -105,6 +113,8 @@ def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_p
     (["compress", "{tiny}", "--target-params", "3300000", "--layers", "0", "--out", "{tmp}/x"], "every MLP"),
     (["plan", "./missing-model"], "does not exist"),
     (["generate", "{tiny}", "--prompt", "x", "--tokenizer", "{tmp}/none"], "does not exist"),
+    (["generate", "{tiny}", "--prompt", "x", "--device", "tpu"], "unknown device"),
+    (["generate", "{tiny}", "--prompt", "x", "--dtype", "float8"], "unknown dtype"),
 ])
 def test_bad_input_gives_one_line_errors(capsys, tiny_dir, tmp_path, args, pattern):
     args = [a.format(tiny=tiny_dir, tmp=tmp_path) for a in args]
