@@ -370,18 +370,8 @@ def _prefill_tokens_per_s(model, clock: Clock, batch: torch.Tensor, graphed: boo
         model(input_ids=batch, use_cache=False, **keep)
 
     with torch.no_grad():
-        if not graphed:
-            return batch.numel() / (clock.median_ms(forward, [None]) / 1e3)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm up (kernels compiled, library handles) outside the capture
-            for _ in range(3):
-                forward(None)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            forward(None)
-        return batch.numel() / (clock.median_ms(lambda _: graph.replay(), [None]) / 1e3)
+        ms = clock.graph_ms(forward, [None]) if graphed else clock.median_ms(forward, [None])
+    return batch.numel() / (ms / 1e3)
 
 
 def _decode_ms(model, clock: Clock, context: int, graphed: bool) -> float:
