@@ -76,7 +76,11 @@ def cli_args(settings: dict) -> list[str]:
     """`kronypt train` flags for flat settings (every setting used here has its own flag)."""
     args = []
     for key, value in settings.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):  # switches: --scalars / --no-scalars
+            args.append(f"--{flag}" if value else f"--no-{flag}")
+        elif value is not None:
+            args += [f"--{flag}", str(value)]
     return args
 
 

@@ -49,6 +49,8 @@ def train(
     eval_batches: Annotated[int | None, Opt(help="Validation micro-batches per evaluation.")] = None,
     eval_wikitext: Annotated[str | None, Opt(help="Also log WikiText-2 validation perplexity (krony-pt protocol): "
                                                   "a folder laid out like ../shared/data, or 'hub'.")] = None,
+    eval_wikitext_tokens: Annotated[int | None, Opt(help="Cap on the WikiText-2 tokens scored (quick checks; "
+                                                         "default: the whole split).")] = None,
     save_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
     keep_last: Annotated[int | None, Opt(help="Checkpoints to keep (plus the best on validation).")] = None,
     resume: Annotated[str | None, Opt(help="auto (latest checkpoint in --out, if any), never, or a checkpoint "
@@ -57,6 +59,8 @@ def train(
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:1, ...")] = None,
     precision: Annotated[str | None, Opt(help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32.")] = None,
     compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
+    parallel: Annotated[str | None, Opt(help="Under torchrun: ddp (a full replica per rank) or fsdp (parameters, "
+                                             "gradients and optimizer state sharded over the ranks).")] = None,
     dropout: Annotated[float | None, Opt(help="Override the model's dropout probabilities.")] = None,
     freeze_embeddings: Annotated[bool | None, Opt("--freeze-embeddings/--train-embeddings",
                                                   help="Freeze token and position embeddings.")] = None,
@@ -78,7 +82,8 @@ def train(
 
     Settings come from the recipe (--config) and are overridden by flags. Rerunning the same command
     resumes from the latest checkpoint in --out. SIGTERM / Ctrl-C save a checkpoint and stop. Under
-    `torchrun --nproc_per_node N -m kronypt.cli.main train ...` the same command trains with DDP.
+    `torchrun --nproc_per_node N -m kronypt.cli.main train ...` the same command trains with DDP
+    (or FSDP with --parallel fsdp).
     """
     flags = {name: value for name, value in locals().items() if name in field_locations() and value is not None}
     recipe = TrainConfig.from_yaml(config) if config is not None else TrainConfig()

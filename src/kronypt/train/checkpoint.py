@@ -78,10 +78,12 @@ def load_state(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: dict[str, Any],
-                    val_loss: float | None, keep_last: int, tokenizer_dir: str | Path | None = None) -> Path:
+                    val_loss: float | None, keep_last: int, tokenizer_dir: str | Path | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint atomically, update the best/latest links and drop old checkpoints.
 
-    With `tokenizer_dir`, its tokenizer files go next to the weights, so the model folder stands alone.
+    With `tokenizer_dir`, its tokenizer files go next to the weights, so the model folder stands alone;
+    `weights` replaces the model's own state dict (the full weights of a sharded model).
     """
     root = checkpoint_root(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,7 @@ def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: d
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the training bar
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=weights)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

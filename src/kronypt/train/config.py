@@ -23,6 +23,7 @@ from kronypt.errors import KronyptError
 INIT_FROM = ("dense", "kronypt", "scratch")
 SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "bf16", "fp32")
+PARALLEL = ("ddp", "fsdp")
 NO_DECAY_KINDS = ("bias", "norm", "embedding", "scalars")
 
 
@@ -37,6 +38,7 @@ class TrainArgs:
     log_every: int = 10
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: ddp (a replica per rank) or fsdp (parameters sharded over ranks)
     dropout: float | None = None  # None keeps the model config's dropout
     freeze_embeddings: bool = False
     freeze_scalars: bool = False
@@ -172,6 +174,7 @@ class TrainConfig:
         _choice("init_from", self.init_from, INIT_FROM)
         _choice("schedule", self.optim.schedule, SCHEDULES)
         _choice("precision", self.train.precision, PRECISIONS)
+        _choice("parallel", self.train.parallel, PARALLEL)
         for kind in self.optim.no_decay:
             _choice("no_decay entry", kind, NO_DECAY_KINDS)
         if self.init_from in ("dense", "kronypt") and not self.model:

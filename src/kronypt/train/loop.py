@@ -1,4 +1,4 @@
-"""The trainer: one loop for a CPU, one GPU, or many GPUs under `torchrun` (DDP).
+"""The trainer: one loop for a CPU, one GPU, or many GPUs under `torchrun` (DDP or FSDP).
 
 Each optimizer step reads `tokens_per_step` tokens: every rank runs `accumulation` micro-batches of
 `micro_batch_size` windows of `seq_len` tokens (gradients are synchronised on the last one only), then
@@ -8,6 +8,7 @@ good checkpoint. Launch recipes:
 
     kronypt train --config configs/offline-heal.yaml                          # CPU or one GPU
     torchrun --nproc_per_node 8 -m kronypt.cli.main train --config configs/gpt2-81M.yaml
+    torchrun --nproc_per_node 8 -m kronypt.cli.main train --config configs/gpt2-81M.yaml --parallel fsdp
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
@@ -30,7 +30,7 @@ from kronypt.data.tokens import open_tokens, read_meta, sample_batch, sequential
 from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.models.loading import has_tokenizer
-from kronypt.train import checkpoint, distributed
+from kronypt.train import checkpoint, distributed, parallel
 from kronypt.train.config import TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
 from kronypt.train.metrics import MetricsLog
@@ -133,6 +133,8 @@ class Trainer:
             raise KronyptError(f"seq_len {args.seq_len} exceeds the model's context ({model.config.n_positions})")
         prepare_for_training(model, args)
         self.raw = model.to(device).train()
+        parallel.shard(model, args.parallel, env.enabled)  # before the optimizer: it swaps the parameters
+        self.sharded = parallel.is_sharded(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, config.optim, fused=device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, config.optim, args.max_steps)
@@ -145,11 +147,11 @@ class Trainer:
         self.teacher = load_teacher(config.distill.teacher, model, device) if config.distill.teacher else None
         wikitext = config.eval.eval_wikitext
         self.wikitext = (WikiTextValidation(wikitext, meta, args.seq_len, args.micro_batch_size,
-                                            config.eval.eval_wikitext_tokens) if wikitext and env.is_main else None)
+                                            config.eval.eval_wikitext_tokens)
+                         if wikitext and (env.is_main or self.sharded) else None)  # sharded: every rank runs it
         if args.compile:
             model.compile()
-        self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None
-                                             ) if env.enabled else model
+        self.model = parallel.wrap(model, args.parallel, env.enabled, device)
         if state is not None:  # RNG states last: nothing above may draw from them after this
             self._load_state(state)
         else:
@@ -178,7 +180,7 @@ class Trainer:
         return Path(mode)
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state(self.raw, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data_generator.set_state(state["data_generator"])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
@@ -243,15 +245,14 @@ class Trainer:
         for i, (x, y) in enumerate(zip(inputs.split(args.micro_batch_size), targets.split(args.micro_batch_size),
                                        strict=True)):
             last = i == self.accumulation - 1
-            sync = contextlib.nullcontext() if last or not self.env.enabled else self.model.no_sync()
-            with sync:
+            with parallel.gradient_sync(self.model, last or not self.env.enabled):
                 with self._autocast():
                     loss = self._loss(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
                 (loss / self.accumulation).backward()
             total += loss.item()
         loss_value = distributed.mean_across_ranks([total / self.accumulation], self.device)[0]
         clip = self.config.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf).item()
+        grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             last_good = checkpoint.latest_checkpoint(self.out)
             raise TrainingDiverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
@@ -298,14 +299,18 @@ class Trainer:
         self.raw.eval()
         args = self.config.train
         total = count = 0.0
-        val = sequential_batches(self.val_tokens, args.micro_batch_size, args.seq_len, self.config.eval.eval_batches)
-        for i, (x, y) in enumerate(val):
-            if i % self.env.world_size != self.env.rank:
-                continue
+        val = list(sequential_batches(self.val_tokens, args.micro_batch_size, args.seq_len,
+                                      self.config.eval.eval_batches))
+        world, rank = self.env.world_size, self.env.rank
+        rounds = -(-len(val) // world)  # a sharded model needs every rank in every forward
+        for i in range(rank, rounds * world if self.sharded else len(val), world):
+            x, y = val[min(i, len(val) - 1)]
             with self._autocast():
                 logits = self.raw(input_ids=x.to(self.device)).logits
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(), reduction="sum").item()
-            count += y.numel()
+            if i < len(val):  # a padding round's batch is not counted
+                total += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(),
+                                         reduction="sum").item()
+                count += y.numel()
         self.raw.train()
         total, count = distributed.sum_across_ranks([total, count], self.device)
         return total / count
@@ -317,13 +322,16 @@ class Trainer:
     def save(self, val_loss: float | None) -> None:
         """Checkpoint on rank 0, with every rank's RNG state; all ranks wait until it is on disk."""
         rng = distributed.gather_objects(checkpoint.rng_state())
+        weights = parallel.model_state(self.raw)  # gathered from the shards (collective) when sharded
+        optimizer = (parallel.optimizer_state(self.raw, self.optimizer)
+                     if self.sharded or self.env.is_main else None)
         if self.env.is_main:
             state = {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val_loss,
-                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                      "data_generator": self.data_generator.get_state(), "rng": rng, "world_size": self.env.world_size,
                      "config": self.config.to_dict()}
             checkpoint.save_checkpoint(self.out, self.step, self.raw, state, val_loss, self.config.checkpoint.keep_last,
-                                       self.tokenizer_dir)
+                                       self.tokenizer_dir, weights)
         distributed.barrier()
 
 

@@ -1,0 +1,131 @@
+"""Two CPU processes under torchrun (gloo) train like one process with the same global batch, with DDP
+(replicas) and with FSDP (sharded parameters), and their checkpoints resume anywhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_support import cli_args, scratch_settings, subprocess_env, tiny_gpt2
+from transformers import GPT2LMHeadModel
+
+from kronypt.models import load_model
+from kronypt.nn import KroneckerLinear
+from kronypt.train import TrainConfig, train
+from kronypt.train.checkpoint import list_checkpoints, load_state
+from kronypt.train.metrics import read_metrics
+
+
+def _kronecker_settings(tmp_path: Path, **overrides) -> dict:
+    """A tiny dense GPT-2 compressed on the fly (k = 1, so FSDP shards a size-1 leading dim unevenly)."""
+    dense = tmp_path / "dense"
+    if not dense.exists():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(tiny_gpt2()).save_pretrained(dense)
+    return scratch_settings(tmp_path, init_from="dense", model=str(dense), model_config=None, a_shape="16x8",
+                            init="van-loan", scalars=True, dropout=0.0, micro_batch_size=2,
+                            tokens_per_step=128, eval_every=2, save_every=2, **overrides)
+
+
+def _torchrun(settings: dict, *extra: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "kronypt.cli.main", "train", *cli_args(settings), *extra, "--json"]
+    done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
+    if done.returncode != 0 and "gloo" in done.stderr.lower() and "unavailable" in done.stderr.lower():
+        pytest.skip("gloo is unavailable in this torch build")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _assert_same_records(got: list[dict], expected: list[dict]) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    for mine, ref in zip(got, expected, strict=True):
+        assert mine["tokens"] == ref["tokens"] and mine.keys() == ref.keys()
+        for key in ("loss", "grad_norm", "val_loss"):
+            if key in ref:
+                assert mine[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-5), (key, mine, ref)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_match_one_process_and_resume_on_one(tmp_path: Path, strategy: str) -> None:
+    # 4 sequences per step: one process runs 2 micro-batches of 2, each of the two ranks runs one.
+    settings = _kronecker_settings(tmp_path)
+    single = train(TrainConfig().with_overrides({**settings, "max_steps": 6, "out": str(tmp_path / "single")}),
+                   progress=False)
+    multi = tmp_path / strategy
+    _torchrun({**settings, "max_steps": 4, "out": str(multi), "parallel": strategy})
+
+    reference = read_metrics(tmp_path / "single" / "metrics.jsonl")
+    _assert_same_records(read_metrics(multi / "metrics.jsonl"), reference[:5])  # rank 0 logs, once per step
+    assert [p.name for p in list_checkpoints(multi)] == ["step-00000002", "step-00000004"]
+
+    model_dir, state = load_state(multi / "latest")
+    assert state["world_size"] == 2 and all(isinstance(key, str) for key in state["optimizer"]["state"])
+    saved = load_model(str(model_dir))  # a plain Hugging Face folder, whatever the strategy
+    assert any(isinstance(m, KroneckerLinear) for m in saved.modules())
+
+    # The 2-rank checkpoint resumes in one process and ends where the single run ended.
+    resumed = train(TrainConfig().with_overrides({**settings, "max_steps": 6, "out": str(multi)}), progress=False)
+    assert (resumed.step, single.step) == (6, 6)
+    _assert_same_records(read_metrics(multi / "metrics.jsonl"), reference)
+    straight = load_file(tmp_path / "single" / "latest" / "model" / "model.safetensors")
+    again = load_file(multi / "latest" / "model" / "model.safetensors")
+    assert straight.keys() == again.keys()
+    for key in straight:
+        torch.testing.assert_close(again[key], straight[key], rtol=1e-4, atol=1e-5)
+
+
+def test_one_process_checkpoint_resumes_sharded(tmp_path: Path) -> None:
+    settings = {**_kronecker_settings(tmp_path), "tokens_per_step": 256}  # 2 ranks x 2 accumulated micro-batches
+    train(TrainConfig().with_overrides({**settings, "max_steps": 4, "out": str(tmp_path / "single")}),
+          progress=False)
+    out = tmp_path / "resumed"
+    train(TrainConfig().with_overrides({**settings, "max_steps": 2, "out": str(out)}), progress=False)
+    _torchrun({**settings, "max_steps": 4, "out": str(out), "parallel": "fsdp"})
+    _assert_same_records(read_metrics(out / "metrics.jsonl"), read_metrics(tmp_path / "single" / "metrics.jsonl"))
+
+
+def test_unknown_strategy_is_refused(tmp_path: Path) -> None:
+    config = TrainConfig().with_overrides({**_kronecker_settings(tmp_path), "parallel": "zero3"})
+    with pytest.raises(Exception, match="unknown parallel 'zero3'; choose one of ddp, fsdp"):
+        config.validate()
+
+
+SHARD_REPORT = """
+import json, sys
+from pathlib import Path
+from test_train_distributed import _kronecker_settings
+from kronypt.train import TrainConfig, distributed
+from kronypt.train.loop import Trainer
+
+tmp = Path(sys.argv[1])
+config = TrainConfig().with_overrides({**_kronecker_settings(tmp), "parallel": "fsdp", "out": str(tmp / "o")})
+env, device = distributed.setup("cpu")
+trainer = Trainer(config, env, device)
+local = {name: p.to_local().numel() for name, p in trainer.raw.named_parameters()}
+full = {name: p.numel() for name, p in trainer.raw.named_parameters()}
+(tmp / f"report-{env.rank}.json").write_text(json.dumps({"local": local, "full": full}))
+distributed.teardown()
+"""
+
+
+def test_fsdp_gives_every_rank_a_share_of_every_matrix(tmp_path: Path) -> None:
+    _kronecker_settings(tmp_path)  # the dense folder and tokens, made once here
+    script = tmp_path / "report.py"
+    script.write_text(SHARD_REPORT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(tmp_path)]
+    done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"report-{rank}.json").read_text()) for rank in (0, 1)]
+    full = reports[0]["full"]
+    assert any(name.endswith("c_fc.A") for name in full)
+    for name, size in full.items():
+        held = [r["local"][name] for r in reports]
+        assert sum(held) == size, name  # the shards tile the parameter
+        if name.endswith((".A", ".B", ".weight")) and size >= 2:  # including k = 1 factors (1, m, n)
+            assert min(held) > 0, (name, held)
