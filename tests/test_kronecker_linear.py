@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kronypt.errors import KronyptError
 from kronypt.math.decompose import kron_reconstruct
@@ -36,7 +37,7 @@ def reference(layer, x):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("k,scalars,bias", [(1, False, True), (3, True, True), (2, False, False)])
+@pytest.mark.parametrize("k,scalars,bias", [(1, False, True), (1, True, False), (3, True, True), (2, False, False)])
 def test_every_path_matches_dense_values_and_gradients_float32(path, shape, k, scalars, bias):
     in_f, out_f, a_shape = shape
     layer = make_layer(in_f, out_f, a_shape, k, scalars, bias)
@@ -162,3 +163,43 @@ def test_fused_impl_is_checked_when_set():
     assert layer.fused_impl == "v3"
     with pytest.raises(KronyptError, match="unknown fused implementation 'cuda'"):
         layer.fused_impl = "cuda"
+
+
+class _RecordOps(TorchDispatchMode):
+    """The aten operators a call runs, views left out: each is a kernel launch on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and name != "_unsafe_view":
+            self.kernels.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("shape", [(16, 64, (16, 16)), (64, 16, (16, 16))])  # B a column (c_fc), a row (c_proj)
+@pytest.mark.parametrize("scalars", [False, True])
+def test_single_term_vector_b_decode_is_two_kernels(shape, scalars):
+    # Eager decoding pays per launched operator: the 81M-like shapes run one GEMM against A and one
+    # fused broadcast (plus scaling the vector B when there are scalars), as a dense layer runs one GEMM.
+    in_f, out_f, a_shape = shape
+    layer = make_layer(in_f, out_f, a_shape, 1, scalars, True)
+    x = torch.randn(1, 1, in_f)
+    with torch.no_grad(), _RecordOps() as record:
+        y = layer(x)
+    assert layer.path_for(x).startswith("factored")
+    assert len(record.kernels) == 2 + scalars, record.kernels
+    torch.testing.assert_close(y.double(), reference(layer, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_resolved_paths_are_remembered_per_setting():
+    layer = make_layer(16, 64, (16, 16), 1, False, True)
+    x = torch.randn(4, 16)
+    assert layer.path_for(x) == "factored_a_first"
+    layer.path = "materialised"  # the setting is part of what is remembered
+    assert layer.path_for(x) == "materialised"
+    layer.path = "auto"
+    assert layer.path_for(x) == "factored_a_first"
+    assert layer.path_for(torch.randn(100_000, 16)) == choose_path(layer.shape, 1, 100_000, training=False)

@@ -31,6 +31,8 @@ def kron_linear_factored(
     """Apply the Kronecker layer without building W, contracting A first or B first."""
     k, m1, n1 = A.shape
     _, m2, n2 = B.shape
+    if k == 1 and (n2 == 1 if order == "a_first" else m2 == 1):
+        return _single_term_vector_b(x, A, B, scalars, bias, order)
     lead = x.shape[:-1]
     t = x.reshape(-1, n1 * n2)
     T = t.shape[0]
@@ -60,6 +62,25 @@ def kron_linear_factored(
     if bias is not None:
         y = y + bias
     return y.view(*lead, m1 * m2)
+
+
+def _single_term_vector_b(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,
+                          bias: torch.Tensor | None, order: Order) -> torch.Tensor:
+    """k = 1 with B a column (A first) or a row (B first): the 81M/86M/96M c_fc and c_proj shapes.
+
+    Then no reshuffle is needed at all, only one GEMM against A and one broadcast with the vector B: a
+    handful of operators per call, which is what eager decoding pays for (one token per call).
+    """
+    _, m1, n1 = A.shape
+    b = B.reshape(-1)  # the m2 (column) or n2 (row) entries of B
+    if scalars is not None:  # scaling the vector is cheaper than scaling A
+        b = b * scalars.to(b.dtype)
+    if order == "a_first":  # y[..., a, j] = (x·A_0ᵀ)[..., a] · s·B[j, 0] + bias
+        z = F.linear(x, A[0]).unsqueeze(-1)
+        y = z * b if bias is None else torch.addcmul(bias.view(m1, -1), z, b)
+        return y.flatten(-2)
+    # y[..., a] = Σ_c A_0[a, c] · (Σ_d x[..., c, d] · s·B[0, d]) + bias
+    return F.linear(x.unflatten(-1, (n1, -1)) @ b, A[0], bias)
 
 
 def kron_linear_materialised(

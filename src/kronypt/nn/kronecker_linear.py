@@ -152,14 +152,26 @@ class KroneckerLinear(nn.Module):
 
         `tensor_cores`: the matmuls run on CUDA tensor cores; `fused`: the fused Triton kernels can run.
         """
-        if self.path == "auto":
+        if self.path not in ("auto", "factored"):
+            return self.path
+        key = (self.path, tokens, training, tensor_cores, fused)
+        if torch.compiler.is_compiling():  # traced once per graph: no cache to mutate inside it
+            return self._resolve(*key)
+        # Eager decoding asks this once per layer and token: remember the answers (a few per model).
+        cache = self.__dict__.setdefault("_resolved", {})
+        if key not in cache:
+            if len(cache) >= 256:  # many distinct prefill lengths: start over rather than grow
+                cache.clear()
+            cache[key] = self._resolve(*key)
+        return cache[key]
+
+    def _resolve(self, path: str, tokens: int, training: bool, tensor_cores: bool, fused: bool) -> str:
+        if path == "auto":
             if fused and fused_wins(self.shape, self.factors, tokens, training):
                 return "fused"
             return choose_path(self.shape, self.factors, tokens, training, tensor_cores=tensor_cores)
-        if self.path == "factored":
-            costs = path_costs(self.shape, self.factors, tokens, training)
-            return "factored_a_first" if costs.factored_a_first <= costs.factored_b_first else "factored_b_first"
-        return self.path
+        costs = path_costs(self.shape, self.factors, tokens, training)
+        return "factored_a_first" if costs.factored_a_first <= costs.factored_b_first else "factored_b_first"
 
     def path_for(self, x: torch.Tensor) -> str:
         """The concrete path a call on `x` takes now (depends on grad mode, device and dtype)."""
