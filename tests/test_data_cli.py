@@ -68,7 +68,7 @@ BAD_INPUTS = {
     "fraction and val input": (["--input", str(SHAKESPEARE), "--val-fraction", "0.1", "--val-input",
                                 str(GUTENBERG_VAL)], "either"),
     "unquoted glob": (["--input", str(SHAKESPEARE), str(GUTENBERG_VAL)], "quote globs"),
-    "one document": (["--input", str(SHAKESPEARE), "--val-fraction", "0.1"], "whole documents"),
+    "val fraction of 1": (["--input", str(SHAKESPEARE), "--val-fraction", "1"], "must be in"),
     "non-empty out": (["--input", str(SHAKESPEARE), "--val-fraction", "0", "--out", "{tmp}"], "--force"),
     "unknown tokenizer": (["--input", str(SHAKESPEARE), "--tokenizer", "gpt9"], "tiktoken encoding"),
     "no datasets package": (["--hf-dataset", "openwebtext"], "kronypt[data]"),

@@ -146,12 +146,25 @@ def test_output_does_not_depend_on_workers(tmp_path: Path, monkeypatch: pytest.M
     assert serial["splits"]["val"]["documents"] == round(0.05 * (6 + 150 + 1))
 
 
-def test_val_fraction_needs_two_documents(tmp_path: Path) -> None:
-    with pytest.raises(KronyptError, match="whole documents"):
-        prepare([SHAKESPEARE], tmp_path / "out", val_fraction=0.1)
+def test_a_single_document_is_split_by_tokens(tmp_path: Path) -> None:
+    # One plain text file is one document: its last 10% of tokens become the validation split.
+    meta = prepare([SHAKESPEARE], tmp_path / "out", val_fraction=0.1)
+    whole = prepare([SHAKESPEARE], tmp_path / "whole", val_fraction=0)
+    stream = np.fromfile(tmp_path / "whole" / "train.bin", dtype=np.uint16)
+    train = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)
+    val = np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16)
+    assert np.array_equal(np.concatenate([train, val]), stream)
+    assert len(val) == round(0.1 * len(stream)) and val[-1] == meta["eot_token"]
+    assert meta["val_split"] == {"method": "tail", "fraction": 0.1}
+    assert {s: meta["splits"][s]["tokens"] for s in ("train", "val")} == {"train": len(train), "val": len(val)}
+    assert meta["splits"]["train"]["documents"] == meta["splits"]["val"]["documents"] == 1  # a part in each
+    assert meta["inputs"][0]["tokens"] == whole["inputs"][0]["tokens"] == len(stream)
+
+
+def test_bad_val_fraction_is_refused_before_the_folder_is_touched(tmp_path: Path) -> None:
     with pytest.raises(KronyptError, match=r"\[0, 1\)"):
         prepare([SHAKESPEARE], tmp_path / "out", val_fraction=1.0)
-    assert not (tmp_path / "out").exists()  # bad input is refused before the folder is touched
+    assert not (tmp_path / "out").exists()
 
 
 def test_interrupted_run_leaves_no_complete_looking_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,7 +30,8 @@ def prepare(
                              "`data` extra.")] = None,
     val_fraction: Annotated[float | None, typer.Option(
         "--val-fraction", help="Share of whole documents held out for validation, chosen with --seed "
-                               f"(default {DEFAULT_VAL_FRACTION}).")] = None,
+                               f"(default {DEFAULT_VAL_FRACTION}); from a single document (one plain text "
+                               "file), that share of its tokens, taken from the end.")] = None,
     val_inputs: Annotated[list[str] | None, typer.Option(
         "--val-input", help="Validation file or quoted glob (instead of --val-fraction); repeat for more.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --val-fraction document choice.")] = 0,

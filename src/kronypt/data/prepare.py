@@ -64,7 +64,9 @@ def prepare_tokens(
 
     Validation: every document of `val_inputs` if given; otherwise a seeded random choice of
     round(val_fraction × documents) whole documents of `inputs` (at least one, and at least one left for
-    training, when val_fraction > 0). `val_fraction=0` without `val_inputs` writes an empty val.bin.
+    training, when val_fraction > 0), or, when the inputs hold a single document (one plain text file such
+    as tiny Shakespeare), its last round(val_fraction × tokens) tokens, as nanoGPT's character-level
+    recipes split their one file. `val_fraction=0` without `val_inputs` writes an empty val.bin.
     `tokenizer` is a tokenizer folder or a tiktoken encoding name (see `kronypt.data.tokenizer`).
     `progress` shows tqdm bars on stderr when it is a terminal.
     """
@@ -79,7 +81,8 @@ def prepare_tokens(
     sources = [*inputs, *val_inputs]
     counts = [_count_documents(source, progress) for source in sources]
     n_train = sum(counts[: len(inputs)])
-    val_docs = set() if val_inputs else _choose_val_documents(n_train, val_fraction, seed)
+    tail = not val_inputs and val_fraction > 0 and n_train == 1  # one document: split it by tokens
+    val_docs = set() if val_inputs or tail else _choose_val_documents(n_train, val_fraction, seed)
     if n_train - len(val_docs) == 0:
         raise KronyptError("the training inputs hold no documents")
     if val_inputs and sum(counts[len(inputs):]) == 0:
@@ -87,10 +90,10 @@ def prepare_tokens(
 
     done = _Counts(dict.fromkeys(SPLITS, 0), [{"documents": 0, "tokens": 0} for _ in sources])
     with TokenFolderWriter(Path(out_dir), force) as writer:
-        batches = _batches(sources, len(inputs), val_docs)
+        batches = _batches(sources, len(inputs), val_docs, tail)
         with tqdm(total=sum(counts), unit="doc", desc="tokenising", disable=None if progress else True) as bar:
             for batch, encoded in _encode(batches, tokenizer, workers):
-                _write_batch(writer, batch, encoded, done)
+                _write_batch(writer, batch, encoded, done, val_fraction)
                 bar.update(len(batch.texts))
                 bar.set_postfix(tokens=f"{sum(writer.tokens.values()):,}")
         meta = {
@@ -103,8 +106,8 @@ def prepare_tokens(
             "eot_token": eot_token(encoding),
             "splits": {split: {"file": f"{split}.bin", "tokens": writer.tokens[split],
                                "documents": done.split_documents[split]} for split in SPLITS},
-            "val_split": ({"method": "inputs"} if val_inputs else
-                          {"method": "documents", "fraction": val_fraction, "seed": seed}),
+            "val_split": ({"method": "inputs"} if val_inputs else {"method": "tail", "fraction": val_fraction}
+                          if tail else {"method": "documents", "fraction": val_fraction, "seed": seed}),
             "inputs": [{**source.describe(), "role": "input" if i < len(inputs) else "val_input",
                         **done.per_input[i]} for i, source in enumerate(sources)],
         }
@@ -130,15 +133,17 @@ def _choose_val_documents(n_documents: int, fraction: float, seed: int) -> set[i
     return set(rng.choice(n_documents, size=size, replace=False).tolist())
 
 
-def _batches(sources: Sequence[DocumentSource], n_train_sources: int, val_docs: set[int]) -> Iterator[_Batch]:
-    """All documents in input order, grouped into batches of about BATCH_CHARS characters."""
+def _batches(sources: Sequence[DocumentSource], n_train_sources: int, val_docs: set[int],
+             tail: bool = False) -> Iterator[_Batch]:
+    """All documents in input order, grouped into batches of about BATCH_CHARS characters; with `tail`,
+    the training documents (there is one) go to split "tail", cut between train and val when written."""
     batch = _Batch([], [], [])
     size = 0
     train_index = 0
     for source_index, source in enumerate(sources):
         for text in source.documents():
             if source_index < n_train_sources:
-                split = "val" if train_index in val_docs else "train"
+                split = "tail" if tail else "val" if train_index in val_docs else "train"
                 train_index += 1
             else:
                 split = "val"
@@ -184,12 +189,20 @@ def _encode_batch(tokenizer: str, texts: list[str]) -> Encoded:
     return encode_documents(load_encoding(tokenizer), texts)
 
 
-def _write_batch(writer: TokenFolderWriter, batch: _Batch, encoded: Encoded, done: _Counts) -> None:
+def _write_batch(writer: TokenFolderWriter, batch: _Batch, encoded: Encoded, done: _Counts,
+                 val_fraction: float = 0.0) -> None:
     tokens, lengths = encoded
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     for i, (source_index, split) in enumerate(zip(batch.inputs, batch.splits, strict=True)):
-        writer.write(split, tokens[offsets[i]: offsets[i + 1]])
-        done.split_documents[split] += 1
+        document = tokens[offsets[i]: offsets[i + 1]]
+        if split == "tail":  # the last val_fraction of the tokens (at least one each side) is validation
+            cut = len(document) - min(max(round(val_fraction * len(document)), 1), len(document) - 1)
+            pieces = {"train": document[:cut], "val": document[cut:]}
+        else:
+            pieces = {split: document}
+        for name, piece in pieces.items():
+            writer.write(name, piece)
+            done.split_documents[name] += 1  # a split document counts once in each split
         done.per_input[source_index]["documents"] += 1
         done.per_input[source_index]["tokens"] += int(lengths[i])
 
