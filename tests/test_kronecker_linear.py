@@ -1,3 +1,6 @@
+import copy
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -203,3 +206,7 @@ def test_resolved_paths_are_remembered_per_setting():
     layer.path = "auto"
     assert layer.path_for(x) == "factored_a_first"
     assert layer.path_for(torch.randn(100_000, 16)) == choose_path(layer.shape, 1, 100_000, training=False)
+    assert layer.__dict__["_resolved"]
+    copied = copy.deepcopy(layer)  # copies and pickles start without remembered answers
+    assert "_resolved" not in copied.__dict__ and copied.path_for(x) == "factored_a_first"
+    assert "_resolved" not in pickle.loads(pickle.dumps(layer)).__dict__

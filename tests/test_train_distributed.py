@@ -16,7 +16,7 @@ from transformers import GPT2LMHeadModel
 
 from kronypt.models import load_model
 from kronypt.nn import KroneckerLinear
-from kronypt.train import TrainConfig, train
+from kronypt.train import TrainConfig, parallel, train
 from kronypt.train.checkpoint import list_checkpoints, load_state
 from kronypt.train.metrics import read_metrics
 
@@ -103,7 +103,8 @@ from kronypt.train import TrainConfig, distributed
 from kronypt.train.loop import Trainer
 
 tmp = Path(sys.argv[1])
-config = TrainConfig().with_overrides({**_kronecker_settings(tmp), "parallel": "fsdp", "out": str(tmp / "o")})
+config = TrainConfig().with_overrides({**_kronecker_settings(tmp), "parallel": "fsdp", "out": str(tmp / "o"),
+                                      "tokens_per_step": None})  # one micro-batch per rank, any count
 env, device = distributed.setup("cpu")
 trainer = Trainer(config, env, device)
 local = {name: p.to_local().numel() for name, p in trainer.raw.named_parameters()}
@@ -113,19 +114,36 @@ distributed.teardown()
 """
 
 
-def test_fsdp_gives_every_rank_a_share_of_every_matrix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_fsdp_shards_tile_every_parameter(tmp_path: Path, ranks: int) -> None:
+    # 2 ranks: every dimension of the 16x8 / 8x4 factors divides evenly, so every rank holds a share of
+    # every matrix, k = 1 factors (1, m, n) included. 3 ranks: none does, and FSDP2 cuts unevenly only
+    # along the first dimension: the run must still start, with the shares tiling each parameter.
     _kronecker_settings(tmp_path)  # the dense folder and tokens, made once here
     script = tmp_path / "report.py"
     script.write_text(SHARD_REPORT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
                str(script), str(tmp_path)]
     done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"report-{rank}.json").read_text()) for rank in (0, 1)]
+    reports = [json.loads((tmp_path / f"report-{rank}.json").read_text()) for rank in range(ranks)]
     full = reports[0]["full"]
     assert any(name.endswith("c_fc.A") for name in full)
     for name, size in full.items():
         held = [r["local"][name] for r in reports]
         assert sum(held) == size, name  # the shards tile the parameter
-        if name.endswith((".A", ".B", ".weight")) and size >= 2:  # including k = 1 factors (1, m, n)
+        if ranks == 2 and name.endswith((".A", ".B", ".weight")) and size >= 2:
             assert min(held) > 0, (name, held)
+
+
+@pytest.mark.parametrize("ranks", [3, 4, 8])
+@pytest.mark.parametrize("shape", [(1, 768, 768), (1, 4, 1), (1, 1, 4), (1, 2, 1), (4, 256, 64), (1, 3, 3)])
+def test_factor_placement_only_cuts_unevenly_along_the_first_dimension(monkeypatch, ranks, shape):
+    # The 81M / 96M-prune / 92M-4 / MF2 factor shapes at the usual rank counts (FSDP2 refuses an uneven cut
+    # of any other dimension, so those must divide by the number of ranks).
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: ranks)
+    placement = parallel._placement(torch.nn.Parameter(torch.empty(shape)))
+    if placement is None:
+        return  # FSDP's default: the first dimension, any size
+    assert placement.dim > 0 and shape[placement.dim] % ranks == 0
+    assert shape[0] < ranks  # only moved off the first dimension when it is too short

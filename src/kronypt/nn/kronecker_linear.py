@@ -165,6 +165,13 @@ class KroneckerLinear(nn.Module):
             cache[key] = self._resolve(*key)
         return cache[key]
 
+    def __getstate__(self) -> dict:
+        """Pickled and deep-copied without the remembered paths: they depend on tables a newer version
+        (or a test) may change."""
+        state = super().__getstate__().copy()
+        state.pop("_resolved", None)
+        return state
+
     def _resolve(self, path: str, tokens: int, training: bool, tensor_cores: bool, fused: bool) -> str:
         if path == "auto":
             if fused and fused_wins(self.shape, self.factors, tokens, training):

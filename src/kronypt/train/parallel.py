@@ -49,12 +49,15 @@ def shard(model: nn.Module, strategy: str, enabled: bool) -> None:
 
 
 def _placement(param: nn.Parameter) -> Shard | None:
-    """Shard on the first dimension (FSDP's default) unless it is shorter than the number of ranks, as the
-    factor count k of Kronecker factors (k, m, n) is: then on the longest, so every rank holds a share."""
+    """Where to cut a parameter into shards: the first dimension (FSDP's default, `None`) unless it is
+    shorter than the number of ranks, as the factor count k of Kronecker factors (k, m, n) is; then the
+    longest other dimension that divides evenly (FSDP2 allows uneven shards on the first dimension only).
+    With none, the first dimension after all: some ranks then hold none of that parameter."""
     world = torch.distributed.get_world_size()
     if param.ndim == 0 or param.shape[0] >= world:
         return None
-    return Shard(max(range(param.ndim), key=lambda dim: param.shape[dim]))
+    even = [dim for dim in range(1, param.ndim) if param.shape[dim] % world == 0]
+    return Shard(max(even, key=lambda dim: param.shape[dim])) if even else None
 
 
 def wrap(model: nn.Module, strategy: str, enabled: bool, device: torch.device) -> nn.Module:
