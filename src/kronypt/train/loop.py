@@ -146,9 +146,7 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if bf16 else None
         self.teacher = load_teacher(config.distill.teacher, model, device) if config.distill.teacher else None
         wikitext = config.eval.eval_wikitext
-        self.wikitext = (WikiTextValidation(wikitext, meta, args.seq_len, args.micro_batch_size,
-                                            config.eval.eval_wikitext_tokens)
-                         if wikitext and (env.is_main or self.sharded) else None)  # sharded: every rank runs it
+        self.wikitext = _wikitext_validation(config, meta, env) if wikitext else None
         if args.compile:
             model.compile()
         self.model = parallel.wrap(model, args.parallel, env.enabled, device)
@@ -286,11 +284,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def validate(self) -> dict[str, float]:
-        """{"val_loss": ...} on val.bin, plus "wikitext2_val_ppl" (rank 0) when configured."""
+        """{"val_loss": ...} on val.bin, plus "wikitext2_val_ppl" when configured (all ranks take part)."""
         scores = {"val_loss": self.val_loss()}
         if self.wikitext is not None:
             with self._autocast():
-                scores["wikitext2_val_ppl"] = self.wikitext(self.raw)
+                scores["wikitext2_val_ppl"] = self.wikitext(self.raw, self.env.rank, self.env.world_size)
         return scores
 
     @torch.no_grad()
@@ -342,6 +340,17 @@ def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrain
         return saved
     model.load_state_dict(saved.state_dict())
     return model
+
+
+def _wikitext_validation(config: TrainConfig, meta: dict[str, Any], env: distributed.DistEnv) -> WikiTextValidation:
+    """Rank 0 reads and tokenises WikiText first (a hub download happens once), then the other ranks."""
+    def build() -> WikiTextValidation:
+        return WikiTextValidation(config.eval.eval_wikitext, meta, config.train.seq_len,
+                                  config.train.micro_batch_size, config.eval.eval_wikitext_tokens)
+
+    validation = build() if env.is_main else None
+    distributed.barrier()
+    return validation if validation is not None else build()
 
 
 def _tokenizer_dir(config: TrainConfig, meta: dict[str, Any]) -> Path | None:

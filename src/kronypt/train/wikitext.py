@@ -3,6 +3,9 @@
 Uses the `krony-pt` protocol (non-overlapping windows of the training `seq_len`, the paper's metric) on the
 WikiText-2 *validation* split, tokenised once with the tokenizer recorded in the data folder's meta.json.
 It is logged as `wikitext2_val_ppl` for information; the best checkpoint is still chosen on val.bin loss.
+Under `torchrun` the windows are shared out over the ranks (every rank runs the same number of forward
+passes, which a sharded model needs) and the per-token scores are gathered, so the number is the one a
+single process computes.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import torch
 
 from kronypt.errors import KronyptError
+from kronypt.eval.scoring import score_requests
 from kronypt.models import load_tokenizer
+from kronypt.train import distributed
 
 
 class WikiTextValidation:
@@ -25,11 +30,24 @@ class WikiTextValidation:
         self.plan = plan_eval(tokenizer, "wikitext2", "krony-pt", seq_len, split="validation",
                               data_dir=None if source == "hub" else source, max_tokens=max_tokens)
 
-    def __call__(self, model: torch.nn.Module) -> float:
-        from kronypt.eval import run_plan
-
-        metrics, _ = run_plan(model, self.plan, self.batch_size, progress=False)
-        return metrics["perplexity"]
+    def __call__(self, model: torch.nn.Module, rank: int = 0, world_size: int = 1) -> float:
+        """The perplexity, computed together by all `world_size` ranks (each must call this)."""
+        requests = self.plan.requests
+        mine = list(range(rank, len(requests), world_size))
+        rounds = -(-len(requests) // world_size)
+        padded = mine + mine[-1:] * (rounds - len(mine)) if mine else [0] * rounds  # same work on every rank
+        was_training = model.training
+        model.eval()
+        try:
+            run = score_requests(model, self.plan.sequences, [requests[i] for i in padded], self.batch_size,
+                                 progress=False)
+        finally:
+            model.train(was_training)
+        scores = [None] * len(requests)
+        for part in distributed.gather_objects(list(zip(mine, run.scores[:len(mine)], strict=True))):
+            for index, score in part:
+                scores[index] = score
+        return self.plan.summarize(scores)["perplexity"]
 
 
 def _tokenizer_source(meta: dict) -> str:
