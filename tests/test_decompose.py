@@ -120,6 +120,13 @@ def test_random_init_has_the_requested_entry_std():
     assert W.std().item() == pytest.approx(0.02, rel=0.05)
 
 
+def test_random_init_measures_its_error_against_the_replaced_weight():
+    W = torch.randn(24, 16, dtype=torch.float64) * 0.02
+    dec = random_init(24, 16, (6, 4), k=2, generator=torch.Generator().manual_seed(0), weight=W)
+    expected = relative_error(W, kron_reconstruct(dec.A.double(), dec.B.double(), dec.scalars.double()))
+    assert dec.rel_error == pytest.approx(expected, rel=1e-6) and dec.rel_error > 1.0  # ≈ √2: unrelated
+
+
 def test_bad_factor_counts_are_refused():
     W = torch.randn(8, 8)
     with pytest.raises(KronyptError, match="at least 1"):

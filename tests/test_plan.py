@@ -2,7 +2,7 @@ import pytest
 
 from kronypt.errors import KronyptError
 from kronypt.models.family import family_config
-from kronypt.plan import SCHEMES, dense_params, pick_for_target, plan_row, plan_rows, resolve_scheme
+from kronypt.plan import SCHEMES, canonical_scheme, dense_params, pick_for_target, plan_row, plan_rows, resolve_scheme
 
 # SPEC §2, verbatim: name -> (A of c_fc, B, k, per-matrix params, model params)
 SPEC_TABLE = {
@@ -58,6 +58,12 @@ def test_target_params_never_picks_a_non_compressing_scheme():
     assert pick_for_target(config, 81_972_576).model_params == 81_972_576
 
 
+def test_target_ties_go_to_the_named_scheme():
+    # A 4x1 with B 768x768 has 81M's counts, rank and FLOPs too; the paper's 81M is the larger A.
+    row = pick_for_target(family_config("gpt2"), 85_000_000)
+    assert (row.name, row.a_shape, row.b_shape) == ("81M", (768, 768), (4, 1))
+
+
 def test_target_below_the_smallest_scheme_is_refused():
     with pytest.raises(KronyptError, match="smallest"):
         pick_for_target(family_config("gpt2"), 1_000)
@@ -67,6 +73,7 @@ def test_unknown_scheme_lists_the_names():
     with pytest.raises(KronyptError, match="81M.*96M-prune"):
         resolve_scheme("80M")
     assert resolve_scheme("67m alt") == ((128, 64), 1)
+    assert canonical_scheme(" 96m prune") == "96M-prune"
 
 
 def test_names_belong_to_gpt2_124m_widths_only():

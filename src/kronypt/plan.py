@@ -74,12 +74,18 @@ def scheme_names() -> list[str]:
     return list(SCHEMES)
 
 
-def resolve_scheme(name: str) -> tuple[tuple[int, int], int]:
-    """(A shape of c_fc, factors) of a named scheme; names are case-insensitive."""
-    for key, value in SCHEMES.items():
-        if key.lower() == name.lower() or key.lower().replace("-", " ") == name.lower():
-            return value
+def canonical_scheme(name: str) -> str:
+    """The SCHEMES key a user's spelling names: case-insensitive, a space may stand for the hyphen."""
+    wanted = name.strip().lower().replace(" ", "-")
+    for key in SCHEMES:
+        if key.lower() == wanted:
+            return key
     raise KronyptError(f"unknown scheme {name!r}; choose one of {', '.join(SCHEMES)}")
+
+
+def resolve_scheme(name: str) -> tuple[tuple[int, int], int]:
+    """(A shape of c_fc, factors) of a named scheme (any spelling `canonical_scheme` accepts)."""
+    return SCHEMES[canonical_scheme(name)]
 
 
 def scheme_name(a_shape: tuple[int, int], factors: int) -> str | None:
@@ -113,7 +119,9 @@ def pick_for_target(config: GPT2Config, target_params: int, factors: int = 1,
                     scalars: bool = False) -> PlanRow:
     """The compressing scheme with the most parameters not above `target_params`.
 
-    Ties go to the higher max rank, then the fewer FLOPs. Only schemes with `factors` terms are considered.
+    Ties go to the higher max rank, then the fewer FLOPs, then a named scheme of SPEC §2, then the larger A
+    (the paper's convention: 81M is A = 768x768, B = 4x1, not its mirror image with the same counts). Only
+    schemes with `factors` terms are considered.
     """
     candidates = [r for r in plan_rows(config, factors, scalars) if r.compresses and r.factors == factors]
     fitting = [r for r in candidates if r.model_params <= target_params]
@@ -121,7 +129,8 @@ def pick_for_target(config: GPT2Config, target_params: int, factors: int = 1,
         smallest = min(r.model_params for r in candidates)
         raise KronyptError(f"no compressing scheme has at most {target_params:,} parameters; the smallest "
                            f"has {smallest:,}")
-    return max(fitting, key=lambda r: (r.model_params, r.max_rank, -r.flops_ratio))
+    return max(fitting, key=lambda r: (r.model_params, r.max_rank, -r.flops_ratio, r.name is not None,
+                                       r.a_shape[0] * r.a_shape[1], r.a_shape))
 
 
 def _row(shape: KronShape, k: int, scalars: bool, n_layer: int, base: int) -> PlanRow:

@@ -17,7 +17,8 @@ def plan(
     model: Annotated[str, typer.Argument(help="GPT-2-family name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
                                               "distilgpt2: known offline), hub id, or local model folder.")],
     factors: Annotated[int | None, typer.Option("--factors", "-k", min=1,
-                                                help="List every divisor-pair scheme with K factors.")] = None,
+                                                help="List every divisor-pair scheme with K factors (the "
+                                                     "named schemes stay listed with their own k).")] = None,
     scalars: Annotated[bool, typer.Option(help="Count one learnable scalar per factor.")] = False,
     all_shapes: Annotated[bool, typer.Option("--all", help="List every divisor pair (with --factors, default 1), "
                                                            "not only the named schemes.")] = False,

@@ -115,17 +115,21 @@ def random_init(
     k: int = 1,
     std: float = 0.02,
     generator: torch.Generator | None = None,
+    weight: torch.Tensor | None = None,
 ) -> Decomposition:
     """GPT-2-style random factors: entries of Σ_i A_i ⊗ B_i have standard deviation `std`.
 
     Each of A and B is normal with std (std / √k)^½, so each product term has std std/√k and the k
-    independent terms sum to std. `rel_error` is reported against a zero matrix as 1.0.
+    independent terms sum to std. `rel_error` is measured against `weight` (the matrix being replaced)
+    when it is given, else reported against a zero matrix as 1.0.
     """
     shape = kron_shape(out_features, in_features, a_shape)
     _check_k(k, min(shape.m1 * shape.n1, shape.m2 * shape.n2))
     factor_std = math.sqrt(std / math.sqrt(k))
     A = torch.randn(k, shape.m1, shape.n1, generator=generator, dtype=torch.float64) * factor_std
     B = torch.randn(k, shape.m2, shape.n2, generator=generator, dtype=torch.float64) * factor_std
+    if weight is not None:
+        return _finish(weight.to(torch.float64), A, B, torch.ones(k, dtype=torch.float64), torch.float32)
     return Decomposition(A.float(), B.float(), torch.ones(k), rel_error=1.0)
 
 

@@ -15,7 +15,7 @@ from kronypt.models.configuration import KronyGPT2Config
 from kronypt.models.modeling import KronyGPT2LMHeadModel, adopt_class
 from kronypt.nn import KroneckerLinear
 from kronypt.nn.kronecker_linear import INITS
-from kronypt.plan import SCHEME_INITS, mlp_dims, pick_for_target, resolve_scheme
+from kronypt.plan import SCHEME_INITS, canonical_scheme, mlp_dims, pick_for_target, resolve_scheme
 
 MLP_MODULES = ("c_fc", "c_proj")
 
@@ -49,7 +49,7 @@ class CompressionConfig:
     def from_scheme(cls, name: str, **overrides) -> CompressionConfig:
         """A config for a named scheme of SPEC §2 (e.g. '81M', '96M-prune', '92M-4')."""
         a_shape, factors = resolve_scheme(name)
-        overrides.setdefault("init", SCHEME_INITS.get(name, "van-loan"))
+        overrides.setdefault("init", SCHEME_INITS.get(canonical_scheme(name), "van-loan"))
         return cls(a_shape=a_shape, factors=overrides.pop("factors", factors), **overrides)
 
     @classmethod

@@ -114,7 +114,7 @@ class KroneckerLinear(nn.Module):
         elif init == "prune":
             dec = prune_init(weight, a_shape, factors, fill=prune_fill)
         elif init == "random":
-            dec = random_init(out_features, in_features, a_shape, factors)
+            dec = random_init(out_features, in_features, a_shape, factors, weight=weight)
         else:
             raise KronyptError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
