@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 from kronypt.cli.main import main
+from tests.conftest import SHARED_DATA, requires_shared
 from tests.test_plan import SPEC_TABLE
 
 
@@ -115,6 +116,15 @@ def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_p
     (["generate", "{tiny}", "--prompt", "x", "--tokenizer", "{tmp}/none"], "does not exist"),
     (["generate", "{tiny}", "--prompt", "x", "--device", "tpu"], "unknown device"),
     (["generate", "{tiny}", "--prompt", "x", "--dtype", "float8"], "unknown dtype"),
+    (["generate", "{tiny}", "--prompt", "x", "--max-new-tokens", "5000"], "exceed the model's context"),
+    (["compress", "{tiny}", "--a-shape", "16x8", "--layers", "1-0", "--out", "{tmp}/x"], "LO <= HI"),
+    (["compress", "{tiny}", "--a-shape", "64x32", "--factors", "9", "--out", "{tmp}/x"], "exceed the 8"),
+    (["compress", "{tiny}", "--a-shape", "16x8", "--init", "prune", "--rescale", "--out", "{tmp}/x"],
+     "rescale applies"),
+    (["compress", "{tiny}", "--a-shape", "16x8", "--prune-fill", "0.1", "--out", "{tmp}/x"], "prune_fill applies"),
+    (["export", "{tiny}", "--dense", "--out", "{tmp}/x"], "no Kronecker layers"),
+    (["eval", "{tiny}", "--protocol", "krony-pt", "--stride", "100"], "--stride applies"),
+    (["eval", "{tiny}", "--json", "{tmp}"], "it is a folder"),
 ])
 def test_bad_input_gives_one_line_errors(capsys, tiny_dir, tmp_path, args, pattern):
     args = [a.format(tiny=tiny_dir, tmp=tmp_path) for a in args]
@@ -153,3 +163,38 @@ def test_compress_warns_when_the_scheme_saves_nothing(capsys, tiny_dir, tmp_path
     code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "64x64", "--factors", "4", "--out",
                        str(tmp_path / "k4"))
     assert code == 0 and "kronypt: warning:" in err and "saves nothing" in err
+
+
+def test_non_gpt2_and_unreadable_models_are_refused_in_one_line(capsys, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=2, vocab_size=64)).save_pretrained(llama)
+    for args in (["plan", str(llama)], ["compress", str(llama), "--a-shape", "4x4", "--out", str(tmp_path / "x")],
+                 ["info", str(llama)], ["export", str(llama), "--dense", "--out", str(tmp_path / "x")]):
+        code, _, err = run(capsys, *args)
+        assert_one_line_error(code, err, "is a llama model; kronypt compresses GPT-2-family models")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{")
+    code, _, err = run(capsys, "plan", str(broken))
+    assert_one_line_error(code, err, "cannot read")
+    assert not (tmp_path / "x").exists()
+
+
+def test_empty_prompt_starts_a_new_document_and_repeated_modules_count_once(capsys, tiny_dir, tmp_path):
+    code, out, err = run(capsys, "generate", str(tiny_dir), "--prompt", "", "--max-new-tokens", "3")
+    assert code == 0 and out.strip(), err
+    code, out, _ = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--modules", "c_fc,c_fc",
+                       "--out", str(tmp_path / "fc"), "--json")
+    report = json.loads(out)
+    assert code == 0 and [m["name"] for m in report["matrices"]].count("transformer.h.0.mlp.c_fc") == 1
+    config = json.loads((tmp_path / "fc" / "config.json").read_text())
+    assert {spec["init"] for spec in config["kronecker"]["modules"].values()} == {"van-loan"}
+
+
+@requires_shared
+def test_a_mistyped_model_name_is_reported_as_the_model(capsys):
+    code, _, err = run(capsys, "eval", "no-such-model-anywhere", "--data-dir", str(SHARED_DATA))
+    assert_one_line_error(code, err, "cannot load model 'no-such-model-anywhere': no such local folder")

@@ -33,7 +33,7 @@ def eval_command(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per forward pass (default: 2048 "
                                                                 "tokens' worth on CPU, 16384 on CUDA).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     max_tokens: Annotated[int | None, typer.Option(min=2, help="Only the first N tokens of each task "
                                                                "(whole examples/articles): quick checks.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer hub id or folder (default: each "
@@ -53,8 +53,13 @@ def eval_command(
     task_list = _split_list(tasks)
     protocol_list = _split_list(protocol)
     check_device(device)  # tasks, protocols, split and data files are checked before any model loads
-    if json_path is not None and str(json_path) != "-" and not json_path.resolve().parent.is_dir():
-        raise KronyptError(f"cannot write --json {json_path}: folder {json_path.resolve().parent} does not exist")
+    if stride is not None and "hf-strided" not in protocol_list:
+        raise KronyptError(f"--stride applies to the hf-strided protocol only, not {', '.join(protocol_list)}")
+    if json_path is not None and str(json_path) != "-":
+        if json_path.is_dir():
+            raise KronyptError(f"cannot write --json {json_path}: it is a folder; give a file name")
+        if not json_path.resolve().parent.is_dir():
+            raise KronyptError(f"cannot write --json {json_path}: folder {json_path.resolve().parent} does not exist")
     records = evaluate_models(models, task_list, protocol_list, tokenizer=tokenizer, dtype=dtype, device=device,
                               split=split, data_dir=data_dir, stride=stride, batch_size=batch_size,
                               max_tokens=max_tokens, progress=progress)

@@ -85,10 +85,14 @@ def compress(
     if config is None:
         config = CompressionConfig.from_target_params(model_config, target_params, **options)
     row = plan_row(model_config, config.a_shape, config.factors)  # refuses shapes that do not divide
+    terms = min(row.a_shape[0] * row.a_shape[1], row.b_shape[0] * row.b_shape[1])
+    if row.factors > terms:
+        raise KronyptError(f"{row.factors} factors exceed the {terms} independent terms A {row.a_shape[0]}x"
+                           f"{row.a_shape[1]} admits")
     if not row.compresses:
         sys.stderr.write(f"kronypt: warning: A {row.a_shape[0]}x{row.a_shape[1]} with {row.factors} factors can "
                          f"represent any matrix of this size: it saves nothing ({row.model_params:,} parameters)\n")
-    lm = load_model(model)
+    lm = load_model(model, gpt2_only=True)
     report = compress_model(lm, config)
     tmp = staging_dir(out)
     lm.save_pretrained(tmp)
@@ -114,7 +118,9 @@ def export(
     if not dense:
         raise KronyptError("choose an export format: --dense (a plain GPT-2 folder)")
     check_out_dir(out, force)
-    lm = load_model(str(model_dir))
+    lm = load_model(str(model_dir), gpt2_only=True)
+    if not isinstance(lm.config, KronyGPT2Config) or not lm.config.kron_modules:
+        raise KronyptError(f"{model_dir} has no Kronecker layers: it is already a plain GPT-2, nothing to export")
     plain = to_dense(lm)
     tmp = staging_dir(out)
     plain.save_pretrained(tmp)
@@ -129,7 +135,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Summarise a model: architecture, parameter count and its Kronecker layers."""
-    lm = load_model(model)
+    lm = load_model(model, gpt2_only=True)
     config = lm.config
     modules = config.kron_modules if isinstance(config, KronyGPT2Config) else {}
     summary = {
@@ -187,6 +193,15 @@ def generate(
         raise KronyptError(f"tokenizer has {len(tok)} tokens but the model only {lm.config.vocab_size}")
     torch.manual_seed(seed)
     ids = tok(prompt, return_tensors="pt").input_ids.to(target)
+    if ids.shape[1] == 0:  # an empty prompt: start a new document, as GPT-2 was trained
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if start is None:
+            raise KronyptError("empty --prompt, and the tokenizer has no BOS/EOS token to start from")
+        ids = torch.tensor([[start]], device=target)
+    context = getattr(lm.config, "n_positions", None) or getattr(lm.config, "max_position_embeddings", None)
+    if context is not None and ids.shape[1] + max_new_tokens > context:
+        raise KronyptError(f"the prompt ({ids.shape[1]} tokens) plus --max-new-tokens {max_new_tokens} exceed the "
+                           f"model's context of {context} tokens")
     sample = temperature > 0
     options = {}
     if compiled:

@@ -16,10 +16,14 @@ def parse_layers(spec: str | None) -> list[int] | None:
     try:
         for part in spec.split(","):
             lo, _, hi = part.strip().partition("-")
-            layers.extend(range(int(lo), int(hi or lo) + 1))
+            first, last = int(lo), int(hi or lo)
+            if last < first:
+                raise ValueError
+            layers.extend(range(first, last + 1))
     except ValueError:
-        raise KronyptError(f"cannot read layers {spec!r}: expected e.g. 'all', '0-5' or '0,2,4-7'") from None
-    return layers
+        raise KronyptError(f"cannot read layers {spec!r}: expected e.g. 'all', '0-5' or '0,2,4-7' "
+                           "(ranges LO-HI with LO <= HI)") from None
+    return list(dict.fromkeys(layers))
 
 
 def check_out_dir(out: Path, force: bool) -> None:

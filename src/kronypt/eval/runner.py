@@ -153,12 +153,18 @@ def evaluate_models(
         check_available(task, split, PROTOCOLS[protocol].forms[task], data_dir)
     records: list[EvalRecord] = []
     for name in dict.fromkeys(names):  # each model once: table rows are keyed by model name
+        folder = Path(name).expanduser()
+        if not folder.is_dir() and (folder.exists() or name.startswith((".", "/", "~"))):
+            raise FileNotFoundError(f"model folder {name} does not exist")
         try:
             tok = load_tokenizer(tokenizer or name)
-        except KronyptError as exc:  # a model folder saved without its tokenizer
-            if tokenizer is not None or not Path(name).expanduser().is_dir():
+        except KronyptError as exc:
+            if tokenizer is not None:
                 raise
-            raise KronyptError(f"{exc}; pass a tokenizer (--tokenizer)") from None
+            if not folder.is_dir():  # most likely a mistyped model name rather than a tokenizer problem
+                raise KronyptError(f"cannot load model {name!r}: no such local folder, and the hub has no "
+                                   f"tokenizer for it ({exc})") from None
+            raise KronyptError(f"{exc}; pass a tokenizer (--tokenizer)") from None  # a folder saved without one
         model = load_model(name, dtype=dtype, device=device)
         records += evaluate(model, tok, tasks, protocols, split=split, data_dir=data_dir, model_name=name, **options)
         del model

@@ -14,6 +14,15 @@ from kronypt.errors import KronyptError
 from kronypt.models.family import family_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GPT2_MODEL_TYPES = ("gpt2", "kronygpt2")  # what compression, inspection and export understand
+
+
+def require_gpt2(config: PretrainedConfig, name: str) -> None:
+    """Refuse a model that is not GPT-2-shaped (Conv1D MLPs, n_layer / n_embd / n_inner) in one line."""
+    kind = getattr(config, "model_type", None)
+    if kind not in GPT2_MODEL_TYPES:
+        raise KronyptError(f"{name} is a {kind or 'unknown'} model; kronypt compresses GPT-2-family models "
+                           "(model_type gpt2: gpt2, gpt2-medium/large/xl, distilgpt2, or a kronypt folder)")
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
@@ -43,28 +52,38 @@ def _is_local(name: str) -> bool:
 
 
 def load_config(name_or_path: str) -> PretrainedConfig:
-    """A model's config: from a local folder, the offline GPT-2 family table, or the hub."""
+    """A GPT-2-family config: from a local folder, the offline GPT-2 family table, or the hub."""
     import kronypt.models.modeling  # noqa: F401  (registers the kronypt classes with the Auto classes)
 
     if _is_local(name_or_path):
-        _require_model_dir(Path(name_or_path).expanduser())
-        return AutoConfig.from_pretrained(Path(name_or_path).expanduser())
-    known = family_config(name_or_path)
-    if known is not None:
-        return known
-    try:
-        return AutoConfig.from_pretrained(name_or_path)
-    except OSError as exc:
-        raise KronyptError(f"cannot load config {name_or_path!r}: not a local folder, and the hub said: "
-                           f"{_first_line(exc)}") from None
+        path = Path(name_or_path).expanduser()
+        _require_model_dir(path)
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as exc:  # unreadable JSON, unknown model_type
+            raise KronyptError(f"cannot read {path / 'config.json'}: {_first_line(exc)}") from None
+    else:
+        config = family_config(name_or_path)
+        if config is None:
+            try:
+                config = AutoConfig.from_pretrained(name_or_path)
+            except OSError as exc:
+                raise KronyptError(f"cannot load config {name_or_path!r}: not a local folder, and the hub said: "
+                                   f"{_first_line(exc)}") from None
+    require_gpt2(config, name_or_path)
+    return config
 
 
 def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    gpt2_only: bool = False,
 ) -> PreTrainedModel:
-    """A causal LM (dense GPT-2 or kronypt) from a hub id or a local folder, in eval mode."""
+    """A causal LM (dense GPT-2 or kronypt) from a hub id or a local folder, in eval mode.
+
+    `gpt2_only` refuses other architectures (for compression, inspection and export; evaluation and
+    generation take any causal LM)."""
     import kronypt.models.modeling  # noqa: F401
 
     torch_dtype = parse_dtype(dtype)
@@ -76,8 +95,10 @@ def load_model(
         source = name_or_path
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype or torch.float32)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise KronyptError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
+    if gpt2_only:
+        require_gpt2(model.config, name_or_path)
     if device is not None:
         model.to(device)
     return model.eval()

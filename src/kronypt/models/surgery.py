@@ -41,6 +41,11 @@ class CompressionConfig:
         self.a_shape = tuple(int(v) for v in self.a_shape)  # type: ignore[assignment]
         if self.init not in INITS:
             raise KronyptError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.rescale and self.init != "van-loan":
+            raise KronyptError(f"rescale applies to the van-loan init, not {self.init}")
+        if self.prune_fill != 0.0 and self.init != "prune":
+            raise KronyptError(f"prune_fill applies to the prune init, not {self.init}")
+        self.modules = tuple(dict.fromkeys(self.modules))  # "c_fc,c_fc" names c_fc once
         bad = [m for m in self.modules if m not in MLP_MODULES]
         if bad or not self.modules:
             raise KronyptError(f"unknown MLP modules {bad or '(none)'}; choose from {', '.join(MLP_MODULES)}")
@@ -120,17 +125,22 @@ def compress(model: GPT2LMHeadModel, config: CompressionConfig, progress: bool =
                                               rescale=config.rescale, prune_fill=config.prune_fill)
         new.requires_grad_(old.weight.requires_grad)
         setattr(model.get_submodule(path.rpartition(".")[0]), name, new)
-        kron_modules[path] = {"a_shape": list(a_shape), "factors": config.factors, "scalars": config.scalars}
+        kron_modules[path] = {"a_shape": list(a_shape), "factors": config.factors, "scalars": config.scalars,
+                              "init": config.init}
         report.matrices.append(MatrixReport(path, new.shape.a_shape, new.shape.b_shape, config.factors,
                                             sum(p.numel() for n, p in new.named_parameters() if n != "bias"),
                                             weight.numel(), dec.rel_error))
-    _become_kronecker(model, kron_modules, config.init)
+    _become_kronecker(model, kron_modules)
     report.params_after = count_params(model)
     return report
 
 
-def _become_kronecker(model: GPT2LMHeadModel, kron_modules: dict, init: str) -> None:
+def _become_kronecker(model: GPT2LMHeadModel, kron_modules: dict) -> None:
+    """Make `model` a kronypt LM whose config lists `kron_modules` (each with the init it came from; the
+    top-level "init" is the common one, or "mixed" after compressions with different inits)."""
     base = model.config.to_gpt2() if isinstance(model.config, KronyGPT2Config) else model.config
+    inits = {spec.get("init") for spec in kron_modules.values()} - {None}
+    init = inits.pop() if len(inits) == 1 else "mixed" if inits else None
     config = KronyGPT2Config.from_gpt2(base, {"modules": kron_modules, "init": init})
     adopt_class(model, KronyGPT2LMHeadModel)
     model.config = config

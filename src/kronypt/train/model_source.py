@@ -29,7 +29,7 @@ def build_model(config: TrainConfig) -> PreTrainedModel:
     if config.init_from == "scratch":
         return GPT2LMHeadModel(scratch_config(config.model_config))
     scheme = compression_config(config) if config.init_from == "dense" else None  # bad schemes fail before loading
-    model = load_model(config.model, dtype=torch.float32)
+    model = load_model(config.model, dtype=torch.float32, gpt2_only=True)
     if scheme is not None:
         compress(model, scheme, progress=False)
     elif not getattr(model.config, "kron_modules", None):
