@@ -75,8 +75,12 @@ def test_paper_recipe_batch_geometry() -> None:
     assert (args.micro_batch_size, args.seq_len, config.optim.lr, config.optim.schedule) == (32, 1024, 6e-5, "constant")
     assert accumulation_steps(args.tokens_per_step, 32, 1024, 1) == 4
     assert accumulation_steps(args.tokens_per_step, 32, 1024, 4) == 1
-    with pytest.raises(KronyptError, match="not a multiple.*e.g. use"):
+    with pytest.raises(KronyptError, match="not a multiple.*use e.g. tokens_per_step"):
         accumulation_steps(args.tokens_per_step, 32, 1024, 3)
+    # 8 ranks: the recipe's 131,072 tokens are half of one micro-batch each; halving it keeps the recipe.
+    with pytest.raises(KronyptError, match="use e.g. micro_batch_size 16 \\(same tokens per step\\)"):
+        accumulation_steps(args.tokens_per_step, 32, 1024, 8)
+    assert accumulation_steps(args.tokens_per_step, 16, 1024, 8) == 1
     assert accumulation_steps(None, 8, 128, 2) == 1
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from test_train_support import make_token_folder, run_python, scratch_config, tiny_gpt2
 from transformers import GPT2LMHeadModel
 
+from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.nn import KroneckerLinear
 from kronypt.train import TrainingDiverged, train
@@ -105,6 +106,37 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path: Path) -> None:
     assert finished.step == 5 and finished.stopped_by is None
 
 
+def test_a_signal_on_a_validation_step_still_validates(tmp_path: Path) -> None:
+    # Stopping must not drop the step's validation: the resumed run would never evaluate that step again.
+    config = scratch_config(tmp_path, max_steps=50, save_every=100, eval_every=4)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2())
+    _kill_self_on_call(model, call=7, sig=signal.SIGTERM)  # micro-batch 7 = step 4, a validation step
+    result = train(config, model=model, progress=False)
+    assert result.stopped_by == "SIGTERM" and result.step == 4 and result.val_loss is not None
+    assert "val_loss" in read_metrics(Path(config.out) / "metrics.jsonl")[-1]
+    assert result.best_checkpoint is not None and result.best_checkpoint.endswith("step-00000004")
+
+
+def test_a_fresh_start_rewrites_metrics_of_a_run_killed_before_its_first_checkpoint(tmp_path: Path) -> None:
+    config = scratch_config(tmp_path, max_steps=2, eval_every=0)
+    out = Path(config.out)
+    out.mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 0, "tokens": 0}\n{"step": 1, "tokens": 128}\n')
+    train(config, progress=False)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_resume_takes_a_run_folder_and_explains_anything_else(tmp_path: Path) -> None:
+    config = scratch_config(tmp_path, max_steps=4, save_every=2, eval_every=0)
+    train(config, progress=False)
+    more = train(config.with_overrides({"max_steps": 6, "resume": config.out}), progress=False)
+    assert more.step == 6  # resumed from the run folder's latest checkpoint (step 4)
+    assert [r["step"] for r in read_metrics(Path(config.out) / "metrics.jsonl")] == list(range(7))
+    with pytest.raises(KronyptError, match="is not a checkpoint: pass a run folder"):
+        train(config.with_overrides({"resume": str(tmp_path), "out": str(tmp_path / "other")}), progress=False)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     config = scratch_config(tmp_path, max_steps=10, save_every=2, eval_every=0)
     torch.manual_seed(0)
@@ -147,7 +179,8 @@ def test_frozen_embeddings_and_scalars_stay_bit_identical(tmp_path: Path) -> Non
 
 
 def test_distilling_from_an_identical_teacher_leaves_only_the_ce_share(tmp_path: Path) -> None:
-    """At step 1 student = teacher (dropout off), so KL and hidden MSE vanish: loss = (1 - alpha) · CE."""
+    """At step 1 student = teacher (dropout off), so KL and hidden MSE vanish: the objective is (1 - alpha) · CE,
+    while the logged `loss` stays the plain cross-entropy."""
     teacher_dir = _tiny_dense_folder(tmp_path)
     common = {"max_steps": 1, "dropout": 0.0, "eval_every": 0}
     plain = train(scratch_config(tmp_path, out=str(tmp_path / "plain"), **common),
@@ -155,7 +188,10 @@ def test_distilling_from_an_identical_teacher_leaves_only_the_ce_share(tmp_path:
     distilled = train(scratch_config(tmp_path, out=str(tmp_path / "distilled"), teacher=str(teacher_dir),
                                      alpha=0.75, hidden_weight=1.0, **common),
                       model=load_model(str(teacher_dir)), progress=False)
-    assert distilled.loss == pytest.approx(0.25 * plain.loss, rel=1e-6)
+    assert distilled.loss == pytest.approx(plain.loss, rel=1e-6)
+    [record] = [r for r in read_metrics(tmp_path / "distilled" / "metrics.jsonl") if r["step"] == 1]
+    assert record["distill_objective"] == pytest.approx(0.25 * plain.loss, rel=1e-6)
+    assert "distill_objective" not in read_metrics(tmp_path / "plain" / "metrics.jsonl")[-1]
 
 
 def test_seq_len_beyond_the_context_is_refused(tmp_path: Path) -> None:

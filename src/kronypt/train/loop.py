@@ -7,8 +7,9 @@ SIGTERM / SIGINT save a checkpoint and stop cleanly, a non-finite loss stops wit
 good checkpoint. Launch recipes:
 
     kronypt train --config configs/offline-heal.yaml                          # CPU or one GPU
-    torchrun --nproc_per_node 8 -m kronypt.cli.main train --config configs/gpt2-81M.yaml
-    torchrun --nproc_per_node 8 -m kronypt.cli.main train --config configs/gpt2-81M.yaml --parallel fsdp
+    torchrun --nproc_per_node 4 -m kronypt.cli.main train --config configs/gpt2-81M.yaml
+    torchrun --nproc_per_node 8 -m kronypt.cli.main train --config configs/gpt2-81M.yaml --micro-batch-size 16 \
+        --parallel fsdp
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ def accumulation_steps(tokens_per_step: int | None, micro_batch_size: int, seq_l
         return 1
     if tokens_per_step < per_micro or tokens_per_step % per_micro:
         nearest = max(1, round(tokens_per_step / per_micro)) * per_micro
+        fits = [b for b in range(micro_batch_size, 0, -1) if tokens_per_step % (b * seq_len * world_size) == 0]
+        keep = f"micro_batch_size {fits[0]} (same tokens per step) or " if fits else ""
         raise KronyptError(f"tokens_per_step {tokens_per_step:,} is not a multiple of micro_batch_size × seq_len "
-                           f"× ranks = {per_micro:,}; e.g. use {nearest:,}")
+                           f"× ranks = {per_micro:,}; use e.g. {keep}tokens_per_step {nearest:,}")
     return tokens_per_step // per_micro
 
 
@@ -153,6 +156,7 @@ class Trainer:
         if state is not None:  # RNG states last: nothing above may draw from them after this
             self._load_state(state)
         else:
+            self.metrics.truncate_after(-1)  # records of a run killed before its first checkpoint
             torch.manual_seed(config.seed + env.rank)  # different dropout masks on different ranks
 
     def _open_data(self) -> dict[str, Any]:
@@ -175,7 +179,13 @@ class Trainer:
             return None
         if mode == "auto":
             return checkpoint.latest_checkpoint(self.out)
-        return Path(mode)
+        path = Path(mode)
+        if path.is_dir() and not (path / checkpoint.INDEX_FILE).exists():
+            if checkpoint.list_checkpoints(path):  # a run folder: its latest checkpoint
+                return checkpoint.latest_checkpoint(path)
+            raise KronyptError(f"--resume {path} is not a checkpoint: pass a run folder, its latest/, or one of "
+                               "its checkpoints/step-N folders")
+        return path
 
     def _load_state(self, state: dict[str, Any]) -> None:
         parallel.load_optimizer_state(self.raw, self.optimizer, state["optimizer"])
@@ -203,16 +213,16 @@ class Trainer:
         with StopSignals() as stop, bar:
             while self.step < args.max_steps:
                 started = time.perf_counter()
-                loss, grad_norm, lr = self._train_step()
+                loss, grad_norm, lr, objective = self._train_step()
                 busy, busy_tokens = busy + time.perf_counter() - started, busy_tokens + self.tokens_per_step
                 self.step += 1
                 self.tokens += self.tokens_per_step
                 stopped_by = stop.received if distributed.any_rank(stop.received is not None, self.device) else None
                 finished = self.step == args.max_steps
                 due = finished or (every > 0 and self.step % every == 0)
-                scores = self.validate() if due and not stopped_by else {}
+                scores = self.validate() if due else {}  # also when stopping: resumes must not skip it
                 if scores or self.step % args.log_every == 0 or finished or stopped_by:
-                    self._log(loss, grad_norm, lr, busy_tokens / max(busy, 1e-9), scores)
+                    self._log(loss, grad_norm, lr, busy_tokens / max(busy, 1e-9), scores, objective)
                     busy, busy_tokens = 0.0, 0
                 val_loss = scores.get("val_loss")
                 improved = val_loss is not None and val_loss < self.best_val_loss
@@ -230,8 +240,9 @@ class Trainer:
                            self.best_val_loss if math.isfinite(self.best_val_loss) else None,
                            str(best) if best else None, stop.received)
 
-    def _train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over `accumulation` micro-batches; returns (mean loss, grad norm, lr)."""
+    def _train_step(self) -> tuple[float, float, float, float | None]:
+        """One optimizer step over `accumulation` micro-batches; returns (mean cross-entropy, grad norm, lr,
+        mean distillation objective or None without a teacher)."""
         args = self.config.train
         lr = self.scheduler.get_last_lr()[0]
         per_rank = args.micro_batch_size * self.accumulation
@@ -239,16 +250,18 @@ class Trainer:
                                        self.data_generator)
         mine = slice(self.env.rank * per_rank, (self.env.rank + 1) * per_rank)
         inputs, targets = inputs[mine], targets[mine]
-        total = 0.0
+        total = total_ce = 0.0
         for i, (x, y) in enumerate(zip(inputs.split(args.micro_batch_size), targets.split(args.micro_batch_size),
                                        strict=True)):
             last = i == self.accumulation - 1
             with parallel.gradient_sync(self.model, last or not self.env.enabled):
                 with self._autocast():
-                    loss = self._loss(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+                    loss, ce = self._loss(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
                 (loss / self.accumulation).backward()
             total += loss.item()
-        loss_value = distributed.mean_across_ranks([total / self.accumulation], self.device)[0]
+            total_ce += ce.item() if ce is not loss else 0.0
+        loss_value, ce_value = distributed.mean_across_ranks([total / self.accumulation,
+                                                              total_ce / self.accumulation], self.device)
         clip = self.config.optim.grad_clip
         grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
@@ -260,23 +273,26 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, grad_norm, lr
+        if self.teacher is None:
+            return loss_value, grad_norm, lr, None
+        return ce_value, grad_norm, lr, loss_value
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to optimise, the plain cross-entropy): the same tensor without a teacher."""
         distill = self.config.distill
         hidden = self.teacher is not None and distill.hidden_weight > 0
         out = self.model(input_ids=x, output_hidden_states=hidden)
         if self.teacher is None:
-            return lm_loss(out.logits, y)
+            loss = lm_loss(out.logits, y)
+            return loss, loss
         with torch.no_grad():
             ref = self.teacher(input_ids=x, output_hidden_states=hidden)
         if hidden and (out.hidden_states is None or ref.hidden_states is None):
             raise KronyptError("hidden-state distillation needs hidden states, but the student or the teacher "
                                "returned none for output_hidden_states=True")
-        loss, _ = distillation_loss(out.logits, ref.logits, y, distill.alpha, distill.temperature,
-                                    out.hidden_states[1:] if hidden else None,
-                                    ref.hidden_states[1:] if hidden else None, distill.hidden_weight)
-        return loss
+        return distillation_loss(out.logits, ref.logits, y, distill.alpha, distill.temperature,
+                                 out.hidden_states[1:] if hidden else None,
+                                 ref.hidden_states[1:] if hidden else None, distill.hidden_weight)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -313,9 +329,11 @@ class Trainer:
         total, count = distributed.sum_across_ranks([total, count], self.device)
         return total / count
 
-    def _log(self, loss: float, grad_norm: float, lr: float, tokens_per_s: float, scores: dict[str, float]) -> None:
-        self.metrics.write({"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                            "tokens_per_s": tokens_per_s, **scores})
+    def _log(self, loss: float, grad_norm: float, lr: float, tokens_per_s: float, scores: dict[str, float],
+             objective: float | None = None) -> None:
+        extra = {} if objective is None else {"distill_objective": objective}
+        self.metrics.write({"step": self.step, "tokens": self.tokens, "loss": loss, **extra, "lr": lr,
+                            "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, **scores})
 
     def save(self, val_loss: float | None) -> None:
         """Checkpoint on rank 0, with every rank's RNG state; all ranks wait until it is on disk."""
