@@ -263,3 +263,18 @@ def test_hf_dataset_without_datasets_package(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(KronyptError, match=r"kronypt\[data\]"):
         prepare_tokens([HFDatasetSource.parse("openwebtext")], tmp_path / "out", tokenizer=str(TOKENIZER_DIR),
                        progress=False)
+
+
+def test_empty_inputs_are_named_as_such(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(KronyptError, match="the training inputs hold no documents"):
+        prepare([empty], tmp_path / "out")  # the default --val-fraction, which used to hide the cause
+
+
+def test_a_relative_tokenizer_folder_is_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Training reads meta.json from wherever it runs and copies the tokenizer into its checkpoints.
+    monkeypatch.chdir(TOKENIZER_DIR.parent)
+    meta = prepare_tokens(resolve_inputs([str(SHAKESPEARE)]), tmp_path / "out", tokenizer=TOKENIZER_DIR.name,
+                          val_fraction=0, progress=False)
+    assert Path(meta["tokenizer"]["folder"]) == TOKENIZER_DIR.resolve()

@@ -76,3 +76,17 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     code, _, err = _run(cli_args(settings), capsys)
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("kronypt: error: ") and message in err, err
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143), (None, 0)])
+def test_a_run_stopped_by_a_signal_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch, signal_name, code) -> None:
+    # The loop saved and returned (tested in test_train_loop); a scheduler or `&& kronypt eval` must still
+    # see that the run did not finish.
+    import kronypt.cli.train as train_cli
+    from kronypt.train import TrainResult
+
+    result = TrainResult(str(tmp_path), 3, 384, 5.0, None, None, None, signal_name)
+    monkeypatch.setattr(train_cli, "run_training", lambda config, progress: result)
+    got, out, _ = _run([*cli_args(scratch_settings(tmp_path)), "--json"], capsys)
+    assert got == code and json.loads(out)["stopped_by"] == signal_name

@@ -39,6 +39,7 @@ def test_yaml_sections_coercion_and_flag_overrides(tmp_path: Path) -> None:
     ("learning_rate: 1\n", "unknown setting 'learning_rate'"),
     ("train: {max_steps: many}\n", "bad value 'many' for max_steps"),
     ("optim: {betas: [0.9]}\n", "bad value .* for betas"),
+    ("train: {max_steps: '1.5'}\n", "bad value '1.5' for max_steps: expected an integer"),
     ("- a list\n", "must be a mapping"),
 ])
 def test_bad_recipes_are_refused_with_the_valid_options(tmp_path: Path, text: str, message: str) -> None:
@@ -55,6 +56,15 @@ def test_bad_recipes_are_refused_with_the_valid_options(tmp_path: Path, text: st
     ({"init_from": "scratch", "scheme": None}, "needs --model-config"),
     ({"data": None}, "no data folder"),
     ({"scalar_value": 4.0}, "only applies with freeze_scalars"),
+    ({"lr": -1}, "lr must be > 0, got -1"),
+    ({"eps": 0}, "eps must be > 0"),
+    ({"betas": "1.5,0.9"}, r"betas must be each in \[0, 1\)"),
+    ({"weight_decay": -1}, "weight_decay must be >= 0"),
+    ({"warmup_steps": -3}, "warmup_steps must be >= 0"),
+    ({"decay_fraction": 2}, r"decay_fraction must be in \[0, 1\]"),
+    ({"eval_every": -5}, "eval_every must be >= 0"),
+    ({"grad_clip": -1}, "grad_clip must be >= 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
 ])
 def test_validation_names_the_fix(overrides: dict, message: str) -> None:
     config = TrainConfig().with_overrides({"model": "gpt2", "scheme": "81M", "data": "d", **overrides})

@@ -12,6 +12,7 @@ from transformers.utils import logging as hf_logging
 from kronypt.cli.app import app, console, print_json
 from kronypt.errors import KronyptError
 from kronypt.train import TrainConfig
+from kronypt.train import TrainResult
 from kronypt.train import train as run_training
 from kronypt.train.config import field_locations
 
@@ -83,7 +84,8 @@ def train(
     Settings come from the recipe (--config) and are overridden by flags. Rerunning the same command
     resumes from the latest checkpoint in --out. SIGTERM / Ctrl-C save a checkpoint and stop. Under
     `torchrun --nproc_per_node N -m kronypt.cli.main train ...` the same command trains with DDP
-    (or FSDP with --parallel fsdp).
+    (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 130 / 143 after Ctrl-C / SIGTERM
+    (a checkpoint was saved: rerun to resume).
     """
     flags = {name: value for name, value in locals().items() if name in field_locations() and value is not None}
     recipe = TrainConfig.from_yaml(config) if config is not None else TrainConfig()
@@ -94,8 +96,16 @@ def train(
         return
     hf_logging.disable_progress_bar()
     result = run_training(resolved, progress=progress and not as_json)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
-        return
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        _report(result, as_json)
+    if result.stopped_by:  # saved and resumable, but not finished: say so to schedulers and `&&` chains
+        raise SystemExit(STOP_EXIT_CODES.get(result.stopped_by, 1))
+
+
+STOP_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports them
+
+
+def _report(result: TrainResult, as_json: bool) -> None:
     if as_json:
         print_json(result.to_json())
         return

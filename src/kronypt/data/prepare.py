@@ -81,6 +81,8 @@ def prepare_tokens(
     sources = [*inputs, *val_inputs]
     counts = [_count_documents(source, progress) for source in sources]
     n_train = sum(counts[: len(inputs)])
+    if n_train == 0:
+        raise KronyptError("the training inputs hold no documents (empty files?)")
     tail = not val_inputs and val_fraction > 0 and n_train == 1  # one document: split it by tokens
     val_docs = set() if val_inputs or tail else _choose_val_documents(n_train, val_fraction, seed)
     if n_train - len(val_docs) == 0:
@@ -211,5 +213,5 @@ def _describe_tokenizer(source: str, name: str) -> dict[str, Any]:
     files = tokenizer_files(source)
     if files is None:
         return {"tiktoken": name}
-    return {"folder": str(Path(source).expanduser()),
+    return {"folder": str(Path(source).expanduser().resolve()),  # absolute: training may run elsewhere
             "files": {path.name: sha256_file(path) for path in files}}

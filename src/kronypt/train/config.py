@@ -193,6 +193,20 @@ class TrainConfig:
                             ("eval_batches", self.eval.eval_batches)):
             if value < 1:
                 raise KronyptError(f"{name} must be at least 1, got {value}")
+        optim = self.optim
+        for name, value, ok, rule in (
+                ("lr", optim.lr, optim.lr > 0, "> 0"), ("min_lr", optim.min_lr, optim.min_lr >= 0, ">= 0"),
+                ("eps", optim.eps, optim.eps > 0, "> 0"),
+                ("betas", optim.betas, all(0 <= b < 1 for b in optim.betas), "each in [0, 1)"),
+                ("weight_decay", optim.weight_decay, optim.weight_decay >= 0, ">= 0"),
+                ("grad_clip", optim.grad_clip, optim.grad_clip >= 0, ">= 0 (0: off)"),
+                ("warmup_steps", optim.warmup_steps, optim.warmup_steps >= 0, ">= 0"),
+                ("decay_fraction", optim.decay_fraction, 0 <= optim.decay_fraction <= 1, "in [0, 1]"),
+                ("eval_every", self.eval.eval_every, self.eval.eval_every >= 0, ">= 0 (0: only at the end)"),
+                ("dropout", self.train.dropout, self.train.dropout is None or 0 <= self.train.dropout < 1,
+                 "in [0, 1)")):
+            if not ok:
+                raise KronyptError(f"{name} must be {rule}, got {value}")
         if self.train.scalar_value is not None and not self.train.freeze_scalars:
             raise KronyptError("scalar_value only applies with freeze_scalars")
         if not 0.0 <= self.distill.alpha <= 1.0 or self.distill.temperature <= 0:
@@ -248,9 +262,10 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
         if hint is int:
-            if isinstance(value, float) and not value.is_integer():
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError("expected an integer")
-            return int(float(value)) if isinstance(value, str) else int(value)
+            return int(number)
         if hint is float:
             return float(value)
         return str(value)
