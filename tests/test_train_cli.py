@@ -32,6 +32,7 @@ def test_cli_trains_and_flags_override_the_recipe(tmp_path: Path, capsys: pytest
     assert code == 0
     result = json.loads(out)
     assert result["step"] == 3 and result["tokens"] == 3 * 2 * 32
+    assert result["best_model"] == result["best_checkpoint"] + "/model" and Path(result["best_model"]).is_dir()
     assert [r.get("lr") for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [None] + [3e-3] * 3
     code, out, _ = _run(["--config", str(recipe), "--lr", "1e-4", "--print-config"], capsys)
     assert code == 0 and "lr: 0.0001" in out and "max_steps: 50" in out

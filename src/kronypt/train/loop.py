@@ -58,7 +58,8 @@ class TrainResult:
     stopped_by: str | None  # the signal that stopped the run early, if any
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, plus `best_model`: the loadable model folder inside the best checkpoint."""
+        return {**asdict(self), "best_model": f"{self.best_checkpoint}/model" if self.best_checkpoint else None}
 
 
 def accumulation_steps(tokens_per_step: int | None, micro_batch_size: int, seq_len: int, world_size: int) -> int:
