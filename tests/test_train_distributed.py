@@ -147,3 +147,43 @@ def test_factor_placement_only_cuts_unevenly_along_the_first_dimension(monkeypat
         return  # FSDP's default: the first dimension, any size
     assert placement.dim > 0 and shape[placement.dim] % ranks == 0
     assert shape[0] < ranks  # only moved off the first dimension when it is too short
+
+
+ONE_RANK_SIGNALLED = """
+import json, os, signal, sys
+from pathlib import Path
+import torch
+from transformers import GPT2LMHeadModel
+from test_train_support import scratch_settings, tiny_gpt2
+from kronypt.train import TrainConfig, train
+
+tmp = Path(sys.argv[1])
+config = TrainConfig().with_overrides({**scratch_settings(tmp), "max_steps": 50, "save_every": 100,
+                                       "eval_every": 0, "dropout": 0.0, "out": str(tmp / "run")})
+torch.manual_seed(0)
+model = GPT2LMHeadModel(tiny_gpt2())
+rank = int(os.environ["RANK"])
+calls = []
+
+def hook(module, args, output):
+    calls.append(module.training)
+    if rank == 1 and module.training and sum(calls) == 3:  # rank 1 only, during step 3
+        os.kill(os.getpid(), signal.SIGTERM)
+
+model.register_forward_hook(hook)
+result = train(config, model=model, progress=False)
+(tmp / f"result-{rank}.json").write_text(json.dumps(result.to_json()))
+"""
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    scratch_settings(tmp_path)  # the token folder and model config, made once here
+    script = tmp_path / "signal_one.py"
+    script.write_text(ONE_RANK_SIGNALLED)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(tmp_path)]
+    done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [(r["step"], r["stopped_by"]) for r in results] == [(3, "SIGTERM"), (3, "SIGTERM")]
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]

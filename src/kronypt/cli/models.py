@@ -193,7 +193,8 @@ def generate(
         raise KronyptError(f"tokenizer has {len(tok)} tokens but the model only {lm.config.vocab_size}")
     torch.manual_seed(seed)
     ids = tok(prompt, return_tensors="pt").input_ids.to(target)
-    if ids.shape[1] == 0:  # an empty prompt: start a new document, as GPT-2 was trained
+    started = ids.shape[1] == 0
+    if started:  # an empty prompt: start a new document, as GPT-2 was trained
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         if start is None:
             raise KronyptError("empty --prompt, and the tokenizer has no BOS/EOS token to start from")
@@ -210,7 +211,7 @@ def generate(
         options["cache_implementation"] = "static"
     out = lm.generate(ids, max_new_tokens=max_new_tokens, do_sample=sample,
                       temperature=temperature if sample else None, pad_token_id=tok.eos_token_id, **options)
-    console.print(tok.decode(out[0]), markup=False, highlight=False)
+    console.print(tok.decode(out[0][1:] if started else out[0]), markup=False, highlight=False)  # not the start token
 
 
 def _default_tokenizer(model: str) -> str:

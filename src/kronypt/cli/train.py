@@ -54,8 +54,8 @@ def train(
                                                          "default: the whole split).")] = None,
     save_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
     keep_last: Annotated[int | None, Opt(help="Checkpoints to keep (plus the best on validation).")] = None,
-    resume: Annotated[str | None, Opt(help="auto (latest checkpoint in --out, if any), never, or a checkpoint "
-                                           "folder.")] = None,
+    resume: Annotated[str | None, Opt(help="auto (latest checkpoint in --out, if any), never, a run folder "
+                                           "(its latest checkpoint) or a checkpoint folder.")] = None,
     seed: Annotated[int | None, Opt(help="Seed of the initial weights, the data order and dropout.")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:1, ...")] = None,
     precision: Annotated[str | None, Opt(help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32.")] = None,
@@ -85,7 +85,8 @@ def train(
     resumes from the latest checkpoint in --out. SIGTERM / Ctrl-C save a checkpoint and stop. Under
     `torchrun --nproc_per_node N -m kronypt.cli.main train ...` the same command trains with DDP
     (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 130 / 143 after Ctrl-C / SIGTERM
-    (a checkpoint was saved: rerun to resume).
+    (a checkpoint was saved: rerun to resume), except under torchrun, where workers exit 0 after a clean
+    stop and `stopped_by` in --json tells.
     """
     flags = {name: value for name, value in locals().items() if name in field_locations() and value is not None}
     recipe = TrainConfig.from_yaml(config) if config is not None else TrainConfig()
@@ -98,7 +99,9 @@ def train(
     result = run_training(resolved, progress=progress and not as_json)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         _report(result, as_json)
-    if result.stopped_by:  # saved and resumable, but not finished: say so to schedulers and `&&` chains
+    # Saved and resumable, but not finished: say so to schedulers and `&&` chains. Not under torchrun,
+    # which reads any non-zero worker exit as a failure (and then kills or restarts the other workers).
+    if result.stopped_by and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise SystemExit(STOP_EXIT_CODES.get(result.stopped_by, 1))
 
 

@@ -151,11 +151,15 @@ def evaluate_models(
     """
     for task, protocol in task_protocol_pairs(tasks, protocols):
         check_available(task, split, PROTOCOLS[protocol].forms[task], data_dir)
+    for name in names:  # a mistyped folder fails now, not after the models before it were evaluated
+        folder = Path(name).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise KronyptError(f"{name} is a file, not a model folder")
+        if not folder.exists() and name.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"model folder {name} does not exist")
     records: list[EvalRecord] = []
     for name in dict.fromkeys(names):  # each model once: table rows are keyed by model name
         folder = Path(name).expanduser()
-        if not folder.is_dir() and (folder.exists() or name.startswith((".", "/", "~"))):
-            raise FileNotFoundError(f"model folder {name} does not exist")
         try:
             tok = load_tokenizer(tokenizer or name)
         except KronyptError as exc:

@@ -142,7 +142,7 @@ def relative_error(W: torch.Tensor, W_hat: torch.Tensor) -> float:
 
 
 def _finish(W64: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s: torch.Tensor, dtype) -> Decomposition:
-    error = relative_error(W64, kron_reconstruct(A, B, s))
+    error = relative_error(W64, kron_reconstruct(A, B, s).to(W64.device))  # factors may be built on the CPU
     out_dtype = dtype if dtype.is_floating_point else torch.float32
     return Decomposition(A.to(out_dtype), B.to(out_dtype), s.to(out_dtype), rel_error=error)
 

@@ -111,7 +111,9 @@ def compress(model: GPT2LMHeadModel, config: CompressionConfig, progress: bool =
     if not layers or layers[0] < 0 or layers[-1] >= n_layer:
         raise KronyptError(f"layers {list(config.layers or [])} out of range: this model has blocks 0..{n_layer - 1}")
     report = CompressionReport(params_before=count_params(model))
-    kron_modules = dict(getattr(model.config, "kron_modules", {}))
+    earlier = getattr(model.config, "kronecker", {}).get("init")  # folders from before per-module inits
+    kron_modules = {path: {"init": earlier, **spec} if earlier else spec
+                    for path, spec in getattr(model.config, "kron_modules", {}).items()}
     targets = [(i, name) for i in layers for name in config.modules]
     for i, name in tqdm(targets, desc="compressing", unit="matrix", disable=None if progress else True, leave=False):
         path = f"transformer.h.{i}.mlp.{name}"

@@ -77,7 +77,7 @@ class CheckpointArgs:
 
     save_every: int = 1000
     keep_last: int = 2
-    resume: str = "auto"  # auto (latest in OUT if any), never, or a checkpoint folder
+    resume: str = "auto"  # auto (latest in OUT if any), never, a run folder (its latest) or a checkpoint folder
 
 
 @dataclass

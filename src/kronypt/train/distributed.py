@@ -78,11 +78,6 @@ def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on any (e.g. a signal that reached one process)."""
-    return sum_across_ranks([float(flag)], device)[0] > 0
-
-
 def gather_objects(obj: Any) -> list[Any]:
     """`obj` from every rank, in rank order, on every rank."""
     if not dist.is_initialized():

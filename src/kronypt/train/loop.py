@@ -181,7 +181,7 @@ class Trainer:
         if mode == "auto":
             return checkpoint.latest_checkpoint(self.out)
         path = Path(mode)
-        if path.is_dir() and not (path / checkpoint.INDEX_FILE).exists():
+        if path.is_dir() and not (path / checkpoint.INDEX_FILE).exists() and not checkpoint.STEP_DIR.match(path.name):
             if checkpoint.list_checkpoints(path):  # a run folder: its latest checkpoint
                 return checkpoint.latest_checkpoint(path)
             raise KronyptError(f"--resume {path} is not a checkpoint: pass a run folder, its latest/, or one of "
@@ -209,7 +209,7 @@ class Trainer:
             self.metrics.write({"step": 0, "tokens": 0, **self.validate()})
         bar = tqdm(total=args.max_steps, initial=self.step, desc="training", unit="step",
                    disable=not (progress and self.env.is_main))
-        loss, scores = None, {}
+        loss, scores, stopped_by = None, {}, None
         busy, busy_tokens = 0.0, 0  # seconds in training steps since the last log, and their tokens
         with StopSignals() as stop, bar:
             while self.step < args.max_steps:
@@ -218,7 +218,7 @@ class Trainer:
                 busy, busy_tokens = busy + time.perf_counter() - started, busy_tokens + self.tokens_per_step
                 self.step += 1
                 self.tokens += self.tokens_per_step
-                stopped_by = stop.received if distributed.any_rank(stop.received is not None, self.device) else None
+                stopped_by = _first_signal(distributed.gather_objects(stop.received))  # the same on every rank
                 finished = self.step == args.max_steps
                 due = finished or (every > 0 and self.step % every == 0)
                 scores = self.validate() if due else {}  # also when stopping: resumes must not skip it
@@ -239,7 +239,7 @@ class Trainer:
         best = checkpoint.best_checkpoint(self.out) if self.env.is_main else None
         return TrainResult(str(self.out), self.step, self.tokens, loss, scores.get("val_loss"),
                            self.best_val_loss if math.isfinite(self.best_val_loss) else None,
-                           str(best) if best else None, stop.received)
+                           str(best) if best else None, stopped_by)
 
     def _train_step(self) -> tuple[float, float, float, float | None]:
         """One optimizer step over `accumulation` micro-batches; returns (mean cross-entropy, grad norm, lr,
@@ -359,6 +359,11 @@ def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrain
         return saved
     model.load_state_dict(saved.state_dict())
     return model
+
+
+def _first_signal(received: list[str | None]) -> str | None:
+    """The signal that stops the run when any rank got one (rank order), so all ranks stop together."""
+    return next((name for name in received if name is not None), None)
 
 
 def _wikitext_validation(config: TrainConfig, meta: dict[str, Any], env: distributed.DistEnv) -> WikiTextValidation:
