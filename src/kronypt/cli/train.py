@@ -11,8 +11,7 @@ from transformers.utils import logging as hf_logging
 
 from kronypt.cli.app import app, console, print_json
 from kronypt.errors import KronyptError
-from kronypt.train import TrainConfig
-from kronypt.train import TrainResult
+from kronypt.train import TrainConfig, TrainResult
 from kronypt.train import train as run_training
 from kronypt.train.config import field_locations
 
