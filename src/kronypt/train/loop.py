@@ -91,6 +91,8 @@ def train(config: TrainConfig, model: PreTrainedModel | None = None, progress: b
 class StopSignals:
     """Record SIGTERM / SIGINT instead of dying, so the loop can save first; a second one aborts."""
 
+    NAMES = ("SIGTERM", "SIGINT")
+
     def __init__(self) -> None:
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
@@ -218,7 +220,7 @@ class Trainer:
                 busy, busy_tokens = busy + time.perf_counter() - started, busy_tokens + self.tokens_per_step
                 self.step += 1
                 self.tokens += self.tokens_per_step
-                stopped_by = _first_signal(distributed.gather_objects(stop.received))  # the same on every rank
+                stopped_by = self._agreed_signal(stop.received)  # the same on every rank
                 finished = self.step == args.max_steps
                 due = finished or (every > 0 and self.step % every == 0)
                 scores = self.validate() if due else {}  # also when stopping: resumes must not skip it
@@ -240,6 +242,12 @@ class Trainer:
         return TrainResult(str(self.out), self.step, self.tokens, loss, scores.get("val_loss"),
                            self.best_val_loss if math.isfinite(self.best_val_loss) else None,
                            str(best) if best else None, stopped_by)
+
+    def _agreed_signal(self, received: str | None) -> str | None:
+        """The stop signal if any rank got one (SIGTERM before SIGINT), on every rank: one small all-reduce
+        per step, so that all ranks leave the loop at the same step and save together."""
+        seen = distributed.sum_across_ranks([float(received == name) for name in StopSignals.NAMES], self.device)
+        return next((name for name, count in zip(StopSignals.NAMES, seen, strict=True) if count > 0), None)
 
     def _train_step(self) -> tuple[float, float, float, float | None]:
         """One optimizer step over `accumulation` micro-batches; returns (mean cross-entropy, grad norm, lr,
@@ -359,11 +367,6 @@ def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrain
         return saved
     model.load_state_dict(saved.state_dict())
     return model
-
-
-def _first_signal(received: list[str | None]) -> str | None:
-    """The signal that stops the run when any rank got one (rank order), so all ranks stop together."""
-    return next((name for name in received if name is not None), None)
 
 
 def _wikitext_validation(config: TrainConfig, meta: dict[str, Any], env: distributed.DistEnv) -> WikiTextValidation:
