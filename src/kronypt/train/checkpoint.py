@@ -70,7 +70,8 @@ def load_state(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     read_index(path)
     try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        # Memory-mapped: the ranks of one node share the page cache instead of each copying the optimizer state.
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # any unpickling failure means the file is damaged
         raise KronyptError(f"corrupt checkpoint {path}: cannot read {STATE_FILE} ({type(exc).__name__}); "
                            "delete it to resume from an earlier one") from None
