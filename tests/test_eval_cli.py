@@ -61,3 +61,26 @@ def test_missing_model_folder_and_tokenizer(capsys, tmp_path, tiny_dir):
     (tiny_dir / "vocab.json").unlink()
     code, _, err = run(capsys, "eval", str(tiny_dir), "--data-dir", str(SHARED_DATA))
     assert_one_line_error(code, err, "--tokenizer")
+
+
+def test_an_interrupted_eval_keeps_the_models_already_done(capsys, tiny_dir, tmp_path, monkeypatch):
+    import kronypt.eval.runner as runner
+
+    real, calls = runner.evaluate, []
+
+    def evaluate_then_interrupt(*args, **kwargs):
+        calls.append(kwargs["model_name"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second model
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", evaluate_then_interrupt)
+    out_file = tmp_path / "eval.json"
+    second = tmp_path / "second"
+    second.symlink_to(tiny_dir)
+    code, _, err = run(capsys, "eval", str(tiny_dir), str(second), "--protocol", "krony-pt", "--data-dir",
+                       str(SHARED_DATA), "--max-tokens", "200", "--json", str(out_file), "--no-progress")
+    assert code == 130 and "interrupted" in err
+    records = json.loads(out_file.read_text())
+    assert [r["model"] for r in records] == [str(tiny_dir)]  # the first model's numbers survived
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left

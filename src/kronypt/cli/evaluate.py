@@ -60,9 +60,12 @@ def eval_command(
             raise KronyptError(f"cannot write --json {json_path}: it is a folder; give a file name")
         if not json_path.resolve().parent.is_dir():
             raise KronyptError(f"cannot write --json {json_path}: folder {json_path.resolve().parent} does not exist")
+    to_file = json_path is not None and str(json_path) != "-"
     records = evaluate_models(models, task_list, protocol_list, tokenizer=tokenizer, dtype=dtype, device=device,
                               split=split, data_dir=data_dir, stride=stride, batch_size=batch_size,
-                              max_tokens=max_tokens, progress=progress)
+                              max_tokens=max_tokens, progress=progress,
+                              # saved after every model: an interrupted run keeps the models already done
+                              on_model_done=(lambda done: write_json(done, json_path)) if to_file else None)
     if json_path is not None and str(json_path) == "-":
         print_json([r.to_dict() for r in records])
         return

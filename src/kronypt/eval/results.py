@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,8 +49,12 @@ class EvalRecord:
 
 
 def write_json(records: Sequence[EvalRecord], path: str | Path) -> None:
-    """Write the records as a JSON list of objects (one per number)."""
-    Path(path).write_text(json.dumps([r.to_dict() for r in records], indent=2) + "\n", encoding="utf-8")
+    """Write the records as a JSON list of objects (one per number), atomically (a temporary file renamed
+    into place), so a file on disk is always a complete list."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps([r.to_dict() for r in records], indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def comparison_table(records: Sequence[EvalRecord]) -> Table:

@@ -7,7 +7,7 @@ validation during training, build the `Plan` once with `plan_eval` (validation s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -143,11 +143,13 @@ def evaluate_models(
     device: str | None = None,
     split: str = "test",
     data_dir: str | Path | None = None,
+    on_model_done: Callable[[list[EvalRecord]], None] | None = None,
     **options,
 ) -> list[EvalRecord]:
     """Load each model (hub id or folder) with its tokenizer (or `tokenizer`) and `evaluate` it.
 
     Bad task/protocol combinations and missing data are refused before any model is loaded.
+    `on_model_done` gets the records so far after each model (e.g. to save them as they come).
     """
     for task, protocol in task_protocol_pairs(tasks, protocols):
         check_available(task, split, PROTOCOLS[protocol].forms[task], data_dir)
@@ -172,4 +174,6 @@ def evaluate_models(
         model = load_model(name, dtype=dtype, device=device)
         records += evaluate(model, tok, tasks, protocols, split=split, data_dir=data_dir, model_name=name, **options)
         del model
+        if on_model_done is not None:
+            on_model_done(records)
     return records
