@@ -170,7 +170,7 @@ def check_interfaces() -> dict[str, float]:
         autocast_errors += [float(p[n].grad is None or p[n].grad.dtype != torch.float32) for n in p]
     # training on versions 2/3 with a B of one column keeps P = x·Aᵀ (T, k·m1), not the pre-activation
     saved_errors = []
-    for impl in ("auto", "v3"):
+    for impl in ("auto", "v2", "v3"):
         x2 = inp["x"].detach()
         y, saved = torch.ops.kronypt.kron_linear_forward(x2, inp["A"].detach(), inp["B"].detach(), None,
                                                          inp["bias"].detach(), 1, True, impl)

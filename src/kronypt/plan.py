@@ -119,7 +119,7 @@ def pick_for_target(config: GPT2Config, target_params: int, factors: int = 1,
                     scalars: bool = False) -> PlanRow:
     """The compressing scheme with the most parameters not above `target_params`.
 
-    Ties go to the higher max rank, then the fewer FLOPs, then a named scheme of SPEC §2, then the larger A
+    Ties go to the higher max rank, then the fewer FLOPs, then a named scheme, then the larger A
     (the paper's convention: 81M is A = 768x768, B = 4x1, not its mirror image with the same counts). Only
     schemes with `factors` terms are considered.
     """

@@ -26,7 +26,7 @@ def plan(
 ) -> None:
     """List compression schemes: A and B shapes, parameters per matrix and per model, max rank, FLOP ratio.
 
-    By default the paper's named schemes (SPEC §2) that fit the model are shown; `--all` or `--factors K`
+    By default the paper's named schemes (README "Schemes") that fit the model are shown; `--all` or `--factors K`
     add every (m1, n1) that divides c_fc. Rows marked 'no' in the compresses column save nothing:
     k ≥ m2·n2 (or m1·n1) terms can represent any matrix.
     """

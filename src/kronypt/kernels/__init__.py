@@ -1,8 +1,9 @@
 """Fused GPU kernels (Triton) for the Kronecker layer y = act(x · (Σ_i s_i A_i ⊗ B_i)ᵀ + b).
 
 `fused_available(x)` says whether they can run on x's device; `kron_linear_fused(...)` runs them (forward
-and backward); `fused_wins(...)` is the roofline estimate of when they beat the dense and materialised
-paths. Importing this package does not import Triton: the kernels load on the first fused call.
+and backward); `fused_wins(...)` says where they were measured faster than the materialised and factored
+paths (`roofline.MEASURED_WINS`); `predict(...)` is the roofline estimate. Importing this package does
+not import Triton: the kernels load on the first fused call.
 """
 
 from __future__ import annotations

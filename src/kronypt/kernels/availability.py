@@ -20,7 +20,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 FUSED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
 # Implementations `kron_linear_fused(..., impl=...)` accepts (`kronypt.kernels.ops` says what each runs).
-FUSED_IMPLS = ("auto", "triton", "v3")
+FUSED_IMPLS = ("auto", "triton", "v2", "v3")
 
 
 # Looked up once, at import: a cached function here would be traced by torch.compile (Dynamo ignores

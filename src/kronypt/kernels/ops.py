@@ -4,9 +4,10 @@ The forward and the backward are registered as custom operators (`torch.ops.kron
 fake implementations, so `torch.compile` treats them as opaque nodes instead of tracing into Triton, and
 nothing in either pass synchronises with the host: a warmed-up model can be captured in a CUDA graph.
 
-Backward of y = act(x·Wᵀ + b), W = Σ s_i A_i ⊗ B_i, with G the gradient of the pre-activation:
-grad_x is itself a Kronecker product, G·(Σ s_i A_iᵀ ⊗ B_iᵀ), so the forward kernel computes it (and
-the bias gradient, Σ_t G, in the same pass); dA and M (hence dB = s·M and ds = ⟨B, M⟩) come from the
+Backward of y = act(x·Wᵀ + b), W = Σ s_i A_i ⊗ B_i, with G the gradient of the pre-activation (version
+1; versions 2/3 run `gemm_path.gemm_backward`: cuBLAS GEMMs plus the `reduce` pass): grad_x is itself
+a Kronecker product, G·(Σ s_i A_iᵀ ⊗ B_iᵀ), so the forward kernel computes it (and the bias gradient,
+Σ_t G, in the same pass); dA and M (hence dB = s·M and ds = ⟨B, M⟩) come from the
 token-reduction kernels of `kronypt.kernels.wgrad`. The pre-activation is saved only when an activation
 is fused and a gradient is needed (as unfused PyTorch saves it for its GELU). Versions 2 and 3 with a B of
 one column save P = x·A_catᵀ instead (`saves_p`): m2× smaller than the pre-activation, and their
@@ -29,7 +30,8 @@ from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
 
 # "auto": version 2 (`kronypt.kernels.gemm_path`: cuBLAS GEMMs + two memory-bound Triton passes) where
 # it applies, except for decode-sized calls, where version 1's single launch is the faster one inside a
-# CUDA graph (run 1: 3.9 µs against 5.2 µs dense); "triton": always version 1; "v3" (opt-in, not yet
+# CUDA graph (run 1: 3.9 µs against 5.2 µs dense); "triton": always version 1; "v2": version 2 where it
+# applies (what "auto" runs today; it stays reachable if "auto" moves to version 3); "v3" (opt-in, not yet
 # measured on a GPU): the one-kernel forward of `kronypt.kernels.v3` with version 2's backward (grad_x of a
 # B with one row on version 3 too) where `v3.supports` the shape and there are more than DECODE_TOKENS
 # tokens, else what "auto" runs. The names are `availability.FUSED_IMPLS`.
@@ -37,7 +39,7 @@ DECODE_TOKENS = 16
 
 
 def _use_gemm_path(x: Tensor, B: Tensor, impl: str) -> bool:
-    return impl in ("auto", "v3") and x.shape[0] > DECODE_TOKENS and supports(B.shape[1], B.shape[2])
+    return impl in ("auto", "v2", "v3") and x.shape[0] > DECODE_TOKENS and supports(B.shape[1], B.shape[2])
 
 
 def _use_v3(x: Tensor, A: Tensor, B: Tensor, impl: str) -> bool:

@@ -1,8 +1,9 @@
 """Block-size configurations of the Kronecker kernels and how a launch picks one.
 
-On a GPU each kernel is wrapped in `triton.autotune`, keyed on the layer's shape and a coarse token
-bucket (decode, small, medium, large), so a model tunes a handful of times, not once per prompt length.
-The lists stay short because tuning compiles every candidate. Under the interpreter no timing is
+On a GPU the version-1 kernels (forward, two-stage, wgrad) are wrapped in `triton.autotune` (versions 2
+and 3 use fixed block sizes, `gemm_path.EXPAND` / `REDUCE` and `v3.CONFIGS`), keyed on the layer's shape
+and a coarse token bucket (decode, small, medium, large), so a model tunes a handful of times, not once
+per prompt length. The lists stay short because tuning compiles every candidate. Under the interpreter no timing is
 possible: the smallest config is used.
 
 Tuning runs on a kernel's first call for a new key. Warm a model up before capturing it in a CUDA graph

@@ -52,7 +52,7 @@ class CompressionConfig:
 
     @classmethod
     def from_scheme(cls, name: str, **overrides) -> CompressionConfig:
-        """A config for a named scheme of SPEC §2 (e.g. '81M', '96M-prune', '92M-4')."""
+        """A config for a named scheme of the paper (README "Schemes"; e.g. '81M', '96M-prune', '92M-4')."""
         a_shape, factors = resolve_scheme(name)
         overrides.setdefault("init", SCHEME_INITS.get(canonical_scheme(name), "van-loan"))
         return cls(a_shape=a_shape, factors=overrides.pop("factors", factors), **overrides)
