@@ -13,6 +13,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from kronypt.errors import KronyptError
+from kronypt.math.decompose import check_factors
 from kronypt.math.shapes import KronShape, kron_factor_shapes, kron_shape
 
 # The paper's model classes for GPT-2 124M: name -> (A shape of c_fc, factors).
@@ -97,9 +98,11 @@ def scheme_name(a_shape: tuple[int, int], factors: int) -> str | None:
 
 def plan_row(config: GPT2Config, a_shape: tuple[int, int], factors: int = 1, scalars: bool = False,
              base_params: int | None = None) -> PlanRow:
-    """The PlanRow of one (A shape, k) for a model config; refuses A shapes that do not divide c_fc."""
+    """The PlanRow of one (A shape, k) for a model config; refuses A shapes that do not divide c_fc and
+    more factors than the shape has independent terms."""
     n_layer, n_embd, inner = mlp_dims(config)
     shape = kron_shape(inner, n_embd, a_shape)
+    check_factors(factors, shape.terms())
     return _row(shape, factors, scalars, n_layer, base_params if base_params is not None else dense_params(config))
 
 

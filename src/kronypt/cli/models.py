@@ -84,11 +84,7 @@ def compress(
     model_config = load_config(model)
     if config is None:
         config = CompressionConfig.from_target_params(model_config, target_params, **options)
-    row = plan_row(model_config, config.a_shape, config.factors)  # refuses shapes that do not divide
-    terms = min(row.a_shape[0] * row.a_shape[1], row.b_shape[0] * row.b_shape[1])
-    if row.factors > terms:
-        raise KronyptError(f"{row.factors} factors exceed the {terms} independent terms A {row.a_shape[0]}x"
-                           f"{row.a_shape[1]} admits")
+    row = plan_row(model_config, config.a_shape, config.factors)  # refuses bad shapes and too many factors
     if not row.compresses:
         sys.stderr.write(f"kronypt: warning: A {row.a_shape[0]}x{row.a_shape[1]} with {row.factors} factors can "
                          f"represent any matrix of this size: it saves nothing ({row.model_params:,} parameters)\n")

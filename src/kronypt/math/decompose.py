@@ -75,7 +75,7 @@ def van_loan(
     With `rescale`, the factors are scaled by α = ‖W‖_F / ‖Ŵ‖_F so that Ŵ keeps W's norm.
     """
     shape = kron_shape(*W.shape, a_shape)
-    _check_k(k, min(shape.m1 * shape.n1, shape.m2 * shape.n2))
+    check_factors(k, shape.terms())
     W64 = W.detach().to(torch.float64)
     U, sigma, V = _top_singular(rearrange(W64, shape), k)
     root = sigma.sqrt()
@@ -96,7 +96,7 @@ def prune_init(W: torch.Tensor, a_shape: tuple[int, int], k: int = 1, fill: floa
     B = [1, 0] (`fill=0`) or B = [1, 0.1] (`fill=0.1`); with k = m2·n2 and fill 0 it reproduces W exactly.
     """
     shape = kron_shape(*W.shape, a_shape)
-    _check_k(k, shape.m2 * shape.n2)
+    check_factors(k, shape.m2 * shape.n2)
     W64 = W.detach().to(torch.float64)
     blocks = W64.reshape(shape.m1, shape.m2, shape.n1, shape.n2)
     A = torch.empty(k, shape.m1, shape.n1, dtype=torch.float64)
@@ -124,7 +124,7 @@ def random_init(
     when it is given, else reported against a zero matrix as 1.0.
     """
     shape = kron_shape(out_features, in_features, a_shape)
-    _check_k(k, min(shape.m1 * shape.n1, shape.m2 * shape.n2))
+    check_factors(k, shape.terms())
     factor_std = math.sqrt(std / math.sqrt(k))
     A = torch.randn(k, shape.m1, shape.n1, generator=generator, dtype=torch.float64) * factor_std
     B = torch.randn(k, shape.m2, shape.n2, generator=generator, dtype=torch.float64) * factor_std
@@ -147,7 +147,8 @@ def _finish(W64: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s: torch.Tensor
     return Decomposition(A.to(out_dtype), B.to(out_dtype), s.to(out_dtype), rel_error=error)
 
 
-def _check_k(k: int, limit: int) -> None:
+def check_factors(k: int, limit: int) -> None:
+    """Refuse k < 1, or more factors than the `limit` independent terms the shape (or init) admits."""
     if k < 1:
         raise KronyptError(f"the number of factors must be at least 1, got {k}")
     if k > limit:

@@ -55,6 +55,10 @@ class KronShape:
         """Parameters of k factors (plus k scalars when learnable)."""
         return k * (self.m1 * self.n1 + self.m2 * self.n2) + (k if scalars else 0)
 
+    def terms(self) -> int:
+        """Independent Kronecker terms of this shape: k beyond it adds nothing (min(m1·n1, m2·n2))."""
+        return min(self.m1 * self.n1, self.m2 * self.n2)
+
     def max_rank(self, k: int = 1) -> int:
         """Upper bound on rank(Σ_{i≤k} A_i ⊗ B_i)."""
         one = min(self.m1, self.n1) * min(self.m2, self.n2)
