@@ -19,7 +19,7 @@ from kronypt.eval.protocols import PROTOCOLS, Plan, get_protocol
 from kronypt.eval.results import EvalRecord
 from kronypt.eval.scoring import ScoreRun, model_device, score_requests
 from kronypt.models import count_params
-from kronypt.models.loading import load_model, load_tokenizer
+from kronypt.models.loading import load_model, load_tokenizer, local_model_dir
 
 
 def context_length(model: torch.nn.Module) -> int:
@@ -153,21 +153,15 @@ def evaluate_models(
     """
     for task, protocol in task_protocol_pairs(tasks, protocols):
         check_available(task, split, PROTOCOLS[protocol].forms[task], data_dir)
-    for name in names:  # a mistyped folder fails now, not after the models before it were evaluated
-        folder = Path(name).expanduser()
-        if folder.exists() and not folder.is_dir():
-            raise KronyptError(f"{name} is a file, not a model folder")
-        if not folder.exists() and name.startswith((".", "/", "~")):
-            raise FileNotFoundError(f"model folder {name} does not exist")
+    folders = {name: local_model_dir(name) for name in names}  # a mistyped folder fails now, not later
     records: list[EvalRecord] = []
     for name in dict.fromkeys(names):  # each model once: table rows are keyed by model name
-        folder = Path(name).expanduser()
         try:
             tok = load_tokenizer(tokenizer or name)
         except KronyptError as exc:
             if tokenizer is not None:
                 raise
-            if not folder.is_dir():  # most likely a mistyped model name rather than a tokenizer problem
+            if folders[name] is None:  # a hub id: most likely mistyped rather than a tokenizer problem
                 raise KronyptError(f"cannot load model {name!r}: no such local folder, and the hub has no "
                                    f"tokenizer for it ({exc})") from None
             raise KronyptError(f"{exc}; pass a tokenizer (--tokenizer)") from None  # a folder saved without one

@@ -51,13 +51,27 @@ def _is_local(name: str) -> bool:
     return Path(name).exists() or name.startswith((".", "/", "~"))
 
 
+def local_model_dir(name_or_path: str) -> Path | None:
+    """The folder `name_or_path` names when it is a local path (checked: a folder with config.json,
+    else a one-line error); None for a hub id."""
+    if not _is_local(name_or_path):
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        raise KronyptError(f"{name_or_path} is a file, not a model folder")
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise KronyptError(f"{path} is not a model folder: it has no config.json")
+    return path
+
+
 def load_config(name_or_path: str) -> PretrainedConfig:
     """A GPT-2-family config: from a local folder, the offline GPT-2 family table, or the hub."""
     import kronypt.models.modeling  # noqa: F401  (registers the kronypt classes with the Auto classes)
 
-    if _is_local(name_or_path):
-        path = Path(name_or_path).expanduser()
-        _require_model_dir(path)
+    path = local_model_dir(name_or_path)
+    if path is not None:
         try:
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as exc:  # unreadable JSON, unknown model_type
@@ -87,12 +101,7 @@ def load_model(
     import kronypt.models.modeling  # noqa: F401
 
     torch_dtype = parse_dtype(dtype)
-    if _is_local(name_or_path):
-        path = Path(name_or_path).expanduser()
-        _require_model_dir(path)
-        source: str | Path = path
-    else:
-        source = name_or_path
+    source: str | Path = local_model_dir(name_or_path) or name_or_path
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype or torch.float32)
     except (OSError, ValueError) as exc:
@@ -153,13 +162,6 @@ def _bpe_from_files(vocab_file: Path, merges_file: Path) -> PreTrainedTokenizerB
     lines = merges_file.read_text(encoding="utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     return GPT2Tokenizer(vocab=vocab, merges=merges)
-
-
-def _require_model_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder {path} does not exist")
-    if not (path / "config.json").is_file():
-        raise KronyptError(f"{path} is not a model folder: it has no config.json")
 
 
 def _first_line(exc: BaseException) -> str:
