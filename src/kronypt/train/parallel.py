@@ -30,7 +30,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kronypt.errors import KronyptError
 
-STRATEGIES = ("ddp", "fsdp")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
