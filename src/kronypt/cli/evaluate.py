@@ -55,12 +55,12 @@ def eval_command(
     check_device(device)  # tasks, protocols, split and data files are checked before any model loads
     if stride is not None and "hf-strided" not in protocol_list:
         raise KronyptError(f"--stride applies to the hf-strided protocol only, not {', '.join(protocol_list)}")
-    if json_path is not None and str(json_path) != "-":
+    to_file = json_path is not None and str(json_path) != "-"
+    if to_file:
         if json_path.is_dir():
             raise KronyptError(f"cannot write --json {json_path}: it is a folder; give a file name")
         if not json_path.resolve().parent.is_dir():
             raise KronyptError(f"cannot write --json {json_path}: folder {json_path.resolve().parent} does not exist")
-    to_file = json_path is not None and str(json_path) != "-"
     records = evaluate_models(models, task_list, protocol_list, tokenizer=tokenizer, dtype=dtype, device=device,
                               split=split, data_dir=data_dir, stride=stride, batch_size=batch_size,
                               max_tokens=max_tokens, progress=progress,
