@@ -187,3 +187,52 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) 
     results = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
     assert [(r["step"], r["stopped_by"]) for r in results] == [(3, "SIGTERM"), (3, "SIGTERM")]
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]
+
+
+BF16_FSDP = """
+import json, sys
+from pathlib import Path
+from test_train_distributed import _kronecker_settings
+from kronypt.train import TrainConfig, train
+
+tmp = Path(sys.argv[1])
+seen = set()
+
+def record(module, args):
+    seen.update(str(p.dtype) for p in module.parameters(recurse=False))
+
+import kronypt.train.loop as loop
+build = loop.Trainer.__init__
+
+def init(self, *a, **k):
+    build(self, *a, **k)
+    mlp = self.raw.transformer.h[0].mlp
+    mlp.c_fc.register_forward_pre_hook(record)
+    stored = {str(p.dtype) for p in self.raw.parameters()}
+    (tmp / "stored.json").write_text(json.dumps(sorted(stored)))
+
+loop.Trainer.__init__ = init
+train(TrainConfig().with_overrides({**_kronecker_settings(tmp), "max_steps": 3, "out": str(tmp / "fsdp"),
+                                    "parallel": "fsdp", "precision": "bf16"}), progress=False)
+(tmp / "seen.json").write_text(json.dumps(sorted(seen)))
+"""
+
+
+def test_bf16_fsdp_gathers_bf16_weights_keeps_float32_shards_and_trains_like_one_process(tmp_path: Path) -> None:
+    settings = _kronecker_settings(tmp_path, precision="bf16")
+    single = tmp_path / "single"
+    train(TrainConfig().with_overrides({**settings, "max_steps": 3, "out": str(single)}), progress=False)
+    script = tmp_path / "bf16_fsdp.py"
+    script.write_text(BF16_FSDP)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(tmp_path)]
+    done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "seen.json").read_text()) == ["torch.bfloat16"]  # the all-gathered weights
+    assert json.loads((tmp_path / "stored.json").read_text()) == ["torch.float32"]  # the shards (and AdamW)
+    got, expected = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(single / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    for mine, ref in zip(got, expected, strict=True):  # bf16 weights instead of autocast's casts: close only
+        assert mine.keys() == ref.keys()
+        for key in {"loss", "val_loss"} & ref.keys():
+            assert mine[key] == pytest.approx(ref[key], rel=2e-2), (key, mine, ref)

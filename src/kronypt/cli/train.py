@@ -60,7 +60,8 @@ def train(
     precision: Annotated[str | None, Opt(help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32.")] = None,
     compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
     parallel: Annotated[str | None, Opt(help="Under torchrun: ddp (a full replica per rank) or fsdp (parameters, "
-                                             "gradients and optimizer state sharded over the ranks).")] = None,
+                                             "gradients and optimizer state sharded over the ranks; in bf16 it "
+                                             "all-gathers bf16 weights).")] = None,
     dropout: Annotated[float | None, Opt(help="Override the model's dropout probabilities.")] = None,
     freeze_embeddings: Annotated[bool | None, Opt("--freeze-embeddings/--train-embeddings",
                                                   help="Freeze token and position embeddings.")] = None,

@@ -139,7 +139,10 @@ class Trainer:
             raise KronyptError(f"seq_len {args.seq_len} exceeds the model's context ({model.config.n_positions})")
         prepare_for_training(model, args)
         self.raw = model.to(device).train()
-        parallel.shard(model, args.parallel, env.enabled)  # before the optimizer: it swaps the parameters
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        # Before the optimizer: it swaps the parameters.
+        parallel.shard(model, args.parallel, env.enabled, compute_dtype=self.autocast_dtype)
         self.sharded = parallel.is_sharded(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, config.optim, fused=device.type == "cuda")
@@ -148,8 +151,6 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.step, self.tokens, self.best_val_loss = 0, 0, math.inf
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=env.is_main)
-        bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if bf16 else None
         self.teacher = load_teacher(config.distill.teacher, model, device) if config.distill.teacher else None
         wikitext = config.eval.eval_wikitext
         self.wikitext = _wikitext_validation(config, meta, env) if wikitext else None

@@ -33,18 +33,22 @@ from kronypt.errors import KronyptError
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def shard(model: nn.Module, strategy: str, enabled: bool) -> None:
+def shard(model: nn.Module, strategy: str, enabled: bool, compute_dtype: torch.dtype | None = None) -> None:
     """FSDP: shard `model` in place (each transformer block a unit, then the root). A no-op otherwise.
 
-    Must run before the optimizer is built: it replaces the parameters by sharded ones.
+    With a `compute_dtype` (bf16 training), a block's weights are all-gathered in that dtype, which halves
+    the all-gather traffic and memory, and gradients are reduce-scattered in float32; the sharded weights
+    and the optimizer state stay float32 (as torchtitan trains). Must run before the optimizer is built:
+    it replaces the parameters by sharded ones.
     """
     if not (enabled and strategy == "fsdp"):
         return
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if compute_dtype else None)
     for block in _transformer_blocks(model):
-        fully_shard(block, shard_placement_fn=_placement)
-    fully_shard(model, shard_placement_fn=_placement)
+        fully_shard(block, shard_placement_fn=_placement, mp_policy=policy)
+    fully_shard(model, shard_placement_fn=_placement, mp_policy=policy)
 
 
 def _placement(param: nn.Parameter) -> Shard | None:
