@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "kronypt.cli.evaluate",
     "kronypt.cli.data",
     "kronypt.cli.train",
+    "kronypt.cli.plot",
 )
 
 
