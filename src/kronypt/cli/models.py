@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from kronypt.models import (
     CompressionConfig,
     CompressionReport,
     KronyGPT2Config,
+    allocate_factors,
     copy_tokenizer_files,
     count_params,
     has_tokenizer,
@@ -46,6 +48,10 @@ def compress(
     factors: Annotated[int | None, typer.Option("--factors", "-k", min=1, help="Number of Kronecker terms.")] = None,
     target_params: Annotated[int | None, typer.Option(help="Pick the largest scheme with at most this many "
                                                            "model parameters.")] = None,
+    allocate: Annotated[bool, typer.Option(
+        "--allocate", help="With --target-params and --scheme/--a-shape: keep that A shape but give each matrix "
+                           "its own number of factors, spending the budget where terms remove the most Van "
+                           "Loan error; --factors then caps k per matrix.")] = False,
     scalars: Annotated[bool, typer.Option(help="Give every factor a learnable scalar.")] = False,
     init: Annotated[str | None, typer.Option(help=INIT_HELP + " Default: the scheme's, else van-loan.")] = None,
     rescale: Annotated[bool, typer.Option(help="Van Loan: rescale so that ‖Ŵ‖ = ‖W‖.")] = False,
@@ -58,14 +64,20 @@ def compress(
 ) -> None:
     """Replace the MLP weights of a GPT-2 model by Kronecker factors and save it in Hugging Face format.
 
-    Give exactly one of --scheme, --a-shape or --target-params. The folder loads with
+    Give exactly one of --scheme, --a-shape or --target-params; or `--allocate` with --target-params and a
+    shape, e.g. `--a-shape 1024x256 --target-params 85000000 --allocate` (k between 1 and 8 per matrix
+    instead of 86M-3's k = 3 everywhere). The folder loads with
     `AutoModelForCausalLM.from_pretrained` after `import kronypt`, and holds the per-matrix error report
     (compression_report.json).
     """
     chosen = [o for o in (scheme, a_shape, target_params) if o is not None]
-    if len(chosen) != 1:
-        raise KronyptError("give exactly one of --scheme, --a-shape or --target-params")
-    if target_params is not None and (layers not in (None, "all") or modules != "c_fc,c_proj"):
+    if allocate and (target_params is None or len(chosen) != 2):
+        raise KronyptError("--allocate needs --target-params and one of --scheme or --a-shape (the A shape "
+                           "every matrix keeps)")
+    if not allocate and len(chosen) != 1:
+        raise KronyptError("give exactly one of --scheme, --a-shape or --target-params (or --allocate with "
+                           "--target-params and a shape)")
+    if target_params is not None and not allocate and (layers not in (None, "all") or modules != "c_fc,c_proj"):
         raise KronyptError("--target-params sizes a model with every MLP matrix compressed; "
                            "use --scheme or --a-shape with --layers/--modules")
     check_out_dir(out, force)
@@ -73,7 +85,7 @@ def compress(
                "modules": tuple(m.strip() for m in modules.split(",") if m.strip())}
     if init is not None:
         options["init"] = init
-    if factors is not None:
+    if factors is not None and not allocate:
         options["factors"] = factors
     if scheme is not None:
         config = CompressionConfig.from_scheme(scheme, **options)
@@ -85,10 +97,12 @@ def compress(
     if config is None:
         config = CompressionConfig.from_target_params(model_config, target_params, **options)
     row = plan_row(model_config, config.a_shape, config.factors)  # refuses bad shapes and too many factors
-    if not row.compresses:
+    if not row.compresses and not allocate:
         sys.stderr.write(f"kronypt: warning: A {row.a_shape[0]}x{row.a_shape[1]} with {row.factors} factors can "
                          f"represent any matrix of this size: it saves nothing ({row.model_params:,} parameters)\n")
     lm = load_model(model, gpt2_only=True)
+    if allocate:
+        config = allocate_factors(lm, config, target_params, max_factors=factors)
     report = compress_model(lm, config)
     tmp = staging_dir(out)
     lm.save_pretrained(tmp)
@@ -152,10 +166,11 @@ def info(
     for key, value in summary.items():
         if key != "kronecker_modules":
             table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
-    shapes = sorted({(tuple(s["a_shape"]), s["factors"], s["scalars"]) for s in modules.values()})
+    shapes = Counter((tuple(s["a_shape"]), s["factors"], s["scalars"]) for s in modules.values())
     table.add_row("kronecker layers", str(len(modules)))
-    for a, k, sc in shapes:
-        table.add_row("", f"A {a[0]}x{a[1]}, k={k}" + (", scalars" if sc else ""))
+    for (a, k, sc), count in sorted(shapes.items()):
+        how_many = f" ({count} matri{'x' if count == 1 else 'ces'})" if len(shapes) > 1 else ""
+        table.add_row("", f"A {a[0]}x{a[1]}, k={k}" + (", scalars" if sc else "") + how_many)
     console.print(table)
 
 

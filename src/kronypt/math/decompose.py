@@ -63,6 +63,15 @@ def _top_singular(R: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
     return (V, sigma, U) if transpose else (U, sigma, V)
 
 
+def kronecker_spectrum(W: torch.Tensor, a_shape: tuple[int, int]) -> torch.Tensor:
+    """σ_i² of R(W), largest first (float64), one per independent term: the nearest sum of k Kronecker
+    products leaves the squared error Σ_{i>k} σ_i², out of ‖W‖_F² = Σ_i σ_i²."""
+    shape = kron_shape(*W.shape, a_shape)
+    R = rearrange(W.detach().to(torch.float64), shape)
+    M = R if R.shape[0] >= R.shape[1] else R.T
+    return torch.linalg.eigvalsh(M.T @ M).flip(0).clamp_min(0)
+
+
 def van_loan(
     W: torch.Tensor,
     a_shape: tuple[int, int],

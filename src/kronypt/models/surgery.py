@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -11,6 +11,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from kronypt.errors import KronyptError
+from kronypt.math.allocate import allocate_terms
+from kronypt.math.decompose import kronecker_spectrum
+from kronypt.math.shapes import kron_shape
 from kronypt.models.configuration import KronyGPT2Config
 from kronypt.models.modeling import KronyGPT2LMHeadModel, adopt_class
 from kronypt.nn import KroneckerLinear
@@ -26,6 +29,7 @@ class CompressionConfig:
 
     `a_shape` is the A-factor shape of `c_fc` in (out=n_inner, in=n_embd) orientation; `c_proj` gets the
     transposed shapes. `layers` None means every block; `modules` picks c_fc and/or c_proj.
+    `factors_by_module` (module path -> k, from `allocate_factors`) overrides `factors` per matrix.
     """
 
     a_shape: tuple[int, int]
@@ -36,6 +40,11 @@ class CompressionConfig:
     prune_fill: float = 0.0
     layers: Sequence[int] | None = None
     modules: Sequence[str] = MLP_MODULES
+    factors_by_module: Mapping[str, int] | None = None
+
+    def factors_of(self, path: str) -> int:
+        """The number of factors of the matrix at `path`."""
+        return (self.factors_by_module or {}).get(path, self.factors)
 
     def __post_init__(self) -> None:
         self.a_shape = tuple(int(v) for v in self.a_shape)  # type: ignore[assignment]
@@ -106,35 +115,74 @@ def compress(model: GPT2LMHeadModel, config: CompressionConfig, progress: bool =
     """
     if not isinstance(model, GPT2LMHeadModel):
         raise KronyptError(f"expected a GPT-2-family causal LM (GPT2LMHeadModel), got {type(model).__name__}")
-    n_layer, n_embd, inner = mlp_dims(model.config)
-    layers = list(range(n_layer)) if config.layers is None else sorted(set(config.layers))
-    if not layers or layers[0] < 0 or layers[-1] >= n_layer:
-        raise KronyptError(f"layers {list(config.layers or [])} out of range: this model has blocks 0..{n_layer - 1}")
     report = CompressionReport(params_before=count_params(model))
     earlier = getattr(model.config, "kronecker", {}).get("init")  # folders from before per-module inits
     kron_modules = {path: {"init": earlier, **spec} if earlier else spec
                     for path, spec in getattr(model.config, "kron_modules", {}).items()}
-    targets = [(i, name) for i in layers for name in config.modules]
-    for i, name in tqdm(targets, desc="compressing", unit="matrix", disable=None if progress else True, leave=False):
-        path = f"transformer.h.{i}.mlp.{name}"
+    targets = _targets(model, config)
+    for path, name in tqdm(targets, desc="compressing", unit="matrix", disable=None if progress else True,
+                           leave=False):
         old = model.get_submodule(path)
-        if not isinstance(old, Conv1D):
-            raise KronyptError(f"{path} is already compressed ({type(old).__name__})")
         a_shape = config.a_shape if name == "c_fc" else config.a_shape[::-1]
         weight = old.weight.detach().T  # Conv1D stores (in, out)
-        new, dec = KroneckerLinear.from_dense(weight, old.bias.detach(), a_shape, config.factors,
+        factors = config.factors_of(path)
+        new, dec = KroneckerLinear.from_dense(weight, old.bias.detach(), a_shape, factors,
                                               scalars=config.scalars, init=config.init,
                                               rescale=config.rescale, prune_fill=config.prune_fill)
         new.requires_grad_(old.weight.requires_grad)
         setattr(model.get_submodule(path.rpartition(".")[0]), name, new)
-        kron_modules[path] = {"a_shape": list(a_shape), "factors": config.factors, "scalars": config.scalars,
+        kron_modules[path] = {"a_shape": list(a_shape), "factors": factors, "scalars": config.scalars,
                               "init": config.init}
-        report.matrices.append(MatrixReport(path, new.shape.a_shape, new.shape.b_shape, config.factors,
+        report.matrices.append(MatrixReport(path, new.shape.a_shape, new.shape.b_shape, factors,
                                             sum(p.numel() for n, p in new.named_parameters() if n != "bias"),
                                             weight.numel(), dec.rel_error))
     _become_kronecker(model, kron_modules)
     report.params_after = count_params(model)
     return report
+
+
+def allocate_factors(model: GPT2LMHeadModel, config: CompressionConfig, target_params: int,
+                     max_factors: int | None = None) -> CompressionConfig:
+    """`config` with a number of factors per matrix: the most Van Loan error removed (summed squared relative
+    errors, `kronypt.math.allocate`) by a model of at most `target_params` parameters.
+
+    Every targeted matrix keeps `config.a_shape` and gets at least one factor and at most `max_factors`
+    (else as many as its shape admits while still saving parameters).
+    """
+    if config.init != "van-loan":
+        raise KronyptError(f"factor allocation ranks terms by their Van Loan error; it needs init van-loan, "
+                           f"not {config.init}")
+    targets = _targets(model, config)
+    _, n_embd, inner = mlp_dims(model.config)
+    shape = kron_shape(inner, n_embd, config.a_shape)  # c_proj's is its transpose: the same counts
+    saving = max((k for k in range(1, shape.terms() + 1) if shape.compresses(k)), default=1)
+    spectra = {}
+    for path, name in targets:
+        weight = model.get_submodule(path).weight.detach().T  # Conv1D stores (in, out)
+        spectra[path] = kronecker_spectrum(weight, config.a_shape if name == "c_fc" else config.a_shape[::-1])
+    per_term = shape.params(1, config.scalars)
+    rest = count_params(model) - len(targets) * inner * n_embd
+    if (target_params - rest) // per_term < len(targets):
+        raise KronyptError(f"a model of at most {target_params:,} parameters cannot give each of the "
+                           f"{len(targets)} matrices one factor of A {shape.m1}x{shape.n1}: that needs "
+                           f"{rest + len(targets) * per_term:,}")
+    counts = allocate_terms(spectra, (target_params - rest) // per_term,
+                            max_factors=saving if max_factors is None else min(max_factors, saving))
+    return replace(config, factors_by_module=counts)
+
+
+def _targets(model: GPT2LMHeadModel, config: CompressionConfig) -> list[tuple[str, str]]:
+    """(module path, c_fc or c_proj) of every matrix `config` compresses, checked to be dense Conv1Ds."""
+    n_layer, _, _ = mlp_dims(model.config)
+    layers = list(range(n_layer)) if config.layers is None else sorted(set(config.layers))
+    if not layers or layers[0] < 0 or layers[-1] >= n_layer:
+        raise KronyptError(f"layers {list(config.layers or [])} out of range: this model has blocks 0..{n_layer - 1}")
+    targets = [(f"transformer.h.{i}.mlp.{name}", name) for i in layers for name in config.modules]
+    for path, _ in targets:
+        module = model.get_submodule(path)
+        if not isinstance(module, Conv1D):
+            raise KronyptError(f"{path} is already compressed ({type(module).__name__})")
+    return targets
 
 
 def _become_kronecker(model: GPT2LMHeadModel, kron_modules: dict) -> None:

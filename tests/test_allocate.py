@@ -1,0 +1,123 @@
+"""Per-matrix factor counts under a parameter budget: optimal against brute force, consistent with the Van
+Loan decomposition, and a compressed model that round-trips with its mixed k."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_cli import assert_one_line_error, run
+
+from kronypt.errors import KronyptError
+from kronypt.math.allocate import allocate_terms, predicted_rel_error
+from kronypt.math.decompose import kronecker_spectrum, van_loan
+from kronypt.models import CompressionConfig, allocate_factors, compress, count_params, load_model
+from tests.conftest import tiny_model
+
+
+def _spectrum(values: list[float]) -> torch.Tensor:
+    return torch.tensor(sorted(values, reverse=True), dtype=torch.float64)
+
+
+def _objective(spectra: dict[str, torch.Tensor], counts: dict[str, int]) -> float:
+    return sum(predicted_rel_error(spectra[name], k) ** 2 for name, k in counts.items())
+
+
+spectra_strategy = st.lists(st.lists(st.floats(0, 100), min_size=1, max_size=4), min_size=1, max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spectra_strategy, st.integers(0, 12), st.integers(1, 2), st.one_of(st.none(), st.integers(1, 4)))
+def test_greedy_allocation_is_optimal_against_brute_force(raw, budget, min_factors, max_factors):
+    spectra = {f"m{i}": _spectrum(values) for i, values in enumerate(raw)}
+    caps = [len(v) if max_factors is None else min(len(v), max_factors) for v in spectra.values()]
+    if min(caps) < min_factors or max_factors is not None and max_factors < min_factors \
+            or budget < min_factors * len(spectra):
+        with pytest.raises(KronyptError):
+            allocate_terms(spectra, budget, min_factors, max_factors)
+        return
+    counts = allocate_terms(spectra, budget, min_factors, max_factors)
+    assert list(counts) == list(spectra)
+    assert sum(counts.values()) <= budget
+    assert all(min_factors <= k <= cap for k, cap in zip(counts.values(), caps, strict=True))
+    best = min(_objective(spectra, dict(zip(spectra, choice, strict=True)))
+               for choice in itertools.product(*(range(min_factors, cap + 1) for cap in caps))
+               if sum(choice) <= budget)
+    assert _objective(spectra, counts) == pytest.approx(best, abs=1e-12)
+
+
+def test_terms_that_remove_nothing_are_not_spent() -> None:
+    counts = allocate_terms({"exact": _spectrum([4.0, 0.0, 0.0]), "rough": _spectrum([1.0, 1.0])}, total_terms=10)
+    assert counts == {"exact": 1, "rough": 2}
+
+
+def test_spectrum_predicts_the_van_loan_error() -> None:
+    torch.manual_seed(0)
+    W = torch.randn(48, 20, dtype=torch.float64)
+    spectrum = kronecker_spectrum(W, (12, 5))
+    assert spectrum.shape == (min(12 * 5, 4 * 4),)
+    assert float(spectrum.sum()) == pytest.approx(float(W.square().sum()), rel=1e-12)
+    assert torch.all(spectrum[:-1] >= spectrum[1:])
+    for k in (1, 3, 16):
+        assert predicted_rel_error(spectrum, k) == pytest.approx(van_loan(W, (12, 5), k).rel_error, abs=1e-9)
+
+
+def _structured_model():
+    """Block 0's c_fc is one Kronecker product plus tiny noise; the other matrices are random."""
+    model = tiny_model()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        W = torch.kron(torch.randn(64, 16), torch.randn(4, 4)) * 0.02 + 1e-5 * torch.randn(256, 64)
+        model.transformer.h[0].mlp.c_fc.weight.copy_(W.T)  # Conv1D: (in, out)
+    return model
+
+
+def test_allocation_meets_the_budget_and_beats_one_k_everywhere() -> None:
+    uniform = _structured_model()
+    uniform_report = compress(uniform, CompressionConfig(a_shape=(64, 16), factors=2), progress=False)
+    budget = uniform_report.params_after
+    model = _structured_model()
+    config = allocate_factors(model, CompressionConfig(a_shape=(64, 16)), budget)
+    report = compress(model, config, progress=False)
+    assert report.params_after <= budget == count_params(uniform)
+    factors = {m.name: m.factors for m in report.matrices}
+    assert factors["transformer.h.0.mlp.c_fc"] == 1  # already one Kronecker product: more terms buy nothing
+    assert sum(m.rel_error**2 for m in report.matrices) < sum(m.rel_error**2 for m in uniform_report.matrices)
+    spectra = {m.name: m.rel_error for m in report.matrices}
+    assert spectra["transformer.h.0.mlp.c_fc"] < 1e-2
+    capped = allocate_factors(_structured_model(), CompressionConfig(a_shape=(64, 16)), budget, max_factors=2)
+    assert max(capped.factors_by_module.values()) <= 2
+
+
+def test_mixed_factor_counts_round_trip_with_exact_logits(tmp_path) -> None:
+    model = _structured_model()
+    budget = count_params(model) - 2 * 256 * 64 + 7 * (64 * 16 + 4 * 4 + 1)  # 7 terms with scalars in block 0
+    config = allocate_factors(model, CompressionConfig(a_shape=(64, 16), layers=[0], scalars=True), budget)
+    compress(model, config, progress=False)
+    assert config.factors_by_module == {"transformer.h.0.mlp.c_fc": 1, "transformer.h.0.mlp.c_proj": 6}
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_model(str(tmp_path / "m"))
+    ids = torch.randint(0, 50257, (2, 16))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    assert {p: s["factors"] for p, s in loaded.config.kron_modules.items()} == dict(config.factors_by_module)
+
+
+def test_compress_allocate_cli(capsys, tiny_dir, tmp_path) -> None:
+    code, out, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "64x16", "--target-params", "3300000",
+                         "--allocate", "--factors", "3", "--out", str(tmp_path / "a"), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["params_after"] <= 3_300_000 and {m["factors"] for m in report["matrices"]} <= {1, 2, 3}
+    for args, message in [
+        (["--a-shape", "64x16", "--allocate"], "--allocate needs --target-params and one of --scheme or --a-shape"),
+        (["--target-params", "3300000", "--allocate"], "--allocate needs --target-params"),
+        (["--a-shape", "64x16", "--target-params", "10", "--allocate"], "cannot give each of the 4 matrices one"),
+        (["--a-shape", "64x16", "--target-params", "3300000", "--allocate", "--init", "prune"],
+         "needs init van-loan, not prune"),
+    ]:
+        code, _, err = run(capsys, "compress", str(tiny_dir), *args, "--out", str(tmp_path / "b"))
+        assert_one_line_error(code, err, message)
