@@ -91,3 +91,29 @@ def test_a_run_stopped_by_a_signal_exits_non_zero(tmp_path: Path, capsys: pytest
     monkeypatch.setattr(train_cli, "run_training", lambda config, progress: result)
     got, out, _ = _run([*cli_args(scratch_settings(tmp_path)), "--json"], capsys)
     assert got == code and json.loads(out)["stopped_by"] == signal_name
+
+
+def test_allocate_params_compresses_on_the_fly_with_a_k_per_matrix(tmp_path: Path, capsys) -> None:
+    import torch
+    from test_train_support import tiny_gpt2
+    from transformers import GPT2LMHeadModel
+
+    from kronypt.models import CompressionConfig, allocate_factors, count_params, load_model
+
+    torch.manual_seed(0)
+    dense = GPT2LMHeadModel(tiny_gpt2())
+    dense.save_pretrained(tmp_path / "dense")
+    budget = count_params(dense) - 4 * 128 * 32 + 10 * (16 * 8 + 8 * 4)  # 10 terms for the 4 matrices
+    expected = allocate_factors(dense, CompressionConfig(a_shape=(16, 8)), budget, max_factors=3).factors_by_module
+    settings = scratch_settings(tmp_path, init_from="dense", model=str(tmp_path / "dense"), model_config=None,
+                                a_shape="16x8", allocate_params=budget, factors=3, max_steps=2, eval_every=0)
+    code, out, err = _run([*cli_args(settings), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["step"] == 2
+    trained = load_model(str(tmp_path / "run" / "latest" / "model"))
+    assert {p: s["factors"] for p, s in trained.config.kron_modules.items()} == expected
+    assert sum(expected.values()) == 10 and max(expected.values()) <= 3 and count_params(trained) <= budget
+
+    settings["init_from"], settings["model"] = "kronypt", str(tmp_path / "run" / "latest" / "model")
+    code, _, err = _run(cli_args({**settings, "a_shape": None, "out": str(tmp_path / "again")}), capsys)
+    assert code == 2 and "--allocate-params only apply to --init-from dense" in err, err

@@ -26,7 +26,11 @@ def train(
     model_config: Annotated[str | None, Opt(help="GPT2Config JSON file for --init-from scratch.")] = None,
     scheme: Annotated[str | None, Opt(help="Named scheme for --init-from dense, e.g. 81M, 96M-prune.")] = None,
     a_shape: Annotated[str | None, Opt("--a-shape", help="Or an A-factor shape MxN of c_fc (out x in).")] = None,
-    factors: Annotated[int | None, Opt(help="Kronecker terms per matrix (default: the scheme's).")] = None,
+    factors: Annotated[int | None, Opt(help="Kronecker terms per matrix (default: the scheme's); with "
+                                            "--allocate-params, the most any matrix gets.")] = None,
+    allocate_params: Annotated[int | None, Opt(help="--init-from dense: keep the scheme's A shape but give "
+                                                    "each matrix its own k within this many model parameters "
+                                                    "(as `compress --allocate`).")] = None,
     init: Annotated[str | None, Opt(help="Factor init: van-loan, prune or random (default: the scheme's).")] = None,
     scalars: Annotated[bool | None, Opt("--scalars/--no-scalars", help="Learnable scalar per factor.")] = None,
     data: Annotated[str | None, Opt(help="Token folder from `kronypt data prepare`.")] = None,

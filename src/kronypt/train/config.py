@@ -103,7 +103,8 @@ class TrainConfig:
     model_config: str | None = None  # GPT2Config JSON (scratch)
     scheme: str | None = None  # named scheme (dense), e.g. 81M
     a_shape: str | None = None  # or an explicit A shape MxN of c_fc
-    factors: int | None = None
+    factors: int | None = None  # with allocate_params: the most factors any matrix gets
+    allocate_params: int | None = None  # dense: a k per matrix within this many model parameters (van-loan)
     init: str | None = None  # van-loan / prune / random; default: the scheme's
     scalars: bool = False
     data: str | None = None  # folder with train.bin, val.bin, meta.json
@@ -183,8 +184,9 @@ class TrainConfig:
             raise KronyptError("--init-from scratch needs --model-config (a GPT2Config JSON file)")
         if self.init_from == "dense" and (self.scheme is None) == (self.a_shape is None):
             raise KronyptError("--init-from dense needs exactly one of --scheme (e.g. 81M) or --a-shape MxN")
-        if self.init_from != "dense" and (self.scheme or self.a_shape):
-            raise KronyptError(f"--scheme / --a-shape only apply to --init-from dense, not {self.init_from}")
+        if self.init_from != "dense" and (self.scheme or self.a_shape or self.allocate_params):
+            raise KronyptError(f"--scheme / --a-shape / --allocate-params only apply to --init-from dense, not "
+                               f"{self.init_from}")
         if not self.data:
             raise KronyptError("no data folder: pass --data DIR (made by `kronypt data prepare`)")
         for name, value in (("max_steps", self.train.max_steps), ("micro_batch_size", self.train.micro_batch_size),

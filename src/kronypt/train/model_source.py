@@ -17,7 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from kronypt.errors import KronyptError
 from kronypt.math.shapes import parse_shape
-from kronypt.models import CompressionConfig, compress, load_model
+from kronypt.models import CompressionConfig, allocate_factors, compress, load_model
 from kronypt.nn import KroneckerLinear
 from kronypt.train.config import TrainArgs, TrainConfig
 
@@ -30,6 +30,8 @@ def build_model(config: TrainConfig) -> PreTrainedModel:
         return GPT2LMHeadModel(scratch_config(config.model_config))
     scheme = compression_config(config) if config.init_from == "dense" else None  # bad schemes fail before loading
     model = load_model(config.model, dtype=torch.float32, gpt2_only=True)
+    if scheme is not None and config.allocate_params is not None:
+        scheme = allocate_factors(model, scheme, config.allocate_params, max_factors=config.factors)
     if scheme is not None:
         compress(model, scheme, progress=False)
     elif not getattr(model.config, "kron_modules", None):
@@ -39,11 +41,12 @@ def build_model(config: TrainConfig) -> PreTrainedModel:
 
 
 def compression_config(config: TrainConfig) -> CompressionConfig:
-    """The CompressionConfig of `--scheme` or `--a-shape`, with `--factors`, `--init` and `--scalars`."""
+    """The CompressionConfig of `--scheme` or `--a-shape`, with `--factors` (unless it caps an allocation),
+    `--init` and `--scalars`."""
     options: dict = {"scalars": config.scalars}
     if config.init is not None:
         options["init"] = config.init
-    if config.factors is not None:
+    if config.factors is not None and config.allocate_params is None:
         options["factors"] = config.factors
     if config.scheme is not None:
         return CompressionConfig.from_scheme(config.scheme, **options)
