@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,7 +177,36 @@ def check_interfaces() -> dict[str, float]:
                                                          inp["bias"].detach(), 1, True, impl)
         p_ref = x2.double() @ inp["A"].detach().double()[0].t()
         saved_errors.append(_relative(saved, p_ref) if saved.shape == p_ref.shape else float("inf"))
+    # float32 B given as a strided view (every other row / column of a larger tensor), no scalars
+    strided_errors = []
+    for m1, n1, m2, n2, view in ((24, 40, 4, 1, (slice(None), slice(None, None, 2))),
+                                 (40, 24, 1, 4, (slice(None), slice(None), slice(None, None, 2)))):
+        big = torch.randn(1, m2 * (2 if n2 == 1 else 1), n2 * (2 if m2 == 1 else 1))
+        B_view, A_s = big[view], torch.randn(1, m1, n1) / n1**0.5
+        x_s = torch.randn(33, n1 * n2)
+        for impl in ("auto", "v3"):
+            got = kron_linear_fused(x_s, A_s, B_view, impl=impl)
+            strided_errors.append(_relative(got, kron_linear_materialised(x_s.double(), A_s.double(),
+                                                                          B_view.double())))
+    # torch.use_deterministic_algorithms: the fused backward (float atomics) raises, or warns if warn_only
+    flags = {}
+    for warn_only in (False, True):
+        x_d = inp["x"].detach().requires_grad_()
+        y_d = kron_linear_fused(x_d, inp["A"].detach(), inp["B"].detach())
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                y_d.sum().backward()
+            flags[warn_only] = float(any("not deterministic" in str(w.message) for w in caught))
+        except RuntimeError as error:
+            flags[warn_only] = 2.0 * ("not deterministic" in str(error))
+        finally:
+            torch.use_deterministic_algorithms(False)
     return {
+        "strided_b_worst": max(strided_errors),
+        "deterministic_raises": flags[False],
+        "deterministic_warns": flags[True],
         "saved_p_worst": max(saved_errors),
         "opcheck_failures": float(sum(v != "SUCCESS" for v in report.values())),
         "compiled_error": _relative(compiled(inp["x"]), ref),
@@ -280,6 +310,9 @@ def test_operator_registration_compile_and_empty_input(interpreted: dict) -> Non
     assert errors["cpu_available"] == 1.0  # the interpreter runs on CPU tensors
     assert errors["autocast_worst"] <= TOLERANCE["bfloat16"]  # bf16 values, float32 gradients everywhere
     assert errors["saved_p_worst"] <= TOLERANCE["float32"]  # training keeps P = x·Aᵀ, not T x 3072 values
+    assert errors["strided_b_worst"] <= TOLERANCE["float32"]  # a strided float32 B is read by its strides
+    assert errors["deterministic_raises"] == 2.0  # as PyTorch's own non-deterministic kernels do
+    assert errors["deterministic_warns"] == 1.0
 
 
 def test_sweep_candidates_match_reference(interpreted: dict) -> None:
@@ -483,6 +516,22 @@ def test_cuda_graph_decode_replays_eager_result() -> None:
     torch.testing.assert_close(static_y, eager, rtol=0, atol=0)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_kernels_run_on_the_inputs_device_not_the_current_one() -> None:
+    from kronypt.kernels import kron_linear_fused
+
+    case = Case(768, 768, 4, 1, 1, 257, "bfloat16", True, True, True)
+    inputs = {n: (t.detach().to("cuda:1").requires_grad_() if t is not None else None)
+              for n, t in _inputs(case, seed=4).items()}
+    with torch.cuda.device(0):
+        y = kron_linear_fused(**inputs, activation="gelu_new")
+        y.float().sum().backward()
+    ref, _ = _reference({n: (t.cpu() if t is not None else None) for n, t in inputs.items()}, act=True)
+    assert y.device == torch.device("cuda:1") and _relative(y.cpu(), ref) <= 1e-2
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in inputs.values() if t is not None)
+
+
 if __name__ == "__main__" and "--worker" in sys.argv:
     _worker()
 
@@ -499,3 +548,35 @@ def test_v3_l2_traffic_falls_with_wider_tiles() -> None:
     assert v3_traffic(c_fc, tokens, 256, 128)["l2"] < t["l2"]
     # c_proj: its wide x dominates, so wider A blocks are what cut the traffic
     assert v3_traffic(c_proj, tokens, 128, 256)["l2"] < v3_traffic(c_proj, tokens, 256, 128)["l2"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_autotune_candidates_fit_shared_memory(dtype: torch.dtype) -> None:
+    """The pruned candidates of every version-1 kernel fit Hopper's shared memory (an estimate above the
+    sm_90 builds: session 5's review built float32 (128, 64, 64)/3 of 81M c_proj at 320 KB, grad_x of 81M
+    c_fc (128, 32, 64) at 304 KB and 92M-4 (128, 16, 64) at 296 KB, over the 227 KB a block may use)."""
+    from kronypt.kernels import tuning
+
+    too_big = {("forward", (768, 768, 1, 4), (128, 64, 64)), ("forward", (768, 768, 1, 4), (128, 32, 64)),
+               ("forward", (1024, 256, 3, 3), (128, 16, 64))}
+    shapes = [(768, 768, 4, 1), (768, 768, 1, 4), (1024, 256, 3, 3), (256, 64, 12, 12), (1536, 384, 2, 2)]
+    kernels = (("forward", tuning.FORWARD_CONFIGS, tuning.prune_forward),
+               ("two_stage", tuning.TWO_STAGE_CONFIGS, tuning.prune_two_stage),
+               ("wgrad", tuning.WGRAD_CONFIGS, tuning.prune_wgrad))
+    for kernel, configs, prune in kernels:
+        for m1, n1, m2, n2 in shapes:
+            for bucket in tuning.TOKEN_BUCKETS:
+                args = {"X": torch.empty(1, dtype=dtype), "T_BUCKET": bucket, "M1": m1, "N1": n1, "M2": m2,
+                        "N2": n2, "M2P": 1 << (m2 - 1).bit_length(), "N2P": 1 << (n2 - 1).bit_length(), "ACT": 0}
+                kept = prune(configs, args)
+                assert kept and all(tuning.shared_bytes(kernel, c, args) <= tuning.SHARED_MEMORY_BYTES
+                                    or c is tuning.FALLBACK for c in kept)
+                blocks = {(c.kwargs["BLOCK_T"], c.kwargs["BLOCK_A"], c.kwargs["BLOCK_C"]) for c in kept
+                          if c.num_stages == 3}
+                if dtype == torch.float32:
+                    assert not {b for k, s, b in too_big if (k, s) == (kernel, (m1, n1, m2, n2))} & blocks
+    # bf16 keeps the configs run 1 timed for 81M c_proj (its largest tile fits in bf16)
+    args = {"X": torch.empty(1, dtype=torch.bfloat16), "T_BUCKET": 65536, "M1": 768, "N1": 768, "M2": 1,
+            "N2": 4, "M2P": 1, "N2P": 4, "ACT": 0}
+    assert (128, 64, 64) in {(c.kwargs["BLOCK_T"], c.kwargs["BLOCK_A"], c.kwargs["BLOCK_C"])
+                             for c in tuning.prune_forward(tuning.FORWARD_CONFIGS, args)}

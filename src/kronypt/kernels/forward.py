@@ -39,7 +39,9 @@ from kronypt.kernels.tuning import (
 )
 from kronypt.kernels.two_stage import two_stage_kernel
 
-FORWARD_KEY = ["T_BUCKET", "M1", "N1", "M2", "N2", "K", "HAS_S", "HAS_BIAS", "ACT", "SAVE_PRE", "COLSUM"]
+# The factor strides tell the forward (contiguous A) from grad_x (A transposed) of a square layer.
+FORWARD_KEY = ["T_BUCKET", "M1", "N1", "M2", "N2", "K", "HAS_S", "HAS_BIAS", "ACT", "SAVE_PRE", "COLSUM",
+               "stride_am", "stride_an", "stride_bm", "stride_bn"]
 
 
 @triton.jit

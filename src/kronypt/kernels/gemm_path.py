@@ -230,7 +230,7 @@ def reduce(g: torch.Tensor, p: torch.Tensor | None, bv: torch.Tensor, m1: int, c
 
 def _scaled(v: torch.Tensor, scalars: torch.Tensor | None) -> torch.Tensor:
     """s_i · v[i] in float32 for a (k, n) slice of B: the scalars ride on B, never on a large tensor."""
-    return v.float() * scalars.float()[:, None] if scalars is not None else v.float()
+    return v.float() * scalars.float()[:, None] if scalars is not None else v.float().contiguous()
 
 
 def gemm_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,

@@ -16,6 +16,9 @@ backward needs P anyway (it used to recompute it with a GEMM).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -65,11 +68,32 @@ def fused_forward(x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None, bias:
     when an activation is fused; otherwise it is empty."""
     if x.shape[0] == 0:  # nothing to launch
         return _forward_fake(x, A, B, scalars, bias, act, save, impl)
-    if _use_v3(x, A, B, impl):
-        return v3_forward(x, A, B, scalars, bias, act, save)
-    if _use_gemm_path(x, B, impl):
-        return gemm_forward(x, A, B, scalars, bias, act, save)
-    return kron_forward(x, A, B, scalars, bias, act, save and act != 0)
+    with _on_device(x):
+        if _use_v3(x, A, B, impl):
+            return v3_forward(x, A, B, scalars, bias, act, save)
+        if _use_gemm_path(x, B, impl):
+            return gemm_forward(x, A, B, scalars, bias, act, save)
+        return kron_forward(x, A, B, scalars, bias, act, save and act != 0)
+
+
+def _on_device(x: Tensor) -> contextlib.AbstractContextManager:
+    """Make x's GPU the current one: Triton launches on the current device, which a model on cuda:1 (or
+    any rank but the first of a job that did not call set_device) would otherwise miss."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _alert_not_deterministic() -> None:
+    """What PyTorch's own non-deterministic kernels do under `torch.use_deterministic_algorithms(True)`:
+    raise, or warn with warn_only=True. The fused backward sums partial results with float atomics, so two
+    runs can differ in the last bits. (The layer's automatic path avoids it in that mode.)"""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = ("kronypt's fused Kronecker backward sums with atomics and is not deterministic; use the layer's "
+               "factored path (path='factored', or path='auto', which avoids it in deterministic mode)")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=2)
+    else:
+        raise RuntimeError(message)
 
 
 _forward_op = torch.library.custom_op("kronypt::kron_linear_forward", fused_forward, mutates_args=())
@@ -88,11 +112,20 @@ def fused_backward(grad: Tensor, x: Tensor, A: Tensor, B: Tensor, scalars: Tenso
                    need_bias: bool, impl: str = "auto") -> list[Tensor]:
     """[grad_x, dA, dB, ds, dbias]; an unneeded one is an empty tensor. Factor gradients are float32.
     `saved` is the forward's second output; `bias` is needed only to rebuild a pre-activation from P."""
-    m2, n2 = B.shape[1:]
     outputs = _backward_fake(grad, x, A, B, scalars, saved, bias, act, need_x, need_a, need_b, need_s,
                              need_bias)
     if x.shape[0] == 0:
         return [t.zero_() for t in outputs]
+    _alert_not_deterministic()
+    with _on_device(x):
+        return _backward_body(outputs, grad, x, A, B, scalars, saved, bias, act, need_x, need_a, need_b, need_s,
+                              need_bias, impl)
+
+
+def _backward_body(outputs: list[Tensor], grad: Tensor, x: Tensor, A: Tensor, B: Tensor, scalars: Tensor | None,
+                   saved: Tensor, bias: Tensor | None, act: int, need_x: bool, need_a: bool, need_b: bool,
+                   need_s: bool, need_bias: bool, impl: str) -> list[Tensor]:
+    m2, n2 = B.shape[1:]
     g = grad.contiguous()
     if _use_gemm_path(x, B, impl):
         dx, da, M, dbias = gemm_backward(g, x, A, B, scalars, saved, act, bias, need_x, need_a, need_bias,

@@ -24,6 +24,8 @@ from kronypt.kernels.availability import INTERPRET
 # Estimated 32-bit registers per thread of live tiles above which a config spills (calibrated on sm_90
 # with `kronypt.kernels.sass`: 81M c_fc at (128, 64, 64)/8 warps uses 151 registers and no stack).
 REGISTER_BUDGET = 176
+# Shared memory one block may use where the device cannot be asked (sm_90's opt-in maximum, 227 KiB).
+SHARED_MEMORY_BYTES = 232_448
 # Candidates timed per tuning key; KRONYPT_TUNE_CANDIDATES=1 turns tuning off (first fitting config).
 MAX_CANDIDATES = max(1, int(os.environ.get("KRONYPT_TUNE_CANDIDATES", "3")))
 TOKEN_BUCKETS = (16, 256, 4096, 65536)
@@ -67,13 +69,13 @@ def token_bucket(tokens: int) -> int:
 
 def registers(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> float:
     """Estimated registers per thread held by the live tiles of `kernel` ("forward", "two_stage" or
-    "wgrad") under `cfg`: float32 tiles count 1 per element, bf16 tiles ½; a fused GELU doubles the
-    accumulator (its temporaries), fused column sums double the x tile."""
+    "wgrad") under `cfg`: float32 tiles count 1 per element, the input tile its own width (½ in bf16); a
+    fused GELU doubles the accumulator (its temporaries), fused column sums double the x tile."""
     kw = cfg.kwargs
     t, a, c = kw["BLOCK_T"], kw["BLOCK_A"], kw["BLOCK_C"]
     m2p, n2p = args["M2P"], args["N2P"]
     act = 2 if args.get("ACT") else 1
-    x_tile = t * c * n2p / 2 * (2 if args.get("COLSUM") else 1)
+    x_tile = t * c * n2p * _itemsize(args) / 4 * (2 if args.get("COLSUM") else 1)
     if kernel == "forward":
         live = t * a * m2p * act + t * a + x_tile
     elif kernel == "two_stage":
@@ -83,14 +85,41 @@ def registers(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> float:
     return live / (32 * cfg.num_warps)
 
 
+def shared_bytes(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> int:
+    """Upper estimate of the shared memory of `kernel` under `cfg`: every pipeline stage holds one tile of
+    each operand its loop loads (x and A; for "wgrad" x and the output gradient) at the input's width.
+    Measured on sm_90 builds (review of session 5): float32 (128, 64, 64)/3 of 81M c_proj uses 320 KB,
+    this estimate 442 KB; its bf16 build fits."""
+    kw = cfg.kwargs
+    t, a, c = kw["BLOCK_T"], kw["BLOCK_A"], kw["BLOCK_C"]
+    loaded = t * c * args["N2P"] + (t * a * args["M2P"] if kernel == "wgrad" else a * c)
+    return loaded * _itemsize(args) * cfg.num_stages
+
+
 def _fits(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> bool:
-    """Within the register budget, and blocks no larger than the (power-of-two padded) shape needs."""
+    """Within the register budget and the device's shared memory, and blocks no larger than the
+    (power-of-two padded) shape needs."""
     kw = cfg.kwargs
     return (
         registers(kernel, cfg, args) <= REGISTER_BUDGET
+        and shared_bytes(kernel, cfg, args) <= _shared_limit(args)
         and kw["BLOCK_A"] <= max(16, triton.next_power_of_2(args["M1"]))
         and kw["BLOCK_C"] <= max(16, triton.next_power_of_2(args["N1"]))
     )
+
+
+def _itemsize(args: dict[str, Any]) -> int:
+    """Bytes per element of the kernel's input x (bf16 where the launch arguments do not say)."""
+    x = args.get("X")
+    return x.element_size() if isinstance(x, torch.Tensor) else 2
+
+
+def _shared_limit(args: dict[str, Any]) -> int:
+    x = args.get("X")
+    if isinstance(x, torch.Tensor) and x.is_cuda:
+        props = torch.cuda.get_device_properties(x.device)
+        return int(getattr(props, "shared_memory_per_block_optin", SHARED_MEMORY_BYTES))
+    return SHARED_MEMORY_BYTES
 
 
 def _pruner(kernel: str, limit: int, by_bucket: bool) -> Callable:

@@ -3,7 +3,8 @@
 The weight is never stored. Each call runs the cheaper of three paths (factored with A first, factored
 with B first, or materialise W then a dense matmul), chosen by `kronypt.nn.cost` from the token count, k,
 the shapes and whether gradients are needed; set `path` to force one. On CUDA with Triton, the fused
-kernels of `kronypt.kernels` (x read once, y written once) join the automatic choice where they win.
+kernels of `kronypt.kernels` (x read once, y written once) join the automatic choice where they win
+(not for training under `torch.use_deterministic_algorithms(True)`: their backward sums with atomics).
 """
 
 from __future__ import annotations
@@ -185,7 +186,9 @@ class KroneckerLinear(nn.Module):
         tokens = x.numel() // self.in_features
         training = torch.is_grad_enabled() and (self.A.requires_grad or x.requires_grad)
         cuda = x.is_cuda
-        return self.resolved_path(tokens, training, cuda and _on_tensor_cores(x), cuda and fused_available(x))
+        # The fused backward sums with atomics (bitwise run-to-run differences): not under deterministic mode.
+        fused = cuda and fused_available(x) and not (training and torch.are_deterministic_algorithms_enabled())
+        return self.resolved_path(tokens, training, cuda and _on_tensor_cores(x), fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self.path_for(x)
