@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +19,9 @@ from kronypt.errors import KronyptError
 from kronypt.math.allocate import allocate_terms, predicted_rel_error
 from kronypt.math.decompose import kronecker_spectrum, van_loan
 from kronypt.models import CompressionConfig, allocate_factors, compress, count_params, load_model
-from tests.conftest import tiny_model
+from tests.conftest import SHARED_DATA, requires_shared, tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _spectrum(values: list[float]) -> torch.Tensor:
@@ -121,3 +126,17 @@ def test_compress_allocate_cli(capsys, tiny_dir, tmp_path) -> None:
     ]:
         code, _, err = run(capsys, "compress", str(tiny_dir), *args, "--out", str(tmp_path / "b"))
         assert_one_line_error(code, err, message)
+
+
+@requires_shared
+def test_allocation_benchmark_reports_no_more_error_at_no_more_parameters(tiny_dir, tmp_path) -> None:
+    out = tmp_path / "allocate.json"
+    done = subprocess.run([sys.executable, "benchmarks/allocate.py", "--model", str(tiny_dir), "--shapes", "64x16",
+                           "--factors", "2", "--max-tokens", "1024", "--data-dir", str(SHARED_DATA),
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    [row] = report["rows"]
+    assert row["allocated"]["params"] <= row["uniform"]["params"]
+    assert row["allocated"]["sum_sq_rel_error"] <= row["uniform"]["sum_sq_rel_error"] + 1e-9
+    assert row["uniform"]["factors"] == {"2": 4} and report["dense_perplexity"] > 0
