@@ -198,3 +198,49 @@ def test_empty_prompt_starts_a_new_document_and_repeated_modules_count_once(caps
 def test_a_mistyped_model_name_is_reported_as_the_model(capsys):
     code, _, err = run(capsys, "eval", "no-such-model-anywhere", "--data-dir", str(SHARED_DATA))
     assert_one_line_error(code, err, "cannot load model 'no-such-model-anywhere': no such local folder")
+
+
+def test_out_dot_and_force_keep_the_folder_and_other_files(capsys, tiny_dir, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "64x16", "--out", ".")
+    assert code == 0, err
+    assert (work / "model.safetensors").is_file() and not list(tmp_path.glob(".*partial"))
+    (work / "notes.txt").write_text("mine")
+    (work / "model-00002-of-00002.safetensors").write_bytes(b"stale shard of an earlier save")
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "64x16", "--out", ".")
+    assert_one_line_error(code, err, "is not empty; pass --force")
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "64x16", "-k", "2", "--out", ".", "--force")
+    assert code == 0, err
+    assert (work / "notes.txt").read_text() == "mine" and not (work / "model-00002-of-00002.safetensors").exists()
+    assert {s["factors"] for s in json.loads((work / "config.json").read_text())["kronecker"]["modules"].values()} == {2}
+    code, out, err = run(capsys, "info", ".")
+    assert code == 0 and "c_fc: A 64x16, B 4x4, k=2 (blocks 0-1)" in out, err
+
+
+def test_second_pass_report_keeps_the_first_and_export_defaults_to_dense(capsys, tiny_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    code, out, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "128x64", "--modules", "c_fc", "--out",
+                         str(first), "--json")
+    assert code == 0, err
+    one = json.loads(out)
+    assert (one["out"], one["a_shape"], one["factors"], one["init"]) == (str(first), [128, 64], 1, "van-loan")
+    code, out, err = run(capsys, "compress", str(first), "--a-shape", "64x16", "--modules", "c_proj", "--out",
+                         str(second), "--json")
+    assert code == 0, err
+    both = json.loads(out)
+    assert both == json.loads((second / "compression_report.json").read_text())
+    assert [m["name"].rsplit(".", 1)[1] for m in both["matrices"]] == ["c_fc", "c_fc", "c_proj", "c_proj"]
+    assert both["params_before"] == one["params_before"] and both["params_after"] < one["params_after"]
+    assert both["mean_rel_error"] == pytest.approx(sum(m["rel_error"] for m in both["matrices"]) / 4)
+    code, out, err = run(capsys, "export", str(second), "--out", str(tmp_path / "plain"))
+    assert code == 0 and "dense GPT-2" in out, err
+
+
+def test_compressing_a_folder_without_a_tokenizer_warns(capsys, tmp_path):
+    from tests.conftest import tiny_model
+
+    tiny_model().save_pretrained(tmp_path / "bare")
+    code, _, err = run(capsys, "compress", str(tmp_path / "bare"), "--a-shape", "64x16", "--out", str(tmp_path / "o"))
+    assert code == 0 and "warning: " in err and "holds no tokenizer files" in err

@@ -96,3 +96,20 @@ def test_bad_input_is_one_line(case: str, tmp_path: Path, capsys: pytest.Capture
     assert stderr.startswith("kronypt: error: ") and stderr.count("\n") == 1, stderr
     assert expected in stderr
     assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_lopsided_or_tiny_validation_splits_warn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    small, large = tmp_path / "small.txt", tmp_path / "large.txt"
+    small.write_text("A few words only.\n")
+    large.write_text(SHAKESPEARE.read_text()[:20_000])
+    code, _, err = run_cli(["--input", str(small), "--input", str(large), "--val-fraction", "0.1", "--seed", "1",
+                            "--tokenizer", str(TOKENIZER_DIR), "--out", str(tmp_path / "a")], capsys)
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert code == 0 and meta["splits"]["val"]["documents"] == 1
+    lopsided = meta["splits"]["val"]["tokens"] > meta["splits"]["train"]["tokens"]
+    assert ("more tokens" in err) == lopsided
+    assert ("val.bin holds only" in err) == (meta["splits"]["val"]["tokens"] <= 1024)
+    assert "more tokens" in err or "val.bin holds only" in err  # one of the two documents is held out
+    code, _, err = run_cli(["--input", str(SHAKESPEARE), "--val-fraction", "0.1", "--tokenizer", str(TOKENIZER_DIR),
+                            "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "warning" not in err  # 33,803 validation tokens of 338,026

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,10 +66,25 @@ def prepare(
     meta = prepare_tokens(sources, out, val_inputs=resolve_inputs(val_inputs or []),
                           val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed=seed,
                           tokenizer=tokenizer, workers=workers, force=force, progress=not as_json)
+    for warning in _split_warnings(meta):
+        sys.stderr.write(f"kronypt: warning: {warning}\n")
     if as_json:
         print_json(meta)
     else:
         console.print(_summary(out, meta))
+
+
+def _split_warnings(meta: dict[str, Any]) -> list[str]:
+    """Splits that are legal but unlikely to be what was meant (the run would fail or mislead later)."""
+    train, val = (meta["splits"].get(name, {}).get("tokens", 0) for name in ("train", "val"))
+    warnings = []
+    if 0 < train < val:
+        warnings.append(f"the validation split holds more tokens ({val:,}) than the training split ({train:,}): "
+                        "--val-fraction picks whole documents (at least one); give --val-input, or more documents")
+    if 0 < val <= 1024:
+        warnings.append(f"val.bin holds only {val:,} tokens: `kronypt train` needs seq_len + 1 of them for one "
+                        "validation window (1,025 for GPT-2's 1024); raise --val-fraction or give --val-input")
+    return warnings
 
 
 def _summary(out: Path, meta: dict[str, Any]) -> Table:

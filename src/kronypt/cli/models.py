@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -59,7 +58,8 @@ def compress(
                                                    "(0 gives B=[1,0], 0.1 gives [1,0.1]).")] = 0.0,
     layers: Annotated[str | None, typer.Option(help="Blocks to compress: 'all', '0-5', '0,2,4-7'.")] = None,
     modules: Annotated[str, typer.Option(help="MLP matrices to compress, comma-separated.")] = "c_fc,c_proj",
-    force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty --out folder: its model files (weights, "
+                                             "config, tokenizer) are replaced, other files stay.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Replace the MLP weights of a GPT-2 model by Kronecker factors and save it in Hugging Face format.
@@ -101,32 +101,58 @@ def compress(
         sys.stderr.write(f"kronypt: warning: A {row.a_shape[0]}x{row.a_shape[1]} with {row.factors} factors can "
                          f"represent any matrix of this size: it saves nothing ({row.model_params:,} parameters)\n")
     lm = load_model(model, gpt2_only=True)
+    if Path(model).is_dir() and not has_tokenizer(model):
+        sys.stderr.write(f"kronypt: warning: {model} holds no tokenizer files, so neither will {out}; give "
+                         "`generate`/`eval` a --tokenizer, or copy vocab.json and merges.txt into it\n")
     if allocate:
         config = allocate_factors(lm, config, target_params, max_factors=factors)
     report = compress_model(lm, config)
+    payload = _folder_report(model, report, config, row.name, out, allocate)
     tmp = staging_dir(out)
     lm.save_pretrained(tmp)
-    (tmp / "compression_report.json").write_text(json.dumps(report.to_json(), indent=2))
+    (tmp / "compression_report.json").write_text(json.dumps(payload, indent=2))
     _copy_tokenizer(model, tmp)
     replace_dir(tmp, out)
     if as_json:
-        print_json(report.to_json())
+        print_json(payload)
     else:
         console.print(_report_table(report))
         console.print(f"saved to {out}")
+
+
+def _folder_report(source: str, report: CompressionReport, config: CompressionConfig, scheme: str | None,
+                   out: Path, allocated: bool) -> dict:
+    """compression_report.json: what this pass did, and every matrix of the folder. Compressing an already
+    compressed folder further keeps the earlier pass's matrices and its dense parameter count."""
+    payload = {"out": str(out), "source": source, "scheme": scheme, "a_shape": list(config.a_shape),
+               "factors": None if allocated else config.factors, "allocated": allocated, "init": config.init,
+               "scalars": config.scalars, **report.to_json()}
+    earlier = Path(source) / "compression_report.json"
+    if Path(source).is_dir() and earlier.is_file():
+        try:
+            before = json.loads(earlier.read_text())
+            new = {m["name"] for m in payload["matrices"]}
+            payload["matrices"] = [m for m in before["matrices"] if m["name"] not in new] + payload["matrices"]
+            payload["params_before"] = before["params_before"]
+        except (ValueError, KeyError, TypeError):
+            pass  # an unreadable earlier report: this pass's alone
+        errors = [m["rel_error"] for m in payload["matrices"]]
+        payload["mean_rel_error"] = sum(errors) / len(errors)
+    return payload
 
 
 @app.command()
 def export(
     model_dir: Annotated[Path, typer.Argument(help="A kronypt model folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the exported model.")],
-    dense: Annotated[bool, typer.Option("--dense", help="Export a plain GPT-2 (GPT2LMHeadModel) folder that "
-                                                        "loads without kronypt.")] = False,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    dense: Annotated[bool, typer.Option("--dense", help="A plain GPT-2 (GPT2LMHeadModel) folder that loads "
+                                                        "without kronypt (the only format, and the "
+                                                        "default).")] = True,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty --out folder: its model files (weights, "
+                                             "config, tokenizer) are replaced, other files stay.")] = False,
 ) -> None:
-    """Export a kronypt model: `--dense` rebuilds every Kronecker weight into a plain GPT-2 checkpoint."""
-    if not dense:
-        raise KronyptError("choose an export format: --dense (a plain GPT-2 folder)")
+    """Export a kronypt model: `--dense` (the default) rebuilds every Kronecker weight into a plain GPT-2
+    checkpoint with its tokenizer, loadable by transformers alone."""
     check_out_dir(out, force)
     lm = load_model(str(model_dir), gpt2_only=True)
     if not isinstance(lm.config, KronyGPT2Config) or not lm.config.kron_modules:
@@ -166,12 +192,39 @@ def info(
     for key, value in summary.items():
         if key != "kronecker_modules":
             table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
-    shapes = Counter((tuple(s["a_shape"]), s["factors"], s["scalars"]) for s in modules.values())
     table.add_row("kronecker layers", str(len(modules)))
-    for (a, k, sc), count in sorted(shapes.items()):
-        how_many = f" ({count} matri{'x' if count == 1 else 'ces'})" if len(shapes) > 1 else ""
-        table.add_row("", f"A {a[0]}x{a[1]}, k={k}" + (", scalars" if sc else "") + how_many)
+    for line in _layer_groups(lm, modules):
+        table.add_row("", line)
     console.print(table)
+
+
+def _layer_groups(lm: torch.nn.Module, modules: dict) -> list[str]:
+    """One line per matrix name and factor layout, with the blocks that have it: 'c_fc: A 768x768,
+    B 4x1, k=1 (blocks 0-11)'."""
+    groups: dict[tuple, list[int]] = {}
+    for path, spec in modules.items():
+        block, _, name = path.removeprefix("transformer.h.").partition(".mlp.")
+        b_shape = tuple(lm.get_submodule(path).shape.b_shape)
+        key = (name, tuple(spec["a_shape"]), b_shape, spec["factors"], bool(spec.get("scalars")))
+        groups.setdefault(key, []).append(int(block))
+    lines = []
+    for (name, a, b, k, scalars), blocks in sorted(groups.items(), key=lambda item: (min(item[1]), item[0])):
+        label = "block" if len(blocks) == 1 else "blocks"
+        lines.append(f"{name}: A {a[0]}x{a[1]}, B {b[0]}x{b[1]}, k={k}{', scalars' if scalars else ''} "
+                     f"({label} {_ranges(sorted(blocks))})")
+    return lines
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs = [[numbers[0], numbers[0]]]
+    for n in numbers[1:]:
+        if n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    parts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs]
+    return ", ".join(parts)
 
 
 @app.command()

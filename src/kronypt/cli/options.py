@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from kronypt.errors import KronyptError
+from kronypt.models.loading import TOKENIZER_FILES
 
 
 def parse_layers(spec: str | None) -> list[int] | None:
@@ -31,20 +32,44 @@ def check_out_dir(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise KronyptError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise KronyptError(f"output folder {out} is not empty; pass --force to replace it")
+        raise KronyptError(f"output folder {out} is not empty; pass --force to replace the model files in it")
+
+
+# What a saved model folder is made of: `--force` replaces these and leaves every other file alone.
+MODEL_FILES = ("config.json", "generation_config.json", "compression_report.json", "added_tokens.json",
+               *TOKENIZER_FILES)
+MODEL_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                       "pytorch_model.bin.index.json")
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a fully written temporary folder into place, replacing `out` only now."""
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    """Move a fully written temporary folder's files into `out`: a new folder is renamed into place; in an
+    existing one (`--force`) the previous model's files go first (so no stale shard is left beside the new
+    weights) and any other file stays, as does the folder itself (it may be the shell's current one)."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    for path in _model_files(out):
+        path.unlink()
+    for entry in tmp.iterdir():
+        if (out / entry.name).is_dir():
+            shutil.rmtree(out / entry.name)
+        entry.replace(out / entry.name)
+    tmp.rmdir()
 
 
 def staging_dir(out: Path) -> Path:
-    """A fresh sibling folder to write into before `replace_dir`."""
+    """A fresh sibling folder to write into before `replace_dir` (`out` may be `.`)."""
+    out = out.resolve()
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     return tmp
+
+
+def _model_files(folder: Path) -> list[Path]:
+    found = {folder / name for name in MODEL_FILES if (folder / name).is_file()}
+    for pattern in MODEL_FILE_PATTERNS:
+        found.update(p for p in folder.glob(pattern) if p.is_file())
+    return sorted(found)

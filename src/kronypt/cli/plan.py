@@ -26,9 +26,11 @@ def plan(
 ) -> None:
     """List compression schemes: A and B shapes, parameters per matrix and per model, max rank, FLOP ratio.
 
-    By default the paper's named schemes (README "Schemes") that fit the model are shown; `--all` or `--factors K`
-    add every (m1, n1) that divides c_fc. Rows marked 'no' in the compresses column save nothing:
-    k ≥ m2·n2 (or m1·n1) terms can represent any matrix.
+    By default the paper's named schemes (README "Schemes") are shown for models with GPT-2 124M's MLP
+    (768 -> 3072: gpt2, distilgpt2); the names are its A shapes, so on such a model with other depths the
+    parameter counts differ from the names. Other widths have no named schemes: every (m1, n1) that divides
+    c_fc is listed, as `--all` or `--factors K` do for any model. Rows marked 'no' in the compresses column
+    save nothing: k ≥ m2·n2 (or m1·n1) terms can represent any matrix.
     """
     config = load_config(model)
     rows = plan_rows(config, factors or 1, scalars)

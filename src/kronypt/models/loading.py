@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Tokenizer, PretrainedConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -47,8 +51,16 @@ def check_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
 def _is_local(name: str) -> bool:
-    return Path(name).exists() or name.startswith((".", "/", "~"))
+    """A local path rather than a hub id ('gpt2', 'openai-community/gpt2'): it exists, starts like a path,
+    cannot be a hub id (two or more slashes, other characters), or its first part is a local folder
+    ('runs/typo' where runs/ exists). Deciding here saves a mistyped path the hub's ~25 s of retries."""
+    if Path(name).exists() or name.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name):
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
 def local_model_dir(name_or_path: str) -> Path | None:
@@ -106,6 +118,9 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype or torch.float32)
     except (OSError, ValueError) as exc:
         raise KronyptError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
+    except SafetensorError as exc:
+        raise KronyptError(f"cannot load model {name_or_path!r}: a .safetensors file in it is truncated or "
+                           f"corrupt ({_first_line(exc)})") from None
     if gpt2_only:
         require_gpt2(model.config, name_or_path)
     if device is not None:
@@ -149,12 +164,37 @@ def has_tokenizer(folder: str | Path) -> bool:
 
 
 def copy_tokenizer_files(source: str | Path, dest: Path) -> bool:
-    """Copy the tokenizer files of a local folder next to saved weights; False when there are none."""
+    """Put the tokenizer of a local folder next to saved weights, in Hugging Face's layout, so that plain
+    `AutoTokenizer.from_pretrained(dest)` loads it; False when the folder has none.
+
+    A folder already in that layout (tokenizer.json / tokenizer_config.json) is copied as it is. A bare
+    BPE pair (OpenAI's encoder.json + vocab.bpe, or vocab.json + merges.txt) is written as vocab.json +
+    merges.txt (what `kronypt data prepare --tokenizer` and other BPE tools read) plus the tokenizer.json
+    and tokenizer_config.json that transformers needs to know it is GPT-2's tokenizer."""
     folder = Path(source).expanduser()
-    names = [n for n in TOKENIZER_FILES if (folder / n).is_file()] if folder.is_dir() else []
-    for name in names:
-        (dest / name).write_bytes((folder / name).read_bytes())
-    return bool(names)
+    if not has_tokenizer(folder):
+        return False
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                (dest / name).write_bytes((folder / name).read_bytes())
+        return True
+    vocab, merges = next((folder / v, folder / m) for v, m in FILE_PAIRS
+                         if (folder / v).is_file() and (folder / m).is_file())
+    files = _hf_tokenizer_files(vocab.resolve(), merges.resolve(), vocab.stat().st_mtime_ns, merges.stat().st_mtime_ns)
+    for name, data in files.items():
+        (dest / name).write_bytes(data)
+    return True
+
+
+@functools.lru_cache(maxsize=4)
+def _hf_tokenizer_files(vocab: Path, merges: Path, *mtimes: int) -> dict[str, bytes]:
+    """The files of a BPE pair in Hugging Face's layout (built once per pair: training saves it with every
+    checkpoint)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _bpe_from_files(vocab, merges).save_pretrained(tmp)
+        files = {path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}
+    return {**files, "vocab.json": vocab.read_bytes(), "merges.txt": merges.read_bytes()}
 
 
 def _bpe_from_files(vocab_file: Path, merges_file: Path) -> PreTrainedTokenizerBase:
