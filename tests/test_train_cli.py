@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from test_train_support import cli_args, make_token_folder, scratch_settings
 
 from kronypt.cli.main import main
@@ -117,3 +118,45 @@ def test_allocate_params_compresses_on_the_fly_with_a_k_per_matrix(tmp_path: Pat
     settings["init_from"], settings["model"] = "kronypt", str(tmp_path / "run" / "latest" / "model")
     code, _, err = _run(cli_args({**settings, "a_shape": None, "out": str(tmp_path / "again")}), capsys)
     assert code == 2 and "--allocate-params only apply to --init-from dense" in err, err
+
+
+def test_a_bad_set_value_is_an_error_even_when_a_flag_sets_the_key(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    code, _, err = _run(["--set", "max_steps=1.5", "--max-steps", "3", "--print-config"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "bad value '1.5' for max_steps" in err, err
+    code, out, err = _run(["--init-from", "scratch", "--model-config", "c.json", "--data", "d", "--set", "lr=0.1",
+                           "--lr", "0.2", "--set", "min_lr=0.01", "--print-config"], capsys)
+    assert code == 0, err
+    assert "lr: 0.2\n" in out and "min_lr: 0.01\n" in out  # a flag wins over --set
+
+
+def test_recipe_inputs_are_found_next_to_the_recipe(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A repository-like layout: configs/ names files from the repository root, or from configs/ itself.
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    settings = scratch_settings(repo, max_steps=1, eval_every=0)
+    Path(settings["model_config"]).rename(repo / "configs" / "gpt2.json")
+    recipe = repo / "configs" / "recipe.yaml"
+    recipe.write_text("init_from: scratch\nmodel_config: configs/gpt2.json\ndata: tokens\nout: runs/r\n"
+                      "train: {max_steps: 1, micro_batch_size: 2, seq_len: 32, log_every: 1}\n"
+                      "eval: {eval_batches: 1}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = _run(["--config", str(recipe), "--print-config"], capsys)
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["model_config"] == str(repo / "configs" / "gpt2.json")
+    assert printed["data"] == str(repo / "tokens") and printed["out"] == "runs/r"  # outputs stay here
+    code, out, err = _run(["--config", str(recipe), "--json"], capsys)
+    assert code == 0 and json.loads(out)["step"] == 1, err
+    assert (elsewhere / "runs" / "r" / "latest").is_dir()
+    # the current folder wins; a path found nowhere keeps its name and its error
+    (elsewhere / "configs").mkdir()
+    (repo / "configs" / "gpt2.json").rename(elsewhere / "configs" / "gpt2.json")
+    assert yaml.safe_load(_run(["--config", str(recipe), "--print-config"], capsys)[1])["model_config"] == \
+        "configs/gpt2.json"
+    (elsewhere / "configs" / "gpt2.json").unlink()
+    code, _, err = _run(["--config", str(recipe), "--out", str(tmp_path / "new")], capsys)
+    assert code == 2 and "model config configs/gpt2.json does not exist" in err, err

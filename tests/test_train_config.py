@@ -146,3 +146,11 @@ def test_param_groups_exempt_biases_norms_embeddings_and_scalars() -> None:
     assert id(model.transformer.wte.weight) in {id(p) for p in everything}
     optimizer = build_optimizer(model, OptimArgs(weight_decay=0.1))
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_shipped_recipes_find_their_files_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig.from_yaml(CONFIGS / "offline-teacher.yaml")
+    assert config.model_config == str(CONFIGS / "offline-teacher-gpt2.json")
+    assert config.out == "runs/offline-teacher"  # outputs stay relative to the current folder
+    assert TrainConfig.from_yaml(CONFIGS / "gpt2-81M.yaml").model == "gpt2"  # a hub id stays one

@@ -34,8 +34,10 @@ def train(
     init: Annotated[str | None, Opt(help="Factor init: van-loan, prune or random (default: the scheme's).")] = None,
     scalars: Annotated[bool | None, Opt("--scalars/--no-scalars", help="Learnable scalar per factor.")] = None,
     data: Annotated[str | None, Opt(help="Token folder from `kronypt data prepare`.")] = None,
-    out: Annotated[str | None, Opt("--out", "-o", help="Run folder: metrics.jsonl, checkpoints/, best, "
-                                                       "latest.")] = None,
+    out: Annotated[str | None, Opt("--out", "-o", help="Run folder: metrics.jsonl, config.yaml, checkpoints/, "
+                                                       "best, latest.")] = None,
+    force: Annotated[bool | None, Opt("--force/--no-force", help="Train in an --out folder that also holds other "
+                                                               "files (they are kept, never deleted).")] = None,
     max_steps: Annotated[int | None, Opt(help="Optimizer steps to train for.")] = None,
     micro_batch_size: Annotated[int | None, Opt(help="Sequences per forward pass and rank.")] = None,
     seq_len: Annotated[int | None, Opt(help="Tokens per sequence.")] = None,
@@ -58,7 +60,9 @@ def train(
     save_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
     keep_last: Annotated[int | None, Opt(help="Checkpoints to keep (plus the best on validation).")] = None,
     resume: Annotated[str | None, Opt(help="auto (latest checkpoint in --out, if any), never, a run folder "
-                                           "(its latest checkpoint) or a checkpoint folder.")] = None,
+                                           "(its latest checkpoint) or a checkpoint folder. A resume must keep "
+                                           "the checkpoint's settings except length, logging, saving, "
+                                           "hardware and batch split (docs/training.md).")] = None,
     seed: Annotated[int | None, Opt(help="Seed of the initial weights, the data order and dropout.")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:1, ...")] = None,
     precision: Annotated[str | None, Opt(help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32.")] = None,
@@ -78,15 +82,18 @@ def train(
     hidden_weight: Annotated[float | None, Opt("--distill-hidden-weight", help="Weight of the hidden-state "
                                                                               "MSE.")] = None,
     settings: Annotated[list[str] | None, Opt("--set", help="Any other setting as KEY=VALUE, e.g. "
-                                                            "betas=0.9,0.95 (repeatable).")] = None,
+                                                            "betas=0.9,0.95 (repeatable). Every value is "
+                                                            "checked; a flag for the same key wins.")] = None,
     print_config: Annotated[bool, Opt("--print-config", help="Print the resolved recipe and exit.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Train a model on a token folder: heal a compressed GPT-2, or train a small one from scratch.
 
-    Settings come from the recipe (--config) and are overridden by flags. Rerunning the same command
-    resumes from the latest checkpoint in --out. SIGTERM / Ctrl-C save a checkpoint and stop. Under
+    Settings come from the recipe (--config), then --set, then flags (each overrides the one before;
+    relative input paths of a recipe may be relative to its folder). Rerunning the same command resumes
+    from the latest checkpoint in --out (settings that define the run must match the checkpoint's; an --out
+    holding other files needs --force). SIGTERM / Ctrl-C save a checkpoint and stop. Under
     `torchrun --nproc_per_node N -m kronypt.cli.main train ...` the same command trains with DDP
     (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 130 / 143 after Ctrl-C / SIGTERM
     (a checkpoint was saved: rerun to resume), except under torchrun, where workers exit 0 after a clean
@@ -94,7 +101,8 @@ def train(
     """
     flags = {name: value for name, value in locals().items() if name in field_locations() and value is not None}
     recipe = TrainConfig.from_yaml(config) if config is not None else TrainConfig()
-    resolved = recipe.with_overrides({**_parse_settings(settings or []), **flags})
+    # --set first, so that each of its values is checked even where a flag then overrides it.
+    resolved = recipe.with_overrides(_parse_settings(settings or [])).with_overrides(flags)
     if print_config:
         resolved.validate()
         typer.echo(resolved.to_yaml(), nl=False)

@@ -4,12 +4,16 @@ A recipe is a YAML file whose top-level keys are the `TrainConfig` fields (model
 seed) plus one section per argument group (`train`, `optim`, `eval`, `checkpoint`, `distill`). Every
 field name is unique across groups, so a flat override such as `{"lr": 1e-4}` (one per CLI flag) finds
 its group without ambiguity. Values are coerced to the field's type, so YAML's `6e-5` (a string in
-YAML 1.1) is read as a float.
+YAML 1.1) is read as a float. Relative input paths in a recipe (`model_config`, `data`, `model`,
+`teacher`, `eval_wikitext`) that do not exist from the current folder are looked up next to the recipe
+and in its parent folder (recipes in configs/ name files from the repository root); `out` always stays
+relative to the current folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +29,9 @@ SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "bf16", "fp32")
 PARALLEL = ("ddp", "fsdp")
 NO_DECAY_KINDS = ("bias", "norm", "embedding", "scalars")
+# Settings that name input files or folders, and what a recipe-relative candidate must be.
+INPUT_PATHS = {"model_config": "file", "data": "folder", "model": "model", "teacher": "model",
+               "eval_wikitext": "folder"}
 
 
 @dataclass
@@ -109,6 +116,7 @@ class TrainConfig:
     scalars: bool = False
     data: str | None = None  # folder with train.bin, val.bin, meta.json
     out: str = "runs/train"
+    force: bool = False  # train in an --out folder that also holds other files (they are kept)
     seed: int = 1337
     device: str = "auto"
     train: TrainArgs = field(default_factory=TrainArgs)
@@ -129,7 +137,24 @@ class TrainConfig:
             raise KronyptError(f"cannot parse recipe {path}: {str(exc).splitlines()[0]}") from None
         if not isinstance(values, dict):
             raise KronyptError(f"recipe {path} must be a mapping of keys to values")
-        return cls.from_dict(values)
+        return cls.from_dict(values).with_recipe_paths(path)
+
+    def with_recipe_paths(self, recipe: str | Path) -> TrainConfig:
+        """A copy whose relative input paths that do not exist from the current folder point next to the
+        recipe, or in its parent folder, where they exist there (as an absolute path); others are kept."""
+        found = {}
+        for name, kind in INPUT_PATHS.items():
+            group = field_locations()[name]
+            value = getattr(self if group is None else getattr(self, group), name)
+            if not value or value == "hub" or os.path.isabs(value) or os.path.exists(value):
+                continue
+            folder = Path(os.path.abspath(recipe)).parent
+            for base in (folder, folder.parent):
+                candidate = Path(os.path.normpath(base / value))
+                if _is_input(candidate, kind):
+                    found[name] = str(candidate)
+                    break
+        return self.with_overrides(found) if found else self
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -213,6 +238,35 @@ class TrainConfig:
             raise KronyptError("scalar_value only applies with freeze_scalars")
         if not 0.0 <= self.distill.alpha <= 1.0 or self.distill.temperature <= 0:
             raise KronyptError("distillation needs 0 <= alpha <= 1 and temperature > 0")
+
+
+def _is_input(path: Path, kind: str) -> bool:
+    """Whether `path` is what a setting of this kind names: a file, a folder, or a model folder (a
+    config.json inside: a bare name such as `gpt2` stays a hub id unless such a folder exists)."""
+    if kind == "file":
+        return path.is_file()
+    if kind == "model":
+        return (path / "config.json").is_file()
+    return path.is_dir()
+
+
+def flatten(values: dict[str, Any]) -> dict[str, Any]:
+    """The nested layout of `TrainConfig.to_dict` (or a recipe) as flat `name: value` settings."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in GROUPS and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def coerce_setting(name: str, value: Any) -> Any:
+    """`value` as the type of setting `name` in `to_dict`'s plain form (tuples as lists)."""
+    where = field_locations()[name]
+    cls = TrainConfig if where is None else GROUPS[where]
+    value = _coerce(value, _hints(cls)[name], name)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def field_locations() -> dict[str, str | None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from kronypt.data.tokens import open_tokens, read_meta, sample_batch, sequential
 from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.models.loading import has_tokenizer
-from kronypt.train import checkpoint, distributed, parallel
+from kronypt.train import checkpoint, distributed, parallel, resume
 from kronypt.train.config import TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
 from kronypt.train.metrics import MetricsLog
@@ -121,6 +122,7 @@ class Trainer:
         self.config, self.env, self.device = config, env, device
         args = config.train
         self.out = Path(config.out)
+        resume.check_out_folder(self.out, config.force)
         meta = self._open_data()
         self.tokenizer_dir = _tokenizer_dir(config, meta)
         self.accumulation = accumulation_steps(args.tokens_per_step, args.micro_batch_size, args.seq_len,
@@ -128,9 +130,20 @@ class Trainer:
         self.tokens_per_step = args.micro_batch_size * args.seq_len * self.accumulation * env.world_size
         resume_from = self._resume_path()
         state = None
+        self.already_done = ""  # what a resume that has nothing to train says instead
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         if resume_from is not None:
             model_dir, state = checkpoint.load_state(resume_from)
+            n_val_windows = (len(self.val_tokens) - 1) // args.seq_len
+            resume.check_resume(config, state, resume_from, self.tokens_per_step,
+                                min(args.micro_batch_size * config.eval.eval_batches, n_val_windows), n_val_windows)
+            self.step, self.tokens = int(state["step"]), int(state["tokens"])
+            self.best_val_loss = float(state["best_val_loss"])
+            where = "" if _inside(resume_from, self.out) else f" of {resume_from}"
+            if self.step >= args.max_steps:  # nothing to train: run() says so and touches nothing
+                self.already_done = f"{self.out} is already at step {self.step:,}{where} ({self.tokens:,} tokens)"
+                return
+            self._say(f"resuming {self.out} from step {self.step:,}{where} ({self.tokens:,} tokens)")
             model = _restore_weights(model, model_dir)
         elif model is None:
             model = build_model(config)
@@ -194,6 +207,7 @@ class Trainer:
     def _load_state(self, state: dict[str, Any]) -> None:
         parallel.load_optimizer_state(self.raw, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._reset_lr(state["scheduler"].get("_last_lr"))
         self.data_generator.set_state(state["data_generator"])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.best_val_loss = float(state["best_val_loss"])
@@ -201,9 +215,35 @@ class Trainer:
         checkpoint.set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
         self.metrics.truncate_after(self.step)
 
+    def _reset_lr(self, saved: list[float] | None) -> None:
+        """This step's LR from this run's schedule, not the checkpoint's (they differ where max_steps
+        changed and the schedule depends on it: cosine, wsd); otherwise the very same value."""
+        scheduler = self.scheduler
+        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas,
+                                                                     strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+        if saved and not math.isclose(saved[0], lrs[0], rel_tol=1e-9, abs_tol=0.0):
+            self._say(f"note: max_steps {self.config.train.max_steps:,} reshapes the {self.config.optim.schedule} "
+                      f"schedule: the lr of step {scheduler.last_epoch + 1:,} is {lrs[0]:.4g} (the checkpoint's "
+                      f"schedule: {saved[0]:.4g})")
+
+    def _say(self, message: str) -> None:
+        """One line on stderr, from rank 0."""
+        if self.env.is_main:
+            print(message, file=sys.stderr, flush=True)
+
     def run(self, progress: bool = True) -> TrainResult:
         """Train to max_steps (or until a signal), evaluating, logging and saving as configured."""
         args, every = self.config.train, self.config.eval.eval_every
+        if self.already_done:
+            self._say(f"{self.already_done}, max_steps is {args.max_steps:,}: nothing to train (raise --max-steps "
+                      "to continue)")
+            best = checkpoint.best_checkpoint(self.out) if self.env.is_main else None
+            return TrainResult(str(self.out), self.step, self.tokens, None, None,
+                               self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+                               str(best) if best else None, None)
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoint.clean_partial(self.out)
@@ -279,7 +319,7 @@ class Trainer:
             raise TrainingDiverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
                                    f"at step {self.step + 1} (loss {loss_value}, grad norm {grad_norm}); stopped "
                                    f"without saving; last good checkpoint: {last_good or 'none yet'} "
-                                   "(resume from it with a lower --lr)")
+                                   "(train its model/ with a lower --lr in a new --out: --init-from kronypt)")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -355,10 +395,16 @@ class Trainer:
             state = {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val_loss,
                      "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                      "data_generator": self.data_generator.get_state(), "rng": rng, "world_size": self.env.world_size,
-                     "config": self.config.to_dict()}
+                     "tokens_per_step": self.tokens_per_step, "config": self.config.to_dict(),
+                     "paths": resume.input_paths(self.config)}
             checkpoint.save_checkpoint(self.out, self.step, self.raw, state, val_loss, self.config.checkpoint.keep_last,
                                        self.tokenizer_dir, weights)
         distributed.barrier()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies in `folder` (after following links such as latest/)."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrainedModel:

@@ -1,0 +1,186 @@
+"""Resuming a run: settings that define it must match the checkpoint's, what may change is applied, the
+run folder holds only the run's files unless forced, and what happens is said on stderr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_train_support import cli_args, make_token_folder, scratch_config, scratch_settings, tiny_gpt2
+from transformers import GPT2LMHeadModel
+
+from kronypt.cli.main import main
+from kronypt.errors import KronyptError
+from kronypt.train import TrainConfig, train
+from kronypt.train.checkpoint import INDEX_FILE, STATE_FILE, latest_checkpoint
+from kronypt.train.metrics import read_metrics
+from kronypt.train.optim import lr_multiplier
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        main(["train", *args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    """The run's own files and the latest checkpoint's index: what a refused resume must leave alone."""
+    files = [run / "metrics.jsonl", run / "config.yaml", latest_checkpoint(run) / INDEX_FILE]
+    return {str(f): f.read_bytes() for f in files}
+
+
+def _dense_settings(tmp_path: Path, **overrides) -> dict:
+    dense = tmp_path / "dense"
+    if not dense.exists():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(tiny_gpt2()).save_pretrained(dense)
+    return scratch_settings(tmp_path, init_from="dense", model=str(dense), model_config=None, a_shape="16x8",
+                            max_steps=2, save_every=2, eval_every=2, **overrides)
+
+
+def test_a_resume_that_changes_what_defines_the_run_is_refused(tmp_path: Path) -> None:
+    settings = _dense_settings(tmp_path)
+    train(TrainConfig().with_overrides(settings), progress=False)
+    run = Path(settings["out"])
+    before = _snapshot(run)
+    other_data = make_token_folder(tmp_path / "other-tokens", blocks=100)
+    cases = [
+        ({"a_shape": "32x8"}, ["a_shape: 16x8 -> 32x8"]),
+        ({"a_shape": None, "scheme": "81M"}, ["scheme: none -> 81M", "a_shape: 16x8 -> none"]),
+        ({"data": str(other_data)}, [f"data: {tmp_path / 'tokens'} -> {other_data}"]),
+        ({"lr": 0.01, "schedule": "cosine"}, ["lr: 0.003 -> 0.01", "schedule: constant -> cosine"]),
+        ({"seq_len": 16}, ["seq_len: 32 -> 16"]),
+        ({"eval_batches": 3}, ["eval_batches: 2 -> 3"]),
+        ({"tokens_per_step": 256}, ["tokens_per_step: 128 -> 256"]),
+        ({"micro_batch_size": 1}, ["validation windows (micro_batch_size × eval_batches): 2 × 2 -> 1 × 2"]),
+        ({"betas": "0.9,0.99", "seed": 8}, ["betas: 0.9,0.95 -> 0.9,0.99", "seed: 7 -> 8"]),
+    ]
+    for overrides, expected in cases:
+        config = TrainConfig().with_overrides({**settings, "max_steps": 4, **overrides})
+        with pytest.raises(KronyptError) as caught:
+            train(config, progress=False)
+        message = str(caught.value)
+        assert message.startswith(f"cannot resume from {run / 'checkpoints' / 'step-00000002'}: "), message
+        assert "\n" not in message and "another --out" in message, message
+        listed = message.split("(checkpoint -> now): ")[1].split(". Rerun")[0].split("; ")
+        assert sorted(listed) == sorted(expected), (overrides, message)
+    assert _snapshot(run) == before  # nothing was trained, logged or recorded
+
+
+def test_the_cli_refuses_a_changed_resume_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    settings = scratch_settings(tmp_path, max_steps=2, save_every=2)
+    assert _run(cli_args(settings), capsys)[0] == 0
+    code, _, err = _run(cli_args({**settings, "max_steps": 4, "lr": 0.01}), capsys)
+    assert code == 2 and err.count("\n") == 1 and "lr: 0.003 -> 0.01" in err, err
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["optim"]["lr"] == 0.003
+
+
+def test_resume_says_so_and_a_run_at_max_steps_does_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    settings = scratch_settings(tmp_path, max_steps=2, save_every=2)
+    run = tmp_path / "run"
+    code, _, err = _run(cli_args(settings), capsys)
+    assert code == 0 and "resuming" not in err
+    code, out, err = _run([*cli_args({**settings, "max_steps": 4}), "--json"], capsys)
+    assert code == 0 and json.loads(out)["step"] == 4
+    assert f"resuming {run} from step 2 (256 tokens)\n" in err, err
+    before = _snapshot(run)
+    for max_steps in (4, 3):  # at or past max_steps: say so, exit 0, touch nothing
+        code, out, err = _run([*cli_args({**settings, "max_steps": max_steps}), "--json"], capsys)
+        assert code == 0 and json.loads(out)["step"] == 4 and json.loads(out)["best_checkpoint"]
+        assert f"{run} is already at step 4 (512 tokens), max_steps is {max_steps}: nothing to train" in err, err
+        assert _snapshot(run) == before
+
+
+def test_micro_batch_size_may_change_when_the_step_batch_and_validation_stay(tmp_path: Path) -> None:
+    # Dropout off: its masks are drawn per micro-batch, so they differ (the batch does not).
+    straight = train(scratch_config(tmp_path, out=str(tmp_path / "straight"), dropout=0.0), progress=False)
+    train(scratch_config(tmp_path, max_steps=4, dropout=0.0), progress=False)
+    # 4 accumulated micro-batches of 1 instead of 2 of 2: the same 4 windows per step from the same
+    # generator; 4 validation batches of 1 are the same 4 windows as 2 of 2.
+    resumed = train(scratch_config(tmp_path, micro_batch_size=1, eval_batches=4, dropout=0.0), progress=False)
+    assert (resumed.step, resumed.tokens) == (straight.step, straight.tokens)
+    expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    got = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == list(range(9))
+    for mine, ref in zip(got, expected, strict=True):
+        for key in ("loss", "val_loss", "lr"):
+            assert (key in mine) == (key in ref)
+            if key in ref:
+                assert mine[key] == pytest.approx(ref[key], rel=1e-5), (key, mine, ref)
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert recorded["train"]["micro_batch_size"] == 1 and recorded["eval"]["eval_batches"] == 4
+
+
+def test_a_longer_run_follows_the_new_schedule_from_the_first_resumed_step(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    common = {"schedule": "cosine", "min_lr": 3e-4, "warmup_steps": 1, "eval_every": 0}
+    train(scratch_config(tmp_path, max_steps=4, save_every=4, **common), progress=False)
+    capsys.readouterr()
+    config = scratch_config(tmp_path, max_steps=8, **common)
+    train(config, progress=False)
+    multiplier = lr_multiplier(config.optim, 8)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r}
+    for step in range(5, 9):  # the lr logged at step s is the one step s trained with: schedule index s - 1
+        assert lrs[step] == pytest.approx(3e-3 * multiplier(step - 1), rel=1e-12), step
+    assert "note: max_steps 8 reshapes the cosine schedule: the lr of step 5 is" in capsys.readouterr().err
+
+
+def _strip_settings_from_checkpoint(path: Path) -> None:
+    """Make a checkpoint look like one written before settings were stored in it."""
+    state = torch.load(path / STATE_FILE, weights_only=True)
+    for key in ("config", "paths", "tokens_per_step"):
+        state.pop(key, None)
+    torch.save(state, path / STATE_FILE)
+    index = json.loads((path / INDEX_FILE).read_text())
+    index["files"][STATE_FILE] = (path / STATE_FILE).stat().st_size
+    (path / INDEX_FILE).write_text(json.dumps(index))
+
+
+def test_older_checkpoints_are_checked_against_the_run_folder_config(tmp_path: Path) -> None:
+    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
+    run = tmp_path / "run"
+    _strip_settings_from_checkpoint(latest_checkpoint(run))
+    with pytest.raises(KronyptError, match="lr: 0.003 -> 0.01$|lr: 0.003 -> 0.01[.;]"):
+        train(scratch_config(tmp_path, max_steps=4, lr=0.01), progress=False)
+    with pytest.raises(KronyptError, match="tokens_per_step: 128 -> 256"):  # from tokens / step
+        train(scratch_config(tmp_path, max_steps=4, tokens_per_step=256), progress=False)
+    (run / "config.yaml").unlink()  # nothing to compare with: the check is skipped
+    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
+
+
+def test_the_same_inputs_spelled_differently_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
+    monkeypatch.chdir(tmp_path)
+    resumed = train(scratch_config(tmp_path, max_steps=3, data="tokens", model_config="./gpt2.json"),
+                    progress=False)
+    assert resumed.step == 3
+
+
+def test_a_folder_with_other_files_is_refused_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    own = {"metrics.jsonl": '{"step": 0, "tokens": 0}\n', "config.yaml": "seed: 1\n"}
+    for name, text in {**own, "notes.txt": "my notes\n"}.items():
+        (run / name).write_text(text)
+    settings = scratch_settings(tmp_path, max_steps=1, eval_every=0)
+    code, _, err = _run(cli_args(settings), capsys)
+    assert code == 2 and err.count("\n") == 1 and "notes.txt" in err and "--force" in err, err
+    assert {p.name: p.read_text() for p in run.iterdir()} == {**own, "notes.txt": "my notes\n"}
+    code, _, err = _run([*cli_args(settings), "--force"], capsys)
+    assert code == 0, err
+    assert (run / "notes.txt").read_text() == "my notes\n" and latest_checkpoint(run).name == "step-00000001"
+    assert yaml.safe_load((run / "config.yaml").read_text())["force"] is True
+    # a folder of the run's own files only (e.g. killed before its first checkpoint) needs no --force
+    (run / "notes.txt").unlink()
+    code, _, err = _run(cli_args({**settings, "max_steps": 2}), capsys)
+    assert code == 0 and f"resuming {run} from step 1" in err, err
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(KronyptError, match="exists and is not a folder"):
+        train(scratch_config(tmp_path, out=str(tmp_path / "a-file")), progress=False)
