@@ -214,7 +214,8 @@ def test_out_dot_and_force_keep_the_folder_and_other_files(capsys, tiny_dir, tmp
     code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "64x16", "-k", "2", "--out", ".", "--force")
     assert code == 0, err
     assert (work / "notes.txt").read_text() == "mine" and not (work / "model-00002-of-00002.safetensors").exists()
-    assert {s["factors"] for s in json.loads((work / "config.json").read_text())["kronecker"]["modules"].values()} == {2}
+    modules = json.loads((work / "config.json").read_text())["kronecker"]["modules"]
+    assert {spec["factors"] for spec in modules.values()} == {2}
     code, out, err = run(capsys, "info", ".")
     assert code == 0 and "c_fc: A 64x16, B 4x4, k=2 (blocks 0-1)" in out, err
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,15 @@ from transformers.modeling_outputs import CausalLMOutput
 
 import kronypt
 from kronypt.errors import KronyptError
-from kronypt.eval import comparison_table, evaluate, evaluate_models, load_texts, plan_eval, run_plan
+from kronypt.eval import (
+    comparison_table,
+    evaluate,
+    evaluate_models,
+    load_texts,
+    plan_eval,
+    run_plan,
+    select_pairs,
+)
 from kronypt.eval.detokenize import wikitext_detokenize
 from kronypt.models.loading import load_tokenizer
 
@@ -100,16 +109,47 @@ def test_tokenizer_vocabulary_mismatch_is_refused(tokenizer):
         evaluate(ConstantLM(vocab_size=1000), tokenizer, data_dir=SHARED_DATA, progress=False)
 
 
-@pytest.mark.parametrize(("tasks", "protocols", "message"), [
-    (["wikitext2"], ["ppl"], "unknown protocol 'ppl'; choose from krony-pt, hf-strided, lambada-openai, word"),
-    (["ptb"], ["krony-pt"], "unknown task 'ptb'"),
-    (["lambada"], ["hf-strided"], "task lambada has no protocol among hf-strided; it supports krony-pt, "
+@pytest.mark.parametrize(("tasks", "protocols", "split", "message"), [
+    (["wikitext2"], ["ppl"], "test", "unknown protocol 'ppl'; choose from krony-pt, hf-strided, lambada-openai, word"),
+    (["ptb"], ["krony-pt"], "test", "unknown task 'ptb'"),
+    (["lambada"], ["hf-strided"], "test", "task lambada has no protocol among hf-strided; it supports krony-pt, "
                                   "lambada-openai"),
-    (["wikitext2"], ["krony-pt", "lambada-openai"], "protocol lambada-openai applies to none of wikitext2"),
+    (["lambada"], ["lambada-openai", "word"], "validation", "task lambada has no validation split under "
+                                                            "lambada-openai; it has one under krony-pt"),
 ])
-def test_bad_task_protocol_combinations(tokenizer, tasks, protocols, message):
+def test_bad_task_protocol_combinations(tokenizer, tasks, protocols, split, message):
     with pytest.raises(KronyptError, match=re.escape(message)):
-        evaluate(ConstantLM(), tokenizer, tasks, protocols, data_dir=SHARED_DATA, progress=False)
+        evaluate(ConstantLM(), tokenizer, tasks, protocols, split=split, data_dir=SHARED_DATA, progress=False)
+
+
+def test_pairs_that_are_not_defined_are_skipped_with_a_warning(tokenizer):
+    with pytest.warns(UserWarning, match=re.escape("skipping wikitext2 under lambada-openai (lambada-openai is "
+                                                   "defined on lambada only)")):
+        records = evaluate(ConstantLM(), tokenizer, ["wikitext2"], ["krony-pt", "lambada-openai"],
+                           data_dir=SHARED_DATA, max_tokens=200, progress=False)
+    assert [(r.task, r.protocol) for r in records] == [("wikitext2", "krony-pt")]
+    assert select_pairs(["wikitext2", "lambada"]).pairs == [("wikitext2", "hf-strided"), ("lambada", "lambada-openai")]
+    selection = select_pairs(["wikitext2", "lambada"], ["krony-pt", "lambada-openai"], split="validation")
+    assert selection.pairs == [("wikitext2", "krony-pt"), ("lambada", "krony-pt")]
+    assert [(t, p) for t, p, _ in selection.skipped] == [("wikitext2", "lambada-openai"), ("lambada", "lambada-openai")]
+    # the usual product (each task under the protocols defined on it) skips quietly
+    assert select_pairs(["wikitext2", "lambada"], ["hf-strided", "lambada-openai"]).skipped == []
+
+
+def test_table_columns_name_the_split_the_metric_and_the_scored_tokens(tokenizer):
+    records = evaluate(ConstantLM(), tokenizer, ["lambada"], ["krony-pt", "lambada-openai"], data_dir=SHARED_DATA,
+                       max_tokens=300, model_name="const", progress=False)
+    table = comparison_table(records)
+    headers = [c.header for c in table.columns]
+    assert headers == ["model", "params", "protocol", "lambada ppl", "lambada last-word ppl", "lambada acc",
+                       "scored tokens", "tok/s"]
+    assert table.title == "kronypt eval (test split)"
+    cells = {c.header: list(c.cells) for c in table.columns}
+    assert cells["protocol"] == ["krony-pt", "lambada-openai"]
+    assert cells["lambada ppl"][1] == "-" and cells["lambada last-word ppl"][0] == "-"  # never mixed
+    assert cells["scored tokens"] == [f"{r.tokens:,}" for r in records if r.metric == "perplexity"]
+    mixed = comparison_table([*records[:1], replace(records[0], split="validation")])
+    assert [c.header for c in mixed.columns][3:5] == ["lambada/test ppl", "lambada/validation ppl"]
 
 
 def test_kronypt_and_dense_models_share_the_entry_point(tmp_path, tokenizer):

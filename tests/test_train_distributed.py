@@ -41,6 +41,16 @@ def _torchrun(settings: dict, *extra: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _torchrun_script(tmp_path: Path, name: str, source: str, ranks: int = 2) -> None:
+    """Run `source` (a script given `tmp_path` as its argument) on `ranks` gloo processes; it must succeed."""
+    script = tmp_path / name
+    script.write_text(source)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+               str(script), str(tmp_path)]
+    done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def _assert_same_records(got: list[dict], expected: list[dict]) -> None:
     assert [r["step"] for r in got] == [r["step"] for r in expected]
     for mine, ref in zip(got, expected, strict=True):
@@ -120,12 +130,7 @@ def test_fsdp_shards_tile_every_parameter(tmp_path: Path, ranks: int) -> None:
     # every matrix, k = 1 factors (1, m, n) included. 3 ranks: none does, and FSDP2 cuts unevenly only
     # along the first dimension: the run must still start, with the shares tiling each parameter.
     _kronecker_settings(tmp_path)  # the dense folder and tokens, made once here
-    script = tmp_path / "report.py"
-    script.write_text(SHARD_REPORT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-               str(script), str(tmp_path)]
-    done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun_script(tmp_path, "report.py", SHARD_REPORT, ranks=ranks)
     reports = [json.loads((tmp_path / f"report-{rank}.json").read_text()) for rank in range(ranks)]
     full = reports[0]["full"]
     assert any(name.endswith("c_fc.A") for name in full)
@@ -178,12 +183,7 @@ result = train(config, model=model, progress=False)
 
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
     scratch_settings(tmp_path)  # the token folder and model config, made once here
-    script = tmp_path / "signal_one.py"
-    script.write_text(ONE_RANK_SIGNALLED)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(script), str(tmp_path)]
-    done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun_script(tmp_path, "signal_one.py", ONE_RANK_SIGNALLED)
     results = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
     assert [(r["step"], r["stopped_by"]) for r in results] == [(3, "SIGTERM"), (3, "SIGTERM")]
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]
@@ -222,12 +222,7 @@ def test_bf16_fsdp_gathers_bf16_weights_keeps_float32_shards_and_trains_like_one
     settings = _kronecker_settings(tmp_path, precision="bf16")
     single = tmp_path / "single"
     train(TrainConfig().with_overrides({**settings, "max_steps": 3, "out": str(single)}), progress=False)
-    script = tmp_path / "bf16_fsdp.py"
-    script.write_text(BF16_FSDP)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(script), str(tmp_path)]
-    done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun_script(tmp_path, "bf16_fsdp.py", BF16_FSDP)
     assert json.loads((tmp_path / "seen.json").read_text()) == ["torch.bfloat16"]  # the all-gathered weights
     assert json.loads((tmp_path / "stored.json").read_text()) == ["torch.float32"]  # the shards (and AdamW)
     got, expected = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(single / "metrics.jsonl")

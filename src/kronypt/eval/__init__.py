@@ -9,20 +9,26 @@ from kronypt.eval.lm_eval_bridge import lm_eval_model
 from kronypt.eval.protocols import PROTOCOLS, Plan, get_protocol
 from kronypt.eval.results import EvalRecord, comparison_table, write_json
 from kronypt.eval.runner import (
+    DEFAULT_PROTOCOLS,
+    PairSelection,
     check_vocab,
     context_length,
     evaluate,
     evaluate_models,
+    model_config,
     plan_eval,
     run_plan,
+    select_pairs,
     task_protocol_pairs,
 )
 
 __all__ = [
+    "DEFAULT_PROTOCOLS",
     "PROTOCOLS",
     "SPLITS",
     "TASKS",
     "EvalRecord",
+    "PairSelection",
     "Plan",
     "check_vocab",
     "comparison_table",
@@ -32,8 +38,10 @@ __all__ = [
     "get_protocol",
     "lm_eval_model",
     "load_texts",
+    "model_config",
     "plan_eval",
     "run_plan",
+    "select_pairs",
     "task_protocol_pairs",
     "write_json",
 ]

@@ -71,6 +71,11 @@ def check_available(task: str, split: str, form: str, data_dir: str | Path | Non
         _datasets_module()
 
 
+def available_splits(task: str, form: str) -> list[str]:
+    """The splits a corpus form of `task` has (LAMBADA OpenAI: test only)."""
+    return [s for s in SPLITS if (task, s, form) in HUB_SOURCES]
+
+
 def wikitext_rows(text: str) -> list[str]:
     """Rows of a WikiText file as HF `wikitext` yields them: lines with their newline, blank lines as "".
 
@@ -112,7 +117,7 @@ def _check_key(task: str, split: str, form: str) -> tuple[str, str, str]:
         raise KronyptError(f"unknown corpus form {form!r}; choose from {', '.join(FORMS)}")
     key = (task, split, form)
     if key not in HUB_SOURCES:
-        known = sorted(s for t, s, f in HUB_SOURCES if t == task and f == form)
+        known = available_splits(task, form)
         raise KronyptError(f"{task} has no {split} split in this form ({form}); available: {', '.join(known)}")
     return key
 

@@ -10,13 +10,19 @@ from pathlib import Path
 
 from rich.table import Table
 
-# metric -> (column label, value format)
+# metric -> (column label, value format). "ppl" is token perplexity; a protocol whose metric of the same
+# name means something else gets its own label (and so its own column) in _PROTOCOL_LABELS.
 _METRIC_COLUMNS = {
     "perplexity": ("ppl", "{:.2f}"),
     "accuracy": ("acc", "{:.2%}"),
     "word_perplexity": ("word ppl", "{:.2f}"),
     "byte_perplexity": ("byte ppl", "{:.4f}"),
     "bits_per_byte": ("bpb", "{:.4f}"),
+}
+# (protocol, metric) -> column label, where the metric's usual label would mislead. JSON records keep the
+# metric's name: readers group by task, split, protocol and metric.
+_PROTOCOL_LABELS = {
+    ("lambada-openai", "perplexity"): "last-word ppl",  # per example, of the target word; not per token
 }
 
 
@@ -58,24 +64,35 @@ def write_json(records: Sequence[EvalRecord], path: str | Path) -> None:
 
 
 def comparison_table(records: Sequence[EvalRecord]) -> Table:
-    """One row per (model, protocol), one column per task/split/metric, plus parameters and tokens/s."""
+    """One row per (model, protocol), one column per task/split/metric, plus parameters, the scored tokens of
+    the row and its input tokens/s. The split is in the title (or in every column when several are mixed);
+    `ppl` is token perplexity, lambada-openai's last-word perplexity has its own column."""
     rows: dict[tuple[str, str], dict[tuple[str, str, str], EvalRecord]] = {}
     columns: dict[tuple[str, str, str], None] = {}
     for r in records:
-        rows.setdefault((r.model, r.protocol), {})[r.task, r.split, r.metric] = r
-        columns[r.task, r.split, r.metric] = None
-    table = Table(title="kronypt eval")
+        key = (r.task, r.split, column_label(r.protocol, r.metric))
+        rows.setdefault((r.model, r.protocol), {})[key] = r
+        columns[key] = None
+    splits = list(dict.fromkeys(r.split for r in records))
+    table = Table(title=f"kronypt eval ({splits[0]} split)" if len(splits) == 1 else "kronypt eval")
     for name in ("model", "params", "protocol"):
         table.add_column(name, justify="left" if name != "params" else "right")
-    for task, split, metric in columns:
-        label = _METRIC_COLUMNS.get(metric, (metric, ""))[0]
-        table.add_column(f"{task}{'' if split == 'test' else '/' + split} {label}", justify="right")
+    for task, split, label in columns:
+        table.add_column(f"{task}{'' if len(splits) == 1 else '/' + split} {label}", justify="right")
+    table.add_column("scored tokens", justify="right")
     table.add_column("tok/s", justify="right")
     for (model, protocol), cells in rows.items():
         first = next(iter(cells.values()))
         values = [_format(cells[c]) if c in cells else "-" for c in columns]
-        table.add_row(model, f"{first.params:,}", protocol, *values, f"{_throughput(cells.values()):,.0f}")
+        runs = _runs(cells.values())
+        table.add_row(model, f"{first.params:,}", protocol, *values, f"{sum(r.tokens for r in runs):,}",
+                      f"{_throughput(runs):,.0f}")
     return table
+
+
+def column_label(protocol: str, metric: str) -> str:
+    """The table's name for a metric of a protocol (`ppl`, `last-word ppl`, `acc`, ...)."""
+    return _PROTOCOL_LABELS.get((protocol, metric), _METRIC_COLUMNS.get(metric, (metric, ""))[0])
 
 
 def _format(record: EvalRecord) -> str:
@@ -83,8 +100,12 @@ def _format(record: EvalRecord) -> str:
     return fmt.format(record.value)
 
 
-def _throughput(records) -> float:
-    """Input tokens per second over the distinct scoring runs (one per task and split) of a table row."""
-    runs = {(r.task, r.split): r for r in records}.values()
+def _runs(records) -> list[EvalRecord]:
+    """One record per distinct scoring run (task and split) of a table row: its metrics share the run."""
+    return list({(r.task, r.split): r for r in records}.values())
+
+
+def _throughput(runs: Sequence[EvalRecord]) -> float:
+    """Input tokens per second over the scoring runs of a table row."""
     seconds = sum(r.seconds for r in runs)
     return sum(r.tokens_per_s * r.seconds for r in runs) / seconds if seconds > 0 else float("nan")

@@ -78,8 +78,9 @@ def local_model_dir(name_or_path: str) -> Path | None:
     return path
 
 
-def load_config(name_or_path: str) -> PretrainedConfig:
-    """A GPT-2-family config: from a local folder, the offline GPT-2 family table, or the hub."""
+def load_config(name_or_path: str, gpt2_only: bool = True) -> PretrainedConfig:
+    """A GPT-2-family config (any architecture with `gpt2_only=False`): from a local folder, the offline
+    GPT-2 family table, or the hub."""
     import kronypt.models.modeling  # noqa: F401  (registers the kronypt classes with the Auto classes)
 
     path = local_model_dir(name_or_path)
@@ -96,7 +97,8 @@ def load_config(name_or_path: str) -> PretrainedConfig:
             except OSError as exc:
                 raise KronyptError(f"cannot load config {name_or_path!r}: not a local folder, and the hub said: "
                                    f"{_first_line(exc)}") from None
-    require_gpt2(config, name_or_path)
+    if gpt2_only:
+        require_gpt2(config, name_or_path)
     return config
 
 
