@@ -52,6 +52,7 @@ def test_check_device():
     from kronypt.models.loading import check_device
 
     assert check_device("cpu") == torch.device("cpu")
+    assert check_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for bad in ("tpu", "cuda:x", "cpu:1"):
         with pytest.raises(KronyptError, match="unknown device"):
             check_device(bad)

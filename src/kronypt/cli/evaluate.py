@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from kronypt.cli.app import app, console, print_json
@@ -59,7 +58,7 @@ def eval_command(
     """
     task_list = _split_list(tasks)
     protocol_list = _split_list(protocol) if protocol is not None else None
-    target = _resolve_device(device)  # tasks, protocols, split, data files, models and tokenizers are checked
+    target = check_device(device)  # tasks, protocols, split, data files, models and tokenizers are checked
     pairs = select_pairs(task_list, protocol_list, split).pairs  # before the first model is evaluated
     if stride is not None and not any(p == "hf-strided" for _, p in pairs):
         raise KronyptError("--stride applies to the hf-strided protocol only, not "
@@ -82,13 +81,6 @@ def eval_command(
     if json_path is not None:
         write_json(records, json_path)
         console.print(f"wrote {len(records)} records to {json_path}")
-
-
-def _resolve_device(name: str) -> torch.device:
-    """'auto' -> the GPU when there is one, else the CPU (as `generate` and `train`); else checked."""
-    if name == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    return check_device(name)
 
 
 def _warn(message: str) -> None:

@@ -249,8 +249,7 @@ def generate(
     long generations add `--compile`: per-token time is then set by the GPU, not by Python launching
     kernels one by one.
     """
-    target = (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")) if device == "auto" \
-        else check_device(device)
+    target = check_device(device)
     tok = load_tokenizer(tokenizer or _default_tokenizer(model))
     lm = load_model(model, dtype=dtype or ("bfloat16" if target.type == "cuda" else "float32"), device=target)
     if len(tok) > lm.config.vocab_size:

@@ -39,10 +39,13 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def check_device(name: str) -> torch.device:
-    """A usable torch device from 'cpu', 'cuda' or 'cuda:N', refused with the options when unavailable."""
+    """A usable torch device from 'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N', refused
+    with the options when unavailable."""
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     kind, _, index = name.partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise KronyptError(f"unknown device {name!r}; choose cpu, cuda or cuda:N")
+        raise KronyptError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise KronyptError(f"device {name!r} asked for, but no CUDA device is available")
