@@ -114,6 +114,7 @@ def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_p
     (["plan", "./missing-model"], "does not exist"),
     (["generate", "{tiny}", "--prompt", "x", "--tokenizer", "{tmp}/none"], "does not exist"),
     (["generate", "{tiny}", "--prompt", "x", "--device", "tpu"], "unknown device"),
+    (["generate", "{tmp}/typo", "--prompt", "x"], "model folder"),
     (["generate", "{tiny}", "--prompt", "x", "--dtype", "float8"], "unknown dtype"),
     (["generate", "{tiny}", "--prompt", "x", "--max-new-tokens", "5000"], "exceed the model's context"),
     (["compress", "{tiny}", "--a-shape", "16x8", "--layers", "1-0", "--out", "{tmp}/x"], "LO <= HI"),

@@ -14,7 +14,15 @@ from test_cli import assert_one_line_error, run
 from test_train_support import scratch_config
 
 from kronypt.eval import EvalRecord, write_json
-from kronypt.report import curves_figure, load_eval_records, load_run, run_summary, smooth, tradeoff_panels
+from kronypt.report import (
+    curves_figure,
+    load_eval_records,
+    load_run,
+    run_summary,
+    smooth,
+    tradeoff_figure,
+    tradeoff_panels,
+)
 from kronypt.train import train
 from kronypt.train.metrics import read_metrics
 
@@ -137,6 +145,9 @@ def test_tradeoff_keeps_protocols_apart_and_plots_params_against_values(tmp_path
     assert sorted((r.model, r.value) for r in krony) == [("gpt2", 29.9), ("runs/81M/best/model", 33.0)]
     assert [r.value for r in panels["wikitext2", "test", "hf-strided", "perplexity"]] == [25.2]
     assert set(tradeoff_panels(records, ["lambada"])) == {("lambada", "test", "krony-pt", "perplexity")}
+    figure = tradeoff_figure({("wikitext2", "test", "krony-pt", "perplexity"): krony})
+    labels = sorted(text.get_text() for text in figure.axes[0].texts)
+    assert labels == ["81M/best", "gpt2"]  # checkpoint folders all end in .../model: labelled by what is above
 
     out = tmp_path / "t.png"
     code, stdout, err = run(capsys, "plot", "tradeoff", str(first), str(second), "--task", "wikitext2",

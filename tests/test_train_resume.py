@@ -59,7 +59,8 @@ def test_a_resume_that_changes_what_defines_the_run_is_refused(tmp_path: Path) -
         ({"seq_len": 16}, ["seq_len: 32 -> 16"]),
         ({"eval_batches": 3}, ["eval_batches: 2 -> 3"]),
         ({"tokens_per_step": 256}, ["tokens_per_step: 128 -> 256"]),
-        ({"micro_batch_size": 1}, ["validation windows (micro_batch_size × eval_batches): 2 × 2 -> 1 × 2"]),
+        ({"micro_batch_size": 1}, ["validation windows (micro_batch_size × eval_batches): 2 × 2 -> 1 × 2 "
+                                   "(keep the product with --set eval_batches=N)"]),
         ({"betas": "0.9,0.99", "seed": 8}, ["betas: 0.9,0.95 -> 0.9,0.99", "seed: 7 -> 8"]),
     ]
     for overrides, expected in cases:
@@ -184,3 +185,27 @@ def test_a_folder_with_other_files_is_refused_unless_forced(tmp_path: Path, caps
     (tmp_path / "a-file").write_text("")
     with pytest.raises(KronyptError, match="exists and is not a folder"):
         train(scratch_config(tmp_path, out=str(tmp_path / "a-file")), progress=False)
+
+
+def test_older_checkpoints_with_relative_paths_resume_from_another_folder(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run started in proj/ with relative paths, its checkpoint written before absolute paths were recorded,
+    # resumed from proj/configs/ with the same inputs spelled from there.
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    scratch_settings(proj)  # proj/tokens and proj/gpt2.json
+    monkeypatch.chdir(proj)
+    relative = {"data": "tokens", "model_config": "gpt2.json", "out": "runs/r", "max_steps": 2, "save_every": 2}
+    train(TrainConfig().with_overrides({**scratch_settings(proj), **relative}), progress=False)
+    _strip_settings_from_checkpoint(latest_checkpoint(proj / "runs" / "r"))  # config.yaml (relative paths) stays
+    (proj / "configs").mkdir()
+    monkeypatch.chdir(proj / "configs")
+    moved = {"data": "../tokens", "model_config": "../gpt2.json", "out": "../runs/r", "max_steps": 3}
+    assert train(TrainConfig().with_overrides({**scratch_settings(proj), **moved}), progress=False).step == 3
+
+
+def test_inputs_reached_through_a_symlink_are_the_same_inputs(tmp_path: Path) -> None:
+    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
+    link = tmp_path / "tokens-link"
+    link.symlink_to(tmp_path / "tokens")
+    assert train(scratch_config(tmp_path, max_steps=3, data=str(link)), progress=False).step == 3

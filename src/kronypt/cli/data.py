@@ -78,9 +78,12 @@ def _split_warnings(meta: dict[str, Any]) -> list[str]:
     """Splits that are legal but unlikely to be what was meant (the run would fail or mislead later)."""
     train, val = (meta["splits"].get(name, {}).get("tokens", 0) for name in ("train", "val"))
     warnings = []
+    whole_documents = meta.get("val_split", {}).get("method") == "documents"
     if 0 < train < val:
+        hint = ("--val-fraction picks whole documents (at least one); give --val-input, or more documents"
+                if whole_documents else "check --val-fraction / --val-input")
         warnings.append(f"the validation split holds more tokens ({val:,}) than the training split ({train:,}): "
-                        "--val-fraction picks whole documents (at least one); give --val-input, or more documents")
+                        + hint)
     if 0 < val <= 1024:
         warnings.append(f"val.bin holds only {val:,} tokens: `kronypt train` needs seq_len + 1 of them for one "
                         "validation window (1,025 for GPT-2's 1024); raise --val-fraction or give --val-input")

@@ -31,7 +31,7 @@ from kronypt.models import (
 from kronypt.models import (
     compress as compress_model,
 )
-from kronypt.models.loading import check_device
+from kronypt.models.loading import check_device, local_model_dir
 from kronypt.plan import plan_row
 
 INIT_HELP = "van-loan (nearest Kronecker product, exact SVD), prune (keep one entry per B block), or random."
@@ -279,7 +279,7 @@ def generate(
 
 def _default_tokenizer(model: str) -> str:
     """The model folder itself when it holds a tokenizer; a hub id's own tokenizer; else a clear error."""
-    if not Path(model).is_dir() or has_tokenizer(model):
+    if local_model_dir(model) is None or has_tokenizer(model):  # a mistyped folder is named as the model
         return model
     raise KronyptError(f"{model} holds no tokenizer files; pass --tokenizer (a hub id or a tokenizer folder)")
 

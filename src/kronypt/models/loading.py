@@ -54,7 +54,7 @@ def check_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+_HUB_ID = re.compile(r"[\w][\w.-]*(/[\w][\w.-]*)?", re.ASCII)
 
 
 def _is_local(name: str) -> bool:

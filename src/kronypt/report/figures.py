@@ -110,5 +110,9 @@ def _engineering():
 
 
 def _short(model: str) -> str:
-    """A model's name without its folders (eval records keep the path or hub id as given)."""
-    return Path(model).name or model
+    """A point's label: the last two parts of a path without a trailing `model` (checkpoints all end in
+    .../best/model: runs/81M/best/model -> 81M/best), or the hub id as given."""
+    parts = [p for p in Path(model).parts if p not in ("/", ".")]
+    if len(parts) > 1 and parts[-1] == "model":
+        parts = parts[:-1]
+    return "/".join(parts[-2:]) or model

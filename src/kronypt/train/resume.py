@@ -59,7 +59,7 @@ def check_out_folder(out: Path, force: bool) -> None:
 def input_paths(config: TrainConfig) -> dict[str, str]:
     """Absolute forms of the input paths that exist, saved with checkpoints to compare them across folders."""
     values = flatten(config.to_dict())
-    return {name: os.path.abspath(values[name]) for name in INPUT_PATHS
+    return {name: os.path.realpath(values[name]) for name in INPUT_PATHS
             if values.get(name) and os.path.exists(values[name])}
 
 
@@ -95,12 +95,13 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
         return []
     new = flatten(config.to_dict())
     saved_paths = state.get("paths") or {}
+    origin = _original_folder(saved.get("out"), checkpoint)
     found = []
     for name, value in new.items():
         if name in CHANGEABLE or name not in saved:
             continue
         old = saved[name]
-        if name in INPUT_PATHS and _same_path(old, value, saved_paths.get(name)):
+        if name in INPUT_PATHS and _same_path(old, value, saved_paths.get(name), origin):
             continue
         if old != value:
             found.append(f"{name}: {_show(old)} -> {_show(value)}")
@@ -114,7 +115,8 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
                 found.append(f"eval_batches: {saved['eval_batches']} -> {new['eval_batches']}")
             else:
                 found.append(f"validation windows (micro_batch_size × eval_batches): {saved['micro_batch_size']} × "
-                             f"{saved['eval_batches']} -> {new['micro_batch_size']} × {new['eval_batches']}")
+                             f"{saved['eval_batches']} -> {new['micro_batch_size']} × {new['eval_batches']} "
+                             f"(keep the product with --set eval_batches=N)")
     return found
 
 
@@ -136,15 +138,32 @@ def _saved_tokens_per_step(saved: dict[str, Any], state: dict[str, Any]) -> int 
     return tokens // step if step > 0 else None  # older checkpoints: every step has the same batch
 
 
-def _same_path(old: Any, new: Any, old_absolute: str | None) -> bool:
-    """Whether two values of a path setting name the same input: the same absolute path when the
-    checkpoint recorded one (where it ran) and the new one exists, else equal text or the same path
-    from the current folder (hub ids, and checkpoints that recorded no absolute paths)."""
+def _same_path(old: Any, new: Any, old_absolute: str | None, origin: Path | None = None) -> bool:
+    """Whether two values of a path setting name the same input, following symlinks: the checkpoint's
+    recorded absolute path when it has one and the new path exists; else (older checkpoints) the old
+    relative path taken from the folder the run was started in (`origin`, when it can be told) or from this
+    one; else equal text (hub ids)."""
     if not (isinstance(old, str) and isinstance(new, str)):
         return old == new
+    if old == new:
+        return True
     if old_absolute and os.path.exists(new):
-        return old_absolute == os.path.abspath(new)
-    return old == new or os.path.abspath(old) == os.path.abspath(new)
+        return os.path.realpath(old_absolute) == os.path.realpath(new)
+    candidates = [Path(old)] if os.path.isabs(old) or origin is None else [origin / old, Path(old)]
+    return any(os.path.realpath(c) == os.path.realpath(new) for c in candidates)
+
+
+def _original_folder(saved_out: Any, checkpoint: Path) -> Path | None:
+    """The working folder the run was started from, for checkpoints that recorded relative paths only:
+    the run folder's absolute path less its saved, relative --out (runs/81M in /home/me/proj -> /home/me/
+    proj). None when that cannot be told."""
+    if not isinstance(saved_out, str) or not saved_out or os.path.isabs(saved_out):
+        return None
+    run = checkpoint.resolve().parent.parent  # RUN/checkpoints/step-N
+    parts = Path(os.path.normpath(saved_out)).parts
+    if ".." in parts or run.parts[-len(parts):] != parts:
+        return None
+    return Path(*run.parts[:-len(parts)])
 
 
 def _show(value: Any) -> str:
