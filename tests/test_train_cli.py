@@ -7,20 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_train_support import cli_args, make_token_folder, scratch_settings
+from test_train_support import cli_args, make_token_folder, run_train_cli, scratch_settings
 
-from kronypt.cli.main import main
 from kronypt.train.metrics import read_metrics
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        main(["train", *args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_trains_and_flags_override_the_recipe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -28,14 +17,14 @@ def test_cli_trains_and_flags_override_the_recipe(tmp_path: Path, capsys: pytest
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"init_from: scratch\nmodel_config: {settings['model_config']}\ndata: {settings['data']}\n"
                       "train: {max_steps: 50, seq_len: 32, micro_batch_size: 2}\noptim: {lr: 3e-3}\n")
-    code, out, _ = _run(["--config", str(recipe), "--max-steps", "3", "--out", str(tmp_path / "run"),
+    code, out, _ = run_train_cli(["--config", str(recipe), "--max-steps", "3", "--out", str(tmp_path / "run"),
                          "--log-every", "1", "--json"], capsys)
     assert code == 0
     result = json.loads(out)
     assert result["step"] == 3 and result["tokens"] == 3 * 2 * 32
     assert result["best_model"] == result["best_checkpoint"] + "/model" and Path(result["best_model"]).is_dir()
     assert [r.get("lr") for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [None] + [3e-3] * 3
-    code, out, _ = _run(["--config", str(recipe), "--lr", "1e-4", "--print-config"], capsys)
+    code, out, _ = run_train_cli(["--config", str(recipe), "--lr", "1e-4", "--print-config"], capsys)
     assert code == 0 and "lr: 0.0001" in out and "max_steps: 50" in out
 
 
@@ -50,9 +39,9 @@ def _corrupt_latest(run: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncated", "garbage"])
 def test_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, how: str) -> None:
     settings = scratch_settings(tmp_path, max_steps=2, save_every=2)
-    assert _run(cli_args(settings), capsys)[0] == 0
+    assert run_train_cli(cli_args(settings), capsys)[0] == 0
     _corrupt_latest(tmp_path / "run", how)
-    code, _, err = _run(cli_args({**settings, "max_steps": 4}), capsys)
+    code, _, err = run_train_cli(cli_args({**settings, "max_steps": 4}), capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("kronypt: error: corrupt checkpoint") and "step-00000002" in err
 
@@ -75,7 +64,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
 def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, case: str) -> None:
     overrides, message = _bad_inputs(tmp_path)[case]
     settings = {k: v for k, v in scratch_settings(tmp_path, **overrides).items() if v is not None}
-    code, _, err = _run(cli_args(settings), capsys)
+    code, _, err = run_train_cli(cli_args(settings), capsys)
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("kronypt: error: ") and message in err, err
 
@@ -90,7 +79,7 @@ def test_a_run_stopped_by_a_signal_exits_non_zero(tmp_path: Path, capsys: pytest
 
     result = TrainResult(str(tmp_path), 3, 384, 5.0, None, None, None, signal_name)
     monkeypatch.setattr(train_cli, "run_training", lambda config, progress: result)
-    got, out, _ = _run([*cli_args(scratch_settings(tmp_path)), "--json"], capsys)
+    got, out, _ = run_train_cli([*cli_args(scratch_settings(tmp_path)), "--json"], capsys)
     assert got == code and json.loads(out)["stopped_by"] == signal_name
 
 
@@ -108,7 +97,7 @@ def test_allocate_params_compresses_on_the_fly_with_a_k_per_matrix(tmp_path: Pat
     expected = allocate_factors(dense, CompressionConfig(a_shape=(16, 8)), budget, max_factors=3).factors_by_module
     settings = scratch_settings(tmp_path, init_from="dense", model=str(tmp_path / "dense"), model_config=None,
                                 a_shape="16x8", allocate_params=budget, factors=3, max_steps=2, eval_every=0)
-    code, out, err = _run([*cli_args(settings), "--json"], capsys)
+    code, out, err = run_train_cli([*cli_args(settings), "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["step"] == 2
     trained = load_model(str(tmp_path / "run" / "latest" / "model"))
@@ -116,16 +105,17 @@ def test_allocate_params_compresses_on_the_fly_with_a_k_per_matrix(tmp_path: Pat
     assert sum(expected.values()) == 10 and max(expected.values()) <= 3 and count_params(trained) <= budget
 
     settings["init_from"], settings["model"] = "kronypt", str(tmp_path / "run" / "latest" / "model")
-    code, _, err = _run(cli_args({**settings, "a_shape": None, "out": str(tmp_path / "again")}), capsys)
+    code, _, err = run_train_cli(cli_args({**settings, "a_shape": None, "out": str(tmp_path / "again")}), capsys)
     assert code == 2 and "--allocate-params only apply to --init-from dense" in err, err
 
 
 def test_a_bad_set_value_is_an_error_even_when_a_flag_sets_the_key(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
-    code, _, err = _run(["--set", "max_steps=1.5", "--max-steps", "3", "--print-config"], capsys)
+    code, _, err = run_train_cli(["--set", "max_steps=1.5", "--max-steps", "3", "--print-config"], capsys)
     assert code == 2 and err.count("\n") == 1 and "bad value '1.5' for max_steps" in err, err
-    code, out, err = _run(["--init-from", "scratch", "--model-config", "c.json", "--data", "d", "--set", "lr=0.1",
-                           "--lr", "0.2", "--set", "min_lr=0.01", "--print-config"], capsys)
+    code, out, err = run_train_cli(["--init-from", "scratch", "--model-config", "c.json", "--data", "d",
+                                    "--set", "lr=0.1", "--lr", "0.2", "--set", "min_lr=0.01", "--print-config"],
+                                   capsys)
     assert code == 0, err
     assert "lr: 0.2\n" in out and "min_lr: 0.01\n" in out  # a flag wins over --set
 
@@ -144,19 +134,19 @@ def test_recipe_inputs_are_found_next_to_the_recipe(tmp_path: Path, capsys: pyte
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    code, out, err = _run(["--config", str(recipe), "--print-config"], capsys)
+    code, out, err = run_train_cli(["--config", str(recipe), "--print-config"], capsys)
     assert code == 0, err
     printed = yaml.safe_load(out)
     assert printed["model_config"] == str(repo / "configs" / "gpt2.json")
     assert printed["data"] == str(repo / "tokens") and printed["out"] == "runs/r"  # outputs stay here
-    code, out, err = _run(["--config", str(recipe), "--json"], capsys)
+    code, out, err = run_train_cli(["--config", str(recipe), "--json"], capsys)
     assert code == 0 and json.loads(out)["step"] == 1, err
     assert (elsewhere / "runs" / "r" / "latest").is_dir()
     # the current folder wins; a path found nowhere keeps its name and its error
     (elsewhere / "configs").mkdir()
     (repo / "configs" / "gpt2.json").rename(elsewhere / "configs" / "gpt2.json")
-    assert yaml.safe_load(_run(["--config", str(recipe), "--print-config"], capsys)[1])["model_config"] == \
+    assert yaml.safe_load(run_train_cli(["--config", str(recipe), "--print-config"], capsys)[1])["model_config"] == \
         "configs/gpt2.json"
     (elsewhere / "configs" / "gpt2.json").unlink()
-    code, _, err = _run(["--config", str(recipe), "--out", str(tmp_path / "new")], capsys)
+    code, _, err = run_train_cli(["--config", str(recipe), "--out", str(tmp_path / "new")], capsys)
     assert code == 2 and "model config configs/gpt2.json does not exist" in err, err

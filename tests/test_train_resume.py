@@ -9,25 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_support import cli_args, make_token_folder, scratch_config, scratch_settings, tiny_gpt2
+from test_train_support import cli_args, make_token_folder, run_train_cli, scratch_config, scratch_settings, tiny_gpt2
 from transformers import GPT2LMHeadModel
 
-from kronypt.cli.main import main
 from kronypt.errors import KronyptError
 from kronypt.train import TrainConfig, train
 from kronypt.train.checkpoint import INDEX_FILE, STATE_FILE, latest_checkpoint
 from kronypt.train.metrics import read_metrics
 from kronypt.train.optim import lr_multiplier
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        main(["train", *args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _snapshot(run: Path) -> dict[str, bytes]:
@@ -77,8 +66,8 @@ def test_a_resume_that_changes_what_defines_the_run_is_refused(tmp_path: Path) -
 
 def test_the_cli_refuses_a_changed_resume_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     settings = scratch_settings(tmp_path, max_steps=2, save_every=2)
-    assert _run(cli_args(settings), capsys)[0] == 0
-    code, _, err = _run(cli_args({**settings, "max_steps": 4, "lr": 0.01}), capsys)
+    assert run_train_cli(cli_args(settings), capsys)[0] == 0
+    code, _, err = run_train_cli(cli_args({**settings, "max_steps": 4, "lr": 0.01}), capsys)
     assert code == 2 and err.count("\n") == 1 and "lr: 0.003 -> 0.01" in err, err
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["optim"]["lr"] == 0.003
 
@@ -86,14 +75,14 @@ def test_the_cli_refuses_a_changed_resume_in_one_line(tmp_path: Path, capsys: py
 def test_resume_says_so_and_a_run_at_max_steps_does_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     settings = scratch_settings(tmp_path, max_steps=2, save_every=2)
     run = tmp_path / "run"
-    code, _, err = _run(cli_args(settings), capsys)
+    code, _, err = run_train_cli(cli_args(settings), capsys)
     assert code == 0 and "resuming" not in err
-    code, out, err = _run([*cli_args({**settings, "max_steps": 4}), "--json"], capsys)
+    code, out, err = run_train_cli([*cli_args({**settings, "max_steps": 4}), "--json"], capsys)
     assert code == 0 and json.loads(out)["step"] == 4
     assert f"resuming {run} from step 2 (256 tokens)\n" in err, err
     before = _snapshot(run)
     for max_steps in (4, 3):  # at or past max_steps: say so, exit 0, touch nothing
-        code, out, err = _run([*cli_args({**settings, "max_steps": max_steps}), "--json"], capsys)
+        code, out, err = run_train_cli([*cli_args({**settings, "max_steps": max_steps}), "--json"], capsys)
         assert code == 0 and json.loads(out)["step"] == 4 and json.loads(out)["best_checkpoint"]
         assert f"{run} is already at step 4 (512 tokens), max_steps is {max_steps}: nothing to train" in err, err
         assert _snapshot(run) == before
@@ -171,16 +160,16 @@ def test_a_folder_with_other_files_is_refused_unless_forced(tmp_path: Path, caps
     for name, text in {**own, "notes.txt": "my notes\n"}.items():
         (run / name).write_text(text)
     settings = scratch_settings(tmp_path, max_steps=1, eval_every=0)
-    code, _, err = _run(cli_args(settings), capsys)
+    code, _, err = run_train_cli(cli_args(settings), capsys)
     assert code == 2 and err.count("\n") == 1 and "notes.txt" in err and "--force" in err, err
     assert {p.name: p.read_text() for p in run.iterdir()} == {**own, "notes.txt": "my notes\n"}
-    code, _, err = _run([*cli_args(settings), "--force"], capsys)
+    code, _, err = run_train_cli([*cli_args(settings), "--force"], capsys)
     assert code == 0, err
     assert (run / "notes.txt").read_text() == "my notes\n" and latest_checkpoint(run).name == "step-00000001"
     assert yaml.safe_load((run / "config.yaml").read_text())["force"] is True
     # a folder of the run's own files only (e.g. killed before its first checkpoint) needs no --force
     (run / "notes.txt").unlink()
-    code, _, err = _run(cli_args({**settings, "max_steps": 2}), capsys)
+    code, _, err = run_train_cli(cli_args({**settings, "max_steps": 2}), capsys)
     assert code == 0 and f"resuming {run} from step 1" in err, err
     (tmp_path / "a-file").write_text("")
     with pytest.raises(KronyptError, match="exists and is not a folder"):

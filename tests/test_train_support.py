@@ -95,3 +95,16 @@ def run_python(code: str) -> subprocess.Popen:
     """Start `python -c code` in the background, with this process's thread count."""
     return subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(torch.get_num_threads()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_train_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """`kronypt train ARGS` in this process: (exit code, stdout, stderr)."""
+    from kronypt.cli.main import main
+
+    try:
+        main(["train", *args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
