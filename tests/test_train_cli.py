@@ -18,7 +18,7 @@ def test_cli_trains_and_flags_override_the_recipe(tmp_path: Path, capsys: pytest
     recipe.write_text(f"init_from: scratch\nmodel_config: {settings['model_config']}\ndata: {settings['data']}\n"
                       "train: {max_steps: 50, seq_len: 32, micro_batch_size: 2}\noptim: {lr: 3e-3}\n")
     code, out, _ = run_train_cli(["--config", str(recipe), "--max-steps", "3", "--out", str(tmp_path / "run"),
-                         "--log-every", "1", "--json"], capsys)
+                                  "--log-every", "1", "--json"], capsys)
     assert code == 0
     result = json.loads(out)
     assert result["step"] == 3 and result["tokens"] == 3 * 2 * 32
