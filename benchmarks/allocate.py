@@ -7,7 +7,7 @@ weight error (summed squared and mean relative Frobenius error) and the `krony-p
 `--max-tokens` of WikiText-2 (valid split by default), beside the dense model's.
 
 There are no pretrained GPT-2 weights offline: give a dense model you trained, e.g. the offline teacher
-(configs/offline-teacher.yaml: 4 blocks, 128 wide; c_fc is 512 x 128):
+(configs/offline-teacher.yaml: 4 blocks, 128 wide; c_fc is 512 x 128; docs/benchmarks.md used 240 steps):
 
     python benchmarks/allocate.py --model runs/offline-teacher/best/model --shapes 128x32,256x64,64x64 \
         --factors 1,2 --json benchmarks/results/allocate-cpu.json

@@ -66,7 +66,7 @@ def compress(
 
     Give exactly one of --scheme, --a-shape or --target-params; or `--allocate` with --target-params and a
     shape, e.g. `--a-shape 1024x256 --target-params 85000000 --allocate` (k between 1 and 8 per matrix
-    instead of 86M-3's k = 3 everywhere). The folder loads with
+    instead of one k everywhere: 80M-2's k = 2 fits that budget, 86M-3's k = 3 does not). The folder loads with
     `AutoModelForCausalLM.from_pretrained` after `import kronypt`, and holds the per-matrix error report
     (compression_report.json).
     """

@@ -1,7 +1,7 @@
 """Figures and summaries of finished work: training curves of runs, and size-quality trade-offs of evals.
 
 >>> from kronypt.report import load_run, curves_figure                                 # doctest: +SKIP
->>> curves_figure([load_run("runs/81M"), load_run("runs/dense")]).savefig("curves.png")
+>>> curves_figure([load_run("runs/81M"), load_run("runs/dense")], ["loss", "val_loss"]).savefig("curves.png")
 """
 
 from kronypt.report.figures import curves_figure, save_figure, tradeoff_figure
