@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_support import cli_args, scratch_settings, subprocess_env, tiny_gpt2
-from transformers import GPT2LMHeadModel
+from test_train_support import cli_args, dense_settings, scratch_settings, subprocess_env
 
 from kronypt.models import load_model
 from kronypt.nn import KroneckerLinear
@@ -23,13 +22,8 @@ from kronypt.train.metrics import read_metrics
 
 def _kronecker_settings(tmp_path: Path, **overrides) -> dict:
     """A tiny dense GPT-2 compressed on the fly (k = 1, so FSDP shards a size-1 leading dim unevenly)."""
-    dense = tmp_path / "dense"
-    if not dense.exists():
-        torch.manual_seed(0)
-        GPT2LMHeadModel(tiny_gpt2()).save_pretrained(dense)
-    return scratch_settings(tmp_path, init_from="dense", model=str(dense), model_config=None, a_shape="16x8",
-                            init="van-loan", scalars=True, dropout=0.0, micro_batch_size=2,
-                            tokens_per_step=128, eval_every=2, save_every=2, **overrides)
+    return dense_settings(tmp_path, **{"init": "van-loan", "scalars": True, "dropout": 0.0, "micro_batch_size": 2,
+                                       "tokens_per_step": 128, "eval_every": 2, "save_every": 2, **overrides})
 
 
 def _torchrun(settings: dict, *extra: str) -> None:

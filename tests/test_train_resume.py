@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_support import cli_args, make_token_folder, run_train_cli, scratch_config, scratch_settings, tiny_gpt2
-from transformers import GPT2LMHeadModel
+from test_train_support import (
+    cli_args,
+    dense_settings,
+    make_token_folder,
+    run_train_cli,
+    scratch_config,
+    scratch_settings,
+)
 
 from kronypt.errors import KronyptError
 from kronypt.train import TrainConfig, train
@@ -26,12 +32,7 @@ def _snapshot(run: Path) -> dict[str, bytes]:
 
 
 def _dense_settings(tmp_path: Path, **overrides) -> dict:
-    dense = tmp_path / "dense"
-    if not dense.exists():
-        torch.manual_seed(0)
-        GPT2LMHeadModel(tiny_gpt2()).save_pretrained(dense)
-    return scratch_settings(tmp_path, init_from="dense", model=str(dense), model_config=None, a_shape="16x8",
-                            max_steps=2, save_every=2, eval_every=2, **overrides)
+    return dense_settings(tmp_path, **{"max_steps": 2, "save_every": 2, "eval_every": 2, **overrides})
 
 
 def test_a_resume_that_changes_what_defines_the_run_is_refused(tmp_path: Path) -> None:

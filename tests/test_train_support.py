@@ -68,6 +68,19 @@ def scratch_settings(tmp: Path, **overrides) -> dict:
     return settings
 
 
+def dense_settings(tmp: Path, **overrides) -> dict:
+    """Flat settings of a short run that compresses a tiny dense GPT-2 (saved under `tmp` once, seed 0) on
+    the fly with A = 16x8."""
+    dense = tmp / "dense"
+    if not dense.exists():
+        from transformers import GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        GPT2LMHeadModel(tiny_gpt2()).save_pretrained(dense)
+    return scratch_settings(tmp, **{"init_from": "dense", "model": str(dense), "model_config": None,
+                                    "a_shape": "16x8", **overrides})
+
+
 def scratch_config(tmp: Path, **overrides) -> TrainConfig:
     return TrainConfig().with_overrides(scratch_settings(tmp, **overrides))
 
