@@ -42,7 +42,6 @@ from common import environment, write_json  # noqa: E402
 
 from kronypt import CompressionConfig, KroneckerLinear, compress  # noqa: E402
 from kronypt.kernels import fused_available, kron_linear_fused, predict  # noqa: E402
-from kronypt.kernels.roofline import predict_v3  # noqa: E402
 from kronypt.math.decompose import kron_reconstruct  # noqa: E402
 from kronypt.math.shapes import kron_shape  # noqa: E402
 from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised  # noqa: E402
@@ -93,11 +92,11 @@ DRY_CASES = [
     LayerCase("dry c_proj", 40, 96, (40, 24), 1, 33, quick=True),
     LayerCase("dry decode", 96, 40, (24, 40), 1, 1, backward=False, graph=True, quick=True),
 ]
-# fused: `kron_linear_fused` as the layer runs it (version 2 where it applies); fused_v1: the version-1
-# Triton kernels forced (impl="triton"), for the comparison; fused_v3: the opt-in one-kernel forward
-# (impl="v3", version 2's backward), only on the shapes `kronypt.kernels.v3.supports` (81M, k = 1).
-PATHS = ("dense", "materialised", "factored", "fused_v1", "fused", "fused_v3")
-IMPL_OF_PATH = {"fused_v1": "triton", "fused": "auto", "fused_v3": "v3"}
+# fused: `kron_linear_fused` as the layer runs it (version 3 where it applies, else version 2 where that
+# does); fused_v1: the version-1 Triton kernels forced (impl="triton"), for the comparison; fused_v2:
+# version 2 forced (impl="v2"), only on the shapes where "auto" runs version 3 (81M, k = 1).
+PATHS = ("dense", "materialised", "factored", "fused_v1", "fused", "fused_v2")
+IMPL_OF_PATH = {"fused_v1": "triton", "fused": "auto", "fused_v2": "v2"}
 
 
 class Clock:
@@ -176,7 +175,7 @@ def _operand_sets(case: LayerCase, device: torch.device, l2_bytes: int) -> list[
 
 
 def _v3_case(case: LayerCase) -> bool:
-    """Whether impl="v3" runs version 3 on this case (else it would just repeat the `fused` column)."""
+    """Whether "auto" runs version 3 on this case (else a `fused_v2` column would repeat `fused`)."""
     from kronypt.kernels.v3 import supports
 
     shape = kron_shape(case.out_features, case.in_features, case.a_shape)
@@ -196,7 +195,7 @@ def _paths(case: LayerCase, device: torch.device) -> dict:
         paths["fused_v1"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="triton")
         paths["fused"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias)
         if _v3_case(case):
-            paths["fused_v3"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="v3")
+            paths["fused_v2"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="v2")
     return paths
 
 
@@ -238,9 +237,6 @@ def run_layer(case: LayerCase, device: torch.device, clock: Clock, l2_bytes: int
     result = {**asdict(case), "b_shape": list(shape.b_shape), "paths": {}, "predicted_ms": {
         label: {k: v * 1e3 for k, v in predict(shape, case.k, case.tokens, training, nbytes).items()}
         for label, training in (("fwd", False), ("fwdbwd", True))}}
-    if _v3_case(case):
-        for label, training in (("fwd", False), ("fwdbwd", True)):
-            result["predicted_ms"][label]["fused_v3"] = predict_v3(shape, case.tokens, training, nbytes) * 1e3
     sets = _operand_sets(case, device, l2_bytes)
     result["operand_sets"] = len(sets)
     for name, path in _paths(case, device).items():
@@ -308,8 +304,8 @@ def use_fused_mlps(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
 def _model_variants(dry: bool, device: torch.device) -> dict:
     """Factories of the models (fp32 weights), built lazily so only one lives at a time: dense; compressed
     to 81M on the layer's automatic path (`kron_auto`); with every MLP forced onto the fused kernels
-    (`kron_fused`, GELU in c_fc's kernel); and `kron_v3`, the automatic path with the layers' fused
-    implementation set to "v3" (the one-kernel forward wherever the path resolves to the fused kernels)."""
+    (`kron_fused`, GELU in c_fc's kernel); and `kron_v2`, the automatic path with the layers' fused
+    implementation set to "v2" (version 2 instead of version 3, for the comparison)."""
     if dry:
         cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=1000)
         scheme = CompressionConfig(a_shape=(64, 64), init="random")
@@ -327,26 +323,29 @@ def _model_variants(dry: bool, device: torch.device) -> dict:
         compress(model, copy.deepcopy(scheme), progress=False)
         return model.to(device)
 
-    def kron_v3() -> GPT2LMHeadModel:
+    def kron_v2() -> GPT2LMHeadModel:
         model = kron()
         for module in model.modules():
             if isinstance(module, KroneckerLinear):
-                module.fused_impl = "v3"
+                module.fused_impl = "v2"
         return model
 
     variants = {"dense": dense, "kron_auto": kron}
     if fused_available(torch.empty(0, device=device)):
         variants["kron_fused"] = lambda: use_fused_mlps(kron())
-        variants["kron_v3"] = kron_v3
+        variants["kron_v2"] = kron_v2
     return variants
 
 
-def _train_tokens_per_s(model, clock: Clock, batch: torch.Tensor, compiled: bool) -> float:
+def _train_tokens_per_s(model, clock: Clock, batch: torch.Tensor, compiled: bool, mode: str = "default") -> float:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=batch.is_cuda)
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model, mode=mode) if compiled else model
+    graphed = compiled and mode == "reduce-overhead"
 
     def step(_) -> None:
+        if graphed:  # a new iteration: the graphs' outputs of the last one may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(batch.device.type, dtype=torch.bfloat16):
             loss = forward(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -402,9 +401,10 @@ def _decode_ms(model, clock: Clock, context: int, graphed: bool) -> float:
         return clock.median_ms(lambda _: graph.replay(), [None])
 
 
-def _measure_model(key: str, model, clock: Clock, batch: torch.Tensor, context: int, compiled: bool) -> float:
+def _measure_model(key: str, model, clock: Clock, batch: torch.Tensor, context: int, compiled: bool,
+                   mode: str = "default") -> float:
     if key == "train_tokens_per_s":
-        return _train_tokens_per_s(model, clock, batch, compiled)
+        return _train_tokens_per_s(model, clock, batch, compiled, mode)
     if key.startswith("prefill"):
         return _prefill_tokens_per_s(model, clock, batch, graphed=key == "prefill_graph_tokens_per_s")
     return _decode_ms(model, clock, context, graphed=key == "decode_graph_ms")
@@ -417,7 +417,7 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
     batch_shape = (2, 32) if args.dry_run else (8, 1024)
     context = 16 if args.dry_run else 128
     results: dict = {"batch": list(batch_shape), "decode_context": context, "compiled": args.compile,
-                     "variants": {}}
+                     "compile_mode": args.compile_mode if args.compile else None, "variants": {}}
     report["model"] = results
     variants = _model_variants(args.dry_run, device)
     wanted = [v for v in args.variants.split(",") if v] if args.variants else list(variants)
@@ -440,7 +440,7 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
             try:
                 if key == "prefill_tokens_per_s":  # inference on bf16 weights; training on fp32 + autocast
                     model = model.to(torch.bfloat16).eval()
-                row[key] = _measure_model(key, model, clock, batch, context, args.compile)
+                row[key] = _measure_model(key, model, clock, batch, context, args.compile, args.compile_mode)
             except Exception as exc:
                 row[key + "_error"] = f"{type(exc).__name__}: {exc}"[:400]
         print(f"[{time.perf_counter() - START:6.1f}s] model {name}: {row}", flush=True)
@@ -528,8 +528,8 @@ def sass_reports(cases: list[LayerCase]) -> list[dict]:
         shape = kron_shape(case.out_features, case.in_features, case.a_shape)
         dtype = getattr(torch, case.dtype)
         rows = layer_report(shape, case.k, case.tokens, case.backward, dtype)
-        if _v3_case(case):  # the opt-in version 3 forward, with GELU (the MLP's c_fc)
-            rows += [r for r in layer_report(shape, case.k, case.tokens, case.backward, dtype, impl="v3",
+        if _v3_case(case):  # the version 3 forward with GELU (the MLP's c_fc)
+            rows += [r for r in layer_report(shape, case.k, case.tokens, case.backward, dtype,
                                              activation="gelu_new") if r["kernel"] == "_v3_kernel"]
         out.append({**asdict(case), "kernels": rows})
         for r in rows:
@@ -557,7 +557,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-layers", action="store_true", help="skip the layer cases (model only)")
     parser.add_argument("--variants", default="",
                         help="comma-separated model variants, run in this order (dense, kron_auto, kron_fused, "
-                             "kron_v3)")
+                             "kron_v2)")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                        help="torch.compile mode of the training step with --compile (reduce-overhead: CUDA "
+                             "graphs, no per-kernel launch cost on the host)")
     parser.add_argument("--sass", action="store_true",
                         help="no timing: compile every case's kernels for sm_90 (works on a CPU) and report "
                              "registers, spills and instruction mix")

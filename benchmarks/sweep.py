@@ -9,7 +9,7 @@ H100 runs 1-3 timed each fused path as a whole; this script answers the two ques
    become the default without another device call.
 2. Where does the time of a fused forward + backward go? `torch.profiler` per-kernel GPU times of the
    81M c_fc (+GELU) and c_proj layer calls at 16384 tokens (one GPT-2 training micro-batch of 16 x 1024),
-   dense and fused (impl "auto" and "v3").
+   dense and fused (impl "auto", which runs version 3 there, and "v2").
 
     PYTHONUNBUFFERED=1 python benchmarks/sweep.py --json $OUT/sweep.json        # GPU
     TRITON_INTERPRET=1 python benchmarks/sweep.py --dry-run                     # CPU: tiny shapes
@@ -255,7 +255,7 @@ def profile_layers(tokens: int, clock: Clock, deadline: float, report: dict, pat
         operands = _operand_sets(case, dev, 0)[0]
         variants = {"dense": functools.partial(_dense_step, operands, act)}
         if fused_available(operands.x):
-            for impl in ("auto", "v3"):
+            for impl in ("auto", "v2"):
                 variants[f"fused_{impl}"] = functools.partial(_fused_step, operands, act, impl)
         for label, fn in variants.items():
             if time.perf_counter() > deadline:

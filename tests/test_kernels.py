@@ -13,6 +13,7 @@ interpreter also truncates fp32 → bf16 instead of rounding, about doubling the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -158,6 +159,16 @@ def check_interfaces() -> dict[str, float]:
     compiled = torch.compile(lambda x: kron_linear_fused(x, inp["A"], inp["B"], activation="gelu_new"),
                              backend="aot_eager", fullgraph=True)
     ref, _ = _reference({"x": inp["x"], "A": inp["A"], "B": inp["B"]}, act=True)
+    # eager calls with a gradient skip the registered operators (`ops._EagerFused`); compiled ones go
+    # through them and their registered backward: both give the same gradients
+    grads = {}
+    for mode in ("eager", "compiled"):
+        leaves = {n: inp[n].detach().clone().requires_grad_() for n in ("x", "A", "B", "scalars", "bias")}
+        fn = functools.partial(kron_linear_fused, activation="gelu_new")
+        out = (torch.compile(fn, backend="aot_eager", fullgraph=True) if mode == "compiled" else fn)(**leaves)
+        out.backward(torch.ones_like(out))
+        grads[mode] = {n: t.grad for n, t in leaves.items()}
+    compiled_grad_errors = [_relative(grads["compiled"][n], grads["eager"][n].double()) for n in grads["eager"]]
     empty = kron_linear_fused(inp["x"][:0], inp["A"], inp["B"], bias=inp["bias"])
     # training under bf16 autocast: float32 parameters (the bias stays float32), both version-2 orientations
     autocast_errors = []
@@ -210,6 +221,7 @@ def check_interfaces() -> dict[str, float]:
         "saved_p_worst": max(saved_errors),
         "opcheck_failures": float(sum(v != "SUCCESS" for v in report.values())),
         "compiled_error": _relative(compiled(inp["x"]), ref),
+        "compiled_grad_worst": max(compiled_grad_errors),
         "empty_shape_ok": float(tuple(empty.shape) == (0, case.m1 * case.m2)),
         "cpu_available": float(fused_available(torch.zeros(1))),
         "autocast_worst": max(autocast_errors),
@@ -306,6 +318,7 @@ def test_operator_registration_compile_and_empty_input(interpreted: dict) -> Non
     errors = row["errors"]
     assert errors["opcheck_failures"] == 0
     assert errors["compiled_error"] <= TOLERANCE["float32"]
+    assert errors["compiled_grad_worst"] <= TOLERANCE["float32"]
     assert errors["empty_shape_ok"] == 1.0
     assert errors["cpu_available"] == 1.0  # the interpreter runs on CPU tensors
     assert errors["autocast_worst"] <= TOLERANCE["bfloat16"]  # bf16 values, float32 gradients everywhere
@@ -351,8 +364,10 @@ def test_roofline_v1_forward_is_the_memory_floor_for_81m() -> None:
     floor = 2 * (tokens * (768 + 3072) + shape.params(1)) / 3.0e12 + 4e-6  # bf16 bytes over 3 TB/s + launch
     p = predict(shape, 1, tokens, training=False)
     assert p["fused_v1"] == pytest.approx(floor)
-    # version 2 writes and re-reads P = x·Aᵀ (T·768 values) and runs the A-GEMM unfused: above the floor
-    assert floor < p["fused"] < p["dense"]
+    # version 2 writes and re-reads P = x·Aᵀ (T·768 values) and runs the A-GEMM unfused: above the floor;
+    # version 3 (what "auto" runs here) is the one-kernel design again
+    assert floor < p["fused_v2"] < p["dense"]
+    assert p["fused"] == pytest.approx(floor)
 
 
 def test_fused_wins_only_where_measured() -> None:
@@ -372,9 +387,10 @@ def test_fused_wins_only_where_measured() -> None:
     assert not fused_wins(large_b, 1, tokens, training=True)
 
 
-def test_v3_is_opt_in() -> None:
-    """impl="v3" launches the version-3 kernel for 81M (k = 1) and version 2's backward, except that c_proj's
-    grad_x (a layer with the factors Aᵀ, Bᵀ: B one column) also runs on it; "auto" never launches it."""
+def test_auto_runs_v3_where_it_applies() -> None:
+    """"auto" (like impl="v3") launches the version-3 kernel for 81M (k = 1) and version 2's backward,
+    except that c_proj's grad_x (a layer with the factors Aᵀ, Bᵀ: B one column) also runs on it; "v2"
+    never launches it, and its k = 1 expansion is the joined kernel (16-byte stores)."""
     from kronypt.kernels.sass import recorded_launches
 
     def kernels(shape: KronShape, k: int, impl: str, tokens: int = 8192) -> list[str]:
@@ -382,14 +398,17 @@ def test_v3_is_opt_in() -> None:
         return [getattr(kernel, "fn", kernel).__name__ for kernel, _, _ in launches]  # jit or autotuner
 
     c_fc, c_proj = kron_shape(3072, 768, (768, 768)), kron_shape(768, 3072, (768, 768))
-    v3, auto = kernels(c_fc, 1, "v3"), kernels(c_fc, 1, "auto")
-    assert v3 == ["_v3_kernel", "_reduce_kernel"] and auto == ["_expand_kernel", "_reduce_kernel"]
-    v3, auto = kernels(c_proj, 1, "v3"), kernels(c_proj, 1, "auto")
+    assert kernels(c_fc, 1, "v3") == kernels(c_fc, 1, "auto") == ["_v3_kernel", "_reduce_kernel"]
+    assert kernels(c_fc, 1, "v2") == ["_expand_joined_kernel", "_reduce_kernel"]
     # forward; backward: Q = G·A and grad_x in one v3 pass instead of a GEMM + expand; reduce (R, M)
-    assert v3 == ["_v3_kernel", "_gelu_backward_kernel", "_v3_kernel", "_reduce_kernel"], v3
-    assert auto == ["_reduce_kernel", "_gelu_backward_kernel", "_reduce_kernel", "_expand_kernel"], auto
+    v3 = kernels(c_proj, 1, "auto")
+    assert v3 == kernels(c_proj, 1, "v3") == ["_v3_kernel", "_gelu_backward_kernel", "_v3_kernel", "_reduce_kernel"]
+    v2 = kernels(c_proj, 1, "v2")
+    assert v2 == ["_reduce_kernel", "_gelu_backward_kernel", "_reduce_kernel", "_expand_joined_kernel"], v2
+    assert "_v3_kernel" not in kernels(c_fc, 1, "auto", tokens=16)  # decode-sized: version 1's one launch
     for shape in (c_fc, c_proj):
         assert "_v3_kernel" not in kernels(shape, 2, "v3")  # not a v3 shape: what "auto" runs
+        assert kernels(shape, 2, "v3") == kernels(shape, 2, "auto")
         assert kernels(shape, 1, "v3", tokens=1) == kernels(shape, 1, "auto", tokens=1)  # decode: version 1
 
 
@@ -404,6 +423,8 @@ def _v3_hopper_reports(shape: KronShape) -> list[dict]:
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
 def test_v3_compiles_for_hopper_with_large_tiles_and_no_spills() -> None:
+    """The block sizes run 4 chose (c_fc 128 x 128 with 16 warps, c_proj 64 x 256) build for sm_90 with
+    wgmma, 16-byte copies and stores, and no spills."""
     for shape in (kron_shape(3072, 768, (768, 768)), kron_shape(768, 3072, (768, 768))):
         try:
             rows = _v3_hopper_reports(shape)
@@ -412,9 +433,9 @@ def test_v3_compiles_for_hopper_with_large_tiles_and_no_spills() -> None:
         assert len(rows) == (1 if shape.n2 == 1 else 2)  # c_proj: the forward and grad_x
         for row in rows:
             ops = row["instructions"]
-            assert row["config"]["BLOCK_T"] == row["config"]["BLOCK_A"] == 128, row
+            assert row["config"]["BLOCK_T"] * row["config"]["BLOCK_A"] == 128 * 128, row
             assert row["stack_bytes"] == 0, row  # no register spills
-            assert any(name.startswith("HGMMA.64x128") for name in ops), row  # 128-wide wgmma
+            assert any(name.startswith("HGMMA.64x") for name in ops), row  # wgmma
             assert ops.get("LDGSTS.E.BYPASS.128", 0) > 0, row
             assert not any(n.startswith("LDGSTS.E.64") for n in ops), row
             assert ops.get("STG.E.128", 0) > 0 and not any(n.startswith("STG.E.U16") for n in ops), row
@@ -456,8 +477,8 @@ def test_81m_forward_compiles_for_hopper_with_tensor_cores_and_no_spills() -> No
         assert any(name.startswith("HGMMA") for name in ops), row  # Hopper wgmma tensor cores
         assert ops.get("LDGSTS.E.BYPASS.128", 0) > 0, row  # 16-byte asynchronous copies of x and A
     # version 2 (GEMMs in cuBLAS): its memory-bound passes, with GELU, in training
-    rows = layer_report(shape, k=1, tokens=8192, training=True, activation="gelu_new")
-    assert {row["kernel"] for row in rows} == {"_expand_kernel", "_reduce_kernel"}
+    rows = layer_report(shape, k=1, tokens=8192, training=True, activation="gelu_new", impl="v2")
+    assert {row["kernel"] for row in rows} == {"_expand_joined_kernel", "_reduce_kernel"}
     for row in rows:
         assert row["stack_bytes"] == 0, row
         assert row["instructions"].get("LDG.E.128", 0) > 0, row  # 16-byte loads of P / x
@@ -468,9 +489,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize(("b_shape", "dtype", "impl"), [  # newest paths first: a GPU call's time limit
-    ((4, 1), "bfloat16", "auto"), ((4, 1), "bfloat16", "v3"), ((1, 4), "bfloat16", "v3"),  # may cut the rest
-    ((1, 4), "bfloat16", "auto"), ((4, 1), "float32", "auto"), ((4, 1), "float32", "v3"),
+@pytest.mark.parametrize(("b_shape", "dtype", "impl"), [  # "auto" (version 3 here) first: a GPU call's
+    ((4, 1), "bfloat16", "auto"), ((1, 4), "bfloat16", "auto"), ((4, 1), "float32", "auto"),  # time limit
+    ((1, 4), "float32", "auto"), ((4, 1), "bfloat16", "v2"), ((1, 4), "bfloat16", "v2"),  # may cut the rest
     ((4, 1), "bfloat16", "triton"), ((4, 1), "float32", "triton"),
 ])
 def test_cuda_81m_shape_matches_reference(b_shape: tuple[int, int], dtype: str, impl: str) -> None:
@@ -514,6 +535,32 @@ def test_cuda_graph_decode_replays_eager_result() -> None:
         graph.replay()
         eager = kron_linear_fused(fresh, A, B, bias=bias, activation="gelu_new")
     torch.testing.assert_close(static_y, eager, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_compiled_training_with_cuda_graphs_matches_eager() -> None:
+    """torch.compile with CUDA graphs (mode="reduce-overhead", as `gpu.py --compile-mode` times training)
+    captures the registered operators, forward and backward, and replays the eager values and gradients."""
+    from kronypt.kernels import kron_linear_fused
+
+    case = Case(768, 768, 4, 1, 1, 512, "bfloat16", True, True, True)
+    base = {n: t.detach().cuda() for n, t in _inputs(case, seed=7).items() if t is not None}
+    grad = torch.randn(512, 3072, device="cuda", dtype=torch.bfloat16)
+    fn = functools.partial(kron_linear_fused, activation="gelu_new")
+    compiled = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
+    results = {}
+    for name, f in (("eager", fn), ("compiled", compiled)):
+        leaves = {n: t.clone().requires_grad_() for n, t in base.items()}
+        for _ in range(3):  # warm-up, recording, replay
+            torch.compiler.cudagraph_mark_step_begin()
+            for t in leaves.values():
+                t.grad = None
+            y = f(**leaves)
+            y.backward(grad)
+        results[name] = {"y": y.detach().clone(), **{n: t.grad.clone() for n, t in leaves.items()}}
+    for key, ref in results["eager"].items():
+        assert _relative(results["compiled"][key].cpu(), ref.cpu().double()) <= 1e-2, key
 
 
 @pytest.mark.cuda

@@ -31,13 +31,14 @@ from kronypt.kernels.v3 import supports as v3_supports
 from kronypt.kernels.v3 import v3_forward
 from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
 
-# "auto": version 2 (`kronypt.kernels.gemm_path`: cuBLAS GEMMs + two memory-bound Triton passes) where
-# it applies, except for decode-sized calls, where version 1's single launch is the faster one inside a
-# CUDA graph (run 1: 3.9 µs against 5.2 µs dense); "triton": always version 1; "v2": version 2 where it
-# applies (what "auto" runs today; it stays reachable if "auto" moves to version 3); "v3" (opt-in, not yet
-# measured on a GPU): the one-kernel forward of `kronypt.kernels.v3` with version 2's backward (grad_x of a
-# B with one row on version 3 too) where `v3.supports` the shape and there are more than DECODE_TOKENS
-# tokens, else what "auto" runs. The names are `availability.FUSED_IMPLS`.
+# "auto": version 3 (`kronypt.kernels.v3`: one kernel for the forward, version 2's backward with a one-row
+# B's grad_x on version 3 too) where `v3.supports` the shape, else version 2 (`kronypt.kernels.gemm_path`:
+# cuBLAS GEMMs + two memory-bound Triton passes) where that applies; decode-sized calls (at most
+# DECODE_TOKENS tokens) run version 1's single launch, the faster one inside a CUDA graph (run 1: 3.9 µs
+# against 5.2 µs dense). H100 run 4: version 3 beat version 2 on every 81M row (c_fc forward 1.51x dense
+# against 0.46x, c_proj forward+backward 0.87x against 0.69x) and in the whole model (training 1.27x
+# dense against 1.07x, graphed prefill 2.08x against 1.85x). "v2" and "v3" force those versions where
+# they apply (for comparison); "triton": version 1 always. The names are `availability.FUSED_IMPLS`.
 DECODE_TOKENS = 16
 
 
@@ -46,7 +47,7 @@ def _use_gemm_path(x: Tensor, B: Tensor, impl: str) -> bool:
 
 
 def _use_v3(x: Tensor, A: Tensor, B: Tensor, impl: str) -> bool:
-    return impl == "v3" and _use_gemm_path(x, B, impl) and v3_supports(A.shape[0], B.shape[1], B.shape[2])
+    return impl in ("auto", "v3") and _use_gemm_path(x, B, impl) and v3_supports(A.shape[0], B.shape[1], B.shape[2])
 
 
 def _v3_grad_x(x: Tensor, A: Tensor, B: Tensor, impl: str) -> bool:
@@ -186,11 +187,36 @@ def _backward(ctx, grad_y: Tensor, _grad_pre: Tensor) -> tuple:
     needs = ctx.needs_input_grad[:5]
     grads = torch.ops.kronypt.kron_linear_backward(grad_y, x, A, B, scalars, saved, bias, ctx.act, *needs,
                                                    ctx.impl)
+    return _input_grads(ctx, grads, needs)
+
+
+def _input_grads(ctx, grads: list[Tensor], needs: tuple[bool, ...]) -> tuple:
+    """The gradients of (x, A, B, scalars, bias, act, save, impl), each in its input's dtype."""
     cast = (g.to(dtype) if need else None for g, dtype, need in zip(grads, ctx.dtypes, needs, strict=True))
     return (*cast, None, None, None)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerFused(torch.autograd.Function):
+    """The operators' forward and backward bodies called directly, for eager calls that need a gradient:
+    the custom operators are what `torch.compile` sees, but each eager call through them also pays the
+    dispatcher's round trip into Python (on this project's 2-core CPU 44 µs per training call against
+    ~20 µs here; the H100 run 4 host ran eager calls ~4x slower than that CPU)."""
+
+    @staticmethod
+    def forward(ctx, x, A, B, scalars, bias, act, save, impl):
+        y, saved = fused_forward(x, A, B, scalars, bias, act, save, impl)
+        _setup_context(ctx, (x, A, B, scalars, bias, act, save, impl), (y, saved))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, A, B, scalars, saved, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:5]
+        return _input_grads(ctx, fused_backward(grad_y, x, A, B, scalars, saved, bias, ctx.act, *needs, ctx.impl),
+                            needs)
 
 
 def kron_linear_fused(
@@ -207,11 +233,11 @@ def kron_linear_fused(
     x (..., n1·n2); A (k, m1, n1); B (k, m2, n2); scalars (k,) or None; bias (m1·m2,) or None;
     activation None or "gelu_new" (GPT-2's tanh GELU, also accepted as "gelu_pytorch_tanh"). x, A and B
     share a dtype (float32 or bfloat16; under autocast they are cast to the autocast dtype); the kernels
-    accumulate in float32. Differentiable in x, A, B, scalars and bias. `impl`: "auto" (version 2 for B
-    with one row or column, see `kronypt.kernels.gemm_path`), "triton" (the version-1 kernels always) or
-    "v3" (opt-in: the one-kernel forward of `kronypt.kernels.v3` for k = 1, B with one row or column and
-    more than 16 tokens, version 2's backward with a one-row B's grad_x on version 3; anything else runs
-    as "auto").
+    accumulate in float32. Differentiable in x, A, B, scalars and bias. `impl`: "auto" (more than 16
+    tokens: the one-kernel forward of `kronypt.kernels.v3` for k = 1 and a B with one row or column,
+    else version 2 of `kronypt.kernels.gemm_path` for a B with one row or column; version 1 otherwise),
+    "v2" or "v3" (that version where it applies, else what "auto" runs; for comparisons) or "triton"
+    (the version-1 kernels always).
     """
     act = activation_code(activation)
     if impl not in FUSED_IMPLS:
@@ -235,5 +261,10 @@ def kron_linear_fused(
     params = (x, A, B, scalars, bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
     save = needs_grad and (act != 0 or saves_p(x2, B, impl))
-    y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save, impl)
+    if torch.compiler.is_compiling():  # the registered operator: opaque to Dynamo, its backward traced
+        y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save, impl)
+    elif needs_grad:  # eager: the same bodies without the dispatcher's round trip
+        y = _EagerFused.apply(x2, A, B, scalars, bias, act, save, impl)
+    else:
+        y, _ = fused_forward(x2, A, B, scalars, bias, act, False, impl)
     return y.view(*lead, y.shape[-1])

@@ -117,8 +117,9 @@ def v3_traffic(shape: KronShape, tokens: int, block_t: int, block_a: int, nbytes
 def predict(shape: KronShape, k: int, tokens: int, training: bool, nbytes: int = 2,
             dev: Device = H100) -> dict[str, float]:
     """Predicted seconds of one layer call (forward, or forward + backward when `training`): dense,
-    materialised, `fused_v1` (the one-kernel design) and `fused` (what `kron_linear_fused` runs: version 2
-    where `gemm_path.supports` the shape and there are more than 16 tokens, else version 1)."""
+    materialised, `fused_v1` (the one-kernel design), `fused_v2` and `fused` (what `kron_linear_fused`
+    runs: for more than 16 tokens version 3 where `v3.supports` the shape, else version 2 where
+    `gemm_path.supports` it; version 1 otherwise)."""
     dense_macs = tokens * shape.in_features * shape.out_features
     io = nbytes * tokens * (shape.in_features + shape.out_features)
     weight = nbytes * shape.in_features * shape.out_features
@@ -132,11 +133,16 @@ def predict(shape: KronShape, k: int, tokens: int, training: bool, nbytes: int =
                             k * tokens * max(shape.m1, shape.n1) * small)
         v1 += _forward(dev, shape.transposed(), k, tokens, nbytes) + 2 * reduction
     v2 = predict_v2(shape, k, tokens, training, nbytes, dev) if _v2_supports(shape) and tokens > 16 else v1
-    return {"dense": dense, "materialised": dense + build, "fused_v1": v1, "fused": v2}
+    v3 = predict_v3(shape, tokens, training, nbytes, dev) if k == 1 and _v3_supports(shape) and tokens > 16 else v2
+    return {"dense": dense, "materialised": dense + build, "fused_v1": v1, "fused_v2": v2, "fused": v3}
 
 
 def _v2_supports(shape: KronShape) -> bool:
     return (shape.n2 == 1 and shape.m2 <= 16) or (shape.m2 == 1 and shape.n2 <= 16)
+
+
+def _v3_supports(shape: KronShape) -> bool:  # `v3.supports` for k = 1, without importing Triton here
+    return (shape.n2 == 1 and shape.m2 in (1, 2, 4)) or (shape.m2 == 1 and shape.n2 <= 16)
 
 
 # Where `kron_linear_fused` beat BOTH the materialised and the factored path on an H100 (bf16, eager,

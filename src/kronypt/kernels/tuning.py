@@ -116,10 +116,22 @@ def _itemsize(args: dict[str, Any]) -> int:
 
 def _shared_limit(args: dict[str, Any]) -> int:
     x = args.get("X")
-    if isinstance(x, torch.Tensor) and x.is_cuda:
-        props = torch.cuda.get_device_properties(x.device)
-        return int(getattr(props, "shared_memory_per_block_optin", SHARED_MEMORY_BYTES))
-    return SHARED_MEMORY_BYTES
+    return shared_limit(x) if isinstance(x, torch.Tensor) else SHARED_MEMORY_BYTES
+
+
+_SHARED_LIMITS: dict[int, int] = {}
+
+
+def shared_limit(x: torch.Tensor) -> int:
+    """Bytes of shared memory one block may use on x's GPU (asked once per device), `SHARED_MEMORY_BYTES`
+    elsewhere."""
+    if not x.is_cuda:
+        return SHARED_MEMORY_BYTES
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if index not in _SHARED_LIMITS:
+        props = torch.cuda.get_device_properties(index)
+        _SHARED_LIMITS[index] = int(getattr(props, "shared_memory_per_block_optin", SHARED_MEMORY_BYTES))
+    return _SHARED_LIMITS[index]
 
 
 def _pruner(kernel: str, limit: int, by_bucket: bool) -> Callable:

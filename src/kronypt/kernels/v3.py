@@ -1,4 +1,4 @@
-"""Version 3 of the fused forward (opt-in, `impl="v3"`): one kernel for k = 1 and a B with one column or row.
+"""Version 3 of the fused forward (what impl="auto" runs for k = 1 and a B with one column or row, > 16 tokens).
 
 Version 2 (`kronypt.kernels.gemm_path`) writes P = x·Aᵀ and reads it back; version 1 (`forward.py`) keeps
 a (BLOCK_T, BLOCK_A, m2) float32 accumulator, which the register budget shrinks to 64-wide tiles. Here
@@ -30,28 +30,25 @@ import triton.language as tl
 from kronypt.kernels.activation import gelu_tanh
 from kronypt.kernels.availability import INTERPRET
 from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
-from kronypt.kernels.tuning import dot_flags, launch, sm_count
-
-# (BLOCK_T, BLOCK_A, BLOCK_C, EPI) for B with one column (c_fc) and one row (c_proj): EPI slices of the
-# accumulator are expanded and stored one at a time (each a (BLOCK_T, BLOCK_A / EPI · m2) tile). Chosen
-# with `kronypt.kernels.sass` for sm_90 (bf16, with and without GELU in training): c_fc 136-153
-# registers, 128 KB shared, `HGMMA.64x128x16`, 16-byte async copies and stores, no stack; c_proj 161-206
-# registers, 136 KB shared, the same. (128, 256) tiles spill with GELU. Not yet timed: `SWEEP` below
-# holds the candidates for the first GPU run to choose from. Small under the
-# interpreter so the test shapes span several programs and the epilogue slicing is exercised.
-if INTERPRET:
-    CONFIGS = dict.fromkeys(("column", "row"), triton.Config({"BLOCK_T": 16, "BLOCK_A": 16, "BLOCK_C": 16,
-                                                               "EPI": 2, "PERSIST": 0}, num_warps=4))
-else:
-    CONFIGS = {"column": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4, "PERSIST": 0},
-                                       num_warps=8, num_stages=4),
-               "row": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 32, "EPI": 1, "PERSIST": 0},
-                                    num_warps=8, num_stages=4)}
-
+from kronypt.kernels.tuning import dot_flags, launch, shared_limit, sm_count
 
 def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: int = 0) -> triton.Config:
     return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "BLOCK_C": bc, "EPI": epi, "PERSIST": persist},
                          num_warps=warps, num_stages=stages)
+
+
+# (BLOCK_T, BLOCK_A, BLOCK_C, EPI) for B with one column (c_fc) and one row (c_proj): EPI slices of the
+# accumulator are expanded and stored one at a time (each a (BLOCK_T, BLOCK_A / EPI · m2) tile). The
+# fastest candidates of `SWEEP` on an H100 (run 4, docs/gpu-notes.md; bf16, 81M shapes): c_fc with 16
+# warps, 1.81x dense at 65536 tokens and 1.68x at 8192 (the previous 8-warp, 4-stage default: 1.52x /
+# 1.54x; with GELU 2.26x against 1.32x); c_proj with 64-token, 256-row tiles, 1.32x at 65536 and 1.21x at
+# 8192 (the previous (128, 128) tiles: 0.81x / 0.82x, x re-read 6x from L2). Small under the interpreter
+# so the test shapes span several programs and the epilogue slicing is exercised.
+if INTERPRET:
+    CONFIGS = dict.fromkeys(("column", "row"), triton.Config({"BLOCK_T": 16, "BLOCK_A": 16, "BLOCK_C": 16,
+                                                               "EPI": 2, "PERSIST": 0}, num_warps=4))
+else:
+    CONFIGS = {"column": _cfg(128, 128, 64, 4, 16, 3), "row": _cfg(64, 256, 32, 1, 8, 3)}
 
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. Pre-filtered
@@ -63,10 +60,10 @@ def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: 
 # stores overlap another's loads.
 SWEEP = {
     "column": [
-        CONFIGS["column"],        # 136 / 153 regs, 128 KB, 1 block/SM
+        CONFIGS["column"],        # 60 / 64 regs, 96 KB, 2 blocks/SM, HGMMA 64x64 (run 4's best)
+        _cfg(128, 128, 64, 4, 8, 4),   # 136 / 153 regs, 128 KB, 1 block/SM (the default until run 4)
         _cfg(128, 128, 64, 4, 8, 3),   # 110 / 153 regs, 96 KB, 2 / 1 blocks/SM
         _cfg(128, 128, 32, 4, 8, 3),   # 132 / 153 regs, 48 KB
-        _cfg(128, 128, 64, 4, 16, 3),  # 60 / 64 regs, 96 KB, 2 blocks/SM, HGMMA 64x64
         _cfg(256, 128, 64, 4, 16, 3),  # 110 / 128 regs (192 B spilled with GELU), 144 KB: fewer L2 loads
         _cfg(64, 128, 64, 4, 4, 3),    # 152 / 142 regs, 72 KB, 3 blocks/SM, HGMMA 64x128
         _cfg(64, 128, 32, 4, 8, 3),    # 58 / 64 regs, 36 KB, 4 blocks/SM
@@ -79,9 +76,9 @@ SWEEP = {
         _cfg(64, 128, 64, 4, 4, 3, 2),    # 177 / 198 regs, 80 KB, 2 blocks/SM
     ],
     "row": [
-        CONFIGS["row"],           # 161 regs, 136 KB, 1 block/SM
+        CONFIGS["row"],           # 114 regs, 84 KB, 2 blocks/SM (run 4's best at 8192 tokens)
+        _cfg(128, 128, 32, 1, 8, 4),   # 161 regs, 136 KB, 1 block/SM (the default until run 4)
         _cfg(128, 256, 32, 1, 8, 3),   # 209 regs, 120 KB: x re-read from L2 3x instead of 6x
-        _cfg(64, 256, 32, 1, 8, 3),    # 114 regs, 84 KB, 2 blocks/SM
         _cfg(64, 256, 32, 1, 4, 3),    # 206 regs, 84 KB, 2 blocks/SM, HGMMA 64x256
         _cfg(128, 128, 64, 1, 8, 3),   # 168 regs, 184 KB
         _cfg(64, 128, 32, 1, 4, 3),    # 157 regs, 60 KB, 3 blocks/SM
@@ -90,6 +87,29 @@ SWEEP = {
         _cfg(64, 256, 32, 1, 8, 3, 1),    # persistent: 161 regs, 96 KB
     ],
 }
+
+
+_FITTED: dict[tuple, triton.Config] = {}
+
+
+def fitted(config: triton.Config, n2p: int, itemsize: int, limit: int) -> triton.Config:
+    """`config` with fewer pipeline stages (float32: at most 2), then a narrower reduction block, until its
+    staged tiles fit in `limit` bytes of shared memory: each stage holds a (BLOCK_T, BLOCK_C·n2p) slab of x
+    and a (BLOCK_A, BLOCK_C) tile of A (an upper estimate: 96 KB for the bf16 row default, whose sm_90
+    build uses 84 KB). A B with a long row (n2 up to 16) widens the x slab 4x over the 81M shapes'."""
+    key = (tuple(config.kwargs.items()), config.num_warps, config.num_stages, n2p, itemsize, limit)
+    if key not in _FITTED:
+        kw, stages = dict(config.kwargs), config.num_stages if itemsize <= 2 else min(config.num_stages, 2)
+
+        def size() -> int:
+            return stages * (kw["BLOCK_T"] * kw["BLOCK_C"] * n2p + kw["BLOCK_A"] * kw["BLOCK_C"]) * itemsize
+
+        while size() > limit and stages > 2:
+            stages -= 1
+        while size() > limit and kw["BLOCK_C"] > 16:
+            kw["BLOCK_C"] //= 2
+        _FITTED[key] = triton.Config(kw, num_warps=config.num_warps, num_stages=stages)
+    return _FITTED[key]
 
 
 def supports(k: int, m2: int, n2: int) -> bool:
@@ -241,9 +261,8 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
                 Y=y, PRE=saved if saved.numel() else y, T=T, stride_xt=x.stride(0), stride_yt=y.stride(0),
                 M1=m1, N1=n1, M2=m2, N2=n2, N2P=triton.next_power_of_2(n2), HAS_S=scalars is not None,
                 HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, SAVE_P=save_p, **dot_flags(x.dtype))
-    config = config or CONFIGS["column" if n2 == 1 else "row"]
-    if x.dtype == torch.float32 and config.num_stages > 2:  # 4-byte tiles: 4 stages overflow shared memory
-        config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)
+    config = fitted(config or CONFIGS["column" if n2 == 1 else "row"], args["N2P"], x.element_size(),
+                    shared_limit(x))
     tiles = triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"])
     persist = config.kwargs.get("PERSIST", 0)
     grid = (min(tiles, persist * sm_count(x.device)) if persist else tiles,)
