@@ -32,6 +32,7 @@ from kronypt.kernels.availability import INTERPRET
 from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
 from kronypt.kernels.tuning import dot_flags, launch, shared_limit, sm_count
 
+
 def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: int = 0) -> triton.Config:
     return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "BLOCK_C": bc, "EPI": epi, "PERSIST": persist},
                          num_warps=warps, num_stages=stages)
