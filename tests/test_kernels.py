@@ -502,17 +502,24 @@ def test_cuda_81m_shape_matches_reference(b_shape: tuple[int, int], dtype: str, 
               for n, t in _inputs(case, seed=3).items()}
     y = kron_linear_fused(**inputs, activation="gelu_new", impl=impl)
     ref, leaves = _reference({n: (t.cpu() if t is not None else None) for n, t in inputs.items()}, act=True)
-    grad = torch.randn(ref.shape, dtype=torch.float64)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     y.backward(grad.to(y.device, y.dtype))
     ref.backward(grad)
     tol = {"bfloat16": 1e-2, "float32": 1e-5}[dtype]
     assert _relative(y.cpu(), ref) <= tol
     for name, t in inputs.items():
-        if t is not None:
-            # The scalar's gradient is one sum of 257 x 3072 signed bf16 products: cancellation makes its
-            # relative error larger than an elementwise one (H100 run 2 measured 2.0e-2 with this seed).
-            limit = 3e-2 if (name == "scalars" and dtype == "bfloat16") else tol
-            assert _relative(t.grad.cpu(), leaves[name].grad) <= limit, name
+        if t is None:
+            continue
+        if name == "scalars":
+            # ds = ⟨B, M⟩ (M = dB / s) sums k·m2·n2 terms of either sign that can cancel (H100 run 5, bf16
+            # version 1, an unseeded gradient: -6.5 against -3.1 while dB, from the same M, passed): its
+            # error is measured against Σ|B ⊙ M|, the sum's own scale, not against the (possibly small) sum.
+            M = leaves["B"].grad / leaves["scalars"].detach().view(-1, 1, 1)
+            scale = (M * leaves["B"].detach()).abs().sum((1, 2))
+            error = ((t.grad.cpu().double() - leaves["scalars"].grad).abs() / scale).max().item()
+            assert error <= (3e-2 if dtype == "bfloat16" else tol), (name, error)
+        else:
+            assert _relative(t.grad.cpu(), leaves[name].grad) <= tol, name
 
 
 @pytest.mark.cuda

@@ -198,3 +198,24 @@ def test_seq_len_beyond_the_context_is_refused(tmp_path: Path) -> None:
     make_token_folder(tmp_path / "tokens")
     with pytest.raises(ValueError, match="exceeds the model's context"):
         train(scratch_config(tmp_path, seq_len=128, tokens_per_step=None), progress=False)
+
+
+def test_compile_mode_reaches_torch_compile_and_graphed_modes_mark_each_micro_step(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """--compile-mode is passed to torch.compile; the CUDA-graph modes start a new graph step before every
+    forward (two micro-batches per step here), so a replay never overwrites outputs still in use."""
+    compiled, marks = [], []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(kw))  # stays eager
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    for mode, expected_marks in (("reduce-overhead", 2 * 3), ("default", 0)):
+        marks.clear()
+        train(scratch_config(tmp_path, out=str(tmp_path / mode), compile=True, compile_mode=mode, max_steps=3,
+                             eval_every=0), progress=False)
+        assert compiled[-1] == {"mode": mode} and len(marks) == expected_marks, (mode, len(marks))
+
+
+def test_compile_mode_needs_compile_and_a_known_mode(tmp_path: Path) -> None:
+    with pytest.raises(KronyptError, match="needs compile: true"):
+        scratch_config(tmp_path, compile_mode="reduce-overhead").validate()
+    with pytest.raises(KronyptError, match="compile_mode.*reduce-overhead"):
+        scratch_config(tmp_path, compile=True, compile_mode="fast").validate()

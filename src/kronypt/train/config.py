@@ -28,6 +28,9 @@ INIT_FROM = ("dense", "kronypt", "scratch")
 SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "bf16", "fp32")
 PARALLEL = ("ddp", "fsdp")
+# torch.compile modes; the two that capture CUDA graphs need a step boundary marked before each forward.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 NO_DECAY_KINDS = ("bias", "norm", "embedding", "scalars")
 # Settings that name input files or folders, and what a recipe-relative candidate must be.
 INPUT_PATHS = {"model_config": "file", "data": "folder", "model": "model", "teacher": "model",
@@ -45,6 +48,7 @@ class TrainArgs:
     log_every: int = 10
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
     compile: bool = False
+    compile_mode: str = "default"  # with compile: reduce-overhead replays CUDA graphs (no per-kernel launch cost)
     parallel: str = "ddp"  # under torchrun: ddp (a replica per rank) or fsdp (parameters sharded over ranks)
     dropout: float | None = None  # None keeps the model config's dropout
     freeze_embeddings: bool = False
@@ -201,6 +205,9 @@ class TrainConfig:
         _choice("schedule", self.optim.schedule, SCHEDULES)
         _choice("precision", self.train.precision, PRECISIONS)
         _choice("parallel", self.train.parallel, PARALLEL)
+        _choice("compile_mode", self.train.compile_mode, COMPILE_MODES)
+        if self.train.compile_mode != "default" and not self.train.compile:
+            raise KronyptError(f"compile_mode {self.train.compile_mode} needs compile: true (--compile)")
         for kind in self.optim.no_decay:
             _choice("no_decay entry", kind, NO_DECAY_KINDS)
         if self.init_from in ("dense", "kronypt") and not self.model:

@@ -33,7 +33,7 @@ from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.models.loading import has_tokenizer
 from kronypt.train import checkpoint, distributed, parallel, resume
-from kronypt.train.config import TrainConfig
+from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
 from kronypt.train.metrics import MetricsLog
 from kronypt.train.model_source import build_model, check_vocab, load_teacher, prepare_for_training
@@ -168,7 +168,7 @@ class Trainer:
         wikitext = config.eval.eval_wikitext
         self.wikitext = _wikitext_validation(config, meta, env) if wikitext else None
         if args.compile:
-            model.compile()
+            model.compile(mode=args.compile_mode)
         self.model = parallel.wrap(model, args.parallel, env.enabled, device)
         if state is not None:  # RNG states last: nothing above may draw from them after this
             self._load_state(state)
@@ -331,6 +331,8 @@ class Trainer:
         """(the loss to optimise, the plain cross-entropy): the same tensor without a teacher."""
         distill = self.config.distill
         hidden = self.teacher is not None and distill.hidden_weight > 0
+        if self.config.train.compile and self.config.train.compile_mode in GRAPHED_COMPILE_MODES:
+            torch.compiler.cudagraph_mark_step_begin()  # the last micro-step's graph outputs are used up
         out = self.model(input_ids=x, output_hidden_states=hidden)
         if self.teacher is None:
             loss = lm_loss(out.logits, y)

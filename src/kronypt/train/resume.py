@@ -31,8 +31,8 @@ RUN_TEMPORARY = re.compile(r"^\.(best|latest)\.tmp-\d+$")  # a link being replac
 
 # Settings a resume may change. The batch geometry (micro_batch_size, tokens_per_step) and eval_batches
 # are checked through what they define instead: the tokens of one step and the validation windows.
-CHANGEABLE = frozenset({"out", "force", "resume", "device", "precision", "compile", "parallel", "max_steps",
-                        "log_every", "eval_every", "save_every", "keep_last",
+CHANGEABLE = frozenset({"out", "force", "resume", "device", "precision", "compile", "compile_mode", "parallel",
+                        "max_steps", "log_every", "eval_every", "save_every", "keep_last",
                         "micro_batch_size", "tokens_per_step", "eval_batches"})
 
 
