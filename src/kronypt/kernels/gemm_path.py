@@ -56,7 +56,11 @@ SWEEP = {
     # reduce: tiles without spills (sm_90: 181-205 registers; (64, 64) and (32, 128) spill), each with G
     # read as 3-D rows of m2 (8-byte loads) or, LOAD_2D, as 2-D rows (16-byte loads) reshaped in registers
     "reduce": [REDUCE, _cfg(32, 64, 8, LOAD_2D=0), _cfg(16, 64, 4, LOAD_2D=0), _cfg(16, 128, 8, LOAD_2D=0),
-               _cfg(32, 64, 8, LOAD_2D=1), _cfg(16, 128, 8, LOAD_2D=1)],
+               _cfg(32, 64, 8, LOAD_2D=1), _cfg(16, 128, 8, LOAD_2D=1),
+               # around run 4's winner (16, 64)/4 warps/2-D, sm_90 builds without spills (120-186 registers;
+               # (16, 64)/2 warps and (32, 64)/4 warps spill 168 B): smaller tiles, more blocks per SM
+               _cfg(16, 32, 4, LOAD_2D=1), _cfg(16, 32, 2, LOAD_2D=1), _cfg(8, 128, 4, LOAD_2D=1),
+               _cfg(32, 32, 4, LOAD_2D=1)],
     # `expand_joined` (k = 1): 2-D tiles, 16-byte stores
     "expand_joined": [_cfg(32, 128, 4), _cfg(64, 64, 4), _cfg(64, 128, 8), _cfg(128, 64, 8), _cfg(32, 256, 8),
                       _cfg(16, 128, 4)],

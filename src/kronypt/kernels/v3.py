@@ -75,6 +75,9 @@ SWEEP = {
         _cfg(128, 128, 64, 4, 8, 3, 1),   # 148 / 189 regs, 128 KB
         _cfg(128, 128, 64, 4, 16, 3, 1),  # 85 / 106 regs, 160 KB
         _cfg(64, 128, 64, 4, 4, 3, 2),    # 177 / 198 regs, 80 KB, 2 blocks/SM
+        # around run 4's winner (16 warps): a fourth stage, a longer reduction step
+        _cfg(128, 128, 64, 4, 16, 4),     # 70 / 77 regs, 128 KB
+        _cfg(128, 128, 128, 4, 16, 2),    # 90 / 88 regs, 128 KB
     ],
     "row": [
         CONFIGS["row"],           # 114 regs, 84 KB, 2 blocks/SM (run 4's best at 8192 tokens)
@@ -86,6 +89,9 @@ SWEEP = {
         _cfg(128, 64, 32, 1, 8, 3),    # 100 regs, 84 KB, 2 blocks/SM
         _cfg(128, 128, 32, 1, 8, 4, 1),   # persistent: 210 regs, 160 KB
         _cfg(64, 256, 32, 1, 8, 3, 1),    # persistent: 161 regs, 96 KB
+        # around run 4's winners: a longer reduction step, 32-token tiles (more blocks per SM)
+        _cfg(64, 256, 64, 1, 8, 3),    # 170 regs, 164 KB
+        _cfg(32, 256, 32, 1, 4, 3),    # 134 regs, 50 KB, 3 blocks/SM
     ],
 }
 
