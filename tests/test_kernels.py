@@ -64,8 +64,9 @@ class Case:
 
 # B shaped like the real schemes: (4,1) c_fc of 81M, (1,4) its c_proj, (3,3) of 92M-4, (2,2), (1,2) of
 # 96M-prune, (12,12) of MF1 and a rectangular large B (both go to the two-stage kernel); token counts 1
-# (decode), 7, 17, 33, 70; A sizes off the block multiples. B with one row or column runs version 2
-# (`gemm_path`) under impl="auto"; the "triton" cases keep the version-1 kernels covered on those shapes.
+# (decode), 7, 17, 33, 70; A sizes off the block multiples. Above 16 tokens, B with one row or column
+# runs version 3 (k = 1) or version 2 (`gemm_path`, k > 1) under impl="auto"; the "triton" and "v2" cases
+# keep the other versions covered on those shapes.
 CASES = [
     Case(24, 40, 4, 1, 1, 33, "float32", True, True, True),
     Case(24, 40, 4, 1, 1, 33, "bfloat16", False, True, True),
@@ -86,8 +87,14 @@ CASES = [
     Case(40, 24, 1, 4, 3, 17, "bfloat16", True, True, True),
     Case(24, 40, 4, 1, 1, 33, "float32", True, True, True, impl="triton"),
     Case(40, 24, 1, 4, 1, 17, "bfloat16", True, True, False, impl="triton"),
-    # version 3 (opt-in one-kernel forward, version 2's backward): both orientations, m2 = 2 and a padded
-    # n2 = 3, GELU/bias/scalars on and off; decode (T = 1) and k = 2 are not v3 calls and run as "auto"
+    # version 2 forced with k = 1 (its `expand` runs the joined kernel for m2 in {1, 2, 4})
+    Case(24, 40, 4, 1, 1, 33, "float32", True, True, True, impl="v2"),
+    Case(24, 40, 2, 1, 1, 19, "bfloat16", False, True, True, impl="v2"),
+    Case(24, 40, 1, 1, 1, 17, "float32", True, False, False, impl="v2"),
+    Case(40, 24, 1, 4, 1, 33, "bfloat16", True, True, False, impl="v2"),
+    Case(40, 24, 1, 2, 1, 21, "float32", False, True, True, impl="v2"),
+    # version 3 (one-kernel forward, version 2's backward; what "auto" runs here): both orientations, m2 = 2
+    # and a padded n2 = 3, GELU/bias/scalars on and off; decode (T = 1) and k = 2 are not v3 calls
     Case(24, 40, 4, 1, 1, 33, "float32", True, True, True, impl="v3"),
     Case(24, 40, 4, 1, 1, 17, "bfloat16", False, True, True, impl="v3"),
     Case(40, 24, 1, 4, 1, 33, "float32", False, False, False, impl="v3"),
@@ -169,8 +176,22 @@ def check_interfaces() -> dict[str, float]:
         out.backward(torch.ones_like(out))
         grads[mode] = {n: t.grad for n, t in leaves.items()}
     compiled_grad_errors = [_relative(grads["compiled"][n], grads["eager"][n].double()) for n in grads["eager"]]
+    # fake-tensor tracing outside Dynamo (make_fx) records the operator instead of launching kernels
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    traced = make_fx(lambda x, A, B: kron_linear_fused(x, A, B, activation="gelu_new"), tracing_mode="fake")(
+        inp["x"].detach(), inp["A"].detach(), inp["B"].detach())
+    traced_ops = {str(node.target) for node in traced.graph.nodes}
+    # a second derivative is refused (the kernels have none), not silently wrong
+    x_2 = inp["x"].detach().requires_grad_()
+    (g_x,) = torch.autograd.grad(kron_linear_fused(x_2, inp["A"], inp["B"]).square().sum(), x_2, create_graph=True)
+    try:
+        g_x.sum().backward()
+        double_backward_refused = 0.0
+    except RuntimeError as error:
+        double_backward_refused = float("differentiate twice" in str(error) or "once_differentiable" in str(error))
     empty = kron_linear_fused(inp["x"][:0], inp["A"], inp["B"], bias=inp["bias"])
-    # training under bf16 autocast: float32 parameters (the bias stays float32), both version-2 orientations
+    # training under bf16 autocast: float32 parameters (the bias stays float32), both orientations
     autocast_errors = []
     for proj in (Case(24, 40, 4, 1, 1, 33, "float32", True, True, False),
                  Case(40, 24, 1, 4, 1, 33, "float32", True, True, False)):
@@ -222,6 +243,8 @@ def check_interfaces() -> dict[str, float]:
         "opcheck_failures": float(sum(v != "SUCCESS" for v in report.values())),
         "compiled_error": _relative(compiled(inp["x"]), ref),
         "compiled_grad_worst": max(compiled_grad_errors),
+        "make_fx_records_op": float(any("kron_linear_forward" in name for name in traced_ops)),
+        "double_backward_refused": double_backward_refused,
         "empty_shape_ok": float(tuple(empty.shape) == (0, case.m1 * case.m2)),
         "cpu_available": float(fused_available(torch.zeros(1))),
         "autocast_worst": max(autocast_errors),
@@ -319,6 +342,8 @@ def test_operator_registration_compile_and_empty_input(interpreted: dict) -> Non
     assert errors["opcheck_failures"] == 0
     assert errors["compiled_error"] <= TOLERANCE["float32"]
     assert errors["compiled_grad_worst"] <= TOLERANCE["float32"]
+    assert errors["make_fx_records_op"] == 1.0
+    assert errors["double_backward_refused"] == 1.0
     assert errors["empty_shape_ok"] == 1.0
     assert errors["cpu_available"] == 1.0  # the interpreter runs on CPU tensors
     assert errors["autocast_worst"] <= TOLERANCE["bfloat16"]  # bf16 values, float32 gradients everywhere

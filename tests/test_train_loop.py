@@ -203,19 +203,22 @@ def test_seq_len_beyond_the_context_is_refused(tmp_path: Path) -> None:
 def test_compile_mode_reaches_torch_compile_and_graphed_modes_mark_each_micro_step(tmp_path: Path,
                                                                                   monkeypatch) -> None:
     """--compile-mode is passed to torch.compile; the CUDA-graph modes start a new graph step before every
-    forward (two micro-batches per step here), so a replay never overwrites outputs still in use."""
+    forward, so a replay never overwrites outputs still in use, and refuse gradient accumulation (its
+    gradients would live in graph memory that the next micro-batch's replay reuses)."""
     compiled, marks = [], []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(kw))  # stays eager
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    for mode, expected_marks in (("reduce-overhead", 2 * 3), ("default", 0)):
+    for mode, expected_marks in (("reduce-overhead", 3), ("default", 0)):
         marks.clear()
         train(scratch_config(tmp_path, out=str(tmp_path / mode), compile=True, compile_mode=mode, max_steps=3,
-                             eval_every=0), progress=False)
+                             eval_every=0, tokens_per_step=64), progress=False)  # one micro-batch of 2 x 32
         assert compiled[-1] == {"mode": mode} and len(marks) == expected_marks, (mode, len(marks))
+    with pytest.raises(KronyptError, match="one micro-batch per step.*2 micro-batches.*--tokens-per-step"):
+        train(scratch_config(tmp_path, out=str(tmp_path / "accumulating"), compile=True,
+                             compile_mode="reduce-overhead", tokens_per_step=128), progress=False)
 
 
-def test_compile_mode_needs_compile_and_a_known_mode(tmp_path: Path) -> None:
-    with pytest.raises(KronyptError, match="needs compile: true"):
-        scratch_config(tmp_path, compile_mode="reduce-overhead").validate()
+def test_compile_mode_must_be_known_and_is_ignored_without_compile(tmp_path: Path) -> None:
+    scratch_config(tmp_path, compile_mode="reduce-overhead").validate()  # a recipe's mode with --no-compile
     with pytest.raises(KronyptError, match="compile_mode.*reduce-overhead"):
         scratch_config(tmp_path, compile=True, compile_mode="fast").validate()

@@ -69,8 +69,9 @@ def train(
     compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
     compile_mode: Annotated[str | None, Opt(help="With --compile: default, reduce-overhead (replays CUDA graphs, "
                                                  "so the host launches nothing per kernel: the 81M model trained "
-                                                 "1.29x dense this way on an H100, 0.77x under default), "
-                                                 "max-autotune or max-autotune-no-cudagraphs.")] = None,
+                                                 "1.29x dense this way on an H100, 0.77x under default; one "
+                                                 "process, one micro-batch per step), max-autotune (also CUDA "
+                                                 "graphs) or max-autotune-no-cudagraphs.")] = None,
     parallel: Annotated[str | None, Opt(help="Under torchrun: ddp (a full replica per rank) or fsdp (parameters, "
                                              "gradients and optimizer state sharded over the ranks; in bf16 it "
                                              "all-gathers bf16 weights).")] = None,

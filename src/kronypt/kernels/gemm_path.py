@@ -46,6 +46,9 @@ EXPAND = _cfg(16, 16, 8) if INTERPRET else _cfg(16, 128, 4)
 # A B with more than 8 rows: the (16, 128, m2) tile of 4 warps would hold 16·m2 floats per thread.
 EXPAND_WIDE = _cfg(16, 16, 8) if INTERPRET else _cfg(32, 64, 8)
 REDUCE = _cfg(16, 16, 8, LOAD_2D=0) if INTERPRET else _cfg(16, 64, 4, LOAD_2D=1)
+# A B longer than 4 (m2 of a column, n2 of a row): the 4-warp tile spills more (sm_90, m2 = 16: 4.5 KB
+# of stack against 2.8 KB for the previous (32, 64)/8-warp tile, which stays for those shapes).
+REDUCE_WIDE = _cfg(16, 16, 8, LOAD_2D=0) if INTERPRET else _cfg(32, 64, 8, LOAD_2D=0)
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. H100 run 2
 # timings imply ~0.6 TB/s for the expand pass and ~1.6 TB/s for reduce (docs/gpu-notes.md): these vary the
@@ -222,7 +225,7 @@ def reduce(g: torch.Tensor, p: torch.Tensor | None, bv: torch.Tensor, m1: int, c
     Without `p`, M is not computed (returned as zeros). `config` overrides the block sizes."""
     T = g.shape[0]
     k, m2 = bv.shape
-    config = config or REDUCE
+    config = config or (REDUCE if m2 <= 4 else REDUCE_WIDE)
     h = torch.empty(T, k * m1, device=g.device, dtype=g.dtype)
     m = torch.zeros(k, m2, device=g.device, dtype=torch.float32)
     cols = torch.zeros(m1 * m2, device=g.device, dtype=torch.float32) if colsum else m

@@ -35,10 +35,12 @@ from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
 # B's grad_x on version 3 too) where `v3.supports` the shape, else version 2 (`kronypt.kernels.gemm_path`:
 # cuBLAS GEMMs + two memory-bound Triton passes) where that applies; decode-sized calls (at most
 # DECODE_TOKENS tokens) run version 1's single launch, the faster one inside a CUDA graph (run 1: 3.9 µs
-# against 5.2 µs dense). H100 run 4: version 3 beat version 2 on every 81M row (c_fc forward 1.51x dense
-# against 0.46x, c_proj forward+backward 0.87x against 0.69x) and in the whole model (training 1.27x
-# dense against 1.07x, graphed prefill 2.08x against 1.85x). "v2" and "v3" force those versions where
-# they apply (for comparison); "triton": version 1 always. The names are `availability.FUSED_IMPLS`.
+# against 5.2 µs dense). H100 run 5 (run 4's block sizes): version 3 beat version 2 on every 81M row
+# (c_fc forward 1.81x dense against 1.47x at 65536 tokens, c_proj forward+backward 1.14x against 0.98x)
+# and in the whole model (training 1.28x dense against 1.11x, graphed prefill 2.56x against 2.26x); run
+# 4, with the old block sizes, had version 2 ahead on c_proj's forward. "v2" and "v3" force those
+# versions where they apply (for comparison); "triton": version 1 always. The names are
+# `availability.FUSED_IMPLS`.
 DECODE_TOKENS = 16
 
 
@@ -219,10 +221,13 @@ class _EagerFused(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels have no derivative of their own
     def backward(ctx, grad_y):
         x, A, B, scalars, saved, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad[:5]
-        grads = fused_backward(grad_y, x, A, B, scalars, saved, bias, ctx.act, *needs, ctx.impl)
+        # traced (fake tensors, e.g. compiled autograd): through the operator, which tracers understand
+        body = fused_backward if type(grad_y) is Tensor else torch.ops.kronypt.kron_linear_backward
+        grads = body(grad_y, x, A, B, scalars, saved, bias, ctx.act, *needs, ctx.impl)
         return _input_grads(ctx, grads, needs)
 
 
@@ -268,8 +273,8 @@ def kron_linear_fused(
     params = (x, A, B, scalars, bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
     save = needs_grad and (act != 0 or saves_p(x2, B, impl))
-    if torch.compiler.is_compiling():  # the registered operator: opaque to Dynamo, its backward traced
-        y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save, impl)
+    if torch.compiler.is_compiling() or type(x2) is not Tensor:  # traced (Dynamo, make_fx, fake tensors):
+        y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save, impl)  # the operator
     elif needs_grad:  # eager: the same bodies without the dispatcher's round trip
         y = _EagerFused.apply(x2, A, B, scalars, bias, act, save, impl)
     else:

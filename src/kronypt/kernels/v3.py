@@ -2,7 +2,8 @@
 
 Version 2 (`kronypt.kernels.gemm_path`) writes P = x·Aᵀ and reads it back; version 1 (`forward.py`) keeps
 a (BLOCK_T, BLOCK_A, m2) float32 accumulator, which the register budget shrinks to 64-wide tiles. Here
-the A-contraction runs on the tensor cores with 128 × 128 tiles and only a (BLOCK_T, BLOCK_A) float32
+the A-contraction runs on the tensor cores with large tiles (128 × 128 for c_fc, 64 × 256 for c_proj)
+and only a (BLOCK_T, BLOCK_A) float32
 accumulator; the small B factor is applied in registers, on the way in or on the way out:
 
 - n2 = 1 (81M c_fc, B (m2, 1)):  acc = x · A_0ᵀ over n1; epilogue, per slice of BLOCK_A / EPI rows of A:
@@ -268,8 +269,10 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
                 Y=y, PRE=saved if saved.numel() else y, T=T, stride_xt=x.stride(0), stride_yt=y.stride(0),
                 M1=m1, N1=n1, M2=m2, N2=n2, N2P=triton.next_power_of_2(n2), HAS_S=scalars is not None,
                 HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, SAVE_P=save_p, **dot_flags(x.dtype))
-    config = fitted(config or CONFIGS["column" if n2 == 1 else "row"], args["N2P"], x.element_size(),
-                    shared_limit(x))
+    if config is None:  # the defaults, fitted to the shape's B and the device
+        config = fitted(CONFIGS["column" if n2 == 1 else "row"], args["N2P"], x.element_size(), shared_limit(x))
+    elif x.dtype == torch.float32 and config.num_stages > 2:  # a given candidate runs as given, except that
+        config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)  # fp32 tiles are 2x
     tiles = triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"])
     persist = config.kwargs.get("PERSIST", 0)
     grid = (min(tiles, persist * sm_count(x.device)) if persist else tiles,)

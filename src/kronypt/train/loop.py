@@ -128,6 +128,15 @@ class Trainer:
         self.accumulation = accumulation_steps(args.tokens_per_step, args.micro_batch_size, args.seq_len,
                                                env.world_size)
         self.tokens_per_step = args.micro_batch_size * args.seq_len * self.accumulation * env.world_size
+        self.graphed = args.compile and args.compile_mode in GRAPHED_COMPILE_MODES
+        if self.graphed and (self.accumulation > 1 or env.enabled):
+            # Gradients a CUDA-graph replay produces live in the graph's memory, which the next replay
+            # reuses: accumulating over micro-batches (or DDP's hooks into them) is not safe there.
+            raise KronyptError(f"--compile-mode {args.compile_mode} (CUDA graphs) needs one micro-batch per step "
+                               f"on one process; this run has {self.accumulation} micro-batches per step"
+                               f"{f' on {env.world_size} ranks' if env.enabled else ''}: set --tokens-per-step "
+                               f"to micro_batch_size x seq_len ({args.micro_batch_size * args.seq_len}) or use "
+                               "--compile-mode default")
         resume_from = self._resume_path()
         state = None
         self.already_done = ""  # what a resume that has nothing to train says instead
@@ -331,8 +340,8 @@ class Trainer:
         """(the loss to optimise, the plain cross-entropy): the same tensor without a teacher."""
         distill = self.config.distill
         hidden = self.teacher is not None and distill.hidden_weight > 0
-        if self.config.train.compile and self.config.train.compile_mode in GRAPHED_COMPILE_MODES:
-            torch.compiler.cudagraph_mark_step_begin()  # the last micro-step's graph outputs are used up
+        if self.graphed:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are used up
         out = self.model(input_ids=x, output_hidden_states=hidden)
         if self.teacher is None:
             loss = lm_loss(out.logits, y)
