@@ -16,7 +16,7 @@ import triton.language as tl
 
 from kronypt.errors import KronyptError
 from kronypt.kernels.availability import FUSED_ACTIVATIONS
-from kronypt.kernels.tuning import launch
+from kronypt.kernels.tuning import cdiv, launch
 
 # Names accepted for the tanh-approximated GELU (GPT-2's config calls it "gelu_new"); 0 means none.
 ACTIVATIONS = dict.fromkeys(FUSED_ACTIVATIONS, 1)
@@ -67,5 +67,5 @@ def gelu_backward(grad: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(pre)
     n = pre.numel()
     args = {"G": grad, "PRE": pre, "OUT": out, "N": n, "BLOCK": 1024}
-    launch(_gelu_backward_kernel, [], lambda meta: (triton.cdiv(n, meta["BLOCK"]),), args)
+    launch(_gelu_backward_kernel, [], lambda meta: (cdiv(n, meta["BLOCK"]),), args)
     return out

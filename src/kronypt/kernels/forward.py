@@ -30,8 +30,10 @@ from kronypt.kernels.tiles import add_colsum, load_a, load_x, mma, pick_x, store
 from kronypt.kernels.tuning import (
     FORWARD_CONFIGS,
     TWO_STAGE_CONFIGS,
+    cdiv,
     dot_flags,
     launch,
+    next_pow2,
     prune_forward,
     prune_two_stage,
     token_bucket,
@@ -137,13 +139,13 @@ def kron_forward(
         T=T, T_BUCKET=token_bucket(T), stride_xt=x.stride(0), stride_yt=y.stride(0),
         stride_ak=A.stride(0), stride_am=A.stride(1), stride_an=A.stride(2),
         stride_bk=B.stride(0), stride_bm=B.stride(1), stride_bn=B.stride(2),
-        M1=m1, N1=n1, M2=m2, N2=n2, M2P=triton.next_power_of_2(m2), N2P=triton.next_power_of_2(n2), K=k,
+        M1=m1, N1=n1, M2=m2, N2=n2, M2P=next_pow2(m2), N2P=next_pow2(n2), K=k,
         HAS_S=scalars is not None, HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre,
         COLSUM=colsum is not None, **dot_flags(x.dtype),
     )
 
     def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(T, meta["BLOCK_T"]) * triton.cdiv(m1, meta["BLOCK_A"]),)
+        return (cdiv(T, meta["BLOCK_T"]) * cdiv(m1, meta["BLOCK_A"]),)
 
     if uses_two_stage(m2, n2):
         launch(_two_stage_tuned, TWO_STAGE_CONFIGS, grid, args)

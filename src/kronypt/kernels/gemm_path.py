@@ -29,7 +29,7 @@ import triton.language as tl
 from kronypt.kernels.activation import gelu_backward, gelu_tanh_grad
 from kronypt.kernels.availability import INTERPRET
 from kronypt.kernels.tiles import store_output, token_tile
-from kronypt.kernels.tuning import launch, sm_count
+from kronypt.kernels.tuning import cdiv, launch, next_pow2, sm_count
 from kronypt.kernels.v3 import expand_store, v3_forward
 
 
@@ -193,9 +193,9 @@ def expand(p: torch.Tensor, w: torch.Tensor, m1: int, bias: torch.Tensor | None 
     y = torch.empty(T, m1 * m2, device=p.device, dtype=p.dtype)
     bt, ba = config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"]
     args = dict(P=p, W=w, BIAS=bias if bias is not None else y, Y=y, T=T, stride_pt=p.stride(0),
-                stride_yt=y.stride(0), M1=m1, M2=m2, M2P=triton.next_power_of_2(m2), K=k,
+                stride_yt=y.stride(0), M1=m1, M2=m2, M2P=next_pow2(m2), K=k,
                 HAS_BIAS=bias is not None, ACT=act)
-    grid = (triton.cdiv(T, bt) * triton.cdiv(m1, ba),)
+    grid = (cdiv(T, bt) * cdiv(m1, ba),)
     launch(_expand_kernel, [], lambda meta: grid, args, config=config)
     return y
 
@@ -212,7 +212,7 @@ def expand_joined(p: torch.Tensor, w: torch.Tensor, m1: int, bias: torch.Tensor 
     y = torch.empty(T, m1 * m2, device=p.device, dtype=p.dtype)
     args = dict(P=p, W=w, BIAS=bias if bias is not None else y, Y=y, T=T, stride_pt=p.stride(0),
                 stride_yt=y.stride(0), M1=m1, M2=m2, HAS_BIAS=bias is not None, ACT=act)
-    grid = (triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"]),)
+    grid = (cdiv(T, config.kwargs["BLOCK_T"]) * cdiv(m1, config.kwargs["BLOCK_A"]),)
     launch(_expand_joined_kernel, [], lambda meta: grid, args, config=config)
     return y
 
@@ -230,14 +230,14 @@ def reduce(g: torch.Tensor, p: torch.Tensor | None, bv: torch.Tensor, m1: int, c
     m = torch.zeros(k, m2, device=g.device, dtype=torch.float32)
     cols = torch.zeros(m1 * m2, device=g.device, dtype=torch.float32) if colsum else m
     bt, ba = config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"]
-    a_blocks = triton.cdiv(m1, ba)
-    slices = max(1, min(triton.cdiv(2 * sm_count(g.device), a_blocks), triton.cdiv(T, bt)))
-    t_slice = triton.cdiv(triton.cdiv(T, slices), bt) * bt
+    a_blocks = cdiv(m1, ba)
+    slices = max(1, min(cdiv(2 * sm_count(g.device), a_blocks), cdiv(T, bt)))
+    t_slice = cdiv(cdiv(T, slices), bt) * bt
     args = dict(G=g, P=p if p is not None else h, BV=bv, BIAS=bias if bias is not None else bv, H=h, MOUT=m,
                 COLS=cols, T=T, T_SLICE=t_slice, stride_gt=g.stride(0), stride_pt=h.stride(0), M1=m1, M2=m2,
-                M2P=triton.next_power_of_2(m2), K=k, KP=triton.next_power_of_2(k), COLSUM=colsum, ACT=act,
+                M2P=next_pow2(m2), K=k, KP=next_pow2(k), COLSUM=colsum, ACT=act,
                 HAS_BIAS=bias is not None, WITH_M=p is not None)
-    grid = (a_blocks, triton.cdiv(T, t_slice))
+    grid = (a_blocks, cdiv(T, t_slice))
     launch(_reduce_kernel, [], lambda meta: grid, args, config=config)
     return h, m, (cols if colsum else None)
 

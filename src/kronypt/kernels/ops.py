@@ -270,8 +270,9 @@ def kron_linear_fused(
         x2 = x2.contiguous()
     scalars = scalars.contiguous() if scalars is not None else None
     bias = bias.contiguous() if bias is not None else None
-    params = (x, A, B, scalars, bias)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or A.requires_grad or B.requires_grad
+                                              or (scalars is not None and scalars.requires_grad)
+                                              or (bias is not None and bias.requires_grad))
     save = needs_grad and (act != 0 or saves_p(x2, B, impl))
     if torch.compiler.is_compiling() or type(x2) is not Tensor:  # traced (Dynamo, make_fx, fake tensors):
         y, _ = torch.ops.kronypt.kron_linear_forward(x2, A, B, scalars, bias, act, save, impl)  # the operator

@@ -31,7 +31,7 @@ import triton.language as tl
 from kronypt.kernels.activation import gelu_tanh
 from kronypt.kernels.availability import INTERPRET
 from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
-from kronypt.kernels.tuning import dot_flags, launch, shared_limit, sm_count
+from kronypt.kernels.tuning import cdiv, dot_flags, launch, next_pow2, shared_limit, sm_count
 
 
 def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: int = 0) -> triton.Config:
@@ -267,13 +267,13 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
     saved = (y.new_empty(T, m1) if save_p else torch.empty_like(y) if save_pre else y.new_empty(0))
     args = dict(X=x, A=A, B=B, S=scalars if scalars is not None else y, BIAS=bias if bias is not None else y,
                 Y=y, PRE=saved if saved.numel() else y, T=T, stride_xt=x.stride(0), stride_yt=y.stride(0),
-                M1=m1, N1=n1, M2=m2, N2=n2, N2P=triton.next_power_of_2(n2), HAS_S=scalars is not None,
+                M1=m1, N1=n1, M2=m2, N2=n2, N2P=next_pow2(n2), HAS_S=scalars is not None,
                 HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, SAVE_P=save_p, **dot_flags(x.dtype))
     if config is None:  # the defaults, fitted to the shape's B and the device
         config = fitted(CONFIGS["column" if n2 == 1 else "row"], args["N2P"], x.element_size(), shared_limit(x))
     elif x.dtype == torch.float32 and config.num_stages > 2:  # a given candidate runs as given, except that
         config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)  # fp32 tiles are 2x
-    tiles = triton.cdiv(T, config.kwargs["BLOCK_T"]) * triton.cdiv(m1, config.kwargs["BLOCK_A"])
+    tiles = cdiv(T, config.kwargs["BLOCK_T"]) * cdiv(m1, config.kwargs["BLOCK_A"])
     persist = config.kwargs.get("PERSIST", 0)
     grid = (min(tiles, persist * sm_count(x.device)) if persist else tiles,)
     launch(_v3_kernel, [], lambda meta: grid, args, config=config)

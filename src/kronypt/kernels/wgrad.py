@@ -20,7 +20,17 @@ import triton
 import triton.language as tl
 
 from kronypt.kernels.tiles import load_a, load_x, mma, pick_x
-from kronypt.kernels.tuning import WGRAD_CONFIGS, dot_flags, launch, prune_wgrad, sm_count, token_bucket, tuned
+from kronypt.kernels.tuning import (
+    WGRAD_CONFIGS,
+    cdiv,
+    dot_flags,
+    launch,
+    next_pow2,
+    prune_wgrad,
+    sm_count,
+    token_bucket,
+    tuned,
+)
 
 GRAD_A_KEY = ["T_BUCKET", "M1", "N1", "M2", "N2", "K", "HAS_S"]
 GRAD_M_KEY = ["T_BUCKET", "M1", "N1", "M2", "N2", "K"]
@@ -134,8 +144,8 @@ _grad_m_tuned = tuned(_grad_m_kernel, WGRAD_CONFIGS, GRAD_M_KEY, prune_wgrad, re
 
 def _token_slice(tokens: int, tiles: int, device: torch.device) -> int:
     """Tokens per program along the split axis: enough programs to fill the GPU about twice."""
-    slices = max(1, min(triton.cdiv(2 * sm_count(device), max(tiles, 1)), triton.cdiv(tokens, SLICE_ALIGN)))
-    return triton.cdiv(triton.cdiv(tokens, slices), SLICE_ALIGN) * SLICE_ALIGN
+    slices = max(1, min(cdiv(2 * sm_count(device), max(tiles, 1)), cdiv(tokens, SLICE_ALIGN)))
+    return cdiv(cdiv(tokens, slices), SLICE_ALIGN) * SLICE_ALIGN
 
 
 def _common(x: torch.Tensor, g: torch.Tensor, k: int, m1: int, n1: int, m2: int, n2: int,
@@ -144,7 +154,7 @@ def _common(x: torch.Tensor, g: torch.Tensor, k: int, m1: int, n1: int, m2: int,
     return dict(
         X=x, G=g, T=T, T_BUCKET=token_bucket(T), T_SLICE=_token_slice(T, tiles, x.device),
         stride_xt=x.stride(0), stride_gt=g.stride(0), M1=m1, N1=n1, M2=m2, N2=n2,
-        M2P=triton.next_power_of_2(m2), N2P=triton.next_power_of_2(n2), K=k, **dot_flags(x.dtype),
+        M2P=next_pow2(m2), N2P=next_pow2(n2), K=k, **dot_flags(x.dtype),
     )
 
 
@@ -160,15 +170,15 @@ def kron_grad_a(x: torch.Tensor, g: torch.Tensor, A: torch.Tensor, B: torch.Tens
     else:
         dst = out
     args = dict(
-        **_common(x, g, k, m1, n1, m2, n2, tiles=k * triton.cdiv(m1, 64) * triton.cdiv(n1, 64)),
+        **_common(x, g, k, m1, n1, m2, n2, tiles=k * cdiv(m1, 64) * cdiv(n1, 64)),
         B=B, S=scalars if scalars is not None else out, DA=dst,
         stride_bk=B.stride(0), stride_bm=B.stride(1), stride_bn=B.stride(2),
         stride_dk=dst.stride(0), stride_dm=dst.stride(1), stride_dn=dst.stride(2), HAS_S=scalars is not None,
     )
 
     def grid(meta: dict) -> tuple[int, int]:
-        tiles = k * triton.cdiv(m1, meta["BLOCK_A"]) * triton.cdiv(n1, meta["BLOCK_C"])
-        return tiles, triton.cdiv(args["T"], args["T_SLICE"])
+        tiles = k * cdiv(m1, meta["BLOCK_A"]) * cdiv(n1, meta["BLOCK_C"])
+        return tiles, cdiv(args["T"], args["T_SLICE"])
 
     launch(_grad_a_tuned, WGRAD_CONFIGS, grid, args)
     return out
@@ -184,14 +194,14 @@ def kron_grad_m(x: torch.Tensor, g: torch.Tensor, A: torch.Tensor, m2: int, n2: 
     else:
         dst = out
     args = dict(
-        **_common(x, g, k, m1, n1, m2, n2, tiles=triton.cdiv(m1, 64)),
+        **_common(x, g, k, m1, n1, m2, n2, tiles=cdiv(m1, 64)),
         A=A, MOUT=dst, stride_ak=A.stride(0), stride_am=A.stride(1), stride_an=A.stride(2),
         stride_mk=dst.stride(0), stride_mm=dst.stride(1), stride_mn=dst.stride(2),
-        KP=triton.next_power_of_2(k),
+        KP=next_pow2(k),
     )
 
     def grid(meta: dict) -> tuple[int, int]:
-        return triton.cdiv(m1, meta["BLOCK_A"]), triton.cdiv(args["T"], args["T_SLICE"])
+        return cdiv(m1, meta["BLOCK_A"]), cdiv(args["T"], args["T_SLICE"])
 
     launch(_grad_m_tuned, WGRAD_CONFIGS, grid, args)
     return out
