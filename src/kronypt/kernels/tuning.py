@@ -130,19 +130,23 @@ def _shared_limit(args: dict[str, Any]) -> int:
     return shared_limit(x) if isinstance(x, torch.Tensor) else SHARED_MEMORY_BYTES
 
 
-_SHARED_LIMITS: dict[int, int] = {}
+_DEVICES: dict[int, tuple[int, int]] = {}
+
+
+def _device_limits(device: torch.device) -> tuple[int, int]:
+    """(multiprocessors, shared memory per block) of a CUDA device, asked once per device: launches read
+    them on every call."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _DEVICES:
+        props = torch.cuda.get_device_properties(index)
+        _DEVICES[index] = (props.multi_processor_count,
+                           int(getattr(props, "shared_memory_per_block_optin", SHARED_MEMORY_BYTES)))
+    return _DEVICES[index]
 
 
 def shared_limit(x: torch.Tensor) -> int:
-    """Bytes of shared memory one block may use on x's GPU (asked once per device), `SHARED_MEMORY_BYTES`
-    elsewhere."""
-    if not x.is_cuda:
-        return SHARED_MEMORY_BYTES
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    if index not in _SHARED_LIMITS:
-        props = torch.cuda.get_device_properties(index)
-        _SHARED_LIMITS[index] = int(getattr(props, "shared_memory_per_block_optin", SHARED_MEMORY_BYTES))
-    return _SHARED_LIMITS[index]
+    """Bytes of shared memory one block may use on x's GPU, `SHARED_MEMORY_BYTES` elsewhere."""
+    return _device_limits(x.device)[1] if x.is_cuda else SHARED_MEMORY_BYTES
 
 
 def _pruner(kernel: str, limit: int, by_bucket: bool) -> Callable:
@@ -217,6 +221,4 @@ def dot_flags(dtype: torch.dtype) -> dict[str, bool]:
 
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of `device` (a small stand-in on the CPU interpreter)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    return _device_limits(device)[0] if device.type == "cuda" else 4

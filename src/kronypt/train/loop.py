@@ -133,7 +133,8 @@ class Trainer:
             # Gradients a CUDA-graph replay produces live in the graph's memory, which the next replay
             # reuses: accumulating over micro-batches (or DDP's hooks into them) is not safe there.
             raise KronyptError(f"--compile-mode {args.compile_mode} (CUDA graphs) needs one micro-batch per step "
-                               f"on one process; this run has {self.accumulation} micro-batches per step"
+                               f"on one process; this run has {self.accumulation} micro-batch"
+                               f"{'es' if self.accumulation > 1 else ''} per step"
                                f"{f' on {env.world_size} ranks' if env.enabled else ''}: set --tokens-per-step "
                                f"to micro_batch_size x seq_len ({args.micro_batch_size * args.seq_len}) or use "
                                "--compile-mode default")
