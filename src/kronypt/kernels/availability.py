@@ -23,6 +23,18 @@ FUSED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 FUSED_IMPLS = ("auto", "triton", "v2", "v3")
 
 
+def v2_supports(m2: int, n2: int) -> bool:
+    """Whether version 2 (`kronypt.kernels.gemm_path`) handles a B factor of shape (m2, n2): one column or
+    one row, at most 16 long. Here, without Triton, so that the roofline model can ask too."""
+    return (n2 == 1 and m2 <= 16) or (m2 == 1 and n2 <= 16)
+
+
+def v3_supports(k: int, m2: int, n2: int) -> bool:
+    """Whether version 3 (`kronypt.kernels.v3`) handles k factors with B (m2, n2): k = 1 and one column
+    (m2 ∈ {1, 2, 4}) or one row (n2 ≤ 16). Anything else runs version 2 or 1."""
+    return k == 1 and ((n2 == 1 and m2 in (1, 2, 4)) or (m2 == 1 and n2 <= 16))
+
+
 # Looked up once, at import: a cached function here would be traced by torch.compile (Dynamo ignores
 # lru_cache wrappers) each time a compiled model asks which path to take.
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from kronypt.kernels.activation import gelu_backward, gelu_tanh_grad
-from kronypt.kernels.availability import INTERPRET
+from kronypt.kernels.availability import INTERPRET, v2_supports
 from kronypt.kernels.tiles import store_output, token_tile
 from kronypt.kernels.tuning import cdiv, launch, next_pow2, sm_count
 from kronypt.kernels.v3 import expand_store, v3_forward
@@ -70,9 +70,7 @@ SWEEP = {
 }
 
 
-def supports(m2: int, n2: int) -> bool:
-    """Whether version 2 handles a B factor of shape (m2, n2): one column or one row, at most 16 long."""
-    return (n2 == 1 and m2 <= 16) or (m2 == 1 and n2 <= 16)
+supports = v2_supports  # the shapes this module handles
 
 
 @triton.jit

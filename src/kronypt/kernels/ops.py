@@ -24,10 +24,9 @@ from torch import Tensor
 
 from kronypt.errors import KronyptError
 from kronypt.kernels.activation import activation_code, gelu_backward
-from kronypt.kernels.availability import FUSED_IMPLS
+from kronypt.kernels.availability import FUSED_IMPLS, v2_supports, v3_supports
 from kronypt.kernels.forward import kron_forward
-from kronypt.kernels.gemm_path import gemm_backward, gemm_forward, supports
-from kronypt.kernels.v3 import supports as v3_supports
+from kronypt.kernels.gemm_path import gemm_backward, gemm_forward
 from kronypt.kernels.v3 import v3_forward
 from kronypt.kernels.wgrad import kron_grad_a, kron_grad_m
 
@@ -45,7 +44,7 @@ DECODE_TOKENS = 16
 
 
 def _use_gemm_path(x: Tensor, B: Tensor, impl: str) -> bool:
-    return impl in ("auto", "v2", "v3") and x.shape[0] > DECODE_TOKENS and supports(B.shape[1], B.shape[2])
+    return impl in ("auto", "v2", "v3") and x.shape[0] > DECODE_TOKENS and v2_supports(B.shape[1], B.shape[2])
 
 
 def _use_v3(x: Tensor, A: Tensor, B: Tensor, impl: str) -> bool:

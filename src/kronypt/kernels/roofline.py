@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kronypt.kernels.availability import v2_supports, v3_supports
 from kronypt.math.shapes import KronShape
 
 
@@ -132,17 +133,10 @@ def predict(shape: KronShape, k: int, tokens: int, training: bool, nbytes: int =
         reduction = _kernel(dev, io, k * tokens * shape.m1 * shape.n1 * min(shape.m2, shape.n2),
                             k * tokens * max(shape.m1, shape.n1) * small)
         v1 += _forward(dev, shape.transposed(), k, tokens, nbytes) + 2 * reduction
-    v2 = predict_v2(shape, k, tokens, training, nbytes, dev) if _v2_supports(shape) and tokens > 16 else v1
-    v3 = predict_v3(shape, tokens, training, nbytes, dev) if k == 1 and _v3_supports(shape) and tokens > 16 else v2
+    fused = tokens > 16  # decode-sized calls run version 1
+    v2 = predict_v2(shape, k, tokens, training, nbytes, dev) if fused and v2_supports(shape.m2, shape.n2) else v1
+    v3 = predict_v3(shape, tokens, training, nbytes, dev) if fused and v3_supports(k, shape.m2, shape.n2) else v2
     return {"dense": dense, "materialised": dense + build, "fused_v1": v1, "fused_v2": v2, "fused": v3}
-
-
-def _v2_supports(shape: KronShape) -> bool:
-    return (shape.n2 == 1 and shape.m2 <= 16) or (shape.m2 == 1 and shape.n2 <= 16)
-
-
-def _v3_supports(shape: KronShape) -> bool:  # `v3.supports` for k = 1, without importing Triton here
-    return (shape.n2 == 1 and shape.m2 in (1, 2, 4)) or (shape.m2 == 1 and shape.n2 <= 16)
 
 
 # Where `kron_linear_fused` beat BOTH the materialised and the factored path on an H100 (bf16, eager,

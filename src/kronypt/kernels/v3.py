@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from kronypt.kernels.activation import gelu_tanh
-from kronypt.kernels.availability import INTERPRET
+from kronypt.kernels.availability import INTERPRET, v3_supports
 from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
 from kronypt.kernels.tuning import cdiv, dot_flags, launch, next_pow2, shared_limit, sm_count
 
@@ -120,10 +120,7 @@ def fitted(config: triton.Config, n2p: int, itemsize: int, limit: int) -> triton
     return _FITTED[key]
 
 
-def supports(k: int, m2: int, n2: int) -> bool:
-    """Whether version 3 handles k factors with B (m2, n2): k = 1 and one column (m2 ∈ {1, 2, 4}) or one
-    row (n2 ≤ 16). Anything else runs what impl="auto" runs."""
-    return k == 1 and ((n2 == 1 and m2 in (1, 2, 4)) or (m2 == 1 and n2 <= 16))
+supports = v3_supports  # the shapes this module handles
 
 
 @triton.jit
