@@ -199,7 +199,7 @@ def sass_table(report: dict, path: str | None) -> None:
     from kronypt.kernels import sass, v3
     from kronypt.math.shapes import KronShape
 
-    print("| kernel | variant | tile TxAxC | warps | stages | persistent | regs | stack | smem KB | blocks/SM |")
+    print("| kernel | variant | tile TxAxC | warps | stages | persistent | TMA | regs | stack | smem KB | blocks/SM |")
     for orientation, shape in (("column", KronShape(768, 768, 4, 1)), ("row", KronShape(768, 768, 1, 4))):
         variants = [("plain", None, False)]
         variants += [("GELU + training", "gelu_new", True)] if orientation == "column" else []
@@ -208,14 +208,16 @@ def sass_table(report: dict, path: str | None) -> None:
                                               impl="v3")
             kernel, _, args = launches[0]
             for config in v3.SWEEP[orientation]:
-                r = sass.compile_report(kernel, args, config)
+                r = sass.compile_report(kernel, v3.descriptors(args, config) if config.kwargs["TMA"] else args,
+                                        config)
                 warps, k = config.num_warps, config.kwargs
                 regs = -(-r["registers"] // 8) * 8 * 32 * warps
                 blocks = min(65536 // regs, (228 << 10) // (r["shared_bytes"] + 1024), 64 // warps)
                 report["sass"].append({"orientation": orientation, "variant": label, **r, "blocks_per_sm": blocks})
+                tma = "yes" if k["TMA"] else "-"
                 print(f"| {orientation} | {label} | {k['BLOCK_T']}x{k['BLOCK_A']}x{k['BLOCK_C']} | {warps} | "
-                      f"{config.num_stages} | {k.get('PERSIST', 0) or '-'} | {r['registers']} | {r['stack_bytes']} | "
-                      f"{r['shared_bytes'] >> 10} | {blocks} |", flush=True)
+                      f"{config.num_stages} | {k.get('PERSIST', 0) or '-'} | {tma} | {r['registers']} | "
+                      f"{r['stack_bytes']} | {r['shared_bytes'] >> 10} | {blocks} |", flush=True)
     write_json(path, report, quiet=True)
 
 

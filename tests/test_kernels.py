@@ -295,13 +295,65 @@ def check_sweeps() -> dict[str, float]:
     return errors
 
 
+def check_tma() -> dict[str, float]:
+    """Version 3 with TMA=1 (`v3._v3_tile_tma`: tensor descriptors, bulk loads and stores): what training
+    keeps (P, the pre-activation), bfloat16, persistent programs, a tail of tokens and of A rows; and the
+    shapes it must refuse (falling back to the same tiles with per-thread copies)."""
+    from kronypt.kernels import v3
+
+    errors = {}
+    g = torch.Generator().manual_seed(12)
+    cases = (("column", (48, 40, 4, 1), v3._cfg(32, 16, 16, 4, 4, 2, tma=1)),
+             ("column-persistent", (48, 40, 2, 1), v3._cfg(16, 32, 16, 2, 4, 2, 2, tma=1)),
+             ("row", (40, 48, 1, 4), v3._cfg(16, 32, 16, 1, 4, 2, tma=1)),
+             ("row-persistent", (40, 48, 1, 8), v3._cfg(32, 16, 16, 1, 4, 2, 1, tma=1)))
+    for label, (m1, n1, m2, n2), config in cases:
+        for dtype in ("float32", "bfloat16"):
+            dt = getattr(torch, dtype)
+            x = torch.randn(45, n1 * n2, generator=g).to(dt)
+            A = (torch.randn(1, m1, n1, generator=g) / n1**0.5).to(dt)
+            B, s = torch.randn(1, m2, n2, generator=g).to(dt), torch.tensor([0.75])
+            bias = torch.randn(m1 * m2, generator=g).to(dt)
+            pre = kron_linear_materialised(x.double(), A.double(), B.double(), s.double(), bias.double())
+            y, saved = v3.v3_forward(x, A, B, s, bias, 1, True, config=config)
+            scale = TOLERANCE["float32"] / TOLERANCE[dtype]  # errors in float32 units
+            errors[f"{label}-{dtype}-y"] = _relative(y, F.gelu(pre, approximate="tanh")) * scale
+            kept = x.double() @ A[0].double().T if n2 == 1 else pre  # P, or the pre-activation
+            errors[f"{label}-{dtype}-saved"] = _relative(saved, kept) * scale
+    # refused: a row stride that is not a multiple of 16 bytes; an output box wider than 256 columns
+    x = torch.randn(45, 41, generator=g)[:, :40]
+    A, B = torch.randn(1, 48, 40, generator=g), torch.randn(1, 4, 1, generator=g)
+    config = v3._cfg(16, 32, 16, 4, 4, 2, tma=1)
+    errors["refuses_unaligned_rows"] = 0.0 if not v3.tma_fits(x, 4, 1, config) else 1.0
+    errors["refuses_wide_box"] = 0.0 if not v3.tma_fits(x.contiguous(), 4, 1, v3._cfg(128, 128, 64, 1, 4, 2,
+                                                                                        tma=1)) else 1.0
+    errors["accepts_aligned"] = 0.0 if v3.tma_fits(x.contiguous(), 4, 1, config) else 1.0
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from kronypt.kernels import tuning
+
+    tuning.RECORDED_LAUNCHES = []  # which launch each x gets (recorded, not run)
+    try:
+        v3.v3_forward(x.contiguous(), A, B, None, None, 0, False, config=config)
+        v3.v3_forward(x, A, B, None, None, 0, False, config=config)
+        (_, used, tma), (_, fallback, plain) = [(k, c[0], a) for k, c, a in tuning.RECORDED_LAUNCHES]
+    finally:
+        tuning.RECORDED_LAUNCHES = None
+    errors["launches_descriptors"] = 0.0 if (isinstance(tma["X"], TensorDescriptor) and used.kwargs["TMA"]
+                                             and isinstance(plain["X"], torch.Tensor)
+                                             and not fallback.kwargs["TMA"]) else 1.0
+    y, _ = v3.v3_forward(x, A, B, None, None, 0, False, config=config)
+    errors["unaligned_fallback"] = _relative(y, kron_linear_materialised(x.double(), A.double(), B.double()))
+    return errors
+
+
 def _worker() -> None:
     for case in CASES:
         try:
             print(json.dumps({"case": case.name, "errors": check_case(case)}), flush=True)
         except Exception:  # report and go on: one failing case must not hide the others
             print(json.dumps({"case": case.name, "failure": traceback.format_exc()}), flush=True)
-    for name, check in (("interfaces", check_interfaces), ("sweeps", check_sweeps)):
+    for name, check in (("interfaces", check_interfaces), ("sweeps", check_sweeps), ("tma", check_tma)):
         try:
             print(json.dumps({"case": name, "errors": check()}), flush=True)
         except Exception:
@@ -362,6 +414,14 @@ def test_sweep_candidates_match_reference(interpreted: dict) -> None:
     _assert_within(row, TOLERANCE["float32"])
     expected = len(v3.SWEEP["column"]) + len(v3.SWEEP["row"]) + 4 + sum(map(len, gemm_path.SWEEP.values()))
     assert len(row["errors"]) == expected
+
+
+def test_v3_tma_matches_reference_and_refuses_what_tma_cannot_move(interpreted: dict) -> None:
+    """The bulk-copy variant of version 3 (a sweep candidate on Hopper) computes the layer and what training
+    keeps, and shapes TMA cannot move run the per-thread copies instead."""
+    row = interpreted.get("tma")
+    _assert_within(row, TOLERANCE["float32"])  # bfloat16 errors were divided by 3e3 (float32 units)
+    assert len(row["errors"]) == 4 * 2 * 2 + 5
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(),
@@ -467,6 +527,30 @@ def test_v3_compiles_for_hopper_with_large_tiles_and_no_spills() -> None:
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+def test_v3_tma_candidates_compile_to_bulk_copies_on_hopper() -> None:
+    """The first TMA=1 sweep candidate of each orientation builds for sm_90 with tensor-memory-accelerator
+    loads and stores (UTMALDG / UTMASTG) instead of per-thread copies, wgmma, and no spills, in training
+    with GELU (the largest epilogue)."""
+    from kronypt.kernels import v3
+    from kronypt.kernels.sass import compile_report, recorded_launches
+
+    for shape in (kron_shape(3072, 768, (768, 768)), kron_shape(768, 3072, (768, 768))):
+        orientation = "column" if shape.n2 == 1 else "row"
+        config = next(c for c in v3.SWEEP[orientation] if c.kwargs["TMA"])
+        try:
+            launches = recorded_launches(shape, 1, 8192, True, torch.bfloat16, activation="gelu_new", impl="v3")
+            kernel, _, args = launches[0]
+            row = compile_report(kernel, v3.descriptors(args, config), config)
+        except FileNotFoundError as exc:
+            pytest.skip(str(exc))
+        ops = row["instructions"]
+        assert row["stack_bytes"] == 0, row
+        assert any(n.startswith("UTMALDG") for n in ops) and any(n.startswith("UTMASTG") for n in ops), row
+        assert any(n.startswith("HGMMA.64x") for n in ops), row
+        assert not any(n.startswith(("LDGSTS", "STG.E.128")) for n in ops), row  # no per-thread tile copies
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
 def test_v3_float32_fits_hopper_shared_memory() -> None:
     """float32 tiles are twice as large: 4 pipeline stages would need 256 KB for c_proj (an H100 block
     gets at most 227 KB), so float32 runs with 2."""
@@ -545,6 +629,29 @@ def test_cuda_81m_shape_matches_reference(b_shape: tuple[int, int], dtype: str, 
             assert error <= (3e-2 if dtype == "bfloat16" else tol), (name, error)
         else:
             assert _relative(t.grad.cpu(), leaves[name].grad) <= tol, name
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("orientation", ["column", "row"])
+def test_cuda_v3_tma_candidates_match_reference(orientation: str) -> None:
+    """TMA=1 sweep candidates (one-shot and persistent) on the 81M shape in training: the sweep checks
+    every candidate's output but times them without saving, so this is where the saved tensors (P, the
+    pre-activation) of the bulk stores are checked on a GPU."""
+    from kronypt.kernels import v3
+
+    m2, n2 = (4, 1) if orientation == "column" else (1, 4)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(257, 768 * n2, generator=g).to(torch.bfloat16)
+    A = (torch.randn(1, 768, 768, generator=g) / 768**0.5).to(torch.bfloat16)
+    B, bias = torch.randn(1, m2, n2, generator=g).to(torch.bfloat16), torch.randn(768 * m2).to(torch.bfloat16)
+    pre = kron_linear_materialised(x.double(), A.double(), B.double(), None, bias.double())
+    kept = x.double() @ A[0].double().T if n2 == 1 else pre
+    tma = [c for c in v3.SWEEP[orientation] if c.kwargs["TMA"]]
+    for config in (tma[0], next(c for c in tma if c.kwargs["PERSIST"])):  # one compile each: time-limited
+        y, saved = v3.v3_forward(x.cuda(), A.cuda(), B.cuda(), None, bias.cuda(), 1, True, config=config)
+        assert _relative(y.cpu(), F.gelu(pre, approximate="tanh")) <= 1e-2, config
+        assert _relative(saved.cpu(), kept) <= 1e-2, config
 
 
 @pytest.mark.cuda

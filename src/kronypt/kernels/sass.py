@@ -25,6 +25,8 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.runtime.jit import mangle_type
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kronypt.kernels import ops, tuning
 from kronypt.kernels.activation import activation_code
@@ -32,7 +34,7 @@ from kronypt.math.shapes import KronShape
 
 HOPPER = GPUTarget("cuda", 90, 32)
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-INSTRUCTIONS = re.compile(r"\b(HGMMA|HMMA|LDGSTS|LDG|STG|LDL|STL|RED|ATOM|UTMALDG)(\.[A-Za-z0-9_.]+)?")
+INSTRUCTIONS = re.compile(r"\b(HGMMA|HMMA|LDGSTS|LDG|STG|LDL|STL|RED|ATOM|UTMALDG|UTMASTG|UBLKCP)(\.[A-Za-z0-9_.]+)?")
 
 
 def _cuobjdump() -> str:
@@ -82,7 +84,9 @@ def compile_report(jit: Any, args: dict, config: triton.Config) -> dict:
         if name in constexprs:
             signature[name] = "constexpr"
             continue
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, TensorDescriptor):  # "tensordesc<bf16[128, 64]>"
+            signature[name] = mangle_type(value)
+        elif isinstance(value, torch.Tensor):
             signature[name] = "*" + DTYPES[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]  # allocations are 256-byte aligned
         else:

@@ -18,7 +18,10 @@ accumulator; the small B factor is applied in registers, on the way in or on the
   under the memory time) and keeps the MMA at a quarter of dense.
 
 x and A are read from memory once (the other A-row blocks of a token tile re-read x from L2), y is written
-once. The backward is version 2's (`gemm_path.gemm_backward`). Fixed block sizes, no autotuner in the
+once. A config with TMA=1 (sweep candidates, not yet a default) moves the same tiles with Hopper's tensor
+memory accelerator: x, A_0, y and the kept tensor as tensor descriptors, bulk asynchronous loads into the
+pipeline's shared-memory stages and bulk stores of each epilogue slice, with no per-thread addresses or
+masks (`_v3_tile_tma`); shapes it cannot move (`tma_fits`) run the same tiles with per-thread copies. The backward is version 2's (`gemm_path.gemm_backward`). Fixed block sizes, no autotuner in the
 launch path (as version 2), so nothing is tuned at the first call and the kernel is graph-capturable.
 """
 
@@ -34,9 +37,10 @@ from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
 from kronypt.kernels.tuning import cdiv, dot_flags, launch, next_pow2, shared_limit, sm_count
 
 
-def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: int = 0) -> triton.Config:
-    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "BLOCK_C": bc, "EPI": epi, "PERSIST": persist},
-                         num_warps=warps, num_stages=stages)
+def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: int = 0,
+         tma: int = 0) -> triton.Config:
+    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "BLOCK_C": bc, "EPI": epi, "PERSIST": persist,
+                          "TMA": tma}, num_warps=warps, num_stages=stages)
 
 
 # (BLOCK_T, BLOCK_A, BLOCK_C, EPI) for B with one column (c_fc) and one row (c_proj): EPI slices of the
@@ -47,52 +51,45 @@ def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: 
 # 8192 (the previous (128, 128) tiles: 0.81x / 0.82x, x re-read 6x from L2). Small under the interpreter
 # so the test shapes span several programs and the epilogue slicing is exercised.
 if INTERPRET:
-    CONFIGS = dict.fromkeys(("column", "row"), triton.Config({"BLOCK_T": 16, "BLOCK_A": 16, "BLOCK_C": 16,
-                                                               "EPI": 2, "PERSIST": 0}, num_warps=4))
+    CONFIGS = dict.fromkeys(("column", "row"), _cfg(16, 16, 16, 2, 4, 3))
 else:
     CONFIGS = {"column": _cfg(128, 128, 64, 4, 16, 3), "row": _cfg(64, 256, 32, 1, 8, 3)}
 
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. Pre-filtered
 # with `kronypt.kernels.sass` on the 81M shapes (bf16; `python benchmarks/sweep.py --sass` prints the
-# table): none spills except (256, 128) with GELU in training (192 B). Comments: registers without GELU /
-# with GELU in training (P stored), shared memory, resident blocks per SM. Why these: (128, 128) tiles
-# load about 3x (c_fc) and 6x (c_proj) the HBM bytes from L2 (`roofline.v3_traffic`); (256, 128) or
-# (128, 256) cut that; 16 warps, 4 warps or 64-token tiles keep 2-4 blocks per SM so that one block's
-# stores overlap another's loads.
+# table; none spills). Comments: registers without GELU / with GELU in training (P stored), shared memory.
+# Session 7 dropped the candidates run 4 timed well behind the winners (docs/gpu-notes.md) and added
+# TMA=1 ones: the same tiles moved by the tensor memory accelerator (`_v3_tile_tma`: bulk loads of x and A,
+# bulk stores of y through shared memory), the remedy run 5's notes name for c_fc's 2.08 of 2.97 TB/s;
+# persistent TMA programs overlap one tile's bulk stores with the next tile's loads.
 SWEEP = {
     "column": [
-        CONFIGS["column"],        # 60 / 64 regs, 96 KB, 2 blocks/SM, HGMMA 64x64 (run 4's best)
-        _cfg(128, 128, 64, 4, 8, 4),   # 136 / 153 regs, 128 KB, 1 block/SM (the default until run 4)
-        _cfg(128, 128, 64, 4, 8, 3),   # 110 / 153 regs, 96 KB, 2 / 1 blocks/SM
-        _cfg(128, 128, 32, 4, 8, 3),   # 132 / 153 regs, 48 KB
-        _cfg(256, 128, 64, 4, 16, 3),  # 110 / 128 regs (192 B spilled with GELU), 144 KB: fewer L2 loads
-        _cfg(64, 128, 64, 4, 4, 3),    # 152 / 142 regs, 72 KB, 3 blocks/SM, HGMMA 64x128
-        _cfg(64, 128, 32, 4, 8, 3),    # 58 / 64 regs, 36 KB, 4 blocks/SM
-        _cfg(128, 64, 64, 2, 8, 3),    # 80 / 92 regs, 72 KB, 2-3 blocks/SM
-        # persistent (PERSIST programs per SM loop over the tiles; loads of the next tile overlap the
-        # current tile's stores): the default tile, the 16-warp one, 64-token tiles with 2 per SM
-        _cfg(128, 128, 64, 4, 8, 4, 1),   # 177 / 189 regs, 160 KB
-        _cfg(128, 128, 64, 4, 8, 3, 1),   # 148 / 189 regs, 128 KB
-        _cfg(128, 128, 64, 4, 16, 3, 1),  # 85 / 106 regs, 160 KB
-        _cfg(64, 128, 64, 4, 4, 3, 2),    # 177 / 198 regs, 80 KB, 2 blocks/SM
-        # around run 4's winner (16 warps): a fourth stage, a longer reduction step
-        _cfg(128, 128, 64, 4, 16, 4),     # 70 / 77 regs, 128 KB
-        _cfg(128, 128, 128, 4, 16, 2),    # 90 / 88 regs, 128 KB
+        CONFIGS["column"],             # 60 / 64 regs, 96 KB, HGMMA 64x64 (run 4's best: 1.81x at 65536)
+        _cfg(128, 128, 64, 4, 8, 4),   # 136 / 153 regs, 128 KB (the default until run 4: 1.52x)
+        _cfg(256, 128, 64, 4, 16, 3),  # 110 / 128 regs, 144 KB: fewer L2 loads (run 4: 1.66x)
+        _cfg(64, 128, 64, 4, 4, 3),    # 152 / 142 regs, 72 KB, 3 blocks/SM (run 4: 1.57x)
+        _cfg(128, 128, 64, 4, 16, 4),  # 70 / 77 regs, 128 KB (not timed yet)
+        _cfg(128, 128, 128, 4, 16, 2),  # 90 / 88 regs, 128 KB (not timed yet)
+        _cfg(128, 128, 64, 4, 16, 3, tma=1),     # 62 / 80 regs, 96 KB
+        _cfg(128, 128, 64, 4, 8, 4, tma=1),      # 99 / 226 regs, 128 KB
+        _cfg(128, 128, 64, 2, 16, 3, tma=1),     # 78 / 92 regs, 96 KB: two 256-column bulk stores
+        _cfg(64, 128, 64, 4, 8, 3, tma=1),       # 62 / 88 regs, 72 KB
+        _cfg(128, 128, 64, 4, 16, 3, 1, tma=1),  # persistent: 66 / 74 regs, 192 KB
+        _cfg(128, 128, 64, 4, 8, 4, 1, tma=1),   # persistent: 140 / 142 regs, 160 KB
     ],
     "row": [
-        CONFIGS["row"],           # 114 regs, 84 KB, 2 blocks/SM (run 4's best at 8192 tokens)
-        _cfg(128, 128, 32, 1, 8, 4),   # 161 regs, 136 KB, 1 block/SM (the default until run 4)
-        _cfg(128, 256, 32, 1, 8, 3),   # 209 regs, 120 KB: x re-read from L2 3x instead of 6x
-        _cfg(64, 256, 32, 1, 4, 3),    # 206 regs, 84 KB, 2 blocks/SM, HGMMA 64x256
-        _cfg(128, 128, 64, 1, 8, 3),   # 168 regs, 184 KB
-        _cfg(64, 128, 32, 1, 4, 3),    # 157 regs, 60 KB, 3 blocks/SM
-        _cfg(128, 64, 32, 1, 8, 3),    # 100 regs, 84 KB, 2 blocks/SM
-        _cfg(128, 128, 32, 1, 8, 4, 1),   # persistent: 210 regs, 160 KB
-        _cfg(64, 256, 32, 1, 8, 3, 1),    # persistent: 161 regs, 96 KB
-        # around run 4's winners: a longer reduction step, 32-token tiles (more blocks per SM)
-        _cfg(64, 256, 64, 1, 8, 3),    # 170 regs, 164 KB
-        _cfg(32, 256, 32, 1, 4, 3),    # 134 regs, 50 KB, 3 blocks/SM
+        CONFIGS["row"],                # 114 / 167 regs, 84 KB (run 4's best at 8192 tokens: 1.21x graphed)
+        _cfg(64, 256, 32, 1, 4, 3),    # 206 regs, 84 KB, HGMMA 64x256 (run 4: 1.34x at 65536)
+        _cfg(128, 256, 32, 1, 8, 3),   # 209 regs, 120 KB: x re-read from L2 3x instead of 6x (1.28x)
+        _cfg(64, 256, 64, 1, 8, 3),    # 170 regs, 164 KB (not timed yet)
+        _cfg(32, 256, 32, 1, 4, 3),    # 134 regs, 50 KB, 3 blocks/SM (not timed yet)
+        _cfg(64, 256, 32, 1, 8, 3, tma=1),     # 102 / 162 regs, 84 KB
+        _cfg(64, 256, 32, 1, 4, 3, tma=1),     # 173 regs, 84 KB
+        _cfg(64, 256, 64, 1, 8, 3, tma=1),     # 119 regs, 164 KB
+        _cfg(128, 256, 32, 1, 8, 3, tma=1),    # 188 regs, 120 KB
+        _cfg(32, 256, 32, 1, 4, 3, tma=1),     # 128 regs, 50 KB
+        _cfg(64, 256, 32, 1, 8, 3, 1, tma=1),  # persistent: 116 regs, 116 KB
     ],
 }
 
@@ -130,10 +127,10 @@ def _halves(acc, BLOCK_T: tl.constexpr, WIDTH: tl.constexpr):
 
 
 @triton.jit
-def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
-                  N2: tl.constexpr, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr,
-                  ACT: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Output columns [a0·M2, (a0 + WIDTH)·M2) from part (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH)."""
+def expanded(part, a0, B, s, BIAS, M1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, WIDTH: tl.constexpr,
+             HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr):
+    """(out, cols): the pre-activation of output columns cols = [a0·M2, (a0 + WIDTH)·M2) from part
+    (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH), bias included, float32."""
     if N2 == 1:  # y[t, a·M2 + b] = s·B[b, 0]·part[t, a]; joins interleave b fastest
         if M2 == 1:
             out = part * (s * tl.load(B).to(tl.float32))
@@ -149,16 +146,38 @@ def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.cons
     else:  # B (and s) already applied to x
         out = part
     cols = a0 * M2 + tl.arange(0, WIDTH * M2)
-    mask_c = cols < M1 * M2
     if HAS_BIAS:
-        out += tl.load(BIAS + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+        out += tl.load(BIAS + cols, mask=cols < M1 * M2, other=0.0).to(tl.float32)[None, :]
+    return out, cols
+
+
+@triton.jit
+def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
+                 N2: tl.constexpr, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr,
+                 ACT: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Output columns [a0·M2, (a0 + WIDTH)·M2) from part (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH)."""
+    out, cols = expanded(part, a0, B, s, BIAS, M1, M2, N2, WIDTH, HAS_BIAS, BLOCK_T)
     offsets = offs_t.to(tl.int64)[:, None] * stride_yt + cols[None, :]
-    mask = (offs_t < T)[:, None] & mask_c[None, :]
+    mask = (offs_t < T)[:, None] & (cols < M1 * M2)[None, :]
     if SAVE_PRE:
         tl.store(PRE + offsets, out.to(PRE.dtype.element_ty), mask=mask)
     if ACT == 1:
         out = gelu_tanh(out)
     tl.store(Y + offsets, out.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _expand_store_tma(part, a0, t0, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr,
+                      WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr, ACT: tl.constexpr,
+                      BLOCK_T: tl.constexpr):
+    """`expand_store` through the descriptors Y and PRE (block (BLOCK_T, WIDTH·M2)): the tile goes to shared
+    memory and one bulk copy writes it, clipped to the tensor's rows and columns (no masks)."""
+    out, _ = expanded(part, a0, B, s, BIAS, M1, M2, N2, WIDTH, HAS_BIAS, BLOCK_T)
+    if SAVE_PRE:
+        PRE.store([t0, a0 * M2], out.to(PRE.dtype))
+    if ACT == 1:
+        out = gelu_tanh(out)
+    Y.store([t0, a0 * M2], out.to(Y.dtype))
 
 
 @triton.jit
@@ -217,13 +236,55 @@ def _v3_tile(
 
 
 @triton.jit
+def _v3_tile_tma(
+    pid, X, A, B, BIAS, Y, PRE, T, s, u,
+    M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr, SAVE_P: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
+):
+    """`_v3_tile` with X, A_0, Y and PRE as tensor descriptors: the tiles move by the Hopper's tensor
+    memory accelerator (bulk copies, no per-thread addresses or masks; rows past T and columns past the
+    tensor are zero on load and dropped on store) instead of per-thread 16-byte copies. A power-of-two n2."""
+    num_a = tl.cdiv(M1, BLOCK_A)
+    pid_a = pid % num_a
+    t0 = (pid // num_a) * BLOCK_T
+    a0 = pid_a * BLOCK_A
+    acc = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    for c0 in range(0, N1, BLOCK_C):
+        a_tile = A.load([a0, c0])  # (BLOCK_A, BLOCK_C)
+        x_tile = X.load([t0, c0 * N2])  # the slab (BLOCK_T, BLOCK_C·N2)
+        if N2 > 1:
+            x_tile = pick_x(tl.reshape(x_tile, (BLOCK_T, BLOCK_C, N2)), u, N2)
+        acc = mma(x_tile, tl.trans(a_tile), acc, DOT_F32, IEEE)
+    if SAVE_P:
+        PRE.store([t0, a0], acc.to(PRE.dtype))
+    if EPI == 1:
+        _expand_store_tma(acc, a0, t0, B, s, BIAS, Y, PRE, M1, M2, N2, BLOCK_A, HAS_BIAS, SAVE_PRE, ACT, BLOCK_T)
+    elif EPI == 2:
+        lo, hi = _halves(acc, BLOCK_T, BLOCK_A)
+        W: tl.constexpr = BLOCK_A // 2
+        _expand_store_tma(lo, a0, t0, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS, SAVE_PRE, ACT, BLOCK_T)
+        _expand_store_tma(hi, a0 + W, t0, B, s, BIAS, Y, PRE, M1, M2, N2, W, HAS_BIAS, SAVE_PRE, ACT, BLOCK_T)
+    else:  # EPI == 4
+        lo, hi = _halves(acc, BLOCK_T, BLOCK_A)
+        q0, q1 = _halves(lo, BLOCK_T, BLOCK_A // 2)
+        q2, q3 = _halves(hi, BLOCK_T, BLOCK_A // 2)
+        Q: tl.constexpr = BLOCK_A // 4
+        _expand_store_tma(q0, a0, t0, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS, SAVE_PRE, ACT, BLOCK_T)
+        _expand_store_tma(q1, a0 + Q, t0, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS, SAVE_PRE, ACT, BLOCK_T)
+        _expand_store_tma(q2, a0 + 2 * Q, t0, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS, SAVE_PRE, ACT, BLOCK_T)
+        _expand_store_tma(q3, a0 + 3 * Q, t0, B, s, BIAS, Y, PRE, M1, M2, N2, Q, HAS_BIAS, SAVE_PRE, ACT, BLOCK_T)
+
+
+@triton.jit
 def _v3_kernel(
     X, A, B, S, BIAS, Y, PRE, T, stride_xt, stride_yt,
     M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
     HAS_S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
     SAVE_P: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
-    PERSIST: tl.constexpr,
+    PERSIST: tl.constexpr, TMA: tl.constexpr,
 ):
     # SAVE_P (n2 = 1, training): PRE receives P = x·A_0ᵀ (T, M1) instead of the pre-activation; the backward
     # (version 2's) rebuilds the pre-activation from it, so the kernel writes T·M1 extra values, not T·M1·M2.
@@ -239,8 +300,15 @@ def _v3_kernel(
     if PERSIST:
         tiles = tl.cdiv(T, BLOCK_T) * tl.cdiv(M1, BLOCK_A)
         for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
-            _v3_tile(tile, X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u, M1, N1, M2, N2, N2P, HAS_BIAS,
-                     ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
+            if TMA:
+                _v3_tile_tma(tile, X, A, B, BIAS, Y, PRE, T, s, u, M1, N1, M2, N2, HAS_BIAS, ACT, SAVE_PRE, SAVE_P,
+                             DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
+            else:
+                _v3_tile(tile, X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u, M1, N1, M2, N2, N2P,
+                         HAS_BIAS, ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
+    elif TMA:
+        _v3_tile_tma(tl.program_id(0), X, A, B, BIAS, Y, PRE, T, s, u, M1, N1, M2, N2, HAS_BIAS, ACT, SAVE_PRE,
+                     SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
     else:
         _v3_tile(tl.program_id(0), X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u, M1, N1, M2, N2, N2P,
                  HAS_BIAS, ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
@@ -253,7 +321,7 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
 
     With `save`, `saved` is what version 2's backward (`gemm_path.gemm_backward`) takes: P = x·A_0ᵀ for a B
     with one column, the pre-activation for a B with one row and an activation; else it is empty.
-    `config` overrides the block sizes (one of `SWEEP`, for timing candidates).
+    `config` overrides the block sizes (one of `SWEEP`, for timing candidates; TMA=1 where `tma_fits`).
     """
     T = x.shape[0]
     _, m1, n1 = A.shape
@@ -270,8 +338,40 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
         config = fitted(CONFIGS["column" if n2 == 1 else "row"], args["N2P"], x.element_size(), shared_limit(x))
     elif x.dtype == torch.float32 and config.num_stages > 2:  # a given candidate runs as given, except that
         config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)  # fp32 tiles are 2x
+    if config.kwargs.get("TMA"):
+        if tma_fits(x, m2, n2, config):
+            args = descriptors(args, config)
+        else:  # the same tiles with per-thread copies
+            config = triton.Config({**config.kwargs, "TMA": 0}, num_warps=config.num_warps,
+                                   num_stages=config.num_stages)
     tiles = cdiv(T, config.kwargs["BLOCK_T"]) * cdiv(m1, config.kwargs["BLOCK_A"])
     persist = config.kwargs.get("PERSIST", 0)
     grid = (min(tiles, persist * sm_count(x.device)) if persist else tiles,)
     launch(_v3_kernel, [], lambda meta: grid, args, config=config)
     return y, saved
+
+
+def tma_fits(x: torch.Tensor, m2: int, n2: int, config: triton.Config) -> bool:
+    """Whether `config`'s tiles can move by bulk copies (TMA) for this x and B (m2, n2): a power-of-two n2,
+    16-byte aligned rows of x, and boxes of at most 256 elements a side (the tensor memory accelerator's
+    limit)."""
+    k = config.kwargs
+    widths = (k["BLOCK_T"], k["BLOCK_A"], k["BLOCK_C"] * n2, k["BLOCK_A"] // k["EPI"] * m2)
+    return (n2 == next_pow2(n2) and max(widths) <= 256 and (x.stride(0) * x.element_size()) % 16 == 0
+            and x.data_ptr() % 16 == 0)
+
+
+def descriptors(args: dict, config: triton.Config) -> dict:
+    """`args` of a pointer launch with X, A_0, Y and PRE as tensor descriptors for `config`'s tiles (the
+    blocks `_v3_tile_tma` loads and stores)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    k, m2, n2 = config.kwargs, args["M2"], args["N2"]
+    bt, ba, bc = k["BLOCK_T"], k["BLOCK_A"], k["BLOCK_C"]
+    out_block = [bt, ba // k["EPI"] * m2]
+    pre = args["PRE"]
+    pre_block = [bt, ba] if args["SAVE_P"] else out_block
+    return {**args, "X": TensorDescriptor.from_tensor(args["X"], [bt, bc * n2]),
+            "A": TensorDescriptor.from_tensor(args["A"][0], [ba, bc]),
+            "Y": TensorDescriptor.from_tensor(args["Y"], out_block),
+            "PRE": TensorDescriptor.from_tensor(pre if pre.dim() == 2 else args["Y"], pre_block)}
