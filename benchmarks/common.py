@@ -42,6 +42,12 @@ def environment(device: torch.device) -> dict:
         info["device_name"] = torch.cuda.get_device_name(device)
     else:
         info["device_name"] = "cpu"
+    tuned = os.environ.get("KRONYPT_KERNEL_CONFIGS")  # kernel tiles in use other than the defaults
+    if tuned:
+        try:
+            info["kernel_configs"] = {"path": tuned, **json.loads(Path(tuned).read_text())}
+        except (OSError, ValueError) as exc:
+            info["kernel_configs"] = {"path": tuned, "error": str(exc)}
     return info
 
 

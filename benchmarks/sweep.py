@@ -36,6 +36,7 @@ from common import environment, write_json  # noqa: E402
 from gpu import Clock, LayerCase, _operand_sets, _version, measure_ceilings  # noqa: E402
 
 from kronypt.kernels import fused_available, kron_linear_fused  # noqa: E402
+from kronypt.kernels.overrides import config_dict  # noqa: E402
 from kronypt.kernels.roofline import v3_traffic  # noqa: E402
 from kronypt.math.shapes import kron_shape  # noqa: E402
 
@@ -77,7 +78,7 @@ def _candidates(configs: list, orientation: str, top: int | None, report: dict) 
 
 
 def _config_dict(config) -> dict:
-    return {**config.kwargs, "warps": config.num_warps, "stages": config.num_stages}
+    return config_dict(config)  # the kernel-configs file's form (`kronypt.kernels.overrides`)
 
 
 def _rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -291,6 +292,58 @@ def _fused_step(s: types.SimpleNamespace, act: str | None, impl: str) -> None:
     kron_linear_fused(s.x, s.A, s.B, None, s.bias, activation=act, impl=impl).backward(s.grad)
 
 
+# A candidate replaces a default only when it is this much faster (timing noise between candidates of
+# one run is ~1-2 %).
+MARGIN = 1.05
+
+
+def tuned_configs(report: dict) -> tuple[dict, dict]:
+    """({"v3": {orientation: config}, "gemm_path": {pass: config}}, why): the candidates that beat the
+    built-in defaults by `MARGIN` in this report. Version 3: the best geometric mean of default time /
+    candidate time over every case of the orientation, among candidates timed in all of them (the plain and
+    GELU 65536-token cases and the graphed 8192-token one); a pass: its single case."""
+    from kronypt.kernels import gemm_path, v3
+
+    chosen: dict = {"v3": {}, "gemm_path": {}}
+    why: dict = {"rule": f"a candidate replaces the default when it is >= {MARGIN}x as fast", "v3": {},
+                 "gemm_path": {}}
+    for orientation, candidates in v3.SWEEP.items():
+        rows = [r for r in report.get("v3", []) if r.get("orientation") == orientation and r.get("configs")]
+        ratios: dict[int, list[float]] = {}
+        for row in rows:
+            default = next((c for c in row["configs"] if c["config"] == _config_dict(candidates[0])), None)
+            for i, config in enumerate(candidates):
+                timed = next((c for c in row["configs"] if c["config"] == _config_dict(config) and "ms" in c),
+                             None)
+                if default and "ms" in default and timed:
+                    ratios.setdefault(i, []).append(default["ms"] / timed["ms"])
+        scores = {i: _geomean(r) for i, r in ratios.items() if len(r) == len(rows)}
+        best = max(scores, key=scores.get, default=None)
+        why["v3"][orientation] = {"cases": len(rows), "best": _config_dict(candidates[best]) if best is not None
+                                  else None, "speedup_over_default": scores.get(best)}
+        if best is not None and best != 0 and scores[best] >= MARGIN:
+            chosen["v3"][orientation] = candidates[best]
+    passes = report.get("passes") or {}
+    for kind, candidates in gemm_path.SWEEP.items():
+        rows = passes.get(kind) or []
+        times = {i: r["ms"] for i, r in enumerate(rows) if "ms" in r}
+        if 0 not in times or len(rows) != len(candidates):
+            continue
+        best = min(times, key=times.get)
+        why["gemm_path"][kind] = {"best": _config_dict(candidates[best]),
+                                  "speedup_over_default": times[0] / times[best]}
+        if best != 0 and times[0] / times[best] >= MARGIN:
+            chosen["gemm_path"][kind] = candidates[best]
+    return chosen, why
+
+
+def _geomean(values: list[float]) -> float:
+    product = 1.0
+    for v in values:
+        product *= v
+    return product ** (1 / len(values))
+
+
 def _free(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -303,6 +356,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=20, help="timed repeats per measurement")
     parser.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes (set TRITON_INTERPRET=1)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: v3, passes, profile")
+    parser.add_argument("--write-configs", metavar="PATH",
+                        help="write the candidates that beat the defaults (by 5 %%) as a kernel-configs file: "
+                             "KRONYPT_KERNEL_CONFIGS=PATH makes the kernels use them")
     parser.add_argument("--sass", action="store_true",
                         help="no timing, no GPU: compile every version-3 candidate for sm_90 and print a table")
     return parser.parse_args(argv)
@@ -345,6 +401,14 @@ def main(argv: list[str] | None = None) -> dict:
     if "v3" not in skip:
         sweep_v3([c for c in v3_cases if c[4]], clock, l2, deadline, report, args.json)
     report["elapsed_s"] = time.perf_counter() - START
+    if args.write_configs:
+        from kronypt.kernels import overrides
+
+        chosen, why = tuned_configs(report)
+        report["tuned"] = {s: {k: _config_dict(c) for k, c in d.items()} for s, d in chosen.items()}
+        overrides.write(args.write_configs, chosen, {"device": env["device_name"], "torch": env["torch"],
+                                                      "triton": env["triton"], **why})
+        print(f"wrote {args.write_configs}: {report['tuned']}", flush=True)
     write_json(args.json, report)
     print(f"{env['device_name']}: {report['elapsed_s']:.0f} s", flush=True)
     return report

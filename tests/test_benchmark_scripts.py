@@ -19,20 +19,21 @@ pytest.importorskip("triton")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _dry_run(script: str, tmp_path: Path) -> dict:
+def _dry_run(script: str, tmp_path: Path, *extra: str) -> dict:
     """The script's --dry-run under Triton's interpreter; its JSON report."""
     out = tmp_path / "report.json"
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--dry-run", "--json", str(out)], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--dry-run", "--json", str(out), *extra],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
 
 def test_sweep_dry_run_times_every_candidate_and_profiles(tmp_path: Path) -> None:
-    from kronypt.kernels import gemm_path, v3
+    from kronypt.kernels import gemm_path, overrides, v3
 
-    report = _dry_run("sweep.py", tmp_path)
+    tuned = tmp_path / "tuned.json"
+    report = _dry_run("sweep.py", tmp_path, "--write-configs", str(tuned))
     sizes = {"column": len(v3.SWEEP["column"]), "row": len(v3.SWEEP["row"])}
     counts = [len(row["configs"]) for row in report["v3"]]
     assert counts[:2] == [sizes["column"], sizes["row"]]
@@ -50,6 +51,12 @@ def test_sweep_dry_run_times_every_candidate_and_profiles(tmp_path: Path) -> Non
     for kind, configs in gemm_path.SWEEP.items():
         assert len(passes[kind]) == len(configs)
         assert all("ms" in r for r in passes[kind]), passes[kind]
+    # the winners (timings on a CPU mean nothing, the file's form does): a configs file the kernels accept
+    assert set(report["tuned"]) == {"v3", "gemm_path"}
+    for orientation in v3.SWEEP:
+        assert overrides.overridden("v3", v3.CONFIGS, tuned)[orientation].kwargs.keys() == v3.CONFIGS[
+            orientation].kwargs.keys()
+    assert json.loads(tuned.read_text())["measured"]["device"] == "cpu"
     variants = {(r["layer"], r["variant"]) for r in report["profile"] if "kernels_us" in r}
     assert variants == {(layer, v) for layer in ("c_fc", "c_proj") for v in ("dense", "fused_auto", "fused_v2")}
 

@@ -292,6 +292,13 @@ def check_sweeps() -> dict[str, float]:
         h, m, cols = gemm_path.reduce(grad, p, w, m1, colsum=True, act=1, bias=bias, config=config)
         errors[f"reduce-{i}"] = max(_relative(h, h_ref), _relative(m, m_ref),
                                     _relative(cols, g_pre.reshape(T, -1).sum(0)))
+    # k = 1 (every 81M layer): M is summed in its own accumulator (per tile with SUM_EACH), no GELU here
+    g1 = grad.double().view(T, m1, m2)
+    h1_ref, m1_ref = torch.einsum("tab,b->ta", g1, w1.double()[0]), torch.einsum("tab,ta->b", g1, p1.double())
+    for i, config in enumerate(gemm_path.SWEEP["reduce"]):
+        h, m, cols = gemm_path.reduce(grad, p1.contiguous(), w1, m1, colsum=True, config=config)
+        errors[f"reduce-k1-{i}"] = max(_relative(h, h1_ref), _relative(m[0], m1_ref),
+                                       _relative(cols, grad.double().sum(0)))
     return errors
 
 
@@ -412,7 +419,8 @@ def test_sweep_candidates_match_reference(interpreted: dict) -> None:
 
     row = interpreted.get("sweeps")
     _assert_within(row, TOLERANCE["float32"])
-    expected = len(v3.SWEEP["column"]) + len(v3.SWEEP["row"]) + 4 + sum(map(len, gemm_path.SWEEP.values()))
+    expected = (len(v3.SWEEP["column"]) + len(v3.SWEEP["row"]) + 4 + sum(map(len, gemm_path.SWEEP.values()))
+                + len(gemm_path.SWEEP["reduce"]))  # reduce: k = 2 with GELU, and k = 1
     assert len(row["errors"]) == expected
 
 

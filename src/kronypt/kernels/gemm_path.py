@@ -28,6 +28,7 @@ import triton.language as tl
 
 from kronypt.kernels.activation import gelu_backward, gelu_tanh_grad
 from kronypt.kernels.availability import INTERPRET, v2_supports
+from kronypt.kernels.overrides import overridden
 from kronypt.kernels.tiles import store_output, token_tile
 from kronypt.kernels.tuning import cdiv, launch, next_pow2, sm_count
 from kronypt.kernels.v3 import expand_store, v3_forward
@@ -38,6 +39,15 @@ def _cfg(bt: int, ba: int, warps: int, **flags: int) -> triton.Config:
     return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, **flags}, num_warps=warps, num_stages=1)
 
 
+def _rcfg(bt: int, ba: int, warps: int, load_2d: int = 1, sum_each: int = 0, stages: int = 1,
+          per_sm: int = 2) -> triton.Config:
+    """A `reduce` config: tile and warps, G read as 2-D rows (16-byte loads) or 3-D, token sums per tile
+    (`SUM_EACH`), `STAGES` > 1 software-pipelines the token loop's loads, and `PER_SM` programs per
+    multiprocessor (the grid; host side only)."""
+    return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "LOAD_2D": load_2d, "SUM_EACH": sum_each,
+                          "STAGES": stages, "PER_SM": per_sm}, num_warps=warps, num_stages=1)
+
+
 # (BLOCK_T, BLOCK_A, warps): a (BLOCK_T, BLOCK_A, m2) float32 tile per program; small under the interpreter
 # so that the test shapes span several programs along both axes. The fastest of `SWEEP` on an H100 (run 4,
 # 81M shape, 65536 tokens, bf16): expand 0.40 ms = 1.27 TB/s (the previous (32, 64)/8 warps: 0.84 ms),
@@ -45,10 +55,11 @@ def _cfg(bt: int, ba: int, warps: int, **flags: int) -> triton.Config:
 EXPAND = _cfg(16, 16, 8) if INTERPRET else _cfg(16, 128, 4)
 # A B with more than 8 rows: the (16, 128, m2) tile of 4 warps would hold 16·m2 floats per thread.
 EXPAND_WIDE = _cfg(16, 16, 8) if INTERPRET else _cfg(32, 64, 8)
-REDUCE = _cfg(16, 16, 8, LOAD_2D=0) if INTERPRET else _cfg(16, 64, 4, LOAD_2D=1)
+EXPAND_JOINED = _cfg(32, 128, 4)
+REDUCE = _rcfg(16, 16, 8, load_2d=0) if INTERPRET else _rcfg(16, 64, 4)
 # A B longer than 4 (m2 of a column, n2 of a row): the 4-warp tile spills more (sm_90, m2 = 16: 4.5 KB
 # of stack against 2.8 KB for the previous (32, 64)/8-warp tile, which stays for those shapes).
-REDUCE_WIDE = _cfg(16, 16, 8, LOAD_2D=0) if INTERPRET else _cfg(32, 64, 8, LOAD_2D=0)
+REDUCE_WIDE = _rcfg(16, 16, 8, load_2d=0) if INTERPRET else _rcfg(32, 64, 8, load_2d=0)
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. H100 run 2
 # timings imply ~0.6 TB/s for the expand pass and ~1.6 TB/s for reduce (docs/gpu-notes.md): these vary the
@@ -58,16 +69,32 @@ SWEEP = {
                _cfg(32, 64, 4)],
     # reduce: tiles without spills (sm_90: 181-205 registers; (64, 64) and (32, 128) spill), each with G
     # read as 3-D rows of m2 (8-byte loads) or, LOAD_2D, as 2-D rows (16-byte loads) reshaped in registers
-    "reduce": [REDUCE, _cfg(32, 64, 8, LOAD_2D=0), _cfg(16, 64, 4, LOAD_2D=0), _cfg(16, 128, 8, LOAD_2D=0),
-               _cfg(32, 64, 8, LOAD_2D=1), _cfg(16, 128, 8, LOAD_2D=1),
+    "reduce": [REDUCE, _rcfg(32, 64, 8, load_2d=0), _rcfg(16, 64, 4, load_2d=0), _rcfg(16, 128, 8, load_2d=0),
+               _rcfg(32, 64, 8), _rcfg(16, 128, 8),
                # around run 4's winner (16, 64)/4 warps/2-D, sm_90 builds without spills (120-186 registers;
                # (16, 64)/2 warps and (32, 64)/4 warps spill 168 B): smaller tiles, more blocks per SM
-               _cfg(16, 32, 4, LOAD_2D=1), _cfg(16, 32, 2, LOAD_2D=1), _cfg(8, 128, 4, LOAD_2D=1),
-               _cfg(32, 32, 4, LOAD_2D=1)],
+               _rcfg(16, 32, 4), _rcfg(16, 32, 2), _rcfg(8, 128, 4), _rcfg(32, 32, 4),
+               # session 7: the default ran 2 programs per SM of 185 registers (c_fc: GELU, M, column sums),
+               # so little was in flight. SUM_EACH (96 registers), more programs per SM, and STAGES (the
+               # loads as pipelined asynchronous copies); sm_90 builds, c_fc / c_proj registers:
+               _rcfg(16, 64, 4, sum_each=1, per_sm=4),            # 96 / 72
+               _rcfg(16, 64, 4, sum_each=1, per_sm=8),            # 96 / 72
+               _rcfg(16, 64, 4, stages=3),                        # 174 / 116, 26 KB shared
+               _rcfg(16, 64, 4, sum_each=1, stages=3, per_sm=3),  # 149 / 77
+               _rcfg(16, 64, 4, sum_each=1, stages=2, per_sm=3),  # 144 / -
+               _rcfg(32, 64, 4, sum_each=1, per_sm=3),            # 141 / 127
+               _rcfg(16, 128, 4, sum_each=1, per_sm=3),           # 139 / 127
+               _rcfg(32, 64, 8, sum_each=1, stages=3, per_sm=2)],  # 127 / 79, 53 KB shared
     # `expand_joined` (k = 1): 2-D tiles, 16-byte stores
-    "expand_joined": [_cfg(32, 128, 4), _cfg(64, 64, 4), _cfg(64, 128, 8), _cfg(128, 64, 8), _cfg(32, 256, 8),
+    "expand_joined": [EXPAND_JOINED, _cfg(64, 64, 4), _cfg(64, 128, 8), _cfg(128, 64, 8), _cfg(32, 256, 8),
                       _cfg(16, 128, 4)],
 }
+
+# Tiles tuned on the user's card (`kronypt.kernels.overrides`: $KRONYPT_KERNEL_CONFIGS, written by
+# `benchmarks/sweep.py --write-configs`) replace the defaults for the shapes they were timed on (m2 ≤ 4 /
+# ≤ 8); `SWEEP` keeps the built-in ones.
+_TUNED = overridden("gemm_path", {"expand": EXPAND, "expand_joined": EXPAND_JOINED, "reduce": REDUCE})
+EXPAND, EXPAND_JOINED, REDUCE = _TUNED["expand"], _TUNED["expand_joined"], _TUNED["reduce"]
 
 
 supports = v2_supports  # the shapes this module handles
@@ -113,7 +140,8 @@ def _reduce_kernel(
     G, P, BV, BIAS, H, MOUT, COLS, T, T_SLICE, stride_gt, stride_pt,
     M1: tl.constexpr, M2: tl.constexpr, M2P: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
     COLSUM: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WITH_M: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, LOAD_2D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, LOAD_2D: tl.constexpr, SUM_EACH: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     # H[t, i*M1 + a] = Σ_b G[t, a*M2 + b] BV[i, b];  MOUT[i, b] += Σ_{t,a} G[t, a*M2 + b] P[t, i*M1 + a];
     # COLS[a*M2 + b] += Σ_t G[t, a*M2 + b]. Program = (A-row block, token slice). ACT: G is the gradient
@@ -131,10 +159,13 @@ def _reduce_kernel(
         bias = tl.load(BIAS + g_cols, mask=mask_g, other=0.0).to(tl.float32)
     t_start = tl.program_id(1) * T_SLICE
     t_end = tl.minimum(T, t_start + T_SLICE)
-    cols = tl.zeros((BLOCK_T, BLOCK_A, M2P), dtype=tl.float32)
-    m_one = tl.zeros((BLOCK_T, BLOCK_A, M2P), dtype=tl.float32)  # K = 1: reduced once, at the end
+    # SUM_EACH: the column sums and K = 1's M are summed over each tile's tokens as it goes (two small
+    # accumulators instead of two (BLOCK_T, BLOCK_A, M2P) ones: fewer registers, more blocks per SM)
+    ACC_T: tl.constexpr = 1 if SUM_EACH else BLOCK_T
+    cols = tl.zeros((ACC_T, BLOCK_A, M2P), dtype=tl.float32)
+    m_one = tl.zeros((ACC_T, BLOCK_A, M2P), dtype=tl.float32)  # K = 1: reduced once, at the end
     m_all = tl.zeros((KP, M2P), dtype=tl.float32)  # K > 1: reduced per tile
-    for t0 in range(t_start, t_end, BLOCK_T):
+    for t0 in tl.range(t_start, t_end, BLOCK_T, num_stages=STAGES):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         mask_t = offs_t < t_end
         rows = offs_t.to(tl.int64)
@@ -156,7 +187,10 @@ def _reduce_kernel(
                 pre += p[:, :, None] * bv[None, None, :]
             g3 = gelu_tanh_grad(g3, pre + bias[None, :, :])
         if COLSUM:
-            cols += g3
+            if SUM_EACH:
+                cols += tl.sum(g3, axis=0, keep_dims=True)
+            else:
+                cols += g3
         for i in range(K):
             bv = tl.load(BV + i * M2 + offs_b, mask=offs_b < M2, other=0.0)
             h = tl.sum(g3 * bv[None, None, :], axis=2)
@@ -165,7 +199,10 @@ def _reduce_kernel(
             if WITH_M:
                 p = tl.load(P + p_ptrs, mask=mask_p, other=0.0).to(tl.float32)
                 if K == 1:
-                    m_one += g3 * p[:, :, None]
+                    if SUM_EACH:
+                        m_one += tl.sum(g3 * p[:, :, None], axis=0, keep_dims=True)
+                    else:
+                        m_one += g3 * p[:, :, None]
                 else:
                     part = tl.sum(tl.sum(g3 * p[:, :, None], axis=0), axis=0)
                     m_all += tl.where((offs_k == i)[:, None], part[None, :], 0.0)
@@ -206,7 +243,7 @@ def expand_joined(p: torch.Tensor, w: torch.Tensor, m1: int, bias: torch.Tensor 
     k, m2 = w.shape
     if k != 1 or m2 not in (1, 2, 4):
         raise ValueError(f"expand_joined takes k = 1 and m2 in (1, 2, 4), got k = {k}, m2 = {m2}")
-    config = config or SWEEP["expand_joined"][0]
+    config = config or EXPAND_JOINED
     y = torch.empty(T, m1 * m2, device=p.device, dtype=p.dtype)
     args = dict(P=p, W=w, BIAS=bias if bias is not None else y, Y=y, T=T, stride_pt=p.stride(0),
                 stride_yt=y.stride(0), M1=m1, M2=m2, HAS_BIAS=bias is not None, ACT=act)
@@ -224,12 +261,13 @@ def reduce(g: torch.Tensor, p: torch.Tensor | None, bv: torch.Tensor, m1: int, c
     T = g.shape[0]
     k, m2 = bv.shape
     config = config or (REDUCE if m2 <= 4 else REDUCE_WIDE)
+    per_sm, config = _kernel_config(config)
     h = torch.empty(T, k * m1, device=g.device, dtype=g.dtype)
     m = torch.zeros(k, m2, device=g.device, dtype=torch.float32)
     cols = torch.zeros(m1 * m2, device=g.device, dtype=torch.float32) if colsum else m
     bt, ba = config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"]
     a_blocks = cdiv(m1, ba)
-    slices = max(1, min(cdiv(2 * sm_count(g.device), a_blocks), cdiv(T, bt)))
+    slices = max(1, min(cdiv(per_sm * sm_count(g.device), a_blocks), cdiv(T, bt)))
     t_slice = cdiv(cdiv(T, slices), bt) * bt
     args = dict(G=g, P=p if p is not None else h, BV=bv, BIAS=bias if bias is not None else bv, H=h, MOUT=m,
                 COLS=cols, T=T, T_SLICE=t_slice, stride_gt=g.stride(0), stride_pt=h.stride(0), M1=m1, M2=m2,
@@ -238,6 +276,20 @@ def reduce(g: torch.Tensor, p: torch.Tensor | None, bv: torch.Tensor, m1: int, c
     grid = (a_blocks, cdiv(T, t_slice))
     launch(_reduce_kernel, [], lambda meta: grid, args, config=config)
     return h, m, (cols if colsum else None)
+
+
+_KERNEL_CONFIGS: dict[int, tuple[int, triton.Config, triton.Config]] = {}
+
+
+def _kernel_config(config: triton.Config) -> tuple[int, triton.Config]:
+    """(programs per SM, `config` without that host-side key), once per config object (host time)."""
+    if id(config) not in _KERNEL_CONFIGS:
+        kwargs = {"SUM_EACH": 0, "STAGES": 1, **config.kwargs}
+        per_sm = kwargs.pop("PER_SM", 2)
+        _KERNEL_CONFIGS[id(config)] = (per_sm, triton.Config(kwargs, num_warps=config.num_warps,
+                                                             num_stages=config.num_stages), config)
+    per_sm, kernel_config, _ = _KERNEL_CONFIGS[id(config)]  # the config is kept so its id stays its own
+    return per_sm, kernel_config
 
 
 def _scaled(v: torch.Tensor, scalars: torch.Tensor | None) -> torch.Tensor:

@@ -21,8 +21,11 @@ x and A are read from memory once (the other A-row blocks of a token tile re-rea
 once. A config with TMA=1 (sweep candidates, not yet a default) moves the same tiles with Hopper's tensor
 memory accelerator: x, A_0, y and the kept tensor as tensor descriptors, bulk asynchronous loads into the
 pipeline's shared-memory stages and bulk stores of each epilogue slice, with no per-thread addresses or
-masks (`_v3_tile_tma`); shapes it cannot move (`tma_fits`) run the same tiles with per-thread copies. The backward is version 2's (`gemm_path.gemm_backward`). Fixed block sizes, no autotuner in the
-launch path (as version 2), so nothing is tuned at the first call and the kernel is graph-capturable.
+masks (`_v3_tile_tma`); shapes it cannot move (`tma_fits`) run the same tiles with per-thread copies.
+
+The backward is version 2's (`gemm_path.gemm_backward`). Fixed block sizes (`CONFIGS`, or a file of tiles
+tuned on the user's card, `kronypt.kernels.overrides`), no autotuner in the launch path (as version 2), so
+nothing is tuned at the first call and the kernel is graph-capturable.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import triton.language as tl
 
 from kronypt.kernels.activation import gelu_tanh
 from kronypt.kernels.availability import INTERPRET, v3_supports
+from kronypt.kernels.overrides import overridden
 from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
 from kronypt.kernels.tuning import cdiv, dot_flags, launch, next_pow2, shared_limit, sm_count
 
@@ -93,6 +97,10 @@ SWEEP = {
     ],
 }
 
+
+# Tiles tuned on the user's card (`kronypt.kernels.overrides`: $KRONYPT_KERNEL_CONFIGS, written by
+# `benchmarks/sweep.py --write-configs`) replace the defaults; `SWEEP` keeps the built-in ones.
+CONFIGS = overridden("v3", CONFIGS)
 
 _FITTED: dict[tuple, triton.Config] = {}
 
