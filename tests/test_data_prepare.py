@@ -278,3 +278,22 @@ def test_a_relative_tokenizer_folder_is_recorded_absolute(tmp_path: Path, monkey
     meta = prepare_tokens(resolve_inputs([str(SHAKESPEARE)]), tmp_path / "out", tokenizer=TOKENIZER_DIR.name,
                           val_fraction=0, progress=False)
     assert Path(meta["tokenizer"]["folder"]) == TOKENIZER_DIR.resolve()
+
+
+def test_hf_dataset_hub_failures_and_missing_text_column_are_one_line_errors(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreachable(path, name=None, *, split=None):
+        raise ConnectionError("Couldn't reach 'someone/corpus' on the Hub (LocalEntryNotFoundError)\nmore detail")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=unreachable))
+    with pytest.raises(KronyptError) as caught:
+        prepare_tokens([HFDatasetSource.parse("someone/corpus:en")], tmp_path / "out", tokenizer=str(TOKENIZER_DIR),
+                       progress=False)
+    assert str(caught.value) == ("cannot load Hugging Face dataset 'someone/corpus': Couldn't reach "
+                                 "'someone/corpus' on the Hub (LocalEntryNotFoundError)")
+    untitled = FakeDataset(["x"])
+    untitled.column_names = ["content"]
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: untitled))
+    with pytest.raises(KronyptError, match="dataset 'someone/corpus' has no 'text' column; its columns: content"):
+        HFDatasetSource.parse("someone/corpus").describe()
+    assert not (tmp_path / "out").exists()

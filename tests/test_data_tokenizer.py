@@ -123,3 +123,24 @@ def test_bad_tokenizer_sources(tmp_path: Path) -> None:
         load_encoding(str(tmp_path))
     with pytest.raises(KronyptError, match="tiktoken encoding"):
         load_encoding("not-a-tokenizer")
+
+
+def test_a_tiktoken_download_failure_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tiktoken name (not a folder) downloads its files on first use; offline that fails in one line.
+    asked = []
+
+    def unreachable(name: str) -> tiktoken.Encoding:
+        asked.append(name)
+        raise ConnectionError("HTTPSConnectionPool(host='openaipublic.blob.core.windows.net')\nretries exceeded")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", unreachable)
+    load_encoding.cache_clear()  # a cached encoding would skip the download
+    try:
+        with pytest.raises(KronyptError) as caught:
+            load_encoding("gpt2")
+    finally:
+        load_encoding.cache_clear()
+    assert asked == ["gpt2"]
+    assert str(caught.value) == ("cannot load tiktoken encoding 'gpt2' (it downloads its files once: "
+                                 "HTTPSConnectionPool(host='openaipublic.blob.core.windows.net')); "
+                                 "offline, pass --tokenizer DIR with encoder.json+vocab.bpe")

@@ -11,6 +11,7 @@ from conftest import SHARED_DATA, requires_shared
 
 from kronypt.data.tokenizer import load_encoding
 from kronypt.errors import KronyptError
+from kronypt.eval import corpora
 from kronypt.eval.corpora import HUB_SOURCES, LOCAL_FILES, load_texts, wikitext_pages, wikitext_rows
 from kronypt.eval.detokenize import wikitext_detokenize
 
@@ -110,3 +111,46 @@ def test_hub_source_of_every_local_file(monkeypatch, key):
     if key[0].startswith("wikitext"):
         assert config.startswith("wikitext-" + key[0].removeprefix("wikitext") + "-")
         assert ("raw" in config) == (key[2] != "tokens")
+
+
+def _fake_datasets(monkeypatch, load_dataset) -> None:
+    """`datasets` replaced by a module whose `load_dataset` is the given function (the real one takes
+    `split` by keyword: its third positional parameter is `data_dir`)."""
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    (("wikitext2", "validation", "tokens"), ("Salesforce/wikitext", "wikitext-2-v1", "validation", "text")),
+    (("wikitext103", "test", "raw"), ("Salesforce/wikitext", "wikitext-103-raw-v1", "test", "text")),
+    (("wikitext2", "test", "pages"), ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test", "page")),
+    (("lambada", "validation", "passages"), ("cimec/lambada", None, "validation", "text")),
+    (("lambada", "test", "openai"), ("EleutherAI/lambada_openai", "default", "test", "text")),
+])
+def test_hub_is_asked_for_the_right_dataset_config_split_and_column(monkeypatch, key, expected):
+    calls = []
+
+    def load_dataset(path, name=None, *, split=None):
+        calls.append((path, name, split))
+        return {"text": ["a text row\n", ""], "page": [" = A page = \n"], "title": ["not this"]}
+
+    _fake_datasets(monkeypatch, load_dataset)
+    rows = load_texts(*key)
+    assert calls == [expected[:3]]
+    assert rows == ([" = A page = \n"] if expected[3] == "page" else ["a text row\n", ""])
+
+
+@pytest.mark.parametrize("error", [
+    ConnectionError("Couldn't reach 'Salesforce/wikitext' on the Hub (LocalEntryNotFoundError)\nretry later"),
+    FileNotFoundError("Dataset 'Salesforce/wikitext' doesn't exist on the Hub or cannot be accessed.\nmore"),
+    ValueError("BuilderConfig 'wikitext-2-v1' not found.\nAvailable: [...]"),
+])
+def test_hub_failures_are_one_line_errors_that_point_to_local_files(monkeypatch, error):
+    def load_dataset(path, name=None, *, split=None):
+        raise error
+
+    _fake_datasets(monkeypatch, load_dataset)
+    with pytest.raises(KronyptError) as caught:
+        load_texts("wikitext2", "validation", "tokens")
+    first = str(error).splitlines()[0]
+    assert str(caught.value) == (f"cannot load Salesforce/wikitext (wikitext-2-v1, validation) from the hub: "
+                                 f"{first}; {corpora.LOCAL_HINT}")

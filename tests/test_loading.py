@@ -120,3 +120,146 @@ def test_truncated_weights_are_a_one_line_error(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(KronyptError, match="truncated or corrupt"):
         load_model(str(tmp_path))
+
+
+# The hub, faked: the hub-facing `from_pretrained` calls run with their real arguments, offline.
+
+HUB_REPO = "someone/tiny-gpt2"
+HUB_DOWN = "We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your internet connection."
+
+
+class FakeHub:
+    """What the patched hub was asked for, as (kind, name, kwargs), and the tokenizer it serves."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+        self.tokenizer: object = object()  # a stand-in: load_tokenizer must return the hub's object as it is
+
+    def names(self) -> list[tuple[str, str]]:
+        return [(kind, name) for kind, name, _ in self.calls]
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch) -> FakeHub:
+    """Patch AutoConfig / AutoModelForCausalLM / AutoTokenizer.from_pretrained: a local folder loads as usual,
+    HUB_REPO loads a tiny GPT-2 saved elsewhere, any other name fails as an unreachable hub does (a multi-line
+    OSError). The current folder is an empty one."""
+    import transformers
+
+    from tests.conftest import tiny_model
+
+    repo = tmp_path / "hub-cache"
+    tiny_model().save_pretrained(repo)
+    hub = FakeHub()
+
+    def fake(kind, real):
+        def from_pretrained(name, **kwargs):
+            if isinstance(name, Path) or Path(name).is_dir():  # a local folder, not the hub
+                return real(name, **kwargs)
+            hub.calls.append((kind, name, kwargs))
+            if name != HUB_REPO:
+                raise OSError(HUB_DOWN)
+            return hub.tokenizer if kind == "tokenizer" else real(repo, **kwargs)
+        return from_pretrained
+
+    for kind, cls in (("config", transformers.AutoConfig), ("model", transformers.AutoModelForCausalLM),
+                      ("tokenizer", transformers.AutoTokenizer)):
+        monkeypatch.setattr(cls, "from_pretrained", fake(kind, cls.from_pretrained))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return hub
+
+
+def test_hub_ids_are_passed_to_the_hub_with_their_arguments(fake_hub):
+    import torch
+
+    config = load_config(HUB_REPO)
+    assert config.n_layer == 2 and fake_hub.calls[-1] == ("config", HUB_REPO, {})
+    model = load_model(HUB_REPO, dtype="bfloat16", device="cpu")
+    assert fake_hub.calls[-1] == ("model", HUB_REPO, {"dtype": torch.bfloat16})  # the repo id as a str
+    assert next(model.parameters()).dtype == torch.bfloat16 and not model.training
+    load_model(HUB_REPO)
+    assert fake_hub.calls[-1] == ("model", HUB_REPO, {"dtype": torch.float32})  # float32 unless asked otherwise
+    assert load_tokenizer(HUB_REPO) is fake_hub.tokenizer and fake_hub.calls[-1] == ("tokenizer", HUB_REPO, {})
+    calls = len(fake_hub.calls)
+    assert load_config("openai-community/gpt2-medium").n_layer == 24  # the offline table, not the hub
+    assert len(fake_hub.calls) == calls
+
+
+@pytest.mark.parametrize("load", [load_config, load_model, load_tokenizer])
+def test_hub_failures_are_one_line_errors(fake_hub, load):
+    with pytest.raises(KronyptError) as caught:
+        load("someone/missing")
+    message = str(caught.value)
+    assert "'someone/missing'" in message and "We couldn't connect to 'https://huggingface.co'" in message
+    assert "\n" not in message and "Check your internet" not in message  # the hub's first line only
+    assert [name for _, name in fake_hub.names()] == ["someone/missing"]  # asked once, with the id as given
+
+
+def test_unreadable_hub_configs_and_other_architectures_are_one_line_errors(fake_hub, monkeypatch):
+    from transformers import AutoConfig, BertConfig
+
+    def unknown_type(name, **kwargs):
+        raise ValueError("The checkpoint you are trying to load has model type `newthing`\nbut Transformers ...")
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda name, **kwargs: BertConfig())
+    with pytest.raises(KronyptError, match="someone/bert is a bert model; kronypt compresses GPT-2-family"):
+        load_config("someone/bert")
+    assert load_config("someone/bert", gpt2_only=False).model_type == "bert"
+    monkeypatch.setattr(AutoConfig, "from_pretrained", unknown_type)
+    with pytest.raises(KronyptError, match=r"^cannot load config 'someone/new'.*model type `newthing`$"):
+        load_config("someone/new")
+
+
+def test_owner_slash_name_under_a_local_folder_of_that_name(fake_hub):
+    # runs/ exists here, runs/typo does not: a mistyped folder, not a hub id. It fails at once (no hub
+    # retries) and says how to reach the hub; `hf://` does, for config, model and tokenizer.
+    Path("runs").mkdir()
+    hint = r"runs/typo does not exist \(not tried as a hub id because runs/ is a local folder; write hf://runs/typo"
+    for load, kind in ((load_config, "model folder"), (load_model, "model folder"),
+                       (load_tokenizer, "tokenizer folder")):
+        with pytest.raises(FileNotFoundError, match=rf"^{kind} {hint} to load it from the hub\)$"):
+            load("runs/typo")
+    assert fake_hub.calls == []
+    for load in (load_config, load_model, load_tokenizer):
+        with pytest.raises(KronyptError, match="cannot load .* 'hf://runs/typo'"):
+            load("hf://runs/typo")
+    assert fake_hub.names() == [("config", "runs/typo"), ("model", "runs/typo"), ("tokenizer", "runs/typo")]
+    # A repo whose owner is the name of a local folder still loads from the hub with the prefix.
+    Path("someone").mkdir()
+    with pytest.raises(FileNotFoundError, match="write hf://someone/tiny-gpt2"):
+        load_model(HUB_REPO)
+    assert load_model("hf://" + HUB_REPO).config.n_layer == 2 and fake_hub.calls[-1][1] == HUB_REPO
+
+
+def test_an_existing_owner_slash_name_folder_is_local(fake_hub):
+    from tests.conftest import tiny_model
+
+    tiny_model(n_layer=1).save_pretrained(Path("someone") / "tiny-gpt2")  # shadows the hub repo of that name
+    assert load_model(HUB_REPO).config.n_layer == 1 and load_config(HUB_REPO).n_layer == 1
+    assert fake_hub.calls == []  # a path that exists is local
+
+
+def test_cli_reports_hub_and_shadowed_names_in_one_line(fake_hub, capsys):
+    from tests.test_cli import assert_one_line_error, run
+
+    code, out, err = run(capsys, "info", HUB_REPO, "--json")
+    assert code == 0 and '"model": "someone/tiny-gpt2"' in out, err
+    code, _, err = run(capsys, "info", "someone/missing")
+    assert_one_line_error(code, err, "cannot load model 'someone/missing': We couldn't connect to")
+    Path("runs").mkdir()
+    code, _, err = run(capsys, "plan", "runs/typo")
+    assert_one_line_error(code, err, "not tried as a hub id because runs/ is a local folder; write hf://runs/typo")
+
+
+@requires_shared
+def test_compress_from_the_hub_saves_the_hubs_tokenizer(fake_hub, capsys):
+    from tests.test_cli import run
+
+    fake_hub.tokenizer = load_tokenizer(str(TOKENIZER_DIR))
+    code, _, err = run(capsys, "compress", HUB_REPO, "--a-shape", "64x16", "--out", "small", "--json")
+    assert code == 0, err
+    assert fake_hub.names() == [("config", HUB_REPO), ("model", HUB_REPO), ("tokenizer", HUB_REPO)]
+    assert load_model("small").config.model_type == "kronygpt2"
+    assert load_tokenizer("small")("Hello world").input_ids == [15496, 995]  # the hub's tokenizer, saved

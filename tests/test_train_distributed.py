@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared, tiny_model
 from safetensors.torch import load_file
 from test_train_support import cli_args, dense_settings, scratch_settings, subprocess_env
 
 from kronypt.models import load_model
 from kronypt.nn import KroneckerLinear
-from kronypt.train import TrainConfig, parallel, train
+from kronypt.train import TrainConfig, distributed, parallel, train
 from kronypt.train.checkpoint import list_checkpoints, load_state
 from kronypt.train.metrics import read_metrics
+from kronypt.train.wikitext import WikiTextValidation
 
 
 def _kronecker_settings(tmp_path: Path, **overrides) -> dict:
@@ -225,3 +227,65 @@ def test_bf16_fsdp_gathers_bf16_weights_keeps_float32_shards_and_trains_like_one
         assert mine.keys() == ref.keys()
         for key in {"loss", "val_loss"} & ref.keys():
             assert mine[key] == pytest.approx(ref[key], rel=2e-2), (key, mine, ref)
+
+
+WIKITEXT_FROM_RANK_0 = """
+import json, sys
+from pathlib import Path
+from conftest import TOKENIZER_DIR, tiny_model
+import kronypt.eval.corpora as corpora
+import kronypt.train.wikitext as wikitext
+from kronypt.errors import KronyptError
+from kronypt.eval.protocols import KronyPT
+from kronypt.train import distributed
+
+tmp = Path(sys.argv[1])
+env, _ = distributed.setup("cpu")
+counts = {"read": 0, "tokenizer": 0, "tokenise": 0}
+
+def counted(name, fn):
+    def call(*args, **kwargs):
+        counts[name] += 1
+        return fn(*args, **kwargs)
+    return call
+
+corpora._read_local = counted("read", corpora._read_local)
+wikitext.load_tokenizer = counted("tokenizer", wikitext.load_tokenizer)
+KronyPT.plan = counted("tokenise", KronyPT.plan)
+validation = wikitext.WikiTextValidation(str(tmp / "data"), {"tokenizer": {"folder": str(TOKENIZER_DIR)}},
+                                         seq_len=32, batch_size=4, max_tokens=300)
+ppl = validation(tiny_model(), env.rank, env.world_size)
+
+def fail():
+    raise KronyptError("cannot load WikiText on rank 0")
+
+try:  # rank 0's error is raised on every rank (the others' function is never called)
+    distributed.from_main_rank(fail if env.rank == 0 else lambda: 1 / 0)
+    error = None
+except KronyptError as exc:
+    error = str(exc)
+report = {"counts": counts, "ids": validation.plan.sequences[0].tolist(), "requests": len(validation.plan.requests),
+          "ppl": ppl, "error": error}
+(tmp / f"wikitext-{env.rank}.json").write_text(json.dumps(report))
+distributed.teardown()
+"""
+
+
+@requires_shared
+def test_only_rank_0_reads_and_tokenises_wikitext_and_every_rank_gets_its_ids(tmp_path: Path) -> None:
+    data = tmp_path / "data" / "wikitext-2"  # the first 60 rows of the validation split: quicker to tokenise
+    data.mkdir(parents=True)
+    rows = (SHARED_DATA / "wikitext-2" / "wiki.valid.tokens").read_text(encoding="utf-8").split("\n")[:60]
+    (data / "wiki.valid.tokens").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    _torchrun_script(tmp_path, "wikitext.py", WIKITEXT_FROM_RANK_0)
+    reports = [json.loads((tmp_path / f"wikitext-{rank}.json").read_text()) for rank in (0, 1)]
+    assert reports[0]["counts"] == {"read": 1, "tokenizer": 1, "tokenise": 1}
+    assert reports[1]["counts"] == {"read": 0, "tokenizer": 0, "tokenise": 0}
+    meta = {"tokenizer": {"folder": str(TOKENIZER_DIR)}}
+    single = WikiTextValidation(str(tmp_path / "data"), meta, seq_len=32, batch_size=4, max_tokens=300)
+    ids = single.plan.sequences[0].tolist()
+    assert len(ids) == 300 and distributed.from_main_rank(lambda: "no group") == "no group"
+    assert reports[0]["ids"] == reports[1]["ids"] == ids
+    assert reports[0]["requests"] == reports[1]["requests"] == len(single.plan.requests)
+    assert reports[0]["ppl"] == reports[1]["ppl"] == pytest.approx(single(tiny_model()), rel=1e-5)
+    assert [r["error"] for r in reports] == ["cannot load WikiText on rank 0"] * 2

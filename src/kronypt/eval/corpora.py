@@ -144,12 +144,16 @@ def _read_local(key: tuple[str, str, str], data_dir: Path) -> list[str]:
     return [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
 
 
+# How to read the local files instead, for both callers: `kronypt eval` and training's WikiText check.
+LOCAL_HINT = "read local files instead (kronypt eval --data-dir DIR; kronypt train --eval-wikitext DIR)"
+
+
 def _datasets_module():
     try:
         import datasets
     except ModuleNotFoundError:
         raise KronyptError("reading evaluation data from the hub needs the `datasets` package: "
-                           "pip install 'kronypt[data]', or pass --data-dir with local files") from None
+                           f"pip install 'kronypt[data]', or {LOCAL_HINT}") from None
     return datasets
 
 
@@ -161,4 +165,4 @@ def _read_hub(key: tuple[str, str, str]) -> list[str]:
     except (OSError, ConnectionError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KronyptError(f"cannot load {name} ({config}, {split}) from the hub: {first}; "
-                           "pass --data-dir to read local files") from None
+                           f"{LOCAL_HINT}") from None

@@ -55,15 +55,44 @@ def check_device(name: str) -> torch.device:
 
 
 _HUB_ID = re.compile(r"[\w][\w.-]*(/[\w][\w.-]*)?", re.ASCII)
+HUB_PREFIX = "hf://"  # `hf://owner/name`: a hub id, even where a local folder `owner/` exists
+
+
+def hub_id(name: str) -> str:
+    """The repo id to ask the hub for: `name` without the `hf://` that forces the hub."""
+    return name.removeprefix(HUB_PREFIX)
 
 
 def _is_local(name: str) -> bool:
     """A local path rather than a hub id ('gpt2', 'openai-community/gpt2'): it exists, starts like a path,
     cannot be a hub id (two or more slashes, other characters), or its first part is a local folder
-    ('runs/typo' where runs/ exists). Deciding here saves a mistyped path the hub's ~25 s of retries."""
+    ('runs/typo' where runs/ exists). Deciding here saves a mistyped path the hub's ~25 s of retries;
+    `hf://owner/name` is always a hub id, for a repo whose owner is also the name of a folder here."""
+    if name.startswith(HUB_PREFIX):
+        return False
     if Path(name).exists() or name.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name):
         return True
-    return "/" in name and Path(name.split("/")[0]).is_dir()
+    return _shadowing_folder(name) is not None
+
+
+def _shadowing_folder(name: str) -> str | None:
+    """The local folder `owner` when the hub-id-shaped `owner/name` is taken as a local path only because
+    that folder exists (and `owner/name` does not); None otherwise."""
+    owner, slash, _ = name.partition("/")
+    if not slash or Path(name).exists() or not _HUB_ID.fullmatch(name) or not Path(owner).is_dir():
+        return None
+    return owner
+
+
+def _missing(kind: str, name: str) -> FileNotFoundError:
+    """The error for a local path that does not exist; for `owner/name` it says why the hub was not asked
+    and how to ask it (the name may be a mistyped folder under `owner/` or a repo of the hub's `owner`)."""
+    path = Path(name).expanduser()
+    owner = _shadowing_folder(name)
+    if owner is None:
+        return FileNotFoundError(f"{kind} {path} does not exist")
+    return FileNotFoundError(f"{kind} {path} does not exist (not tried as a hub id because {owner}/ is a local "
+                             f"folder; write {HUB_PREFIX}{name} to load it from the hub)")
 
 
 def local_model_dir(name_or_path: str) -> Path | None:
@@ -75,7 +104,7 @@ def local_model_dir(name_or_path: str) -> Path | None:
     if path.is_file():
         raise KronyptError(f"{name_or_path} is a file, not a model folder")
     if not path.is_dir():
-        raise FileNotFoundError(f"model folder {path} does not exist")
+        raise _missing("model folder", name_or_path)
     if not (path / "config.json").is_file():
         raise KronyptError(f"{path} is not a model folder: it has no config.json")
     return path
@@ -93,11 +122,11 @@ def load_config(name_or_path: str, gpt2_only: bool = True) -> PretrainedConfig:
         except (OSError, ValueError) as exc:  # unreadable JSON, unknown model_type
             raise KronyptError(f"cannot read {path / 'config.json'}: {_first_line(exc)}") from None
     else:
-        config = family_config(name_or_path)
+        config = family_config(hub_id(name_or_path))
         if config is None:
             try:
-                config = AutoConfig.from_pretrained(name_or_path)
-            except OSError as exc:
+                config = AutoConfig.from_pretrained(hub_id(name_or_path))
+            except (OSError, ValueError) as exc:  # unreachable or unknown repo, unknown model_type
                 raise KronyptError(f"cannot load config {name_or_path!r}: not a local folder, and the hub said: "
                                    f"{_first_line(exc)}") from None
     if gpt2_only:
@@ -118,7 +147,7 @@ def load_model(
     import kronypt.models.modeling  # noqa: F401
 
     torch_dtype = parse_dtype(dtype)
-    source: str | Path = local_model_dir(name_or_path) or name_or_path
+    source: str | Path = local_model_dir(name_or_path) or hub_id(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype or torch.float32)
     except (OSError, ValueError) as exc:
@@ -136,25 +165,30 @@ def load_model(
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A GPT-2 BPE tokenizer from a hub id, a saved tokenizer folder, or a folder holding
     `vocab.json`+`merges.txt` or OpenAI's `encoder.json`+`vocab.bpe`."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        for vocab_name, merges_name in FILE_PAIRS:
-            if (path / vocab_name).is_file() and (path / merges_name).is_file():
-                return _bpe_from_files(path / vocab_name, path / merges_name)
-        if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(path)
-        raise KronyptError(f"no tokenizer in {path}: expected vocab.json+merges.txt, encoder.json+vocab.bpe "
-                           "or tokenizer.json")
     if _is_local(name_or_path):
-        raise FileNotFoundError(f"tokenizer folder {name_or_path} does not exist")
+        return _local_tokenizer(name_or_path)
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as exc:
+        return AutoTokenizer.from_pretrained(hub_id(name_or_path))
+    except (OSError, ValueError) as exc:  # unreachable or unknown repo, no tokenizer class for it
         raise KronyptError(f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}") from None
+
+
+def _local_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local folder (a BPE file pair first, else Hugging Face's layout)."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise _missing("tokenizer folder", name)
+    for vocab_name, merges_name in FILE_PAIRS:
+        if (path / vocab_name).is_file() and (path / merges_name).is_file():
+            return _bpe_from_files(path / vocab_name, path / merges_name)
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    raise KronyptError(f"no tokenizer in {path}: expected vocab.json+merges.txt, encoder.json+vocab.bpe "
+                       "or tokenizer.json")
 
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.json",

@@ -7,13 +7,18 @@ CPU, one GPU and many GPUs or nodes. The backend is NCCL on CUDA and Gloo on CPU
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from kronypt.errors import KronyptError
 from kronypt.models.loading import check_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,37 @@ def gather_objects(obj: Any) -> list[Any]:
     result: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(result, obj)
     return result
+
+
+def from_main_rank(make: Callable[[], T]) -> T:
+    """`make()` computed on rank 0 only and sent (pickled) to every rank; plain `make()` without a process
+    group. Every rank must call it. What only needs doing once (reading and tokenising a corpus, which may
+    download it) then happens once, and every rank holds the very same result. An error on rank 0 is
+    raised on every rank, so no rank waits for a result that never comes."""
+    if not dist.is_initialized():
+        return make()
+    payload: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [(make(), None)]
+        except Exception as exc:
+            dist.broadcast_object_list([(None, _sendable(exc))], src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    result, error = payload[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def _sendable(exc: Exception) -> Exception:
+    """`exc` if it survives pickling (KronyptError, OSError, ...), else a KronyptError with its first line."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001  (any exception type may refuse to pickle)
+        text = str(exc).strip()
+        return KronyptError(f"on rank 0: {text.splitlines()[0] if text else type(exc).__name__}")
+    return exc
 
 
 def barrier() -> None:

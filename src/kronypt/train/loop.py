@@ -176,7 +176,7 @@ class Trainer:
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=env.is_main)
         self.teacher = load_teacher(config.distill.teacher, model, device) if config.distill.teacher else None
         wikitext = config.eval.eval_wikitext
-        self.wikitext = _wikitext_validation(config, meta, env) if wikitext else None
+        self.wikitext = _wikitext_validation(config, meta) if wikitext else None
         if args.compile:
             model.compile(mode=args.compile_mode)
         self.model = parallel.wrap(model, args.parallel, env.enabled, device)
@@ -428,15 +428,11 @@ def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrain
     return model
 
 
-def _wikitext_validation(config: TrainConfig, meta: dict[str, Any], env: distributed.DistEnv) -> WikiTextValidation:
-    """Rank 0 reads and tokenises WikiText first (a hub download happens once), then the other ranks."""
-    def build() -> WikiTextValidation:
-        return WikiTextValidation(config.eval.eval_wikitext, meta, config.train.seq_len,
-                                  config.train.micro_batch_size, config.eval.eval_wikitext_tokens)
-
-    validation = build() if env.is_main else None
-    distributed.barrier()
-    return validation if validation is not None else build()
+def _wikitext_validation(config: TrainConfig, meta: dict[str, Any]) -> WikiTextValidation:
+    """The WikiText-2 validation of every rank (a collective: rank 0 reads and tokenises WikiText, once, and
+    sends the token ids to the other ranks)."""
+    return WikiTextValidation(config.eval.eval_wikitext, meta, config.train.seq_len,
+                              config.train.micro_batch_size, config.eval.eval_wikitext_tokens)
 
 
 def _tokenizer_dir(config: TrainConfig, meta: dict[str, Any]) -> Path | None:
