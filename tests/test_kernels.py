@@ -102,6 +102,11 @@ CASES = [
     Case(24, 40, 2, 1, 1, 19, "float32", True, False, False, impl="v3"),
     Case(24, 40, 4, 1, 1, 1, "bfloat16", True, True, True, impl="v3"),
     Case(40, 24, 1, 3, 1, 9, "bfloat16", True, False, True, impl="v3"),
+    # a one-column B with m2 = 3 (86M's c_fc: the gathered epilogue) and 4 < m2 ≤ 8 (the padded one)
+    Case(24, 40, 3, 1, 1, 33, "float32", True, True, True, impl="v3"),
+    Case(24, 40, 3, 1, 1, 19, "bfloat16", False, True, True),
+    Case(16, 40, 8, 1, 1, 17, "float32", True, True, False, impl="v3"),
+    Case(16, 40, 6, 1, 1, 21, "bfloat16", True, False, True, impl="v3"),
     # c_proj's grad_x on version 3 (factors Aᵀ, Bᵀ): scalars and bias, n2 = 4 and 2, above 16 tokens
     Case(40, 24, 1, 4, 1, 33, "bfloat16", True, True, False, impl="v3"),
     Case(40, 24, 1, 2, 1, 21, "float32", True, True, True, impl="v3"),
@@ -532,6 +537,20 @@ def test_v3_compiles_for_hopper_with_large_tiles_and_no_spills() -> None:
             assert ops.get("LDGSTS.E.BYPASS.128", 0) > 0, row
             assert not any(n.startswith("LDGSTS.E.64") for n in ops), row
             assert ops.get("STG.E.128", 0) > 0 and not any(n.startswith("STG.E.U16") for n in ops), row
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+def test_v3_86m_c_fc_compiles_with_whole_stores_and_no_spills() -> None:
+    """86M's c_fc (B 3 x 1): the three copies are gathered into contiguous columns, so the epilogue still
+    stores 16 bytes at a time (a padded (.., .., 4) tile would store 2 bytes at a time), without spills."""
+    try:
+        rows = _v3_hopper_reports(kron_shape(3072, 768, (1024, 768)))
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    assert len(rows) == 1
+    ops = rows[0]["instructions"]
+    assert rows[0]["stack_bytes"] == 0, rows[0]
+    assert ops.get("STG.E.128", 0) > 0 and not any(n.startswith("STG.E.U16") for n in ops), rows[0]
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")

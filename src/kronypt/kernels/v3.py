@@ -55,9 +55,13 @@ def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: 
 # 8192 (the previous (128, 128) tiles: 0.81x / 0.82x, x re-read 6x from L2). Small under the interpreter
 # so the test shapes span several programs and the epilogue slicing is exercised.
 if INTERPRET:
-    CONFIGS = dict.fromkeys(("column", "row"), _cfg(16, 16, 16, 2, 4, 3))
+    CONFIGS = dict.fromkeys(("column", "column3", "row"), _cfg(16, 16, 16, 2, 4, 3))
 else:
-    CONFIGS = {"column": _cfg(128, 128, 64, 4, 16, 3), "row": _cfg(64, 256, 32, 1, 8, 3)}
+    # "column3": a one-column B with m2 = 3 (86M's c_fc), whose epilogue gathers the three copies into
+    # contiguous columns: the 16-warp tile spills 32 B there with GELU in training, this one (98 / 120
+    # registers) none (sm_90 builds; not timed on a GPU yet).
+    CONFIGS = {"column": _cfg(128, 128, 64, 4, 16, 3), "column3": _cfg(64, 128, 64, 4, 8, 3),
+               "row": _cfg(64, 256, 32, 1, 8, 3)}
 
 
 # Candidates for one timed sweep on a GPU (`benchmarks/sweep.py`), the defaults first. Pre-filtered
@@ -137,36 +141,56 @@ def _halves(acc, BLOCK_T: tl.constexpr, WIDTH: tl.constexpr):
 @triton.jit
 def expanded(part, a0, B, s, BIAS, M1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, WIDTH: tl.constexpr,
              HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr):
-    """(out, cols): the pre-activation of output columns cols = [a0·M2, (a0 + WIDTH)·M2) from part
-    (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH), bias included, float32."""
+    """(out, cols, valid): the pre-activation of the output columns [a0·M2, (a0 + WIDTH)·M2), bias included,
+    float32, from part (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH); `valid` masks the columns past the
+    layer (and, for m2 = 3, the tile's last quarter, which holds no output)."""
     if N2 == 1:  # y[t, a·M2 + b] = s·B[b, 0]·part[t, a]; joins interleave b fastest
         if M2 == 1:
             out = part * (s * tl.load(B).to(tl.float32))
         elif M2 == 2:
             out = tl.join(part * (s * tl.load(B).to(tl.float32)), part * (s * tl.load(B + 1).to(tl.float32)))
-        else:
+        else:  # M2 == 4, or 3 with a fourth copy of zeros (`expand_store` sends every other m2 elsewhere)
             w0 = s * tl.load(B).to(tl.float32)
             w1 = s * tl.load(B + 1).to(tl.float32)
             w2 = s * tl.load(B + 2).to(tl.float32)
-            w3 = s * tl.load(B + 3).to(tl.float32)
+            w3 = 0.0
+            if M2 == 4:
+                w3 = s * tl.load(B + 3).to(tl.float32)
             out = tl.join(tl.join(part * w0, part * w2), tl.join(part * w1, part * w3))
-        out = tl.reshape(out, (BLOCK_T, WIDTH * M2))
+        M2J: tl.constexpr = 4 if M2 == 3 else M2
+        out = tl.reshape(out, (BLOCK_T, WIDTH * M2J))
+        j = tl.arange(0, WIDTH * M2J)
+        if M2 == 3:  # column j of the slice is (a, b) = (j // 3, j % 3): gathered from a·4 + b, so that the
+            # 3·WIDTH outputs are contiguous (16-byte stores) and the last WIDTH columns are left over
+            src = tl.where(j < WIDTH * 3, (j // 3) * 4 + j % 3, 0)
+            out = tl.gather(out, tl.broadcast_to(src[None, :], (BLOCK_T, WIDTH * 4)), axis=1)
     else:  # B (and s) already applied to x
         out = part
-    cols = a0 * M2 + tl.arange(0, WIDTH * M2)
+        j = tl.arange(0, WIDTH)
+    cols = a0 * M2 + j
+    valid = cols < M1 * M2
+    if M2 == 3 and N2 == 1:
+        valid = valid & (j < WIDTH * 3)
     if HAS_BIAS:
-        out += tl.load(BIAS + cols, mask=cols < M1 * M2, other=0.0).to(tl.float32)[None, :]
-    return out, cols
+        out += tl.load(BIAS + cols, mask=valid, other=0.0).to(tl.float32)[None, :]
+    return out, cols, valid
 
 
 @triton.jit
-def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
-                 N2: tl.constexpr, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr,
-                 ACT: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Output columns [a0·M2, (a0 + WIDTH)·M2) from part (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH)."""
-    out, cols = expanded(part, a0, B, s, BIAS, M1, M2, N2, WIDTH, HAS_BIAS, BLOCK_T)
-    offsets = offs_t.to(tl.int64)[:, None] * stride_yt + cols[None, :]
-    mask = (offs_t < T)[:, None] & (cols < M1 * M2)[None, :]
+def _expand_store_padded(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
+                         WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr, ACT: tl.constexpr):
+    """`expand_store` for a one-column B with 4 < m2 ≤ 8: the m2 copies as a (BLOCK_T, WIDTH, 8) tile, any
+    padding masked at the store (joins interleave powers of two only)."""
+    M2P: tl.constexpr = 8
+    offs_b = tl.arange(0, M2P)
+    w = s * tl.load(B + offs_b, mask=offs_b < M2, other=0.0).to(tl.float32)
+    out = part[:, :, None] * w[None, None, :]
+    cols = (a0 + tl.arange(0, WIDTH))[:, None] * M2 + offs_b[None, :]  # (WIDTH, M2P)
+    mask_c = (cols < M1 * M2) & (offs_b < M2)[None, :]
+    if HAS_BIAS:
+        out += tl.load(BIAS + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :, :]
+    offsets = offs_t.to(tl.int64)[:, None, None] * stride_yt + cols[None, :, :]
+    mask = (offs_t < T)[:, None, None] & mask_c[None, :, :]
     if SAVE_PRE:
         tl.store(PRE + offsets, out.to(PRE.dtype.element_ty), mask=mask)
     if ACT == 1:
@@ -175,12 +199,31 @@ def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.cons
 
 
 @triton.jit
+def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
+                 N2: tl.constexpr, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr,
+                 ACT: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Output columns [a0·M2, (a0 + WIDTH)·M2) from part (BLOCK_T, WIDTH) = the A-rows [a0, a0 + WIDTH)."""
+    if N2 == 1 and M2 > 4:
+        _expand_store_padded(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, WIDTH, HAS_BIAS,
+                             SAVE_PRE, ACT)
+    else:
+        out, cols, valid = expanded(part, a0, B, s, BIAS, M1, M2, N2, WIDTH, HAS_BIAS, BLOCK_T)
+        offsets = offs_t.to(tl.int64)[:, None] * stride_yt + cols[None, :]
+        mask = (offs_t < T)[:, None] & valid[None, :]
+        if SAVE_PRE:
+            tl.store(PRE + offsets, out.to(PRE.dtype.element_ty), mask=mask)
+        if ACT == 1:
+            out = gelu_tanh(out)
+        tl.store(Y + offsets, out.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _expand_store_tma(part, a0, t0, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr,
                       WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr, ACT: tl.constexpr,
                       BLOCK_T: tl.constexpr):
     """`expand_store` through the descriptors Y and PRE (block (BLOCK_T, WIDTH·M2)): the tile goes to shared
     memory and one bulk copy writes it, clipped to the tensor's rows and columns (no masks)."""
-    out, _ = expanded(part, a0, B, s, BIAS, M1, M2, N2, WIDTH, HAS_BIAS, BLOCK_T)
+    out, _, _ = expanded(part, a0, B, s, BIAS, M1, M2, N2, WIDTH, HAS_BIAS, BLOCK_T)
     if SAVE_PRE:
         PRE.store([t0, a0 * M2], out.to(PRE.dtype))
     if ACT == 1:
@@ -343,7 +386,8 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
                 M1=m1, N1=n1, M2=m2, N2=n2, N2P=next_pow2(n2), HAS_S=scalars is not None,
                 HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, SAVE_P=save_p, **dot_flags(x.dtype))
     if config is None:  # the defaults, fitted to the shape's B and the device
-        config = fitted(CONFIGS["column" if n2 == 1 else "row"], args["N2P"], x.element_size(), shared_limit(x))
+        kind = "row" if n2 > 1 else "column3" if m2 == 3 else "column"
+        config = fitted(CONFIGS[kind], args["N2P"], x.element_size(), shared_limit(x))
     elif x.dtype == torch.float32 and config.num_stages > 2:  # a given candidate runs as given, except that
         config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)  # fp32 tiles are 2x
     if config.kwargs.get("TMA"):
@@ -361,11 +405,12 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
 
 def tma_fits(x: torch.Tensor, m2: int, n2: int, config: triton.Config) -> bool:
     """Whether `config`'s tiles can move by bulk copies (TMA) for this x and B (m2, n2): a power-of-two n2,
-    16-byte aligned rows of x, and boxes of at most 256 elements a side (the tensor memory accelerator's
-    limit)."""
+    m2 of 1, 2 or 4 (a 2-D epilogue tile of whole outputs), 16-byte aligned rows of x, and boxes of at most
+    256 elements a side (the tensor memory accelerator's limit)."""
     k = config.kwargs
     widths = (k["BLOCK_T"], k["BLOCK_A"], k["BLOCK_C"] * n2, k["BLOCK_A"] // k["EPI"] * m2)
-    return (n2 == next_pow2(n2) and max(widths) <= 256 and (x.stride(0) * x.element_size()) % 16 == 0
+    return (n2 == next_pow2(n2) and m2 in (1, 2, 4) and max(widths) <= 256
+            and (x.stride(0) * x.element_size()) % 16 == 0
             and x.data_ptr() % 16 == 0)
 
 
