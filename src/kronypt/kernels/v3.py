@@ -92,6 +92,8 @@ SWEEP = {
         _cfg(128, 256, 32, 1, 8, 3),   # 209 regs, 120 KB: x re-read from L2 3x instead of 6x (1.28x)
         _cfg(64, 256, 64, 1, 8, 3),    # 170 regs, 164 KB (not timed yet)
         _cfg(32, 256, 32, 1, 4, 3),    # 134 regs, 50 KB, 3 blocks/SM (not timed yet)
+        _cfg(64, 512, 32, 1, 16, 3),   # 117 regs, 132 KB: x re-read 2x from L2 instead of 3x (m1 = 768:
+                                       # the second block is half masked)
         _cfg(64, 256, 32, 1, 8, 3, tma=1),     # 102 / 162 regs, 84 KB
         _cfg(64, 256, 32, 1, 4, 3, tma=1),     # 173 regs, 84 KB
         _cfg(64, 256, 64, 1, 8, 3, tma=1),     # 119 regs, 164 KB
