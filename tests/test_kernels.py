@@ -629,6 +629,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
     ((4, 1), "bfloat16", "auto"), ((1, 4), "bfloat16", "auto"), ((4, 1), "float32", "auto"),  # time limit
     ((1, 4), "float32", "auto"), ((4, 1), "bfloat16", "v2"), ((1, 4), "bfloat16", "v2"),  # may cut the rest
     ((4, 1), "bfloat16", "triton"), ((4, 1), "float32", "triton"),
+    ((3, 1), "bfloat16", "auto"),  # 86M's c_fc B: version 3's gathered epilogue
 ])
 def test_cuda_81m_shape_matches_reference(b_shape: tuple[int, int], dtype: str, impl: str) -> None:
     from kronypt.kernels import kron_linear_fused
