@@ -140,3 +140,27 @@ def test_allocation_benchmark_reports_no_more_error_at_no_more_parameters(tiny_d
     assert row["allocated"]["params"] <= row["uniform"]["params"]
     assert row["allocated"]["sum_sq_rel_error"] <= row["uniform"]["sum_sq_rel_error"] + 1e-9
     assert row["uniform"]["factors"] == {"2": 4} and report["dense_perplexity"] > 0
+
+
+def test_an_allocated_report_names_no_fixed_k_scheme(capsys, tmp_path) -> None:
+    """GPT-2's MLP width, where A 1024x256 with k = 1 is the named scheme MF2: an allocation with k = 1 and 2
+    is not MF2, and its report says so (scheme null, k per matrix), as `info` shows it."""
+    model = tiny_model(n_layer=1, n_embd=768, n_head=12, n_positions=32, vocab_size=256, bos_token_id=255,
+                       eos_token_id=255)
+    model.save_pretrained(tmp_path / "wide")
+    capsys.readouterr()
+    per_term = 1024 * 256 + 3 * 3
+    budget = count_params(model) - 2 * 3072 * 768 + 3 * per_term  # 3 terms for 2 matrices: k = 1 and 2
+    common = ["compress", str(tmp_path / "wide"), "--a-shape", "1024x256", "--json"]
+    code, out, err = run(capsys, *common, "--out", str(tmp_path / "fixed"))
+    assert code == 0 and json.loads(out)["scheme"] == "MF2", err  # one k everywhere: the named scheme
+    code, out, err = run(capsys, *common, "--target-params", str(budget), "--allocate", "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    report = json.loads(out)
+    assert sorted(m["factors"] for m in report["matrices"]) == [1, 2]
+    assert (report["scheme"], report["factors"], report["allocated"]) == (None, None, True)
+    assert json.loads((tmp_path / "a" / "compression_report.json").read_text())["scheme"] is None
+    code, out, err = run(capsys, "info", str(tmp_path / "a"))
+    ks = {m["name"].rsplit(".", 1)[1]: m["factors"] for m in report["matrices"]}
+    assert code == 0 and f"c_fc: A 1024x256, B 3x3, k={ks['c_fc']}" in out, out  # the same k per matrix
+    assert f"c_proj: A 256x1024, B 3x3, k={ks['c_proj']}" in out, out

@@ -245,3 +245,62 @@ def test_compressing_a_folder_without_a_tokenizer_warns(capsys, tmp_path):
     tiny_model().save_pretrained(tmp_path / "bare")
     code, _, err = run(capsys, "compress", str(tmp_path / "bare"), "--a-shape", "64x16", "--out", str(tmp_path / "o"))
     assert code == 0 and "warning: " in err and "holds no tokenizer files" in err
+
+
+def _safetensors_dtypes(folder) -> set:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        return {weights.get_slice(name).get_dtype() for name in weights.keys()}
+
+
+def test_compress_and_export_keep_a_bfloat16_checkpoint_in_bfloat16(capsys, tmp_path):
+    from kronypt.models import CompressionConfig, compress, load_model
+    from tests.conftest import tiny_model
+
+    source, packed, plain = tmp_path / "bf16", tmp_path / "k", tmp_path / "d"
+    tiny_model().to(torch.bfloat16).save_pretrained(source)
+    code, out, err = run(capsys, "info", str(source), "--json")
+    assert code == 0 and json.loads(out)["dtype"] == "bfloat16", err
+    code, _, err = run(capsys, "compress", str(source), "--a-shape", "16x8", "--factors", "2", "--out", str(packed))
+    assert code == 0, err
+    assert _safetensors_dtypes(packed) == {"BF16"} and json.loads((packed / "config.json").read_text())["dtype"] == \
+        "bfloat16"
+    code, out, err = run(capsys, "info", str(packed))
+    assert code == 0 and "bfloat16" in out and "float32" not in out, err
+
+    # what the Python API gives in memory (factors from float32 weights, then bfloat16), loaded back exactly
+    expected = load_model(str(source))
+    compress(expected, CompressionConfig(a_shape=(16, 8), factors=2), progress=False)
+    expected.to(torch.bfloat16)
+    loaded = load_model(str(packed), dtype="auto")
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    ids = torch.randint(0, 50257, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, expected(ids).logits, rtol=0, atol=0)
+
+    code, _, err = run(capsys, "export", str(packed), "--out", str(plain))
+    assert code == 0, err
+    assert _safetensors_dtypes(plain) == {"BF16"} and json.loads((plain / "config.json").read_text())["dtype"] == \
+        "bfloat16"
+    dense = GPT2LMHeadModel.from_pretrained(plain, dtype="auto").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dense(ids).logits.float(), loaded(ids).logits.float(), rtol=0.05, atol=0.05)
+
+    # asked otherwise: float32 copies; a bad --dtype is refused before anything is written
+    code, _, err = run(capsys, "export", str(packed), "--dtype", "float32", "--out", str(tmp_path / "d32"))
+    assert code == 0 and _safetensors_dtypes(tmp_path / "d32") == {"F32"}, err
+    code, _, err = run(capsys, "compress", str(source), "--a-shape", "16x8", "--dtype", "float8", "--out",
+                       str(tmp_path / "x"))
+    assert_one_line_error(code, err, "unknown --dtype 'float8'; choose one of auto, float32, bfloat16, float16")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_float32_checkpoint_stays_float32_and_other_commands_still_load_float32(capsys, tiny_dir, tmp_path):
+    from kronypt.models import load_model
+
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--out", str(tmp_path / "k"))
+    assert code == 0 and _safetensors_dtypes(tmp_path / "k") == {"F32"}, err
+    tiny = tmp_path / "bf16"
+    load_model(str(tiny_dir)).to(torch.bfloat16).save_pretrained(tiny)
+    assert next(load_model(str(tiny)).parameters()).dtype == torch.float32  # eval, train: float32 by default

@@ -150,3 +150,38 @@ def test_recipe_inputs_are_found_next_to_the_recipe(tmp_path: Path, capsys: pyte
     (elsewhere / "configs" / "gpt2.json").unlink()
     code, _, err = run_train_cli(["--config", str(recipe), "--out", str(tmp_path / "new")], capsys)
     assert code == 2 and "model config configs/gpt2.json does not exist" in err, err
+
+
+def _teacher(tmp_path: Path, name: str, **overrides) -> str:
+    """A tiny GPT-2 teacher folder (the student's 256-token vocabulary) with `overrides` to its config."""
+    import torch
+    from test_train_support import tiny_gpt2
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    GPT2LMHeadModel(tiny_gpt2(**overrides)).save_pretrained(tmp_path / name)
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize(("overrides", "hidden_weight", "message"), [
+    ({"n_embd": 64}, 0.5, "student 2 blocks x 32, teacher 2 blocks x 64"),
+    ({"n_layer": 3}, 0.5, "student 2 blocks x 32, teacher 3 blocks x 32"),
+    ({"n_positions": 16}, 0.0, "seq_len 32 exceeds the teacher's context (16)"),
+], ids=["wider", "deeper", "shorter context"])
+def test_a_teacher_that_cannot_be_distilled_from_is_refused_before_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture, overrides: dict, hidden_weight: float, message: str) -> None:
+    teacher = _teacher(tmp_path, "teacher", **overrides)
+    capsys.readouterr()  # save_pretrained's progress bar
+    settings = scratch_settings(tmp_path, teacher=teacher, distill_hidden_weight=hidden_weight, max_steps=2)
+    code, _, err = run_train_cli(cli_args(settings), capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("kronypt: error: ") and message in err, err
+    assert not (tmp_path / "run").exists()  # no config.yaml, no metrics.jsonl
+
+
+def test_logit_distillation_takes_a_teacher_of_another_shape(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    teacher = _teacher(tmp_path, "teacher", n_embd=64, n_layer=3)
+    settings = scratch_settings(tmp_path, teacher=teacher, max_steps=1, eval_every=0)
+    code, out, err = run_train_cli([*cli_args(settings), "--json"], capsys)
+    assert code == 0 and json.loads(out)["step"] == 1, err
+    assert "distill_objective" in read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]

@@ -65,6 +65,8 @@ def test_bad_recipes_are_refused_with_the_valid_options(tmp_path: Path, text: st
     ({"eval_every": -5}, "eval_every must be >= 0"),
     ({"grad_clip": -1}, "grad_clip must be >= 0"),
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+    ({"hidden_weight": -0.5}, "hidden_weight >= 0"),
+    ({"alpha": 1.5}, "0 <= alpha <= 1"),
 ])
 def test_validation_names_the_fix(overrides: dict, message: str) -> None:
     config = TrainConfig().with_overrides({"model": "gpt2", "scheme": "81M", "data": "d", **overrides})

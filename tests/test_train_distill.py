@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from kronypt.errors import KronyptError
 from kronypt.train.distill import distillation_loss, hidden_mse, kl_per_token, lm_loss
 
 STUDENT = [[[1.0, 2.0, 0.5, -1.0, 0.0], [0.3, -0.2, 2.5, 1.0, -3.0]]]  # (batch 1, 2 tokens, vocab 5)
@@ -58,3 +59,11 @@ def test_hidden_mse_is_the_mean_over_layers_and_enters_with_its_weight() -> None
     assert with_hidden.item() == pytest.approx(base.item() + 0.25 * 2.0, rel=1e-6)
     with pytest.raises(ValueError, match="hidden states"):
         distillation_loss(*args, alpha=0.5, temperature=2.0, hidden_weight=1.0)
+
+
+def test_hidden_mse_refuses_other_depths_and_widths_in_one_line() -> None:
+    student = [torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)]
+    with pytest.raises(KronyptError, match="same number of hidden states: student 2, teacher 3"):
+        hidden_mse(student, [*student, torch.zeros(1, 2, 3)])
+    with pytest.raises(KronyptError, match=r"layer 0 is \(1, 2, 3\) in the student, \(1, 2, 5\) in the teacher"):
+        hidden_mse(student, [torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)])

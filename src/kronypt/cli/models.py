@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from kronypt.cli.app import app, console, print_json
-from kronypt.cli.options import check_out_dir, parse_layers, replace_dir, staging_dir
+from kronypt.cli.options import SAVE_DTYPE_HELP, check_out_dir, parse_layers, parse_save_dtype, replace_dir, staging_dir
 from kronypt.errors import KronyptError
 from kronypt.math.shapes import parse_shape
 from kronypt.models import (
@@ -31,7 +31,7 @@ from kronypt.models import (
 from kronypt.models import (
     compress as compress_model,
 )
-from kronypt.models.loading import check_device, local_model_dir
+from kronypt.models.loading import AUTO_DTYPE, check_device, local_model_dir, model_dtype
 from kronypt.plan import plan_row
 
 INIT_HELP = "van-loan (nearest Kronecker product, exact SVD), prune (keep one entry per B block), or random."
@@ -58,6 +58,8 @@ def compress(
                                                    "(0 gives B=[1,0], 0.1 gives [1,0.1]).")] = 0.0,
     layers: Annotated[str | None, typer.Option(help="Blocks to compress: 'all', '0-5', '0,2,4-7'.")] = None,
     modules: Annotated[str, typer.Option(help="MLP matrices to compress, comma-separated.")] = "c_fc,c_proj",
+    dtype: Annotated[str, typer.Option(help=SAVE_DTYPE_HELP + " The factors are computed in float64 "
+                                                              "either way.")] = AUTO_DTYPE,
     force: Annotated[bool, typer.Option(help="Write into a non-empty --out folder: its model files (weights, "
                                              "config, tokenizer) are replaced, other files stay.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -80,6 +82,7 @@ def compress(
     if target_params is not None and not allocate and (layers not in (None, "all") or modules != "c_fc,c_proj"):
         raise KronyptError("--target-params sizes a model with every MLP matrix compressed; "
                            "use --scheme or --a-shape with --layers/--modules")
+    save_dtype = parse_save_dtype(dtype)
     check_out_dir(out, force)
     options = {"scalars": scalars, "rescale": rescale, "prune_fill": prune_fill, "layers": parse_layers(layers),
                "modules": tuple(m.strip() for m in modules.split(",") if m.strip())}
@@ -100,14 +103,17 @@ def compress(
     if not row.compresses and not allocate:
         sys.stderr.write(f"kronypt: warning: A {row.a_shape[0]}x{row.a_shape[1]} with {row.factors} factors can "
                          f"represent any matrix of this size: it saves nothing ({row.model_params:,} parameters)\n")
-    lm = load_model(model, gpt2_only=True)
+    lm = load_model(model, dtype=AUTO_DTYPE, gpt2_only=True)
+    save_dtype = model_dtype(lm) if save_dtype is None else save_dtype  # auto: the checkpoint's
+    lm.float()  # Van Loan reads float32 weights (exact for bf16/fp16) and works in float64
     if Path(model).is_dir() and not has_tokenizer(model):
         sys.stderr.write(f"kronypt: warning: {model} holds no tokenizer files, so neither will {out}; give "
                          "`generate`/`eval` a --tokenizer, or copy vocab.json and merges.txt into it\n")
     if allocate:
         config = allocate_factors(lm, config, target_params, max_factors=factors)
     report = compress_model(lm, config)
-    payload = _folder_report(model, report, config, row.name, out, allocate)
+    lm.to(save_dtype)
+    payload = _folder_report(model, report, config, None if allocate else row.name, out, allocate)
     tmp = staging_dir(out)
     lm.save_pretrained(tmp)
     (tmp / "compression_report.json").write_text(json.dumps(payload, indent=2))
@@ -148,16 +154,21 @@ def export(
     dense: Annotated[bool, typer.Option("--dense", help="A plain GPT-2 (GPT2LMHeadModel) folder that loads "
                                                         "without kronypt (the only format, and the "
                                                         "default).")] = True,
+    dtype: Annotated[str, typer.Option(help=SAVE_DTYPE_HELP + " Each dense weight is built in float32 "
+                                                              "first.")] = AUTO_DTYPE,
     force: Annotated[bool, typer.Option(help="Write into a non-empty --out folder: its model files (weights, "
                                              "config, tokenizer) are replaced, other files stay.")] = False,
 ) -> None:
     """Export a kronypt model: `--dense` (the default) rebuilds every Kronecker weight into a plain GPT-2
-    checkpoint with its tokenizer, loadable by transformers alone."""
+    checkpoint with its tokenizer, loadable by transformers alone, in the folder's dtype unless --dtype says
+    otherwise."""
+    save_dtype = parse_save_dtype(dtype)
     check_out_dir(out, force)
-    lm = load_model(str(model_dir), gpt2_only=True)
+    lm = load_model(str(model_dir), dtype=AUTO_DTYPE, gpt2_only=True)
     if not isinstance(lm.config, KronyGPT2Config) or not lm.config.kron_modules:
         raise KronyptError(f"{model_dir} has no Kronecker layers: it is already a plain GPT-2, nothing to export")
-    plain = to_dense(lm)
+    save_dtype = model_dtype(lm) if save_dtype is None else save_dtype  # auto: the folder's
+    plain = to_dense(lm.float()).to(save_dtype)  # W = Σ s·A⊗B summed in float32, rounded once
     tmp = staging_dir(out)
     plain.save_pretrained(tmp)
     _copy_tokenizer(str(model_dir), tmp)
@@ -170,8 +181,8 @@ def info(
     model: Annotated[str, typer.Argument(help="Model folder or hub id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Summarise a model: architecture, parameter count and its Kronecker layers."""
-    lm = load_model(model, gpt2_only=True)
+    """Summarise a model: architecture, parameter count, stored dtype and its Kronecker layers."""
+    lm = load_model(model, dtype=AUTO_DTYPE, gpt2_only=True)  # as stored: `dtype` is the checkpoint's
     config = lm.config
     modules = config.kron_modules if isinstance(config, KronyGPT2Config) else {}
     summary = {
@@ -182,7 +193,7 @@ def info(
         "n_embd": config.n_embd,
         "vocab_size": config.vocab_size,
         "n_positions": config.n_positions,
-        "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(model_dtype(lm)).removeprefix("torch."),
         "kronecker_modules": modules,
     }
     if as_json:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from kronypt.errors import KronyptError
-from kronypt.models.loading import TOKENIZER_FILES
+from kronypt.models.loading import AUTO_DTYPE, DTYPES, TOKENIZER_FILES
+
+SAVE_DTYPE_HELP = ("dtype of the saved weights: auto (the source checkpoint's, e.g. bfloat16 stays bfloat16), "
+                   "float32, bfloat16 or float16.")
 
 
 def parse_layers(spec: str | None) -> list[int] | None:
@@ -25,6 +30,16 @@ def parse_layers(spec: str | None) -> list[int] | None:
         raise KronyptError(f"cannot read layers {spec!r}: expected e.g. 'all', '0-5' or '0,2,4-7' "
                            "(ranges LO-HI with LO <= HI)") from None
     return list(dict.fromkeys(layers))
+
+
+def parse_save_dtype(name: str) -> torch.dtype | None:
+    """`--dtype` of a command that writes a model: None for auto (keep the source checkpoint's dtype), else
+    the torch dtype to save in; checked before any work."""
+    if name == AUTO_DTYPE:
+        return None
+    if name not in DTYPES:
+        raise KronyptError(f"unknown --dtype {name!r}; choose one of {', '.join((AUTO_DTYPE, *DTYPES))}")
+    return DTYPES[name]
 
 
 def check_out_dir(out: Path, force: bool) -> None:

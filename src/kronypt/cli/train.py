@@ -84,8 +84,9 @@ def train(
     teacher: Annotated[str | None, Opt(help="Distil from this model (hub id or folder).")] = None,
     alpha: Annotated[float | None, Opt("--distill-alpha", help="Weight of the KL term (1 − it weights CE).")] = None,
     temperature: Annotated[float | None, Opt("--distill-temperature", help="Softmax temperature of the KL.")] = None,
-    hidden_weight: Annotated[float | None, Opt("--distill-hidden-weight", help="Weight of the hidden-state "
-                                                                              "MSE.")] = None,
+    hidden_weight: Annotated[float | None, Opt("--distill-hidden-weight", help=(
+        "Weight of the hidden-state MSE, block by block with no projection: above 0 the teacher needs the "
+        "student's number of blocks and width (checked before the run starts)."))] = None,
     settings: Annotated[list[str] | None, Opt("--set", help="Any other setting as KEY=VALUE, e.g. "
                                                             "betas=0.9,0.95 (repeatable). Every value is "
                                                             "checked; a flag for the same key wins.")] = None,

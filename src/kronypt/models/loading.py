@@ -18,6 +18,7 @@ from kronypt.errors import KronyptError
 from kronypt.models.family import family_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTO_DTYPE = "auto"  # load_model: the dtype the checkpoint was stored in
 GPT2_MODEL_TYPES = ("gpt2", "kronygpt2")  # what compression, inspection and export understand
 
 
@@ -36,6 +37,11 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     if name not in DTYPES:
         raise KronyptError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of a model's floating-point parameters (float32 for a model without any)."""
+    return next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), torch.float32)
 
 
 def check_device(name: str) -> torch.device:
@@ -142,14 +148,16 @@ def load_model(
 ) -> PreTrainedModel:
     """A causal LM (dense GPT-2 or kronypt) from a hub id or a local folder, in eval mode.
 
-    `gpt2_only` refuses other architectures (for compression, inspection and export; evaluation and
-    generation take any causal LM)."""
+    `dtype` defaults to float32 (what training and evaluation compute in); "auto" keeps the dtype the
+    checkpoint was stored in (its config's `dtype`, else its weights'), for commands that rewrite or describe
+    a checkpoint. `gpt2_only` refuses other architectures (for compression, inspection and export;
+    evaluation and generation take any causal LM)."""
     import kronypt.models.modeling  # noqa: F401
 
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = AUTO_DTYPE if dtype == AUTO_DTYPE else parse_dtype(dtype) or torch.float32
     source: str | Path = local_model_dir(name_or_path) or hub_id(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise KronyptError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
     except SafetensorError as exc:

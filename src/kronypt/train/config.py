@@ -241,8 +241,8 @@ class TrainConfig:
                 raise KronyptError(f"{name} must be {rule}, got {value}")
         if self.train.scalar_value is not None and not self.train.freeze_scalars:
             raise KronyptError("scalar_value only applies with freeze_scalars")
-        if not 0.0 <= self.distill.alpha <= 1.0 or self.distill.temperature <= 0:
-            raise KronyptError("distillation needs 0 <= alpha <= 1 and temperature > 0")
+        if not 0.0 <= self.distill.alpha <= 1.0 or self.distill.temperature <= 0 or self.distill.hidden_weight < 0:
+            raise KronyptError("distillation needs 0 <= alpha <= 1, temperature > 0 and hidden_weight >= 0")
 
 
 def _is_input(path: Path, kind: str) -> bool:

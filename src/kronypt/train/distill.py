@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from kronypt.errors import KronyptError
+
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; logits (..., V), targets (...) already shifted."""
@@ -32,9 +34,19 @@ def kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 
 
 def hidden_mse(student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over layers of the mean squared difference of hidden states (same shapes required)."""
+    """Mean over layers of the mean squared difference of hidden states.
+
+    Layer i of the student is compared with layer i of the teacher, with no projection or layer mapping, so
+    both need as many hidden states of the same shape; anything else is refused in one line (MSE would
+    otherwise broadcast or fail deep inside torch).
+    """
     if len(student_hidden) != len(teacher_hidden):
-        raise ValueError(f"student has {len(student_hidden)} hidden states, teacher {len(teacher_hidden)}")
+        raise KronyptError(f"hidden-state distillation needs the same number of hidden states: student "
+                           f"{len(student_hidden)}, teacher {len(teacher_hidden)}")
+    for i, (s, t) in enumerate(zip(student_hidden, teacher_hidden, strict=True)):
+        if s.shape != t.shape:
+            raise KronyptError(f"hidden-state distillation needs hidden states of the same shape: layer {i} is "
+                               f"{tuple(s.shape)} in the student, {tuple(t.shape)} in the teacher")
     losses = [F.mse_loss(s.float(), t.float()) for s, t in zip(student_hidden, teacher_hidden, strict=True)]
     return torch.stack(losses).mean()
 

@@ -36,7 +36,13 @@ from kronypt.train import checkpoint, distributed, parallel, resume
 from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
 from kronypt.train.metrics import MetricsLog
-from kronypt.train.model_source import build_model, check_vocab, load_teacher, prepare_for_training
+from kronypt.train.model_source import (
+    build_model,
+    check_context,
+    check_vocab,
+    load_teacher,
+    prepare_for_training,
+)
 from kronypt.train.optim import build_optimizer, build_scheduler
 from kronypt.train.wikitext import WikiTextValidation
 
@@ -158,8 +164,10 @@ class Trainer:
         elif model is None:
             model = build_model(config)
         check_vocab(model, meta)
-        if args.seq_len > model.config.n_positions:
-            raise KronyptError(f"seq_len {args.seq_len} exceeds the model's context ({model.config.n_positions})")
+        check_context(model, args.seq_len)
+        distill = config.distill  # the teacher is checked against the student before any run file is written
+        self.teacher = (load_teacher(distill.teacher, model, device, args.seq_len, distill.hidden_weight)
+                        if distill.teacher else None)
         prepare_for_training(model, args)
         self.raw = model.to(device).train()
         bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
@@ -174,7 +182,6 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.step, self.tokens, self.best_val_loss = 0, 0, math.inf
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=env.is_main)
-        self.teacher = load_teacher(config.distill.teacher, model, device) if config.distill.teacher else None
         wikitext = config.eval.eval_wikitext
         self.wikitext = _wikitext_validation(config, meta) if wikitext else None
         if args.compile:

@@ -97,11 +97,47 @@ def check_vocab(model: PreTrainedModel, meta: dict) -> None:
                            f"({data_vocab:,}); use a model built for this tokenizer")
 
 
-def load_teacher(name: str, student: PreTrainedModel, device: torch.device) -> PreTrainedModel:
-    """A frozen teacher in eval mode whose vocabulary matches the student's."""
-    teacher = load_model(name, dtype=torch.float32, device=device)
+def load_teacher(name: str, student: PreTrainedModel, device: torch.device, seq_len: int | None = None,
+                 hidden_weight: float = 0.0) -> PreTrainedModel:
+    """A frozen teacher in eval mode on `device`, checked on the CPU first (so a bad one fails before the run
+    writes anything): the student's vocabulary, a context of at least `seq_len`, and with `hidden_weight` > 0
+    the student's number of hidden states and width."""
+    teacher = load_model(name, dtype=torch.float32)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise KronyptError(f"teacher vocab {teacher.config.vocab_size:,} differs from the student's "
                            f"{student.config.vocab_size:,}")
+    if seq_len is not None:
+        check_context(teacher, seq_len, "the teacher's")
+    if hidden_weight > 0:
+        check_hidden_states(student, teacher)
     teacher.requires_grad_(False)
-    return teacher
+    return teacher.to(device)
+
+
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")  # where configs keep their context length
+
+
+def check_context(model: PreTrainedModel, seq_len: int, whose: str = "the model's") -> None:
+    """Refuse windows longer than the model's position embeddings (they would index past them); a config
+    that names no context length is not checked."""
+    context = next((v for v in (getattr(model.config, k, None) for k in CONTEXT_KEYS) if isinstance(v, int)), None)
+    if context is not None and seq_len > context:
+        raise KronyptError(f"seq_len {seq_len} exceeds {whose} context ({context})")
+
+
+def hidden_shape(model: PreTrainedModel) -> tuple[int | None, int | None]:
+    """(blocks, width) of a causal LM: its number of hidden states past the embeddings, and their size."""
+    config = model.config
+    return getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+
+
+def check_hidden_states(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+    """Hidden-state distillation compares the student's and the teacher's hidden states block by block (with
+    no projection or layer mapping between them), so both need the same depth and width; checked before the
+    run, as a mismatch would otherwise only fail inside the first training step."""
+    (s_blocks, s_width), (t_blocks, t_width) = hidden_shape(student), hidden_shape(teacher)
+    if s_blocks is None or s_width is None or (s_blocks, s_width) != (t_blocks, t_width):
+        raise KronyptError(f"--distill-hidden-weight > 0 compares hidden states block by block, so the teacher "
+                           f"needs the student's depth and width: student {s_blocks} blocks x {s_width}, teacher "
+                           f"{t_blocks} blocks x {t_width}; use such a teacher or --distill-hidden-weight 0 "
+                           "(logit distillation works with any teacher of the same vocabulary)")
