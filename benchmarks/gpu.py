@@ -85,6 +85,7 @@ FAST_CASES = [
     LayerCase("67M c_fc", 3072, 768, (64, 32), 1, 65536, backward=False),
     LayerCase("MF1 c_fc", 3072, 768, (256, 64), 1, 65536, backward=False),
     LayerCase("92M-4 c_fc", 3072, 768, (1024, 256), 4, 65536, backward=False),
+    LayerCase("86M c_fc", 3072, 768, (1024, 768), 1, 65536),  # B 3 x 1: version 3 since session 7
 ]
 # The same structure at interpreter-friendly sizes, for --dry-run on a CPU.
 DRY_CASES = [

@@ -51,6 +51,8 @@ V3_CASES = [
      None),
     ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 65536, backward=False), None, False,
      None),
+    ("86M c_fc", "column3", LayerCase("86M c_fc", 3072, 768, (1024, 768), 1, 65536, backward=False), None,
+     False, None),
     ("81M c_fc gelu", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 65536, backward=False),
      "gelu_new", False, 5),
     ("81M c_fc", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 8192, backward=False), None, True, 5),
@@ -62,6 +64,8 @@ DRY_V3_CASES = [
     ("dry c_proj", "row", LayerCase("dry c_proj", 40, 96, (40, 24), 1, 150, backward=False), None, False, None),
     ("dry c_fc gelu", "column", LayerCase("dry c_fc", 96, 40, (24, 40), 1, 150, backward=False), "gelu_new",
      False, 3),
+    ("dry c_fc m2=3", "column3", LayerCase("dry c_fc", 72, 40, (24, 40), 1, 150, backward=False), None, False,
+     None),
 ]
 
 
@@ -201,9 +205,10 @@ def sass_table(report: dict, path: str | None) -> None:
     from kronypt.math.shapes import KronShape
 
     print("| kernel | variant | tile TxAxC | warps | stages | persistent | TMA | regs | stack | smem KB | blocks/SM |")
-    for orientation, shape in (("column", KronShape(768, 768, 4, 1)), ("row", KronShape(768, 768, 1, 4))):
+    for orientation, shape in (("column", KronShape(768, 768, 4, 1)), ("row", KronShape(768, 768, 1, 4)),
+                               ("column3", KronShape(1024, 768, 3, 1))):
         variants = [("plain", None, False)]
-        variants += [("GELU + training", "gelu_new", True)] if orientation == "column" else []
+        variants += [("GELU + training", "gelu_new", True)] if orientation != "row" else []
         for label, act, training in variants:
             launches = sass.recorded_launches(shape, 1, 65536, training, torch.bfloat16, activation=act,
                                               impl="v3")

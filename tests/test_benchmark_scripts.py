@@ -34,9 +34,8 @@ def test_sweep_dry_run_times_every_candidate_and_profiles(tmp_path: Path) -> Non
 
     tuned = tmp_path / "tuned.json"
     report = _dry_run("sweep.py", tmp_path, "--write-configs", str(tuned))
-    sizes = {"column": len(v3.SWEEP["column"]), "row": len(v3.SWEEP["row"])}
     counts = [len(row["configs"]) for row in report["v3"]]
-    assert counts[:2] == [sizes["column"], sizes["row"]]
+    assert counts[:2] + counts[3:4] == [len(v3.SWEEP[o]) for o in ("column", "row", "column3")]
     # the GELU case times the default and the 3 fastest candidates of the plain c_fc case
     gelu = report["v3"][2]
     fastest = [c["config"] for c in sorted(report["v3"][0]["configs"], key=lambda c: c["ms"])[:3]]

@@ -101,6 +101,13 @@ SWEEP = {
         _cfg(32, 256, 32, 1, 4, 3, tma=1),     # 128 regs, 50 KB
         _cfg(64, 256, 32, 1, 8, 3, 1, tma=1),  # persistent: 116 regs, 116 KB
     ],
+    # a one-column B with m2 = 3 (86M's c_fc, gathered epilogue)
+    "column3": [
+        CONFIGS["column3"],            # 98 / 120 regs, 72 KB
+        _cfg(128, 128, 64, 4, 16, 3),  # 103 / 128 regs (32 B spilled with GELU), 96 KB (81M c_fc's tile)
+        _cfg(128, 64, 64, 4, 8, 3),    # 89 / 106 regs, 72 KB
+        _cfg(64, 64, 64, 4, 4, 3),     # 96 / 118 regs, 48 KB
+    ],
 }
 
 
