@@ -85,6 +85,12 @@ def _config_dict(config) -> dict:
     return config_dict(config)  # the kernel-configs file's form (`kronypt.kernels.overrides`)
 
 
+def _max_rel_diff(got, ref) -> float:
+    """The largest `_rel_error` over a pass's outputs (a tensor or a tuple of them; None entries skipped)."""
+    pairs = zip(got, ref, strict=True) if isinstance(got, tuple) else [(got, ref)]
+    return max(_rel_error(a, b.double()) for a, b in pairs if a is not None)
+
+
 def _rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.double() - ref).abs().max() / ref.abs().max()).item()
 
@@ -174,6 +180,8 @@ def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path:
              "expand_joined": lambda s, c: gemm_path.expand_joined(s.p, w, m1, bias, 0, config=c),
              "reduce": lambda s, c: gemm_path.reduce(s.g, s.p, w, m1, True, act=1, bias=bias, config=c)}
     for kind in gemm_path.SWEEP:
+        with torch.no_grad():  # each candidate's outputs against the default's on the first operand set
+            reference = calls[kind](sets[0], gemm_path.SWEEP[kind][0])
         for config in gemm_path.SWEEP[kind]:
             if time.perf_counter() > deadline:
                 out[kind].append({"config": _config_dict(config), "skipped": "time budget"})
@@ -182,6 +190,8 @@ def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path:
             try:
                 row["ms"] = clock.median_ms(lambda s, c=config, call=calls[kind]: call(s, c), sets)
                 row["tb_per_s"] = moved[kind] / (row["ms"] / 1e3) / 1e12
+                with torch.no_grad():
+                    row["max_rel_diff"] = _max_rel_diff(calls[kind](sets[0], config), reference)
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             out[kind].append(row)
@@ -298,15 +308,22 @@ def _fused_step(s: types.SimpleNamespace, act: str | None, impl: str) -> None:
 
 
 # A candidate replaces a default only when it is this much faster (timing noise between candidates of
-# one run is ~1-2 %).
+# one run is ~1-2 %), and only if its outputs were checked: within MAX_ERROR of the float64 reference
+# (version 3, bf16) or of the default's outputs (the passes), and no error.
 MARGIN = 1.05
+MAX_ERROR = 1e-2
+
+
+def _checked(row: dict, key: str) -> bool:
+    return "ms" in row and "error" not in row and row.get(key, float("inf")) <= MAX_ERROR
 
 
 def tuned_configs(report: dict) -> tuple[dict, dict]:
     """({"v3": {orientation: config}, "gemm_path": {pass: config}}, why): the candidates that beat the
     built-in defaults by `MARGIN` in this report. Version 3: the best geometric mean of default time /
     candidate time over every case of the orientation, among candidates timed in all of them (the plain and
-    GELU 65536-token cases and the graphed 8192-token one); a pass: its single case."""
+    GELU 65536-token cases and the graphed 8192-token one); a pass: its single case. Only candidates whose
+    outputs passed their check (`MAX_ERROR`) count."""
     from kronypt.kernels import gemm_path, v3
 
     chosen: dict = {"v3": {}, "gemm_path": {}}
@@ -318,8 +335,8 @@ def tuned_configs(report: dict) -> tuple[dict, dict]:
         for row in rows:
             default = next((c for c in row["configs"] if c["config"] == _config_dict(candidates[0])), None)
             for i, config in enumerate(candidates):
-                timed = next((c for c in row["configs"] if c["config"] == _config_dict(config) and "ms" in c),
-                             None)
+                timed = next((c for c in row["configs"] if c["config"] == _config_dict(config)
+                              and _checked(c, "max_rel_err")), None)
                 if default and "ms" in default and timed:
                     ratios.setdefault(i, []).append(default["ms"] / timed["ms"])
         scores = {i: _geomean(r) for i, r in ratios.items() if len(r) == len(rows)}
@@ -331,7 +348,7 @@ def tuned_configs(report: dict) -> tuple[dict, dict]:
     passes = report.get("passes") or {}
     for kind, candidates in gemm_path.SWEEP.items():
         rows = passes.get(kind) or []
-        times = {i: r["ms"] for i, r in enumerate(rows) if "ms" in r}
+        times = {i: r["ms"] for i, r in enumerate(rows) if _checked(r, "max_rel_diff")}
         if 0 not in times or len(rows) != len(candidates):
             continue
         best = min(times, key=times.get)

@@ -59,6 +59,12 @@ def test_written_file_reads_back(tmp_path: Path) -> None:
     ({"v3": {"column": {"BLOCK_X": 64}}}, "unknown key(s) BLOCK_X"),
     ({"v3": {"column": {"BLOCK_T": "128"}}}, "BLOCK_T must be non-negative integers"),
     ({"v3": {"column": {"warps": True}}}, "warps must be non-negative integers"),
+    ({"v3": {"column": {"BLOCK_A": 24}}}, "BLOCK_A must be a power of two, got 24"),
+    ({"v3": {"column": {"BLOCK_T": 0}}}, "BLOCK_T must be a power of two, got 0"),
+    ({"v3": {"column": {"EPI": 3}}}, "EPI must be 1, 2 or 4, got 3"),
+    ({"v3": {"column": {"TMA": 2}}}, "TMA must be 0 or 1, got 2"),
+    ({"v3": {"column": {"warps": 64}}}, "warps must be a power of two up to 32, got 64"),
+    ({"v3": {"column": {"stages": 0}}}, "stages must be >= 1, got 0"),
     ({"v3": {"diagonal": {}}}, "unknown v3 kernel(s) diagonal"),
     ({"v3": {"column": [128, 128]}}, "expected an object of block sizes"),
     ({"v4": {}}, "unknown section(s) v4"),
@@ -120,24 +126,27 @@ def test_sweep_replaces_a_default_only_when_a_candidate_wins_everywhere_by_the_m
     d = sweep._config_dict
     col, row = v3.SWEEP["column"], v3.SWEEP["row"]
 
-    def case(orientation: str, times: dict[int, float]) -> dict:
+    def case(orientation: str, times: dict[int, float], wrong: int | None = None) -> dict:
         candidates = v3.SWEEP[orientation]
-        return {"orientation": orientation, "configs": [{"config": d(candidates[i]), "ms": ms}
-                                                        for i, ms in times.items()]}
+        return {"orientation": orientation, "configs": [
+            {"config": d(candidates[i]), "ms": ms, "max_rel_err": 0.5 if i == wrong else 4e-3}
+            for i, ms in times.items()]}
 
     report = {"v3": [
         # column: candidate 2 is 1.25x and 1.10x the default's speed (geomean 1.17); candidate 1 is faster
-        # in the first case only and missing from the second, so it cannot win
-        case("column", {0: 1.0, 1: 0.5, 2: 0.8}), case("column", {0: 1.0, 2: 1 / 1.1}),
+        # in the first case only and missing from the second, so it cannot win; candidate 3 is fastest in
+        # both but its output was wrong in one
+        case("column", {0: 1.0, 1: 0.5, 2: 0.8, 3: 0.4}, wrong=3), case("column", {0: 1.0, 2: 1 / 1.1, 3: 0.4}),
         # row: the best candidate is only 3 % faster: the default stays
         case("row", {0: 1.0, 1: 0.97, 2: 1.2}),
     ], "passes": {
-        "reduce": [{"config": d(c), "ms": 1.0 if i == 0 else 0.5 if i == 11 else 1.1}
-                   for i, c in enumerate(gemm_path.SWEEP["reduce"])],
-        "expand": [{"config": d(c), "ms": 1.0} for c in gemm_path.SWEEP["expand"]],
+        "reduce": [{"config": d(c), "ms": 1.0 if i == 0 else 0.5 if i == 11 else 0.3 if i == 12 else 1.1,
+                    "max_rel_diff": 0.2 if i == 12 else 0.0} for i, c in enumerate(gemm_path.SWEEP["reduce"])],
+        "expand": [{"config": d(c), "ms": 1.0, "max_rel_diff": 0.0} for c in gemm_path.SWEEP["expand"]],
     }}
     chosen, why = sweep.tuned_configs(report)
     assert chosen["v3"] == {"column": col[2]}
     assert why["v3"]["column"]["speedup_over_default"] == pytest.approx((1.25 * 1.1) ** 0.5)
     assert why["v3"]["row"]["best"] == d(row[1]) and "row" not in chosen["v3"]
-    assert chosen["gemm_path"] == {"reduce": gemm_path.SWEEP["reduce"][11]}  # expand: all equal, default kept
+    # reduce: 12 (fastest) differs from the default's outputs, so 11 wins; expand: all equal, default kept
+    assert chosen["gemm_path"] == {"reduce": gemm_path.SWEEP["reduce"][11]}

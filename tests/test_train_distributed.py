@@ -264,8 +264,13 @@ try:  # rank 0's error is raised on every rank (the others' function is never ca
     error = None
 except KronyptError as exc:
     error = str(exc)
+try:  # a result rank 0 cannot send (a local function) is an error on every rank, not a wait
+    distributed.from_main_rank(lambda: (lambda: 0))
+    unsendable = None
+except Exception as exc:
+    unsendable = type(exc).__name__
 report = {"counts": counts, "ids": validation.plan.sequences[0].tolist(), "requests": len(validation.plan.requests),
-          "ppl": ppl, "error": error}
+          "ppl": ppl, "error": error, "unsendable": unsendable}
 (tmp / f"wikitext-{env.rank}.json").write_text(json.dumps(report))
 distributed.teardown()
 """
@@ -289,3 +294,4 @@ def test_only_rank_0_reads_and_tokenises_wikitext_and_every_rank_gets_its_ids(tm
     assert reports[0]["requests"] == reports[1]["requests"] == len(single.plan.requests)
     assert reports[0]["ppl"] == reports[1]["ppl"] == pytest.approx(single(tiny_model()), rel=1e-5)
     assert [r["error"] for r in reports] == ["cannot load WikiText on rank 0"] * 2
+    assert reports[0]["unsendable"] and reports[0]["unsendable"] == reports[1]["unsendable"], reports

@@ -30,10 +30,10 @@ def v2_supports(m2: int, n2: int) -> bool:
 
 
 def v3_supports(k: int, m2: int, n2: int) -> bool:
-    """Whether version 3 (`kronypt.kernels.v3`) handles k factors with B (m2, n2): k = 1 and one column
-    (m2 ≤ 8; other than 1, 2 or 4 through a padded epilogue) or one row (n2 ≤ 16). Anything else runs
-    version 2 or 1."""
-    return k == 1 and ((n2 == 1 and m2 <= 8) or (m2 == 1 and n2 <= 16))
+    """Whether version 3 (`kronypt.kernels.v3`) handles k factors with B (m2, n2): k = 1 and one column of
+    m2 ∈ {1, 2, 3, 4, 8} (the epilogues that build without spills on sm_90; m2 = 5-7 spill kilobytes) or
+    one row (n2 ≤ 16). Anything else runs version 2 or 1."""
+    return k == 1 and ((n2 == 1 and m2 in (1, 2, 3, 4, 8)) or (m2 == 1 and n2 <= 16))
 
 
 # Looked up once, at import: a cached function here would be traced by torch.compile (Dynamo ignores

@@ -18,8 +18,11 @@ runs with them. The file (JSON):
      "measured": {...}}
 
 Every entry is optional; keys an entry leaves out keep the default's values; "measured" (where and how the
-winners were timed) is not read. A file that cannot be read, or names an unknown kernel or key, stops the
-first fused call with a one-line error rather than running silently with other tiles.
+winners were timed) is not read. A file that cannot be read, names an unknown kernel or key, or gives a
+value no kernel can take (a block size that is not a power of two, EPI other than 1, 2 or 4, ...) stops the
+first fused call (which imports the kernels) with a one-line error rather than running with other tiles.
+The tiles apply to every dtype and card: version 3's TMA=1 tiles fall back to per-thread copies where
+bulk copies do not apply (`v3.tma_fits`: float32, GPUs before Hopper, unaligned rows).
 """
 
 from __future__ import annotations
@@ -37,6 +40,24 @@ ENV = "KRONYPT_KERNEL_CONFIGS"
 SECTIONS = ("v3", "gemm_path")
 
 
+def _power_of_two(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+# What each key may be (the kernels' tile shapes are powers of two; the rest are switches or counts).
+_RULES = {
+    "BLOCK_*": (_power_of_two, "a power of two"),
+    "warps": (lambda v: _power_of_two(v) and v <= 32, "a power of two up to 32"),
+    "stages": (lambda v: v >= 1, ">= 1"),
+    "EPI": (lambda v: v in (1, 2, 4), "1, 2 or 4"),
+    "TMA": (lambda v: v in (0, 1), "0 or 1"),
+    "SUM_EACH": (lambda v: v in (0, 1), "0 or 1"),
+    "LOAD_2D": (lambda v: v in (0, 1), "0 or 1"),
+    "STAGES": (lambda v: v >= 1, ">= 1"),
+    "PER_SM": (lambda v: v >= 1, ">= 1"),
+}
+
+
 def config_dict(config: triton.Config) -> dict[str, int]:
     """A config as the file stores it: its block sizes and flags, "warps" and "stages"."""
     return {**config.kwargs, "warps": config.num_warps, "stages": config.num_stages}
@@ -52,6 +73,10 @@ def _merged(default: triton.Config, entry: Any, where: str) -> triton.Config:
     bad = sorted(k for k, v in entry.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0)
     if bad:
         raise KronyptError(f"{where}: {', '.join(bad)} must be non-negative integers")
+    for key, value in entry.items():
+        rule = _RULES.get(key) or (_RULES["BLOCK_*"] if key.startswith("BLOCK_") else None)
+        if rule and not rule[0](value):
+            raise KronyptError(f"{where}: {key} must be {rule[1]}, got {value}")
     kwargs = {k: entry.get(k, v) for k, v in default.kwargs.items()}
     return triton.Config(kwargs, num_warps=entry.get("warps", default.num_warps),
                          num_stages=entry.get("stages", default.num_stages))

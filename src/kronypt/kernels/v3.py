@@ -400,11 +400,10 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
     elif x.dtype == torch.float32 and config.num_stages > 2:  # a given candidate runs as given, except that
         config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)  # fp32 tiles are 2x
     if config.kwargs.get("TMA"):
-        if tma_fits(x, m2, n2, config):
+        if tma_fits(x, m1, n1, m2, n2, config):
             args = descriptors(args, config)
-        else:  # the same tiles with per-thread copies
-            config = triton.Config({**config.kwargs, "TMA": 0}, num_warps=config.num_warps,
-                                   num_stages=config.num_stages)
+        else:
+            config = _without_tma(config)
     tiles = cdiv(T, config.kwargs["BLOCK_T"]) * cdiv(m1, config.kwargs["BLOCK_A"])
     persist = config.kwargs.get("PERSIST", 0)
     grid = (min(tiles, persist * sm_count(x.device)) if persist else tiles,)
@@ -412,15 +411,43 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
     return y, saved
 
 
-def tma_fits(x: torch.Tensor, m2: int, n2: int, config: triton.Config) -> bool:
-    """Whether `config`'s tiles can move by bulk copies (TMA) for this x and B (m2, n2): a power-of-two n2,
-    m2 of 1, 2 or 4 (a 2-D epilogue tile of whole outputs), 16-byte aligned rows of x, and boxes of at most
-    256 elements a side (the tensor memory accelerator's limit)."""
-    k = config.kwargs
-    widths = (k["BLOCK_T"], k["BLOCK_A"], k["BLOCK_C"] * n2, k["BLOCK_A"] // k["EPI"] * m2)
-    return (n2 == next_pow2(n2) and m2 in (1, 2, 4) and max(widths) <= 256
-            and (x.stride(0) * x.element_size()) % 16 == 0
+def tma_fits(x: torch.Tensor, m1: int, n1: int, m2: int, n2: int, config: triton.Config) -> bool:
+    """Whether `config`'s tiles can move by bulk copies (TMA) for this x and factors A (m1, n1), B (m2, n2):
+    a Hopper or newer GPU (older ones run descriptors as plain, slower pointer code), 2-byte elements (the
+    float32 TMA tiles spill kilobytes on sm_90), a power-of-two n2 and m2 of 1, 2 or 4 (2-D tiles of whole
+    outputs), the rows of x, A_0, y and P each a multiple of 16 bytes (x starting 16-byte aligned), and
+    boxes of at most 256 elements and at least 16 bytes a side (the tensor memory accelerator's limits)."""
+    size, k = x.element_size(), config.kwargs
+    sides = (k["BLOCK_T"], k["BLOCK_A"], k["BLOCK_C"] * n2, k["BLOCK_C"], k["BLOCK_A"] // k["EPI"] * m2)
+    rows = (x.stride(0), n1, m1 * m2, m1)
+    return (size == 2 and _tma_device(x.device) and n2 == next_pow2(n2) and m2 in (1, 2, 4)
+            and max(sides) <= 256 and min(sides) * size >= 16 and all(r * size % 16 == 0 for r in rows)
             and x.data_ptr() % 16 == 0)
+
+
+_TMA_DEVICES: dict[int, bool] = {}
+
+
+def _tma_device(device: torch.device) -> bool:
+    """Compute capability ≥ 9.0, asked once per device; the interpreter (tests) takes descriptors anywhere."""
+    if device.type != "cuda":
+        return INTERPRET
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _TMA_DEVICES:
+        _TMA_DEVICES[index] = torch.cuda.get_device_capability(index) >= (9, 0)
+    return _TMA_DEVICES[index]
+
+
+_WITHOUT_TMA: dict[int, tuple[triton.Config, triton.Config]] = {}
+
+
+def _without_tma(config: triton.Config) -> triton.Config:
+    """The same tiles with per-thread copies, once per config object (host time: every eager call asks)."""
+    if id(config) not in _WITHOUT_TMA:
+        plain = triton.Config({**config.kwargs, "TMA": 0}, num_warps=config.num_warps,
+                              num_stages=config.num_stages)
+        _WITHOUT_TMA[id(config)] = (plain, config)  # the config is kept so that its id stays its own
+    return _WITHOUT_TMA[id(config)][0]
 
 
 def descriptors(args: dict, config: triton.Config) -> dict:

@@ -103,6 +103,7 @@ def from_main_rank(make: Callable[[], T]) -> T:
     if dist.get_rank() == 0:
         try:
             payload = [(make(), None)]
+            pickle.dumps(payload)  # a result that cannot be sent fails here, where the others can be told
         except Exception as exc:
             dist.broadcast_object_list([(None, _sendable(exc))], src=0)
             raise
