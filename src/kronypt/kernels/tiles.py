@@ -86,6 +86,16 @@ def add_colsum(COLS, tile, c0, N1: tl.constexpr, N2: tl.constexpr, N2P: tl.const
 
 
 @triton.jit
+def store_activated(out, offsets, mask, Y, PRE, SAVE_PRE: tl.constexpr, ACT: tl.constexpr):
+    """Store the float32 pre-activation `out` at Y + offsets: kept in PRE first when asked, then gelu_new."""
+    if SAVE_PRE:
+        tl.store(PRE + offsets, out.to(PRE.dtype.element_ty), mask=mask)
+    if ACT == 1:
+        out = gelu_tanh(out)
+    tl.store(Y + offsets, out.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def store_output(acc, offs_t, offs_a, T, stride_yt, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
                  M2P: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr, ACT: tl.constexpr):
     """Epilogue of a (BLOCK_T, BLOCK_A, M2P) float32 tile: + bias, keep the pre-activation, gelu, store."""
@@ -97,9 +107,4 @@ def store_output(acc, offs_t, offs_a, T, stride_yt, BIAS, Y, PRE, M1: tl.constex
     if HAS_BIAS:
         acc += tl.load(BIAS + out_cols, mask=mask_out, other=0.0).to(tl.float32)[None, :, :]
     offsets = offs_t.to(tl.int64)[:, None, None] * stride_yt + out_cols[None, :, :]
-    mask_y = (offs_t < T)[:, None, None] & mask_out[None, :, :]
-    if SAVE_PRE:
-        tl.store(PRE + offsets, acc.to(PRE.dtype.element_ty), mask=mask_y)
-    if ACT == 1:
-        acc = gelu_tanh(acc)
-    tl.store(Y + offsets, acc.to(Y.dtype.element_ty), mask=mask_y)
+    store_activated(acc, offsets, (offs_t < T)[:, None, None] & mask_out[None, :, :], Y, PRE, SAVE_PRE, ACT)

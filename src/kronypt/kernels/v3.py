@@ -37,7 +37,7 @@ import triton.language as tl
 from kronypt.kernels.activation import gelu_tanh
 from kronypt.kernels.availability import INTERPRET, v3_supports
 from kronypt.kernels.overrides import overridden
-from kronypt.kernels.tiles import load_x, mma, pick_x, token_tile
+from kronypt.kernels.tiles import load_x, mma, pick_x, store_activated, token_tile
 from kronypt.kernels.tuning import cdiv, dot_flags, launch, next_pow2, shared_limit, sm_count
 
 
@@ -199,12 +199,7 @@ def _expand_store_padded(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1:
     if HAS_BIAS:
         out += tl.load(BIAS + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :, :]
     offsets = offs_t.to(tl.int64)[:, None, None] * stride_yt + cols[None, :, :]
-    mask = (offs_t < T)[:, None, None] & mask_c[None, :, :]
-    if SAVE_PRE:
-        tl.store(PRE + offsets, out.to(PRE.dtype.element_ty), mask=mask)
-    if ACT == 1:
-        out = gelu_tanh(out)
-    tl.store(Y + offsets, out.to(Y.dtype.element_ty), mask=mask)
+    store_activated(out, offsets, (offs_t < T)[:, None, None] & mask_c[None, :, :], Y, PRE, SAVE_PRE, ACT)
 
 
 @triton.jit
@@ -218,12 +213,7 @@ def expand_store(part, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.cons
     else:
         out, cols, valid = expanded(part, a0, B, s, BIAS, M1, M2, N2, WIDTH, HAS_BIAS, BLOCK_T)
         offsets = offs_t.to(tl.int64)[:, None] * stride_yt + cols[None, :]
-        mask = (offs_t < T)[:, None] & valid[None, :]
-        if SAVE_PRE:
-            tl.store(PRE + offsets, out.to(PRE.dtype.element_ty), mask=mask)
-        if ACT == 1:
-            out = gelu_tanh(out)
-        tl.store(Y + offsets, out.to(Y.dtype.element_ty), mask=mask)
+        store_activated(out, offsets, (offs_t < T)[:, None] & valid[None, :], Y, PRE, SAVE_PRE, ACT)
 
 
 @triton.jit
