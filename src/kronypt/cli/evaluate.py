@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kronypt.cli.app import app, console, print_json
+from kronypt.cli.options import check_json_file
 from kronypt.errors import KronyptError
 from kronypt.eval import DEFAULT_PROTOCOLS, TASKS, comparison_table, evaluate_models, select_pairs, write_json
 from kronypt.models.loading import check_device
@@ -63,12 +64,8 @@ def eval_command(
     if stride is not None and not any(p == "hf-strided" for _, p in pairs):
         raise KronyptError("--stride applies to the hf-strided protocol only, not "
                            f"{', '.join(dict.fromkeys(p for _, p in pairs))}")
+    check_json_file(json_path)
     to_file = json_path is not None and str(json_path) != "-"
-    if to_file:
-        if json_path.is_dir():
-            raise KronyptError(f"cannot write --json {json_path}: it is a folder; give a file name")
-        if not json_path.resolve().parent.is_dir():
-            raise KronyptError(f"cannot write --json {json_path}: folder {json_path.resolve().parent} does not exist")
     records = evaluate_models(models, task_list, protocol_list, tokenizer=tokenizer, dtype=dtype, device=target,
                               split=split, data_dir=data_dir, stride=stride, batch_size=batch_size,
                               max_tokens=max_tokens, progress=progress, on_skip=_warn,

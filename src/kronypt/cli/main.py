@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "kronypt.cli.data",
     "kronypt.cli.train",
     "kronypt.cli.plot",
+    "kronypt.cli.bench",
 )
 
 

@@ -50,6 +50,16 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise KronyptError(f"output folder {out} is not empty; pass --force to replace the model files in it")
 
 
+def check_json_file(path: Path | None) -> None:
+    """A `--json FILE` must be writable before any work starts; None and '-' (stdout) need no check."""
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise KronyptError(f"cannot write --json {path}: it is a folder; give a file name")
+    if not path.resolve().parent.is_dir():
+        raise KronyptError(f"cannot write --json {path}: folder {path.resolve().parent} does not exist")
+
+
 # What a saved model folder is made of: `--force` replaces these and leaves every other file alone.
 MODEL_FILES = ("config.json", "generation_config.json", "compression_report.json", "added_tokens.json",
                *TOKENIZER_FILES)
