@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as transformers_logging
+
+# Fixtures save models before any `kronypt` command has run (which turns these off for the CLI): without
+# this, transformers' "Writing model shards" bars land in the stderr that one-line-error tests capture,
+# depending on which test happens to run first.
+transformers_logging.disable_progress_bar()
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TOKENIZER_DIR = SHARED_DATA / "gpt2-tokenizer"

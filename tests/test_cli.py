@@ -125,6 +125,7 @@ def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_p
     (["export", "{tiny}", "--dense", "--out", "{tmp}/x"], "no Kronecker layers"),
     (["eval", "{tiny}", "--protocol", "krony-pt", "--stride", "100"], "--stride applies"),
     (["eval", "{tiny}", "--json", "{tmp}"], "it is a folder"),
+    (["info", "~no-such-user-kronypt/model"], "cannot expand a '~user' path"),
 ])
 def test_bad_input_gives_one_line_errors(capsys, tiny_dir, tmp_path, args, pattern):
     args = [a.format(tiny=tiny_dir, tmp=tmp_path) for a in args]

@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("kronypt: interrupted\n")
         sys.exit(130)
+    except RuntimeError as exc:  # Path.expanduser on '~user/...' of an unknown user: bad input in any path
+        if "home directory" not in str(exc):
+            raise
+        print_error(f"cannot expand a '~user' path: {exc}")
+        sys.exit(2)
     if isinstance(code, int) and code:
         if code == 130:  # Typer turns Ctrl-C into exit code 130
             sys.stderr.write("kronypt: interrupted\n")
