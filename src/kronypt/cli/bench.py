@@ -21,7 +21,7 @@ from kronypt.bench import (
     steps_per_run,
 )
 from kronypt.cli.app import app, console, print_json
-from kronypt.cli.options import check_json_file
+from kronypt.cli.options import check_json_file, run_dtype
 from kronypt.models import load_config, load_model
 from kronypt.models.loading import check_device, parse_dtype
 
@@ -72,7 +72,7 @@ def bench(
                              warmup=warmup, train=train, seed=seed)
     settings.check()
     target = check_device(device)
-    torch_dtype = parse_dtype(dtype or ("bfloat16" if target.type == "cuda" else "float32"))
+    torch_dtype = parse_dtype(run_dtype(dtype, target))
     check_json_file(json_path)
     vs_dense = against == DENSE
     configs = [load_config(model, gpt2_only=vs_dense)]

@@ -12,7 +12,15 @@ import typer
 from rich.table import Table
 
 from kronypt.cli.app import app, console, print_json
-from kronypt.cli.options import SAVE_DTYPE_HELP, check_out_dir, parse_layers, parse_save_dtype, replace_dir, staging_dir
+from kronypt.cli.options import (
+    SAVE_DTYPE_HELP,
+    check_out_dir,
+    parse_layers,
+    parse_save_dtype,
+    replace_dir,
+    run_dtype,
+    staging_dir,
+)
 from kronypt.errors import KronyptError
 from kronypt.math.shapes import parse_shape
 from kronypt.models import (
@@ -262,7 +270,7 @@ def generate(
     """
     target = check_device(device)
     tok = load_tokenizer(tokenizer or _default_tokenizer(model))
-    lm = load_model(model, dtype=dtype or ("bfloat16" if target.type == "cuda" else "float32"), device=target)
+    lm = load_model(model, dtype=run_dtype(dtype, target), device=target)
     if len(tok) > lm.config.vocab_size:
         raise KronyptError(f"tokenizer has {len(tok)} tokens but the model only {lm.config.vocab_size}")
     torch.manual_seed(seed)

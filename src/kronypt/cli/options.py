@@ -14,6 +14,11 @@ SAVE_DTYPE_HELP = ("dtype of the saved weights: auto (the source checkpoint's, e
                    "float32, bfloat16 or float16.")
 
 
+def run_dtype(name: str | None, device: torch.device) -> str:
+    """The dtype a command runs a model in: `name` when given, else bfloat16 on a GPU and float32 elsewhere."""
+    return name or ("bfloat16" if device.type == "cuda" else "float32")
+
+
 def parse_layers(spec: str | None) -> list[int] | None:
     """'0-5,8' -> [0, 1, 2, 3, 4, 5, 8]; None or 'all' -> None (every block)."""
     if spec is None or spec.strip().lower() == "all":
