@@ -1,0 +1,41 @@
+"""The console script's entry: a Ctrl-C while torch and transformers are still being imported is one line."""
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Raises KeyboardInterrupt at the moment the CLI's import reaches torch, as a Ctrl-C there would.
+INTERRUPT_IMPORTING_TORCH = """
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+import kronypt_entry
+sys.argv = ["kronypt", "--help"]
+kronypt_entry.main()
+"""
+
+
+def test_the_console_script_runs_the_guarded_entry() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"kronypt": "kronypt_entry:main"}
+
+
+def test_ctrl_c_during_the_imports_is_one_line_and_exit_130() -> None:
+    done = subprocess.run([sys.executable, "-c", INTERRUPT_IMPORTING_TORCH], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "kronypt: interrupted\n"
+    assert done.stdout == ""
+
+
+def test_without_an_interrupt_the_entry_runs_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-c", "import kronypt_entry, sys; sys.argv = ['kronypt', '--help'];"
+                           " kronypt_entry.main()"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: kronypt" in done.stdout and "compress" in done.stdout
