@@ -126,7 +126,8 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
         ref = _dense_ref(sets[0], act)
         for config in _candidates(v3.SWEEP[orientation], orientation, top, report):
             cfg = {"config": _config_dict(config)}
-            traffic = v3_traffic(shape, case.tokens, config.kwargs["BLOCK_T"], config.kwargs["BLOCK_A"])
+            k = config.kwargs
+            traffic = v3_traffic(shape, case.tokens, k["BLOCK_T"], k["BLOCK_A"], split=k["SPLIT"])
             cfg.update(hbm_mb=traffic["hbm"] / 1e6, l2_mb=traffic["l2"] / 1e6)
             try:
                 def run(s, config=config, code=code):

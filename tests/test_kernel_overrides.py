@@ -18,10 +18,10 @@ from kronypt.kernels import overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = {
-    "column": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4, "PERSIST": 0, "TMA": 0},
-                            num_warps=16, num_stages=3),
-    "row": triton.Config({"BLOCK_T": 64, "BLOCK_A": 256, "BLOCK_C": 32, "EPI": 1, "PERSIST": 0, "TMA": 0},
-                         num_warps=8, num_stages=3),
+    "column": triton.Config({"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4, "PERSIST": 0, "TMA": 0,
+                             "SPLIT": 1}, num_warps=16, num_stages=3),
+    "row": triton.Config({"BLOCK_T": 64, "BLOCK_A": 256, "BLOCK_C": 32, "EPI": 1, "PERSIST": 0, "TMA": 0,
+                          "SPLIT": 1}, num_warps=8, num_stages=3),
 }
 
 
@@ -63,6 +63,7 @@ def test_written_file_reads_back(tmp_path: Path) -> None:
     ({"v3": {"column": {"BLOCK_T": 0}}}, "BLOCK_T must be a power of two, got 0"),
     ({"v3": {"column": {"EPI": 3}}}, "EPI must be 1, 2 or 4, got 3"),
     ({"v3": {"column": {"TMA": 2}}}, "TMA must be 0 or 1, got 2"),
+    ({"v3": {"row": {"SPLIT": 5}}}, "SPLIT must be 1, 2, 3 or 4, got 5"),
     ({"v3": {"column": {"warps": 64}}}, "warps must be a power of two up to 32, got 64"),
     ({"v3": {"column": {"stages": 0}}}, "stages must be >= 1, got 0"),
     ({"v3": {"diagonal": {}}}, "unknown v3 kernel(s) diagonal"),

@@ -278,6 +278,11 @@ def check_sweeps() -> dict[str, float]:
         for persist in (1, 2):
             y, _ = v3.v3_forward(x, A, B, s, bias, 1, False, config=v3._cfg(16, 32, 16, 2, 4, 2, persist))
             errors[f"v3-{orientation}-persistent-{persist}"] = _relative(y, ref)
+        # SPLIT accumulators per program (m1 = 96 or 160 rows: the last group of 48 or 64 rows is partial)
+        for split, persist in ((2, 0), (3, 0), (4, 0), (3, 1)):
+            config = v3._cfg(16, 16, 16, 2, 4, 2, persist, split=split)
+            y, _ = v3.v3_forward(x, A, B, s, bias, 1, False, config=config)
+            errors[f"v3-{orientation}-split-{split}-{persist}"] = _relative(y, ref)
     k, m1, m2, T = 2, 80, 4, 150
     p, w = torch.randn(T, k * m1, generator=g), torch.randn(k, m2, generator=g)
     bias, grad = torch.randn(m1 * m2, generator=g), torch.randn(T, m1 * m2, generator=g)
@@ -320,7 +325,10 @@ def check_tma() -> dict[str, float]:
     cases = (("column", (48, 40, 4, 1), v3._cfg(32, 16, 16, 4, 4, 2, tma=1)),
              ("column-persistent", (48, 40, 2, 1), v3._cfg(16, 32, 16, 2, 4, 2, 2, tma=1)),
              ("row", (40, 48, 1, 4), v3._cfg(16, 32, 16, 1, 4, 2, tma=1)),
-             ("row-persistent", (40, 48, 1, 8), v3._cfg(32, 16, 16, 1, 4, 2, 1, tma=1)))
+             ("row-persistent", (40, 48, 1, 8), v3._cfg(32, 16, 16, 1, 4, 2, 1, tma=1)),
+             # two and three accumulators per program; the last group of A rows partly past m1
+             ("column-split", (48, 40, 4, 1), v3._cfg(16, 16, 16, 2, 4, 2, tma=1, split=2)),
+             ("row-split", (40, 48, 1, 4), v3._cfg(16, 16, 16, 1, 4, 2, tma=1, split=3)))
     for label, (m1, n1, m2, n2), config in cases:
         for dtype in ("float32", "bfloat16"):
             dt = getattr(torch, dtype)
@@ -436,7 +444,7 @@ def test_sweep_candidates_match_reference(interpreted: dict) -> None:
 
     row = interpreted.get("sweeps")
     _assert_within(row, TOLERANCE["float32"])
-    expected = (sum(map(len, v3.SWEEP.values())) + 2 * len(v3.SWEEP) + sum(map(len, gemm_path.SWEEP.values()))
+    expected = (sum(map(len, v3.SWEEP.values())) + 6 * len(v3.SWEEP) + sum(map(len, gemm_path.SWEEP.values()))
                 + len(gemm_path.SWEEP["reduce"]))  # reduce: k = 2 with GELU, and k = 1
     assert len(row["errors"]) == expected
 
@@ -446,7 +454,7 @@ def test_v3_tma_matches_reference_and_refuses_what_tma_cannot_move(interpreted: 
     keeps, and shapes TMA cannot move run the per-thread copies instead."""
     row = interpreted.get("tma")
     _assert_within(row, TOLERANCE["float32"])  # bfloat16 errors were divided by 3e3 (float32 units)
-    assert len(row["errors"]) == 4 * 2 * 2 + 4
+    assert len(row["errors"]) == 6 * 2 * 2 + 4
     assert row["errors"]["column-float32-y"] <= TOLERANCE["float32"]  # float32 runs the fallback
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(),
@@ -587,6 +595,25 @@ def test_v3_tma_candidates_compile_to_bulk_copies_on_hopper() -> None:
         assert any(n.startswith("UTMALDG") for n in ops) and any(n.startswith("UTMASTG") for n in ops), row
         assert any(n.startswith("HGMMA.64x") for n in ops), row
         assert not any(n.startswith(("LDGSTS", "STG.E.128")) for n in ops), row  # no per-thread tile copies
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+def test_v3_three_accumulators_of_c_proj_compile_without_spills() -> None:
+    """The first SPLIT = 3 candidate of c_proj (all 768 outputs of 64 tokens in one program: 3 accumulators
+    of 64 x 256) builds for sm_90 within the register file: wgmma, 16-byte copies, no spills."""
+    from kronypt.kernels import v3
+    from kronypt.kernels.sass import compile_report, recorded_launches
+
+    config = next(c for c in v3.SWEEP["row"] if c.kwargs["SPLIT"] == 3 and not c.kwargs["TMA"])
+    try:
+        kernel, _, args = recorded_launches(kron_shape(768, 3072, (768, 768)), 1, 65536, False, torch.bfloat16,
+                                            impl="v3")[0]
+        row = compile_report(kernel, args, config)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    ops = row["instructions"]
+    assert row["stack_bytes"] == 0, row
+    assert sum(n.startswith("HGMMA.64x") for n in ops) >= 1 and ops.get("LDGSTS.E.BYPASS.128", 0) > 0, row
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
@@ -775,6 +802,26 @@ def test_v3_l2_traffic_falls_with_wider_tiles() -> None:
     assert v3_traffic(c_fc, tokens, 256, 128)["l2"] < t["l2"]
     # c_proj: its wide x dominates, so wider A blocks are what cut the traffic
     assert v3_traffic(c_proj, tokens, 128, 256)["l2"] < v3_traffic(c_proj, tokens, 256, 128)["l2"]
+    # three 256-row accumulators per program: each token tile's x loaded once (not 3 times), A as before
+    split = v3_traffic(c_proj, tokens, 64, 256, split=3)
+    assert split["l2"] == 2 * (tokens * 3072 + 768 * 768 * 1024 + tokens * 768)
+    assert v3_traffic(c_proj, tokens, 64, 256)["l2"] - split["l2"] == 2 * 2 * tokens * 3072
+
+
+def test_v3_defaults_fitted_to_the_shape_keep_no_idle_accumulators() -> None:
+    """A default tile with several accumulators per program (SPLIT) never gets more than A has row blocks,
+    and stages, then the reduction block, shrink until the staged tiles fit the shared memory."""
+    from kronypt.kernels import v3
+
+    config = v3._cfg(64, 256, 32, 1, 8, 3, split=3)
+    kw = lambda m1, limit=227 << 10: v3.fitted(config, m1, 4, 2, limit).kwargs  # noqa: E731
+    assert kw(768)["SPLIT"] == 3 and kw(600)["SPLIT"] == 3 and kw(512)["SPLIT"] == 2 and kw(200)["SPLIT"] == 1
+    # per stage: x 64·32·4 and three A tiles 256·32, bf16 = 64 KB; 3 stages fit 227 KB
+    assert v3.fitted(config, 768, 4, 2, 227 << 10).num_stages == 3
+    assert v3.fitted(config, 768, 4, 2, 150 << 10).num_stages == 2
+    small = v3.fitted(config, 768, 4, 2, 100 << 10)
+    assert (small.num_stages, small.kwargs["BLOCK_C"]) == (2, 16)
+    assert v3.fitted(config, 256, 4, 2, 100 << 10).kwargs["BLOCK_C"] == 32  # one A tile: 2 x 32 KB fit
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -11,7 +11,7 @@ and writes the winners; then
 runs with them. The file (JSON):
 
     {"v3": {"column": {"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4, "PERSIST": 0, "TMA": 1,
-                       "warps": 16, "stages": 3},
+                       "SPLIT": 1, "warps": 16, "stages": 3},
             "row": {...}},
      "gemm_path": {"reduce": {"BLOCK_T": 16, "BLOCK_A": 64, "SUM_EACH": 1, "PER_SM": 4, "warps": 4,
                               "stages": 1}},
@@ -51,6 +51,7 @@ _RULES = {
     "stages": (lambda v: v >= 1, ">= 1"),
     "EPI": (lambda v: v in (1, 2, 4), "1, 2 or 4"),
     "TMA": (lambda v: v in (0, 1), "0 or 1"),
+    "SPLIT": (lambda v: v in (1, 2, 3, 4), "1, 2, 3 or 4"),
     "SUM_EACH": (lambda v: v in (0, 1), "0 or 1"),
     "LOAD_2D": (lambda v: v in (0, 1), "0 or 1"),
     "STAGES": (lambda v: v >= 1, ">= 1"),

@@ -102,17 +102,18 @@ def predict_v3(shape: KronShape, tokens: int, training: bool, nbytes: int = 2, d
     return t + _gemm(dev, s.m1, s.n1, T, nbytes) + _stream(dev, T * s.out_features, nbytes)
 
 
-def v3_traffic(shape: KronShape, tokens: int, block_t: int, block_a: int, nbytes: int = 2) -> dict[str, float]:
-    """Bytes one version-3 forward moves with (block_t, block_a) tiles: `hbm` (x and A read once, y written
-    once) and `l2` (what the programs load from L2 plus what they store: every A-row block of a token
-    tile loads its x tile, every token tile loads the whole of A). With 128 × 128 tiles at 65536 tokens the
-    L2 traffic is 3.2× the HBM bytes on 81M c_fc and 6.2× on c_proj (x 4× wider than y): why the sweep
-    tries wider tiles."""
+def v3_traffic(shape: KronShape, tokens: int, block_t: int, block_a: int, nbytes: int = 2,
+               split: int = 1) -> dict[str, float]:
+    """Bytes one version-3 forward moves with (block_t, block_a) tiles and `split` accumulators per program:
+    `hbm` (x and A read once, y written once) and `l2` (what the programs load from L2 plus what they store:
+    every group of split·block_a A rows of a token tile loads its x tile, every token tile loads the whole
+    of A). With 128 × 128 tiles at 65536 tokens the L2 traffic is 3.2× the HBM bytes on 81M c_fc and 6.2×
+    on c_proj (x 4× wider than y): why the sweep tries wider tiles and several accumulators."""
     x = nbytes * tokens * shape.in_features
     y = nbytes * tokens * shape.out_features
     a = nbytes * shape.m1 * shape.n1
-    a_blocks, t_blocks = -(-shape.m1 // block_a), -(-tokens // block_t)
-    return {"hbm": x + y + a, "l2": x * a_blocks + a * t_blocks + y}
+    a_groups, t_blocks = -(-shape.m1 // (block_a * split)), -(-tokens // block_t)
+    return {"hbm": x + y + a, "l2": x * a_groups + a * t_blocks + y}
 
 
 def predict(shape: KronShape, k: int, tokens: int, training: bool, nbytes: int = 2,

@@ -18,7 +18,9 @@ accumulator; the small B factor is applied in registers, on the way in or on the
   under the memory time) and keeps the MMA at a quarter of dense.
 
 x and A are read from memory once (the other A-row blocks of a token tile re-read x from L2), y is written
-once. A config with TMA=1 (sweep candidates, not yet a default) moves the same tiles with Hopper's tensor
+once. A config with SPLIT = s > 1 gives each program s accumulators of BLOCK_A rows of A: each x slab is
+loaded (and, for a one-row B, reduced by B) once for all s, so a token tile's x is loaded m1 / (s·BLOCK_A)
+times instead of m1 / BLOCK_A (c_proj: once instead of 3 times with s = 3), for s times the registers. A config with TMA=1 (sweep candidates, not yet a default) moves the same tiles with Hopper's tensor
 memory accelerator: x, A_0, y and the kept tensor as tensor descriptors, bulk asynchronous loads into the
 pipeline's shared-memory stages and bulk stores of each epilogue slice, with no per-thread addresses or
 masks (`_v3_tile_tma`); shapes it cannot move (`tma_fits`) run the same tiles with per-thread copies.
@@ -37,14 +39,14 @@ import triton.language as tl
 from kronypt.kernels.activation import gelu_tanh
 from kronypt.kernels.availability import INTERPRET, v3_supports
 from kronypt.kernels.overrides import overridden
-from kronypt.kernels.tiles import load_x, mma, pick_x, store_activated, token_tile
+from kronypt.kernels.tiles import load_x, mma, pick_x, store_activated
 from kronypt.kernels.tuning import cdiv, dot_flags, launch, next_pow2, shared_limit, sm_count
 
 
 def _cfg(bt: int, ba: int, bc: int, epi: int, warps: int, stages: int, persist: int = 0,
-         tma: int = 0) -> triton.Config:
+         tma: int = 0, split: int = 1) -> triton.Config:
     return triton.Config({"BLOCK_T": bt, "BLOCK_A": ba, "BLOCK_C": bc, "EPI": epi, "PERSIST": persist,
-                          "TMA": tma}, num_warps=warps, num_stages=stages)
+                          "TMA": tma, "SPLIT": split}, num_warps=warps, num_stages=stages)
 
 
 # (BLOCK_T, BLOCK_A, BLOCK_C, EPI) for B with one column (c_fc) and one row (c_proj): EPI slices of the
@@ -75,8 +77,6 @@ SWEEP = {
     "column": [
         CONFIGS["column"],             # 60 / 64 regs, 96 KB, HGMMA 64x64 (run 4's best: 1.81x at 65536)
         _cfg(128, 128, 64, 4, 8, 4),   # 136 / 153 regs, 128 KB (the default until run 4: 1.52x)
-        _cfg(256, 128, 64, 4, 16, 3),  # 110 / 128 regs, 144 KB: fewer L2 loads (run 4: 1.66x)
-        _cfg(64, 128, 64, 4, 4, 3),    # 152 / 142 regs, 72 KB, 3 blocks/SM (run 4: 1.57x)
         _cfg(128, 128, 64, 4, 16, 4),  # 70 / 77 regs, 128 KB (not timed yet)
         _cfg(128, 128, 128, 4, 16, 2),  # 90 / 88 regs, 128 KB (not timed yet)
         _cfg(128, 128, 64, 4, 16, 3, tma=1),     # 62 / 80 regs, 96 KB
@@ -85,21 +85,26 @@ SWEEP = {
         _cfg(64, 128, 64, 4, 8, 3, tma=1),       # 62 / 88 regs, 72 KB
         _cfg(128, 128, 64, 4, 16, 3, 1, tma=1),  # persistent: 66 / 74 regs, 192 KB
         _cfg(128, 128, 64, 4, 8, 4, 1, tma=1),   # persistent: 140 / 142 regs, 160 KB
+        # two accumulators per program (x loaded once for 256 rows of A: read 3x from L2 instead of 6x)
+        _cfg(128, 128, 64, 4, 16, 3, tma=1, split=2),  # 103 / 123 regs, 144 KB
+        _cfg(64, 128, 64, 4, 8, 3, split=2),           # 121 / 153 regs, 120 KB
     ],
     "row": [
         CONFIGS["row"],                # 114 / 167 regs, 84 KB (run 4's best at 8192 tokens: 1.21x graphed)
         _cfg(64, 256, 32, 1, 4, 3),    # 206 regs, 84 KB, HGMMA 64x256 (run 4: 1.34x at 65536)
-        _cfg(128, 256, 32, 1, 8, 3),   # 209 regs, 120 KB: x re-read from L2 3x instead of 6x (1.28x)
         _cfg(64, 256, 64, 1, 8, 3),    # 170 regs, 164 KB (not timed yet)
-        _cfg(32, 256, 32, 1, 4, 3),    # 134 regs, 50 KB, 3 blocks/SM (not timed yet)
         _cfg(64, 512, 32, 1, 16, 3),   # 117 regs, 132 KB: x re-read 2x from L2 instead of 3x (m1 = 768:
                                        # the second block is half masked)
         _cfg(64, 256, 32, 1, 8, 3, tma=1),     # 102 / 162 regs, 84 KB
         _cfg(64, 256, 32, 1, 4, 3, tma=1),     # 173 regs, 84 KB
         _cfg(64, 256, 64, 1, 8, 3, tma=1),     # 119 regs, 164 KB
-        _cfg(128, 256, 32, 1, 8, 3, tma=1),    # 188 regs, 120 KB
-        _cfg(32, 256, 32, 1, 4, 3, tma=1),     # 128 regs, 50 KB
         _cfg(64, 256, 32, 1, 8, 3, 1, tma=1),  # persistent: 116 regs, 116 KB
+        # three accumulators of 256 rows: all 768 outputs of a token tile in one program, x read from
+        # memory once and never re-read from L2 (1 block/SM)
+        _cfg(64, 256, 32, 1, 8, 3, split=3),         # 255 regs, 180 KB
+        _cfg(64, 256, 32, 1, 8, 2, split=3),         # 255 regs, 116 KB
+        _cfg(64, 256, 32, 1, 8, 3, tma=1, split=3),  # 228 regs, 180 KB
+        _cfg(64, 128, 32, 1, 8, 3, split=3),         # 207 regs, 108 KB (384 rows: x read 2x)
     ],
     # a one-column B with m2 = 3 (86M's c_fc, gathered epilogue)
     "column3": [
@@ -118,17 +123,20 @@ CONFIGS = overridden("v3", CONFIGS)
 _FITTED: dict[tuple, triton.Config] = {}
 
 
-def fitted(config: triton.Config, n2p: int, itemsize: int, limit: int) -> triton.Config:
-    """`config` with fewer pipeline stages (float32: at most 2), then a narrower reduction block, until its
-    staged tiles fit in `limit` bytes of shared memory: each stage holds a (BLOCK_T, BLOCK_C·n2p) slab of x
-    and a (BLOCK_A, BLOCK_C) tile of A (an upper estimate: 96 KB for the bf16 row default, whose sm_90
-    build uses 84 KB). A B with a long row (n2 up to 16) widens the x slab 4x over the 81M shapes'."""
-    key = (tuple(config.kwargs.items()), config.num_warps, config.num_stages, n2p, itemsize, limit)
+def fitted(config: triton.Config, m1: int, n2p: int, itemsize: int, limit: int) -> triton.Config:
+    """`config` with no more accumulators than A has row blocks (SPLIT), fewer pipeline stages (float32: at
+    most 2), then a narrower reduction block, until its staged tiles fit in `limit` bytes of shared memory:
+    each stage holds a (BLOCK_T, BLOCK_C·n2p) slab of x and SPLIT (BLOCK_A, BLOCK_C) tiles of A (an upper
+    estimate: 96 KB for the bf16 row default, whose sm_90 build uses 84 KB). A B with a long row (n2 up to
+    16) widens the x slab 4x over the 81M shapes'."""
+    key = (tuple(config.kwargs.items()), config.num_warps, config.num_stages, m1, n2p, itemsize, limit)
     if key not in _FITTED:
         kw, stages = dict(config.kwargs), config.num_stages if itemsize <= 2 else min(config.num_stages, 2)
+        kw["SPLIT"] = min(kw["SPLIT"], cdiv(m1, kw["BLOCK_A"]))
 
         def size() -> int:
-            return stages * (kw["BLOCK_T"] * kw["BLOCK_C"] * n2p + kw["BLOCK_A"] * kw["BLOCK_C"]) * itemsize
+            x_slab, a_tiles = kw["BLOCK_T"] * kw["BLOCK_C"] * n2p, kw["SPLIT"] * kw["BLOCK_A"] * kw["BLOCK_C"]
+            return stages * (x_slab + a_tiles) * itemsize
 
         while size() > limit and stages > 2:
             stages -= 1
@@ -231,35 +239,15 @@ def _expand_store_tma(part, a0, t0, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl
 
 
 @triton.jit
-def _v3_tile(
-    pid, X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u,
-    M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr, SAVE_P: tl.constexpr,
-    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
-):
-    """One (BLOCK_T, BLOCK_A) output tile: the A-contraction, then the expansion and stores."""
-    pid_a, offs_t, offs_a = token_tile(pid, M1, BLOCK_T, BLOCK_A)
-    mask_t = offs_t < T
-    x_rows = X + offs_t.to(tl.int64)[:, None] * stride_xt
-    acc = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
-    for c0 in range(0, N1, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        a_tile = tl.load(A + offs_c[:, None] + offs_a[None, :] * N1,
-                         mask=(offs_c < N1)[:, None] & (offs_a < M1)[None, :], other=0.0)
-        if N2 == N2P:  # the slab as (BLOCK_T, BLOCK_C·N2): 16-byte copies, then viewed as (.., .., N2)
-            offs_f = c0 * N2 + tl.arange(0, BLOCK_C * N2)
-            slab = tl.load(x_rows + offs_f[None, :], mask=mask_t[:, None] & (offs_f < N1 * N2)[None, :], other=0.0)
-            x_tile = slab
-            if N2 > 1:
-                x_tile = pick_x(tl.reshape(slab, (BLOCK_T, BLOCK_C, N2)), u, N2P)
-        else:
-            x_tile = pick_x(load_x(x_rows, c0, mask_t, N1, N2, N2P, BLOCK_C), u, N2P)
-        acc = mma(x_tile, a_tile, acc, DOT_F32, IEEE)
+def _finish(acc, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr,
+            N2: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
+            SAVE_P: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, EPI: tl.constexpr):
+    """The epilogue of the accumulator of A-rows [a0, a0 + BLOCK_A): P kept when asked, then the expansion
+    and stores in EPI slices."""
     if SAVE_P:
+        offs_a = a0 + tl.arange(0, BLOCK_A)
         tl.store(PRE + offs_t.to(tl.int64)[:, None] * M1 + offs_a[None, :], acc.to(PRE.dtype.element_ty),
-                 mask=mask_t[:, None] & (offs_a < M1)[None, :])
-    a0 = pid_a * BLOCK_A
+                 mask=(offs_t < T)[:, None] & (offs_a < M1)[None, :])
     if EPI == 1:
         expand_store(acc, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, BLOCK_A, HAS_BIAS,
                      SAVE_PRE, ACT, BLOCK_T)
@@ -286,27 +274,67 @@ def _v3_tile(
 
 
 @triton.jit
-def _v3_tile_tma(
-    pid, X, A, B, BIAS, Y, PRE, T, s, u,
-    M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr,
+def _a_tile(A, c0, a0, M1: tl.constexpr, N1: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A_0[a, c] for the rows [a0, a0 + BLOCK_A) and columns [c0, c0 + BLOCK_C), as (BLOCK_C, BLOCK_A)."""
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    offs_a = a0 + tl.arange(0, BLOCK_A)
+    return tl.load(A + offs_c[:, None] + offs_a[None, :] * N1,
+                   mask=(offs_c < N1)[:, None] & (offs_a < M1)[None, :], other=0.0)
+
+
+@triton.jit
+def _v3_tile(
+    pid, X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u,
+    M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr, SAVE_P: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    """`_v3_tile` with X, A_0, Y and PRE as tensor descriptors: the tiles move by the Hopper's tensor
-    memory accelerator (bulk copies, no per-thread addresses or masks; rows past T and columns past the
-    tensor are zero on load and dropped on store) instead of per-thread 16-byte copies. A power-of-two n2."""
-    num_a = tl.cdiv(M1, BLOCK_A)
-    pid_a = pid % num_a
-    t0 = (pid // num_a) * BLOCK_T
-    a0 = pid_a * BLOCK_A
-    acc = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    """One tile of BLOCK_T tokens × SPLIT·BLOCK_A rows of A: the A-contraction into SPLIT accumulators
+    (each x slab loaded, and B applied to it, once for all of them), then the expansion and stores."""
+    num_a = tl.cdiv(M1, BLOCK_A * SPLIT)  # A-row groups fastest: tiles sharing a token tile run together
+    a0 = (pid % num_a) * (BLOCK_A * SPLIT)
+    offs_t = (pid // num_a) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < T
+    x_rows = X + offs_t.to(tl.int64)[:, None] * stride_xt
+    acc0 = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
     for c0 in range(0, N1, BLOCK_C):
-        a_tile = A.load([a0, c0])  # (BLOCK_A, BLOCK_C)
-        x_tile = X.load([t0, c0 * N2])  # the slab (BLOCK_T, BLOCK_C·N2)
-        if N2 > 1:
-            x_tile = pick_x(tl.reshape(x_tile, (BLOCK_T, BLOCK_C, N2)), u, N2)
-        acc = mma(x_tile, tl.trans(a_tile), acc, DOT_F32, IEEE)
+        if N2 == N2P:  # the slab as (BLOCK_T, BLOCK_C·N2): 16-byte copies, then viewed as (.., .., N2)
+            offs_f = c0 * N2 + tl.arange(0, BLOCK_C * N2)
+            slab = tl.load(x_rows + offs_f[None, :], mask=mask_t[:, None] & (offs_f < N1 * N2)[None, :], other=0.0)
+            x_tile = slab
+            if N2 > 1:
+                x_tile = pick_x(tl.reshape(slab, (BLOCK_T, BLOCK_C, N2)), u, N2P)
+        else:
+            x_tile = pick_x(load_x(x_rows, c0, mask_t, N1, N2, N2P, BLOCK_C), u, N2P)
+        acc0 = mma(x_tile, _a_tile(A, c0, a0, M1, N1, BLOCK_A, BLOCK_C), acc0, DOT_F32, IEEE)
+        if SPLIT > 1:
+            acc1 = mma(x_tile, _a_tile(A, c0, a0 + BLOCK_A, M1, N1, BLOCK_A, BLOCK_C), acc1, DOT_F32, IEEE)
+        if SPLIT > 2:
+            acc2 = mma(x_tile, _a_tile(A, c0, a0 + 2 * BLOCK_A, M1, N1, BLOCK_A, BLOCK_C), acc2, DOT_F32, IEEE)
+        if SPLIT > 3:
+            acc3 = mma(x_tile, _a_tile(A, c0, a0 + 3 * BLOCK_A, M1, N1, BLOCK_A, BLOCK_C), acc3, DOT_F32, IEEE)
+    _finish(acc0, a0, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, HAS_BIAS, ACT, SAVE_PRE, SAVE_P,
+            BLOCK_T, BLOCK_A, EPI)
+    if SPLIT > 1:
+        _finish(acc1, a0 + BLOCK_A, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, HAS_BIAS, ACT,
+                SAVE_PRE, SAVE_P, BLOCK_T, BLOCK_A, EPI)
+    if SPLIT > 2:
+        _finish(acc2, a0 + 2 * BLOCK_A, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, HAS_BIAS, ACT,
+                SAVE_PRE, SAVE_P, BLOCK_T, BLOCK_A, EPI)
+    if SPLIT > 3:
+        _finish(acc3, a0 + 3 * BLOCK_A, offs_t, T, stride_yt, B, s, BIAS, Y, PRE, M1, M2, N2, HAS_BIAS, ACT,
+                SAVE_PRE, SAVE_P, BLOCK_T, BLOCK_A, EPI)
+
+
+@triton.jit
+def _finish_tma(acc, a0, t0, B, s, BIAS, Y, PRE, M1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr,
+                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr, SAVE_P: tl.constexpr,
+                BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, EPI: tl.constexpr):
+    """`_finish` through the descriptors PRE and Y."""
     if SAVE_P:
         PRE.store([t0, a0], acc.to(PRE.dtype))
     if EPI == 1:
@@ -328,13 +356,54 @@ def _v3_tile_tma(
 
 
 @triton.jit
+def _v3_tile_tma(
+    pid, X, A, B, BIAS, Y, PRE, T, s, u,
+    M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr, SAVE_P: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr, SPLIT: tl.constexpr,
+):
+    """`_v3_tile` with X, A_0, Y and PRE as tensor descriptors: the tiles move by the Hopper's tensor
+    memory accelerator (bulk copies, no per-thread addresses or masks; rows past T and columns past the
+    tensor are zero on load and dropped on store) instead of per-thread 16-byte copies. A power-of-two n2."""
+    num_a = tl.cdiv(M1, BLOCK_A * SPLIT)
+    a0 = (pid % num_a) * (BLOCK_A * SPLIT)
+    t0 = (pid // num_a) * BLOCK_T
+    acc0 = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_T, BLOCK_A), dtype=tl.float32)
+    for c0 in range(0, N1, BLOCK_C):
+        x_tile = X.load([t0, c0 * N2])  # the slab (BLOCK_T, BLOCK_C·N2)
+        if N2 > 1:
+            x_tile = pick_x(tl.reshape(x_tile, (BLOCK_T, BLOCK_C, N2)), u, N2)
+        acc0 = mma(x_tile, tl.trans(A.load([a0, c0])), acc0, DOT_F32, IEEE)  # A tiles: (BLOCK_A, BLOCK_C)
+        if SPLIT > 1:
+            acc1 = mma(x_tile, tl.trans(A.load([a0 + BLOCK_A, c0])), acc1, DOT_F32, IEEE)
+        if SPLIT > 2:
+            acc2 = mma(x_tile, tl.trans(A.load([a0 + 2 * BLOCK_A, c0])), acc2, DOT_F32, IEEE)
+        if SPLIT > 3:
+            acc3 = mma(x_tile, tl.trans(A.load([a0 + 3 * BLOCK_A, c0])), acc3, DOT_F32, IEEE)
+    _finish_tma(acc0, a0, t0, B, s, BIAS, Y, PRE, M1, M2, N2, HAS_BIAS, ACT, SAVE_PRE, SAVE_P, BLOCK_T, BLOCK_A, EPI)
+    if SPLIT > 1:
+        _finish_tma(acc1, a0 + BLOCK_A, t0, B, s, BIAS, Y, PRE, M1, M2, N2, HAS_BIAS, ACT, SAVE_PRE, SAVE_P,
+                    BLOCK_T, BLOCK_A, EPI)
+    if SPLIT > 2:
+        _finish_tma(acc2, a0 + 2 * BLOCK_A, t0, B, s, BIAS, Y, PRE, M1, M2, N2, HAS_BIAS, ACT, SAVE_PRE, SAVE_P,
+                    BLOCK_T, BLOCK_A, EPI)
+    if SPLIT > 3:
+        _finish_tma(acc3, a0 + 3 * BLOCK_A, t0, B, s, BIAS, Y, PRE, M1, M2, N2, HAS_BIAS, ACT, SAVE_PRE, SAVE_P,
+                    BLOCK_T, BLOCK_A, EPI)
+
+
+@triton.jit
 def _v3_kernel(
     X, A, B, S, BIAS, Y, PRE, T, stride_xt, stride_yt,
     M1: tl.constexpr, N1: tl.constexpr, M2: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
     HAS_S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
     SAVE_P: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, EPI: tl.constexpr,
-    PERSIST: tl.constexpr, TMA: tl.constexpr,
+    PERSIST: tl.constexpr, TMA: tl.constexpr, SPLIT: tl.constexpr,
 ):
     # SAVE_P (n2 = 1, training): PRE receives P = x·A_0ᵀ (T, M1) instead of the pre-activation; the backward
     # (version 2's) rebuilds the pre-activation from it, so the kernel writes T·M1 extra values, not T·M1·M2.
@@ -348,20 +417,20 @@ def _v3_kernel(
         offs_d = tl.arange(0, N2P)
         u = s * tl.load(B + offs_d, mask=offs_d < N2, other=0.0).to(tl.float32)
     if PERSIST:
-        tiles = tl.cdiv(T, BLOCK_T) * tl.cdiv(M1, BLOCK_A)
+        tiles = tl.cdiv(T, BLOCK_T) * tl.cdiv(M1, BLOCK_A * SPLIT)
         for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
             if TMA:
                 _v3_tile_tma(tile, X, A, B, BIAS, Y, PRE, T, s, u, M1, N1, M2, N2, HAS_BIAS, ACT, SAVE_PRE, SAVE_P,
-                             DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
+                             DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI, SPLIT)
             else:
                 _v3_tile(tile, X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u, M1, N1, M2, N2, N2P,
-                         HAS_BIAS, ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
+                         HAS_BIAS, ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI, SPLIT)
     elif TMA:
         _v3_tile_tma(tl.program_id(0), X, A, B, BIAS, Y, PRE, T, s, u, M1, N1, M2, N2, HAS_BIAS, ACT, SAVE_PRE,
-                     SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
+                     SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI, SPLIT)
     else:
         _v3_tile(tl.program_id(0), X, A, B, BIAS, Y, PRE, T, stride_xt, stride_yt, s, u, M1, N1, M2, N2, N2P,
-                 HAS_BIAS, ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI)
+                 HAS_BIAS, ACT, SAVE_PRE, SAVE_P, DOT_F32, IEEE, BLOCK_T, BLOCK_A, BLOCK_C, EPI, SPLIT)
 
 
 def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,
@@ -386,7 +455,7 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
                 HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=save_pre, SAVE_P=save_p, **dot_flags(x.dtype))
     if config is None:  # the defaults, fitted to the shape's B and the device
         kind = "row" if n2 > 1 else "column3" if m2 == 3 else "column"
-        config = fitted(CONFIGS[kind], args["N2P"], x.element_size(), shared_limit(x))
+        config = fitted(CONFIGS[kind], m1, args["N2P"], x.element_size(), shared_limit(x))
     elif x.dtype == torch.float32 and config.num_stages > 2:  # a given candidate runs as given, except that
         config = triton.Config(config.kwargs, num_warps=config.num_warps, num_stages=2)  # fp32 tiles are 2x
     if config.kwargs.get("TMA"):
@@ -394,8 +463,9 @@ def v3_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch
             args = descriptors(args, config)
         else:
             config = _without_tma(config)
-    tiles = cdiv(T, config.kwargs["BLOCK_T"]) * cdiv(m1, config.kwargs["BLOCK_A"])
-    persist = config.kwargs.get("PERSIST", 0)
+    k = config.kwargs
+    tiles = cdiv(T, k["BLOCK_T"]) * cdiv(m1, k["BLOCK_A"] * k["SPLIT"])
+    persist = k.get("PERSIST", 0)
     grid = (min(tiles, persist * sm_count(x.device)) if persist else tiles,)
     launch(_v3_kernel, [], lambda meta: grid, args, config=config)
     return y, saved
