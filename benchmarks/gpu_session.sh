@@ -6,7 +6,7 @@
 # card.txt, cuda-tests.log, session.log (every benchmark's output), gpu.json, gpu-graphed.json,
 # gpu-compiled.json and, with SWEEP=1, sweep.json and tuned.json. docs/gpu-notes.md says what to read.
 #   1. CUDA kernel tests (values and all gradients against float64, CUDA-graph decode,            ≤ 130 s
-#      compiled training under CUDA graphs, the TMA candidates' saved tensors)
+#      compiled training under CUDA graphs, the TMA candidates' saved tensors; `kronypt bench` on CUDA)
 #   (SWEEP=1: benchmarks/sweep.py, every block-size candidate and a per-kernel profile;           ≤ 140 s
 #    the winners by 5 % go to tuned.json, which steps 2-4 then use)
 #   2. benchmarks/gpu.py --fast: the whole model (dense, kron_auto = version 3, kron_v2), then     ≤ 110 s
@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 LOG="$OUT/session.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/card.txt"
-timeout 130 python3 -m pytest tests/test_kernels.py -q -m cuda -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log"
+timeout 130 python3 -m pytest tests/test_kernels.py tests/test_bench_cli.py -q -m cuda -p no:cacheprovider 2>&1 | tee "$OUT/cuda-tests.log"
 if [ "${SWEEP:-0}" = 1 ]; then
   timeout 140 python3 benchmarks/sweep.py --budget 120 --json "$OUT/sweep.json" \
     --write-configs "$OUT/tuned.json" 2>&1 | tee -a "$LOG"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers.utils import logging
 
 from kronypt import CompressionConfig, compress, count_params, load_model, to_dense
@@ -94,3 +95,17 @@ def test_help_teaches_the_options(capsys):
     for word in ("--against", "--prompt-tokens", "--new-tokens", "--train", "--repeats", "--json", "prefill",
                  "median"):
         assert word in out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_in_bfloat16(capsys, folders):
+    """The CUDA paths (synchronised timing, bfloat16 by default, the fused kernels in the Kronecker model)
+    give rates and the same logits as the dense counterpart up to bfloat16 rounding."""
+    code, out, err = run(capsys, "bench", str(folders / "kron"), "--device", "cuda", "--train", "--batch", "2",
+                         "--json", "-", *FAST)
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["environment"]["device"].startswith("cuda") and payload["environment"]["dtype"] == "bfloat16"
+    check_rates(payload)
+    assert payload["logits_max_abs_diff"] < 5e-2
