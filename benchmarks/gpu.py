@@ -103,15 +103,15 @@ IMPL_OF_PATH = {"fused_v1": "triton", "fused": "auto", "fused_v2": "v2"}
 class Clock:
     """Median milliseconds of a call: CUDA events on a GPU (no host sync inside), perf_counter on a CPU."""
 
-    def __init__(self, device: torch.device, reps: int) -> None:
-        self.device, self.reps = device, reps
+    def __init__(self, device: torch.device, reps: int, warmup: int = 3) -> None:
+        self.device, self.reps, self.warmup = device, reps, warmup
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def median_ms(self, fn, args: list, between=None) -> float:
-        for i in range(max(3, len(args))):  # warm-up: compile, autotune, first touch of every set
+        for i in range(max(self.warmup, len(args))):  # warm-up: compile, autotune, first touch of every set
             fn(args[i % len(args)])
             if between:
                 between()
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not (args.dry_run or args.sass) and not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA device (use --dry-run on a CPU)")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
-    clock = Clock(device, 3 if args.dry_run else args.reps)
+    clock = Clock(device, 1, warmup=1) if args.dry_run else Clock(device, args.reps)  # dry: each path runs
     deadline = START + (args.budget if args.budget is not None else 185.0 if args.fast else 230.0)
     env = environment(device)
     env.update(triton=_version("triton"), transformers=_version("transformers"), cuda=torch.version.cuda,

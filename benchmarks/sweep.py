@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("benchmarks/sweep.py needs a CUDA device (use --dry-run on a CPU)")
     device = torch.device("cpu" if args.dry_run else "cuda")
-    clock = Clock(device, 2 if args.dry_run else args.reps)
+    clock = Clock(device, 1, warmup=1) if args.dry_run else Clock(device, args.reps)  # dry: each one runs
     deadline = START + args.budget
     env = environment(device)
     env.update(triton=_version("triton"), cuda=torch.version.cuda,

@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
+from kronypt import load_tokenizer
 from kronypt.cli.main import main
+from kronypt.cli.options import parse_layers
 from tests.conftest import SHARED_DATA, requires_shared
 from tests.test_plan import SPEC_TABLE
 
@@ -80,6 +82,36 @@ def test_compress_info_generate_export_round_trip(capsys, tiny_dir, tmp_path, mo
     plain = GPT2LMHeadModel.from_pretrained(dense_dir).eval()
     kron = AutoModelForCausalLM.from_pretrained(out_dir).eval()
     torch.testing.assert_close(plain(ids).logits, kron(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("all", None), ("0-2,5", [0, 1, 2, 5]), ("1-1", [1]), ("3,1-2,3", [3, 1, 2]), (" 0 , 2-3 ", [0, 2, 3]),
+])
+def test_layer_ranges_and_lists(spec, expected):
+    assert parse_layers(spec) == expected
+
+
+def test_compress_only_the_layers_asked_for(capsys, tiny_dir, tmp_path):
+    for spec, blocks in (("1", {1}), ("0-1", {0, 1})):
+        code, out, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--layers", spec, "--out",
+                             str(tmp_path / spec), "--json")
+        assert code == 0, err
+        names = [m["name"] for m in json.loads(out)["matrices"]]
+        assert sorted(names) == sorted(f"transformer.h.{b}.mlp.{m}" for b in blocks for m in ("c_fc", "c_proj"))
+
+
+def test_generate_is_greedy_by_default_and_samples_reproducibly_with_a_temperature(capsys, tiny_dir):
+    model = GPT2LMHeadModel.from_pretrained(tiny_dir).eval()
+    tok = load_tokenizer(str(tiny_dir))
+    ids = tok("The", return_tensors="pt").input_ids
+    greedy = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)
+    args = ("generate", str(tiny_dir), "--prompt", "The", "--max-new-tokens", "12")
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert out.rstrip("\n") == tok.decode(greedy[0])
+    sampled = {seed: run(capsys, *args, "--temperature", "1.5", "--seed", seed)[1] for seed in ("1", "2")}
+    assert run(capsys, *args, "--temperature", "1.5", "--seed", "1")[1] == sampled["1"]  # the seed fixes it
+    assert sampled["1"] != sampled["2"] and out not in sampled.values()
 
 
 def test_compress_by_target_params(capsys, tiny_dir, tmp_path):
@@ -196,7 +228,10 @@ def test_empty_prompt_starts_a_new_document_and_repeated_modules_count_once(caps
 
 
 @requires_shared
-def test_a_mistyped_model_name_is_reported_as_the_model(capsys):
+def test_a_mistyped_model_name_is_reported_as_the_model(capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the same message, without retries
     code, _, err = run(capsys, "eval", "no-such-model-anywhere", "--data-dir", str(SHARED_DATA))
     assert_one_line_error(code, err, "cannot load config 'no-such-model-anywhere': not a local folder")
 
@@ -276,7 +311,7 @@ def test_compress_and_export_keep_a_bfloat16_checkpoint_in_bfloat16(capsys, tmp_
     expected.to(torch.bfloat16)
     loaded = load_model(str(packed), dtype="auto")
     assert next(loaded.parameters()).dtype == torch.bfloat16
-    ids = torch.randint(0, 50257, (2, 12))
+    ids = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, expected(ids).logits, rtol=0, atol=0)
 
@@ -286,7 +321,9 @@ def test_compress_and_export_keep_a_bfloat16_checkpoint_in_bfloat16(capsys, tmp_
         "bfloat16"
     dense = GPT2LMHeadModel.from_pretrained(plain, dtype="auto").eval()
     with torch.no_grad():
-        torch.testing.assert_close(dense(ids).logits.float(), loaded(ids).logits.float(), rtol=0.05, atol=0.05)
+        # bfloat16 rounding of W = ΣA⊗B against the factored path: 0.004 here (logits' spread 0.16); zeroing
+        # one block's c_proj in the export moves them by 0.027
+        torch.testing.assert_close(dense(ids).logits.float(), loaded(ids).logits.float(), rtol=0, atol=0.012)
 
     # asked otherwise: float32 copies; a bad --dtype is refused before anything is written
     code, _, err = run(capsys, "export", str(packed), "--dtype", "float32", "--out", str(tmp_path / "d32"))

@@ -173,3 +173,13 @@ def test_kronypt_and_dense_models_share_the_entry_point(tmp_path, tokenizer):
     assert [r.params for r in ppl_records] == [krony.params, plain.params]
     for record in ppl_records:
         assert record.value == pytest.approx(plain.value, rel=1e-5)
+
+
+def test_lm_eval_bridge_without_lm_eval_names_the_extra(monkeypatch):
+    import sys
+
+    from kronypt.eval import lm_eval_model
+
+    monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", None)  # as if lm-eval were not installed
+    with pytest.raises(KronyptError, match=r"needs lm_eval\.models\.huggingface: pip install 'kronypt\[eval\]'"):
+        lm_eval_model(tiny_model(), load_tokenizer(str(TOKENIZER_DIR)))
