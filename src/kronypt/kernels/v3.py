@@ -20,8 +20,9 @@ accumulator; the small B factor is applied in registers, on the way in or on the
 x and A are read from memory once (the other A-row blocks of a token tile re-read x from L2), y is written
 once. A config with SPLIT = s > 1 gives each program s accumulators of BLOCK_A rows of A: each x slab is
 loaded (and, for a one-row B, reduced by B) once for all s, so a token tile's x is loaded m1 / (s·BLOCK_A)
-times instead of m1 / BLOCK_A (c_proj: once instead of 3 times with s = 3), for s times the registers. A config with TMA=1 (sweep candidates, not yet a default) moves the same tiles with Hopper's tensor
-memory accelerator: x, A_0, y and the kept tensor as tensor descriptors, bulk asynchronous loads into the
+times instead of m1 / BLOCK_A (c_proj: once instead of 3 times with s = 3), for s times the registers.
+A config with TMA=1 (sweep candidates, not yet a default) moves the same tiles with Hopper's tensor memory
+accelerator: x, A_0, y and the kept tensor as tensor descriptors, bulk asynchronous loads into the
 pipeline's shared-memory stages and bulk stores of each epilogue slice, with no per-thread addresses or
 masks (`_v3_tile_tma`); shapes it cannot move (`tma_fits`) run the same tiles with per-thread copies.
 
