@@ -66,10 +66,22 @@ def test_bfloat16_paths_match_within_bf16_tolerance(path):
     y_ref, x64, leaves = reference(layer, x)
     # bf16 keeps 8 bits of mantissa: compare relative to the output's scale.
     assert (y.double() - y_ref).norm() / y_ref.norm() < 2e-2
-    y.float().sum().backward()
-    y_ref.sum().backward()
+    grad = torch.randn(y.shape, dtype=torch.bfloat16)  # not all ones: the bias gradient is then not a constant
+    y.backward(grad)
+    y_ref.backward(grad.double())
     assert (x.grad.double() - x64.grad).norm() / x64.grad.norm() < 2e-2
-    assert (layer.A.grad.double() - leaves["A"].grad).norm() / leaves["A"].grad.norm() < 2e-2
+    params = dict(layer.named_parameters())
+    assert set(params) == {"A", "B", "scalars", "bias"}
+    for name in ("A", "B", "bias"):  # relative to the gradient's own scale, as for x
+        assert params[name].grad is not None and params[name].grad.dtype == torch.bfloat16, name
+        error = (params[name].grad.double() - leaves[name].grad).norm() / leaves[name].grad.norm()
+        assert error < 2e-2, (name, error.item())
+    # d/ds_i is one sum over all 7 x 48 outputs of g * ((A_i ⊗ B_i) x) whose signed terms largely cancel (the sum is
+    # ~10% of the sum of their sizes here), so bound its error by one bf16 unit (2^-8) of the sum of |terms|.
+    A, B, x_ref = leaves["A"].detach(), leaves["B"].detach(), x64.detach()
+    sizes = torch.stack([(grad.double() * (x_ref @ torch.kron(A[i], B[i]).T)).abs().sum() for i in range(2)])
+    error = (params["scalars"].grad.double() - leaves["scalars"].grad).abs()
+    assert params["scalars"].grad.dtype == torch.bfloat16 and (error <= 2**-8 * sizes).all(), (error, sizes)
 
 
 @settings(max_examples=25, deadline=None)
@@ -123,20 +135,46 @@ def test_cost_model_choices():
     s4 = kron_shape(3072, 768, (1024, 256))  # 92M-4: factored costs 1.34x dense per token
     assert choose_path(s4, 4, 1, training=False).startswith("factored")
     assert choose_path(s4, 4, 8192, training=False) == "materialised"
-    c_proj = kron_shape(768, 3072, (768, 768)).transposed()  # A (768, 768), B (1, 4) on (768, 3072)
+    c_proj = kron_shape(3072, 768, (768, 768)).transposed()  # A (768, 768), B (1, 4) on (768, 3072)
     assert choose_path(kron_shape(768, 3072, (768, 768)), 1, 64, training=False).startswith("factored")
-    assert c_proj.a_shape == (768, 768)
+    assert (c_proj.a_shape, c_proj.b_shape, c_proj.out_features, c_proj.in_features) == ((768, 768), (1, 4), 768, 3072)
+
+
+@pytest.mark.parametrize("out_f,in_f,a_shape", [(48, 32, (8, 4)), (3072, 768, (768, 768)), (36, 24, (12, 8))])
+def test_transposed_shape_factors_the_transposed_matrix(out_f, in_f, a_shape):
+    """(A ⊗ B)ᵀ = Aᵀ ⊗ Bᵀ checked on real matrices: `transposed()` must name the shapes of Aᵀ and Bᵀ (A and B
+    are non-square here, square A with a (4, 1) B for the 81M c_fc), not those of A and B."""
+    from kronypt.math.shapes import kron_shape
+
+    shape = kron_shape(out_f, in_f, a_shape)
+    A, B = torch.randn(shape.a_shape, dtype=torch.float64), torch.randn(shape.b_shape, dtype=torch.float64)
+    t = shape.transposed()
+    assert (t.a_shape, t.b_shape) == (tuple(A.T.shape), tuple(B.T.shape))
+    assert (t.out_features, t.in_features) == (in_f, out_f)
+    if out_f <= 64:  # the dense identity itself, where it is small
+        torch.testing.assert_close(torch.kron(A, B).T, torch.kron(A.T, B.T), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_works_under_torch_compile(backend):
+    """The compiled layer's output and every gradient (x, A, B, scalars, bias) match an eager copy's, to float32
+    rounding (rtol 1e-5, atol 1e-5: the compiled graph may fuse or reorder the same float32 sums)."""
     layer = make_layer(32, 48, (8, 4), 2, True, True)
+    eager = copy.deepcopy(layer)
     compiled = torch.compile(layer, backend=backend, fullgraph=True)
     x = torch.randn(4, 6, 32, requires_grad=True)
-    y = compiled(x)
-    torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
-    y.sum().backward()
-    assert x.grad is not None and layer.A.grad is not None
+    x_eager = x.detach().clone().requires_grad_()
+    y, y_eager = compiled(x), eager(x_eager)
+    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y)  # a non-uniform upstream gradient, so that no term can hide behind a plain sum
+    y.backward(grad)
+    y_eager.backward(grad)
+    torch.testing.assert_close(x.grad, x_eager.grad, rtol=1e-5, atol=1e-5)
+    params = dict(layer.named_parameters())
+    assert set(params) == {"A", "B", "scalars", "bias"}
+    for name, p in eager.named_parameters():
+        assert params[name].grad is not None, name
+        torch.testing.assert_close(params[name].grad, p.grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_tensor_core_choice_materialises_beyond_decode():

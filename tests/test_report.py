@@ -69,8 +69,32 @@ def test_curves_figure_draws_each_run_in_each_panel(two_runs) -> None:
         for line, one in zip(labelled, runs, strict=True):
             xs, ys = one.series(metric, "tokens")
             assert list(line.get_xdata()) == xs
-            expected = smooth(ys, 0.5) if metric == "loss" else ys  # only the training loss is smoothed
-            assert list(line.get_ydata()) == pytest.approx(expected)
+            expected = _debiased_ema(ys, 0.5) if metric == "loss" else ys  # only the training loss is smoothed
+            assert list(line.get_ydata()) == pytest.approx(expected, rel=1e-12)
+            if metric == "loss":  # the losses fall, so smoothing visibly changes them: raw data would not pass
+                assert max(abs(s - y) for s, y in zip(expected, ys, strict=True)) > 1e-3
+        raw = [list(line.get_ydata()) for line in ax.get_lines() if line.get_label().startswith("_")]
+        # the smoothed loss is drawn over its faint raw curve; unsmoothed metrics have no second line
+        assert raw == ([one.series("loss", "tokens")[1] for one in runs] if metric == "loss" else [])
+
+
+def _debiased_ema(values: list[float], weight: float) -> list[float]:
+    """Reference for `smooth`, in closed form rather than as a recursion: point i is the average of the
+    values so far weighted by weight**age, s_i = sum_j w^(i-j) x_j / sum_j w^(i-j)."""
+    out = []
+    for i in range(len(values)):
+        weights = [weight ** (i - j) for j in range(i + 1)]
+        out.append(sum(w * x for w, x in zip(weights, values, strict=False)) / sum(weights))
+    return out
+
+
+def test_smoothing_matches_hand_computed_values() -> None:
+    """TensorBoard's debiased EMA, by hand. weight 0.5 on [1, 2, 3]: the running averages are 0.5, 1.25, 2.125
+    and the bias corrections 1 - 0.5^i are 0.5, 0.75, 0.875, so 1, 5/3, 17/7. weight 0.9 on [2, 0]:
+    0.2 / 0.1 = 2, then 0.18 / 0.19 = 18/19."""
+    assert smooth([1.0, 2.0, 3.0], 0.5) == pytest.approx([1.0, 5 / 3, 17 / 7], rel=1e-12)
+    assert smooth([2.0, 0.0], 0.9) == pytest.approx([2.0, 18 / 19], rel=1e-12)
+    assert smooth([], 0.5) == []
 
 
 @given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50), st.floats(0, 0.99))
@@ -81,6 +105,8 @@ def test_smoothing_is_a_debiased_moving_average(values, weight) -> None:
     assert max(smoothed) <= max(values) + 1e-6 * (1 + abs(max(values)))
     assert smooth([values[0]] * len(values), weight) == pytest.approx([values[0]] * len(values))
     assert smooth(values, 0.0) == pytest.approx(values)
+    scale = 1 + max(abs(v) for v in values)
+    assert smoothed == pytest.approx(_debiased_ema(values, weight), rel=1e-9, abs=1e-9 * scale)
 
 
 def test_plot_curves_cli_writes_the_figure_and_a_json_summary(two_runs, tmp_path, capsys) -> None:
