@@ -1,5 +1,6 @@
 """The console script's entry: a Ctrl-C while torch and transformers are still being imported is one line."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,10 @@ def test_without_an_interrupt_the_entry_runs_the_cli() -> None:
                            " kronypt_entry.main()"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Usage: kronypt" in done.stdout and "compress" in done.stdout
+
+
+def test_python_dash_m_kronypt_runs_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "kronypt", "plan", "gpt2", "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert any(row["name"] == "81M" for row in json.loads(done.stdout))
