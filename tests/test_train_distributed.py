@@ -29,8 +29,9 @@ def _kronecker_settings(tmp_path: Path, **overrides) -> dict:
 
 
 def _torchrun(settings: dict, *extra: str) -> None:
+    """`torchrun -m kronypt train ...` on 2 CPU ranks (gloo), as docs/training.md shows it."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "kronypt.cli.main", "train", *cli_args(settings), *extra, "--json"]
+               "-m", "kronypt", "train", *cli_args(settings), *extra, "--json"]
     done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
     if done.returncode != 0 and "gloo" in done.stderr.lower() and "unavailable" in done.stderr.lower():
         pytest.skip("gloo is unavailable in this torch build")
