@@ -342,3 +342,55 @@ def test_a_float32_checkpoint_stays_float32_and_other_commands_still_load_float3
     tiny = tmp_path / "bf16"
     load_model(str(tiny_dir)).to(torch.bfloat16).save_pretrained(tiny)
     assert next(load_model(str(tiny)).parameters()).dtype == torch.float32  # eval, train: float32 by default
+
+
+MLP_MATRICES = [f"transformer.h.{b}.mlp.{m}" for b in (0, 1) for m in ("c_fc", "c_proj")]
+
+
+def _dense_and_factors(tiny_dir, folder):
+    """{path: (dense W, A, B)} in float64 and the (out, in) orientation (Conv1D stores W transposed)."""
+    dense = GPT2LMHeadModel.from_pretrained(tiny_dir)
+    packed = AutoModelForCausalLM.from_pretrained(folder)
+    return {path: (dense.get_submodule(path).weight.detach().T.double(), packed.get_submodule(path).A.detach().double(),
+                   packed.get_submodule(path).B.detach().double()) for path in MLP_MATRICES}
+
+
+def test_compress_rescale_keeps_each_matrix_s_frobenius_norm(capsys, tiny_dir, tmp_path):
+    from kronypt.math.decompose import kron_reconstruct
+
+    for name, flags in (("plain", []), ("rescaled", ["--rescale"])):
+        code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--factors", "2", *flags,
+                           "--out", str(tmp_path / name))
+        assert code == 0, err
+    plain, rescaled = (_dense_and_factors(tiny_dir, tmp_path / name) for name in ("plain", "rescaled"))
+    for path in MLP_MATRICES:
+        W, A, B = rescaled[path]
+        W_hat = kron_reconstruct(A, B)
+        W_plain = kron_reconstruct(*plain[path][1:])
+        # float32 factors on disk: the norms agree to float32 rounding (about 1e-7 relative)
+        assert W_hat.norm().item() == pytest.approx(W.norm().item(), rel=1e-5), path
+        assert W_plain.norm() < 0.9 * W.norm()  # 2 terms of a random matrix: without --rescale the norm shrinks
+        # rescaling multiplies Van Loan's matrix by alpha = ||W|| / ||W_plain||, direction unchanged
+        alpha = W.norm() / W_plain.norm()
+        assert ((W_hat - alpha * W_plain).norm() / W_hat.norm()).item() < 1e-5, path
+
+
+def test_compress_prune_fill_puts_the_fill_in_the_dropped_b_entries(capsys, tiny_dir, tmp_path):
+    from kronypt.math.decompose import kron_reconstruct
+
+    # A 256x32 for c_fc (256, 64): B is 1x2, the paper's 96M-prune layout; c_proj (64, 256) gets B 2x1.
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "256x32", "--init", "prune",
+                       "--prune-fill", "0.1", "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    fill = torch.tensor(0.1, dtype=torch.float32).double()  # saved as float32
+    for path, (W, A, B) in _dense_and_factors(tiny_dir, tmp_path / "p").items():
+        if path.endswith("c_fc"):  # the even input columns are kept, B = [1, 0.1]
+            kept, b = W[:, ::2], torch.tensor([[[1.0, fill]]], dtype=torch.float64)
+        else:  # the even output rows are kept, B = [1, 0.1]^T
+            kept, b = W[::2, :], torch.tensor([[[1.0], [fill]]], dtype=torch.float64)
+        assert A.shape == (1, *kept.shape) and torch.equal(A[0], kept), path
+        assert torch.equal(B, b), path
+        W_hat = kron_reconstruct(A, B)
+        odd = (slice(None), slice(1, None, 2)) if path.endswith("c_fc") else (slice(1, None, 2), slice(None))
+        even = (slice(None), slice(0, None, 2)) if path.endswith("c_fc") else (slice(0, None, 2), slice(None))
+        assert torch.equal(W_hat[even], W[even]) and torch.equal(W_hat[odd], fill * W[even]), path

@@ -90,6 +90,13 @@ def test_gutenberg_books_are_documents_and_val_takes_whole_books(tmp_path: Path)
     assert_counts_match_files(tmp_path / "out", meta)
     other_seed = prepare([GUTENBERG / "gutenberg_val.txt.gz"], tmp_path / "seed4", val_fraction=0.3, seed=4)
     assert other_seed["splits"]["val"]["documents"] == 2
+    other_val = decode(tmp_path / "seed4" / "val.bin").split(EOT)[:-1]
+    assert len(other_val) == 2 and set(other_val) <= set(books)
+    assert set(other_val) != set(val_docs)  # seed 4 holds out other books than seed 3 (books 3, 5 against 0, 4)
+    same_seed = prepare([GUTENBERG / "gutenberg_val.txt.gz"], tmp_path / "seed3", val_fraction=0.3, seed=3)
+    assert same_seed == meta
+    for split in ("train", "val"):  # the same seed picks the same books: byte-identical token files
+        assert (tmp_path / "seed3" / f"{split}.bin").read_bytes() == (tmp_path / "out" / f"{split}.bin").read_bytes()
 
 
 def write_jsonl(path: Path, records: list[dict], gz: bool = False) -> Path:

@@ -244,3 +244,39 @@ def test_mlp_is_plain_gpt2_off_the_fused_path():
     assert type(mlp).__name__ == "KroneckerGPT2MLP" and mlp.fused_activation == "gelu_new"
     x = torch.randn(2, 5, 64)
     torch.testing.assert_close(mlp(x), mlp.c_proj(mlp.act(mlp.c_fc(x))))
+
+
+def _entry_std(layer):
+    from kronypt.math.decompose import kron_reconstruct
+
+    return kron_reconstruct(layer.A.detach().double(), layer.B.detach().double()).std().item()
+
+
+@pytest.mark.parametrize("factors", [1, 4])
+def test_fresh_kronecker_factors_spread_like_gpt2_weights(tmp_path, factors):
+    """W = sum_i A_i (x) B_i with A, B ~ N(0, sqrt(r / sqrt(k))^2): each term's entries have std r / sqrt(k) and
+    the k independent terms sum to std r, GPT-2's init range (0.02 for a bare layer, `initializer_range` when the
+    model initialises the layer). W's entries share factors, so the sample variance ||W||^2 / N fluctuates by
+    about sqrt((2/(m1 n1) + 2/(m2 n2)) / k) relative: with A and B of 2048 entries each that is <= 4.5%, so its
+    root is within about 2.2% (1 sigma); the 12% tolerance is over 5 sigma, and misses a lost sqrt(k) (factor 2
+    at k = 4) or the wrong range (0.02 against 0.05) by far."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    layer = KroneckerLinear(1024, 4096, (64, 32), factors)  # B is 64x32
+    assert _entry_std(layer) == pytest.approx(0.02, rel=0.12)
+
+    base = GPT2Config(n_layer=1, n_embd=1024, n_head=4, n_positions=16, vocab_size=256, bos_token_id=255,
+                      eos_token_id=255, initializer_range=0.05)
+    model = GPT2LMHeadModel(base)
+    compress(model, CompressionConfig(a_shape=(64, 32), factors=factors, init="random"), progress=False)
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    for name in ("A", "B"):  # the checkpoint lacks the c_fc factors: the model's `_init_weights` makes them
+        del state[f"transformer.h.0.mlp.c_fc.{name}"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    fc = loaded.transformer.h[0].mlp.c_fc
+    assert (fc.factors, fc.A.shape, fc.B.shape) == (factors, (factors, 64, 32), (factors, 64, 32))
+    assert _entry_std(fc) == pytest.approx(0.05, rel=0.12)
+    assert torch.equal(loaded.transformer.h[0].mlp.c_proj.A, model.transformer.h[0].mlp.c_proj.A)  # loaded

@@ -182,3 +182,30 @@ def test_tradeoff_keeps_protocols_apart_and_plots_params_against_values(tmp_path
     assert "2 panels, 2 models" in stdout and out.read_bytes()[:4] == b"\x89PNG"
     code, _, err = run(capsys, "plot", "tradeoff", str(first), "--task", "hellaswag", "--out", str(out))
     assert_one_line_error(code, err, "no records for task(s) hellaswag; the files hold wikitext2")
+
+
+def _capture_figures(monkeypatch) -> list:
+    """Record every figure `kronypt plot` saves (still writing it), to read its axes back."""
+    import kronypt.cli.plot as plot_cli
+
+    figures, real = [], plot_cli.save_figure
+    monkeypatch.setattr(plot_cli, "save_figure", lambda figure, path: figures.append(figure) or real(figure, path))
+    return figures
+
+
+def test_log_y_makes_every_panel_log_scale_and_its_absence_linear(two_runs, tmp_path, capsys, monkeypatch) -> None:
+    figures = _capture_figures(monkeypatch)
+    results = tmp_path / "evals.json"
+    write_json([_record("gpt2", 124_439_808, 29.9), _record("runs/81M/best/model", 81_972_576, 35.0),
+                _record("gpt2", 124_439_808, 0.33, task="lambada")], results)
+    commands = [["curves", *map(str, two_runs), "-m", "loss", "-m", "val_loss"], ["tradeoff", str(results)]]
+    for command in commands:
+        for flag in ([], ["--log-y"]):
+            code, _, err = run(capsys, "plot", *command, *flag, "--out", str(tmp_path / "f.png"))
+            assert code == 0, err
+    assert len(figures) == 4
+    for figure, scale in zip(figures, ["linear", "log"] * 2, strict=True):
+        panels = [ax for ax in figure.axes if ax.get_visible()]
+        assert len(panels) == 2  # loss and val_loss; the wikitext2 and lambada panels
+        assert [ax.get_yscale() for ax in panels] == [scale, scale]
+        assert [ax.get_xscale() for ax in panels] == ["linear", "linear"]  # only y changes

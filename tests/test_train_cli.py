@@ -185,3 +185,21 @@ def test_logit_distillation_takes_a_teacher_of_another_shape(tmp_path: Path, cap
     code, out, err = run_train_cli([*cli_args(settings), "--json"], capsys)
     assert code == 0 and json.loads(out)["step"] == 1, err
     assert "distill_objective" in read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+
+
+def test_distill_alpha_and_temperature_flags_reach_the_run_config(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    teacher = _teacher(tmp_path, "teacher")
+    capsys.readouterr()  # save_pretrained's progress bar
+    flags = ["--distill-alpha", "0.25", "--distill-temperature", "3.5"]  # the defaults are 0.5 and 2.0
+    settings = scratch_settings(tmp_path, teacher=teacher, max_steps=1, eval_every=0)
+    code, out, err = run_train_cli([*cli_args(settings), *flags, "--print-config"], capsys)
+    assert code == 0, err
+    assert yaml.safe_load(out)["distill"] == {"teacher": teacher, "alpha": 0.25, "temperature": 3.5,
+                                              "hidden_weight": 0.0}
+    # a real (1-step) distillation run records the settings it trained with in its folder
+    code, out, err = run_train_cli([*cli_args(settings), *flags, "--json"], capsys)
+    assert code == 0 and json.loads(out)["step"] == 1, err
+    assert "distill_objective" in read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["distill"]
+    assert (recorded["alpha"], recorded["temperature"]) == (0.25, 3.5)
