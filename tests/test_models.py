@@ -280,3 +280,6 @@ def test_fresh_kronecker_factors_spread_like_gpt2_weights(tmp_path, factors):
     assert (fc.factors, fc.A.shape, fc.B.shape) == (factors, (factors, 64, 32), (factors, 64, 32))
     assert _entry_std(fc) == pytest.approx(0.05, rel=0.12)
     assert torch.equal(loaded.transformer.h[0].mlp.c_proj.A, model.transformer.h[0].mlp.c_proj.A)  # loaded
+    fresh = KronyGPT2LMHeadModel(loaded.config)  # built from a config: its init range, as its dense weights
+    for module in ("c_fc", "c_proj"):
+        assert _entry_std(getattr(fresh.transformer.h[0].mlp, module)) == pytest.approx(0.05, rel=0.12)

@@ -81,6 +81,7 @@ class KronyGPT2LMHeadModel(KroneckerInitMixin, GPT2LMHeadModel):
             new = KroneckerLinear(in_features, out_features, tuple(spec["a_shape"]), spec["factors"],
                                   scalars=spec["scalars"], bias=old.bias is not None,
                                   device=old.weight.device, dtype=old.weight.dtype)
+            new.reset_parameters(config.initializer_range)  # the model's init range, as its dense weights
             parent, _, name = path.rpartition(".")
             setattr(self.get_submodule(parent), name, new)
 

@@ -85,9 +85,10 @@ class KroneckerLinear(nn.Module):
             raise KronyptError(f"unknown fused implementation {value!r}; choose one of {', '.join(FUSED_IMPLS)}")
         self._fused_impl = value
 
-    def reset_parameters(self) -> None:
-        """GPT-2-style random init (see `kronypt.math.random_init`), zero bias, unit scalars."""
-        std = math.sqrt(0.02 / math.sqrt(self.factors))
+    def reset_parameters(self, initializer_range: float = 0.02) -> None:
+        """GPT-2-style random init (see `kronypt.math.random_init`): the entries of W have standard deviation
+        `initializer_range` (GPT-2's 0.02; a model passes its config's); zero bias, unit scalars."""
+        std = math.sqrt(initializer_range / math.sqrt(self.factors))
         with torch.no_grad():
             nn.init.normal_(self.A, std=std)
             nn.init.normal_(self.B, std=std)
