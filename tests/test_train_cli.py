@@ -26,6 +26,9 @@ def test_cli_trains_and_flags_override_the_recipe(tmp_path: Path, capsys: pytest
     assert [r.get("lr") for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [None] + [3e-3] * 3
     code, out, _ = run_train_cli(["--config", str(recipe), "--lr", "1e-4", "--print-config"], capsys)
     assert code == 0 and "lr: 0.0001" in out and "max_steps: 50" in out
+    code, out, _ = run_train_cli(["--config", str(recipe), "--lr", "1e-4", "--print-config", "--json"], capsys)
+    assert code == 0 and json.loads(out) == yaml.safe_load(run_train_cli(
+        ["--config", str(recipe), "--lr", "1e-4", "--print-config"], capsys)[1])
 
 
 def _corrupt_latest(run: Path, how: str) -> None:

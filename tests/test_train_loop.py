@@ -93,17 +93,26 @@ def _kill_self_on_call(model: torch.nn.Module, call: int, sig: int) -> None:
     model.register_forward_hook(hook)
 
 
-def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path: Path) -> None:
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     config = scratch_config(tmp_path, max_steps=50, save_every=100)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(tiny_gpt2())
     _kill_self_on_call(model, call=5, sig=signal.SIGTERM)  # micro-batch 5 = step 3 (2 per step)
+    capfd.readouterr()
     result = train(config, model=model, progress=False)
     assert result.stopped_by == "SIGTERM" and result.step == 3
     assert latest_checkpoint(config.out).name == "step-00000003"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    out, err = capfd.readouterr()  # the notice goes to stderr: stdout may be carrying --json
+    assert out == "" and err.strip() == (f"SIGTERM: saved step 3 to {latest_checkpoint(config.out)}; rerun the "
+                                         "same command to resume")
     finished = train(config.with_overrides({"max_steps": 5}), progress=False)
     assert finished.step == 5 and finished.stopped_by is None
+    # rerun once finished: nothing to train, and the last step's loss and val_loss as logged
+    logged = [r for r in read_metrics(Path(config.out) / "metrics.jsonl") if r["step"] == 5]
+    again = train(config.with_overrides({"max_steps": 5}), progress=False)
+    assert again.step == 5 and again.loss == next(r["loss"] for r in logged if "loss" in r)
+    assert again.val_loss == next(r["val_loss"] for r in logged if "val_loss" in r) == finished.val_loss
 
 
 def test_a_signal_on_a_validation_step_still_validates(tmp_path: Path) -> None:

@@ -90,7 +90,8 @@ def train(
     settings: Annotated[list[str] | None, Opt("--set", help="Any other setting as KEY=VALUE, e.g. "
                                                             "betas=0.9,0.95 (repeatable). Every value is "
                                                             "checked; a flag for the same key wins.")] = None,
-    print_config: Annotated[bool, Opt("--print-config", help="Print the resolved recipe and exit.")] = False,
+    print_config: Annotated[bool, Opt("--print-config", help="Print the resolved recipe (YAML; JSON with "
+                                                             "--json) and exit.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
@@ -100,7 +101,7 @@ def train(
     relative input paths of a recipe may be relative to its folder). Rerunning the same command resumes
     from the latest checkpoint in --out (settings that define the run must match the checkpoint's; an --out
     holding other files needs --force). SIGTERM / Ctrl-C save a checkpoint and stop. Under
-    `torchrun --nproc_per_node N -m kronypt.cli.main train ...` the same command trains with DDP
+    `torchrun --nproc_per_node N -m kronypt train ...` the same command trains with DDP
     (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 130 / 143 after Ctrl-C / SIGTERM
     (a checkpoint was saved: rerun to resume), except under torchrun, where workers exit 0 after a clean
     stop and `stopped_by` in --json tells.
@@ -111,7 +112,10 @@ def train(
     resolved = recipe.with_overrides(_parse_settings(settings or [])).with_overrides(flags)
     if print_config:
         resolved.validate()
-        typer.echo(resolved.to_yaml(), nl=False)
+        if as_json:
+            print_json(resolved.to_dict())
+        else:
+            typer.echo(resolved.to_yaml(), nl=False)
         return
     hf_logging.disable_progress_bar()
     result = run_training(resolved, progress=progress and not as_json)
@@ -135,8 +139,6 @@ def _report(result: TrainResult, as_json: bool) -> None:
     console.print(summary, highlight=False)
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}/model", highlight=False)
-    if result.stopped_by:
-        console.print(f"stopped by {result.stopped_by}; rerun the same command to resume", highlight=False)
 
 
 def _parse_settings(items: list[str]) -> dict[str, str]:

@@ -35,7 +35,7 @@ from kronypt.models.loading import has_tokenizer
 from kronypt.train import checkpoint, distributed, parallel, resume
 from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
-from kronypt.train.metrics import MetricsLog
+from kronypt.train.metrics import MetricsLog, logged_at
 from kronypt.train.model_source import (
     build_model,
     check_context,
@@ -258,7 +258,8 @@ class Trainer:
             self._say(f"{self.already_done}, max_steps is {args.max_steps:,}: nothing to train (raise --max-steps "
                       "to continue)")
             best = checkpoint.best_checkpoint(self.out) if self.env.is_main else None
-            return TrainResult(str(self.out), self.step, self.tokens, None, None,
+            last = logged_at(self.out / "metrics.jsonl", self.step) if self.env.is_main else {}
+            return TrainResult(str(self.out), self.step, self.tokens, last.get("loss"), last.get("val_loss"),
                                self.best_val_loss if math.isfinite(self.best_val_loss) else None,
                                str(best) if best else None, None)
         if self.env.is_main:
@@ -293,8 +294,10 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}))
                 if stopped_by:
-                    bar.write(f"{stopped_by}: saved step {self.step} to {checkpoint.latest_checkpoint(self.out)}; "
-                              "rerun the same command to resume")
+                    if self.env.is_main:  # on stderr: stdout may be carrying --json
+                        bar.write(f"{stopped_by}: saved step {self.step} to "
+                                  f"{checkpoint.latest_checkpoint(self.out)}; rerun the same command to resume",
+                                  file=sys.stderr)
                     break
         best = checkpoint.best_checkpoint(self.out) if self.env.is_main else None
         return TrainResult(str(self.out), self.step, self.tokens, loss, scores.get("val_loss"),

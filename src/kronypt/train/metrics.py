@@ -35,6 +35,17 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def logged_at(path: str | Path, step: int) -> dict[str, Any]:
+    """What the records of `step` logged, merged in order ({} without a file or records): a finished run
+    reports its last loss and val_loss from here when it is rerun."""
+    merged: dict[str, Any] = {}
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            if line.strip() and _step(line) == step:
+                merged.update(json.loads(line))
+    return merged
+
+
 def _step(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])
