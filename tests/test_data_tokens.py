@@ -101,6 +101,13 @@ def test_incomplete_or_modified_folders_are_refused(ramp_dir: Path, tmp_path: Pa
         handle.truncate(1000)
     with pytest.raises(KronyptError, match="does not match"):
         open_tokens(ramp_dir, "train")
+    meta = (ramp_dir / "meta.json").read_text()
+    for broken, message in (("{", "is not valid JSON"), ("[1, 2]", "is not a token folder's meta.json"),
+                            (meta.replace('"tokens"', '"count"'), "is not a token folder's meta.json"),
+                            ("\xff", "is not valid JSON")):
+        (ramp_dir / "meta.json").write_text(broken, encoding="latin-1")
+        with pytest.raises(KronyptError, match=message):
+            open_tokens(ramp_dir, "val")
     (ramp_dir / "meta.json").unlink()
     with pytest.raises(KronyptError, match="no meta.json"):
         open_tokens(ramp_dir, "val")

@@ -35,7 +35,17 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise KronyptError(f"{path} has no {META_NAME}: not a prepared token folder, or its preparation was "
                            "interrupted; run `kronypt data prepare --out " + str(path) + " --force ...`")
-    return json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KronyptError(f"{meta_path} is not valid JSON ({exc}); prepare the folder again") from None
+    splits = meta.get("splits") if isinstance(meta, dict) else None
+    if not (isinstance(splits, dict)
+            and all(isinstance(v, dict) and isinstance(v.get("file"), str) and isinstance(v.get("tokens"), int)
+                    for v in splits.values())):
+        raise KronyptError(f"{meta_path} is not a token folder's {META_NAME} (expected splits with a file and a "
+                           "token count each); prepare the folder again")
+    return meta
 
 
 def open_tokens(data_dir: str | Path, split: str = "train") -> np.ndarray:
