@@ -163,6 +163,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     model_dir, state = load_state(latest_checkpoint(config.out))
     assert state["step"] == 2
     assert all(torch.isfinite(p).all() for p in load_model(str(model_dir)).parameters())
+    # diverging before the first checkpoint: no checkpoint to name, the advice says so
+    calls.clear()
+    fresh = GPT2LMHeadModel(tiny_gpt2())
+    fresh.lm_head.register_forward_hook(poison)
+    with pytest.raises(TrainingDiverged, match="at step 4 .*; stopped without saving; no checkpoint yet: rerun "
+                                               "with a lower --lr"):
+        train(scratch_config(tmp_path / "early", max_steps=10, save_every=100, eval_every=0), model=fresh,
+              progress=False)
 
 
 def _tiny_dense_folder(tmp_path: Path, **overrides) -> Path:

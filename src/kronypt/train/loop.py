@@ -336,10 +336,12 @@ class Trainer:
         grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             last_good = checkpoint.latest_checkpoint(self.out)
+            advice = (f"last good checkpoint: {last_good} (train its model/ with a lower --lr in a new --out: "
+                      "--init-from kronypt)" if last_good else
+                      "no checkpoint yet: rerun with a lower --lr (or --grad-clip > 0) in a new --out")
             raise TrainingDiverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
                                    f"at step {self.step + 1} (loss {loss_value}, grad norm {grad_norm}); stopped "
-                                   f"without saving; last good checkpoint: {last_good or 'none yet'} "
-                                   "(train its model/ with a lower --lr in a new --out: --init-from kronypt)")
+                                   f"without saving; {advice}")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
