@@ -158,6 +158,16 @@ def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_p
     (["eval", "{tiny}", "--protocol", "krony-pt", "--stride", "100"], "--stride applies"),
     (["eval", "{tiny}", "--json", "{tmp}"], "it is a folder"),
     (["info", "~no-such-user-kronypt/model"], "cannot expand a '~user' path"),
+    # places that cannot be written: refused before any work, naming the option (not a temporary file)
+    (["compress", "{tiny}", "--a-shape", "16x8", "--out", "/proc/kronypt-out"],
+     "cannot write --out /proc/kronypt-out: No such file or directory in /proc"),
+    (["compress", "{tiny}", "--a-shape", "16x8", "--out", "{tiny}/config.json/x"], "config.json is a file, not a"),
+    (["eval", "{tiny}", "--json", "/proc/kronypt.json"], "cannot write --json /proc/kronypt.json"),
+    (["train", "--init-from", "dense", "--model", "{tiny}", "--a-shape", "16x8", "--data", "{tmp}",
+      "--out", "/proc/kronypt-run"], "cannot write --out /proc/kronypt-run"),
+    (["data", "prepare", "--input", "{tiny}/config.json", "--out", "/proc/kronypt-data"],
+     "cannot write --out /proc/kronypt-data"),
+    (["plot", "curves", "{tmp}", "--out", "/proc/kronypt.png"], "cannot write --out /proc/kronypt.png"),
 ])
 def test_bad_input_gives_one_line_errors(capsys, tiny_dir, tmp_path, args, pattern):
     args = [a.format(tiny=tiny_dir, tmp=tmp_path) for a in args]

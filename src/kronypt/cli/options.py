@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -48,11 +49,30 @@ def parse_save_dtype(name: str) -> torch.dtype | None:
 
 
 def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty output folder unless forced; never touch it here."""
+    """Refuse a non-empty output folder unless forced, or one that cannot be written; never change it here."""
     if out.exists() and not out.is_dir():
         raise KronyptError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise KronyptError(f"output folder {out} is not empty; pass --force to replace the model files in it")
+    check_writable(out.resolve().parent, f"--out {out}")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Whether files can be created in `folder` (or, where it does not exist yet, in its nearest existing
+    ancestor, under which it would be made): a probe file is created and removed, so that a read-only,
+    missing or virtual location is refused in one line before any work, not by a raw OS error about a
+    temporary name at the end."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise KronyptError(f"cannot write {what}: {existing} is a file, not a folder")
+    probe = existing / f".kronypt-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise KronyptError(f"cannot write {what}: {exc.strerror or exc} in {existing}") from None
 
 
 def check_json_file(path: Path | None) -> None:
@@ -63,6 +83,7 @@ def check_json_file(path: Path | None) -> None:
         raise KronyptError(f"cannot write --json {path}: it is a folder; give a file name")
     if not path.resolve().parent.is_dir():
         raise KronyptError(f"cannot write --json {path}: folder {path.resolve().parent} does not exist")
+    check_writable(path.resolve().parent, f"--json {path}")
 
 
 # What a saved model folder is made of: `--force` replaces these and leaves every other file alone.

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from kronypt.cli.app import app, console, print_json
+from kronypt.cli.options import check_writable
 from kronypt.errors import KronyptError
 from kronypt.report import (
     AXES,
@@ -54,6 +55,7 @@ def curves(
 
     Example: kronypt plot curves runs/81M runs/96M --label 81M --label 96M --smoothing 0.9 --out heal.png
     """
+    check_writable(out.expanduser().resolve().parent, f"--out {out}")
     if x not in AXES:
         raise KronyptError(f"unknown --x {x!r}; choose one of {', '.join(AXES)}")
     if not 0 <= smoothing < 1:
@@ -90,6 +92,7 @@ def tradeoff(
     Example: kronypt eval gpt2 gpt2-81M gpt2-96M --tasks wikitext2,lambada --json evals.json, then
     kronypt plot tradeoff evals.json --out tradeoff.png
     """
+    check_writable(out.expanduser().resolve().parent, f"--out {out}")
     panels = tradeoff_panels(load_eval_records(results), task)
     save_figure(tradeoff_figure(panels, log_y=log_y), out)
     models = {record.model for records in panels.values() for record in records}

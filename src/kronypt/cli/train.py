@@ -10,6 +10,7 @@ import typer
 from transformers.utils import logging as hf_logging
 
 from kronypt.cli.app import app, console, print_json
+from kronypt.cli.options import check_writable
 from kronypt.errors import KronyptError
 from kronypt.train import TrainConfig, TrainResult
 from kronypt.train import train as run_training
@@ -117,6 +118,7 @@ def train(
         else:
             typer.echo(resolved.to_yaml(), nl=False)
         return
+    check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
     hf_logging.disable_progress_bar()
     result = run_training(resolved, progress=progress and not as_json)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
