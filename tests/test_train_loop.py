@@ -239,3 +239,21 @@ def test_compile_mode_must_be_known_and_is_ignored_without_compile(tmp_path: Pat
     scratch_config(tmp_path, compile_mode="reduce-overhead").validate()  # a recipe's mode with --no-compile
     with pytest.raises(KronyptError, match="compile_mode.*reduce-overhead"):
         scratch_config(tmp_path, compile=True, compile_mode="fast").validate()
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path: Path) -> None:
+    """Two runs on one --out would both resume from its latest checkpoint and interleave their files."""
+    from kronypt.errors import KronyptError
+    from kronypt.train.lock import run_folder_lock
+
+    config = scratch_config(tmp_path, max_steps=2, eval_every=0)
+    lock_file = Path(config.out).parent / f".{Path(config.out).name}.lock"
+    with run_folder_lock(config.out):  # as a training process holds it
+        assert lock_file.read_text().strip() == str(os.getpid())
+        with pytest.raises(KronyptError, match=rf"run folder .*run is in use by another training process \(pid "
+                                               rf"{os.getpid()}\); wait for it to stop, or choose another --out"):
+            train(config, progress=False)
+        assert not (Path(config.out) / "metrics.jsonl").exists()  # refused before writing anything
+    assert not lock_file.exists()  # released and removed
+    assert train(config, progress=False).step == 2
+    assert not lock_file.exists()

@@ -7,8 +7,8 @@ SIGTERM / SIGINT save a checkpoint and stop cleanly, a non-finite loss stops wit
 good checkpoint. Launch recipes:
 
     kronypt train --config configs/offline-heal.yaml                          # CPU or one GPU
-    torchrun --nproc_per_node 4 -m kronypt.cli.main train --config configs/gpt2-81M.yaml
-    torchrun --nproc_per_node 8 -m kronypt.cli.main train --config configs/gpt2-81M.yaml --micro-batch-size 16 \
+    torchrun --nproc_per_node 4 -m kronypt train --config configs/gpt2-81M.yaml
+    torchrun --nproc_per_node 8 -m kronypt train --config configs/gpt2-81M.yaml --micro-batch-size 16 \
         --parallel fsdp
 """
 
@@ -35,6 +35,7 @@ from kronypt.models.loading import has_tokenizer
 from kronypt.train import checkpoint, distributed, parallel, resume
 from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
+from kronypt.train.lock import run_folder_lock
 from kronypt.train.metrics import MetricsLog, logged_at
 from kronypt.train.model_source import (
     build_model,
@@ -89,7 +90,8 @@ def train(config: TrainConfig, model: PreTrainedModel | None = None, progress: b
     owns_group = not distributed.dist.is_initialized()  # leave a caller's process group alone
     env, device = distributed.setup(config.device)
     try:
-        return Trainer(config, env, device, model).run(progress)
+        with run_folder_lock(config.out) if env.is_main else contextlib.nullcontext():
+            return Trainer(config, env, device, model).run(progress)
     finally:
         if owns_group:
             distributed.teardown()
