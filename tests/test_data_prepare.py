@@ -304,3 +304,34 @@ def test_hf_dataset_hub_failures_and_missing_text_column_are_one_line_errors(tmp
     with pytest.raises(KronyptError, match="dataset 'someone/corpus' has no 'text' column; its columns: content"):
         HFDatasetSource.parse("someone/corpus").describe()
     assert not (tmp_path / "out").exists()
+
+
+# A Ctrl-C delivered while the worker processes are forked (the at-fork hook stands in for the unlucky moment).
+CTRL_C_DURING_FORK = """
+import os, signal, sys
+fired = []
+
+def ctrl_c_now():
+    if not fired:
+        fired.append(True)
+        os.kill(os.getpid(), signal.SIGINT)
+
+os.register_at_fork(after_in_parent=ctrl_c_now)
+from kronypt.cli.main import main
+main(["data", "prepare", "--input", sys.argv[1], "--tokenizer", sys.argv[2], "--out", sys.argv[3],
+      "--workers", "2", "--json"])
+"""
+
+
+def test_ctrl_c_while_the_workers_start_stops_the_run(tmp_path: Path) -> None:
+    """Arriving inside a fork, the KeyboardInterrupt used to be swallowed by Python's at-fork machinery (the
+    run finished with exit 0) or to kill a starting worker (the pool hung); now SIGINT is held back while
+    workers start, and the main process stops: exit 130, one line, nothing that looks complete."""
+    text = tmp_path / "docs.txt"
+    text.write_text(f"\n{EOT}\n".join(f"document {i} " * 50 for i in range(20)))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_FORK, str(text), str(TOKENIZER_DIR), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "kronypt: interrupted" and done.stdout == ""
+    assert not (out / "meta.json").exists()

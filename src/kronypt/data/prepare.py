@@ -8,7 +8,9 @@ is encoded and gives the progress bar its total.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -170,7 +172,8 @@ def _encode(batches: Iterator[_Batch], tokenizer: str, workers: int) -> Iterator
     pending: deque[tuple[_Batch, Future[Encoded]]] = deque()
     try:
         for batch in batches:
-            pending.append((batch, pool.submit(_encode_batch, tokenizer, batch.texts)))
+            with _sigint_held_back():  # a submit may start (fork) the workers
+                pending.append((batch, pool.submit(_encode_batch, tokenizer, batch.texts)))
             if len(pending) >= 2 * workers:
                 done, future = pending.popleft()
                 yield done, future.result()
@@ -179,6 +182,29 @@ def _encode(batches: Iterator[_Batch], tokenizer: str, workers: int) -> Iterator
             yield done, future.result()
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _sigint_held_back() -> Iterator[None]:
+    """Record a SIGINT that arrives while worker processes may be started, and raise it afterwards.
+
+    A Ctrl-C reaches the whole process group. Raised during a fork, its KeyboardInterrupt could land inside
+    the pool's bookkeeping (the executor never learns of its workers, which then wait forever and hang the
+    exit) or in an at-fork callback (where Python prints and swallows it: the run went on to the end); in a
+    child forked before `_init_worker` ignores SIGINT, it kills a worker. Here the handler only records it,
+    in the parent and in the children forked meanwhile (which ignore it), and the parent raises
+    KeyboardInterrupt once the pool is consistent, so that its cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):  # Python's default raises KeyboardInterrupt; SIG_IGN: ignored
+        previous(signal.SIGINT, None)
 
 
 def _init_worker(tokenizer: str) -> None:
