@@ -157,6 +157,7 @@ def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_p
     (["export", "{tiny}", "--dense", "--out", "{tmp}/x"], "no Kronecker layers"),
     (["eval", "{tiny}", "--protocol", "krony-pt", "--stride", "100"], "--stride applies"),
     (["eval", "{tiny}", "--json", "{tmp}"], "it is a folder"),
+    (["eval", "{tiny}", "--json", "--max-tokens", "500"], "--json takes a file name, or '-' to print JSON"),
     (["info", "~no-such-user-kronypt/model"], "cannot expand a '~user' path"),
     # places that cannot be written: refused before any work, naming the option (not a temporary file)
     (["compress", "{tiny}", "--a-shape", "16x8", "--out", "/proc/kronypt-out"],
@@ -185,7 +186,11 @@ def test_help_explains(capsys):
     (["plan", "gpt2", "--factors", "0"], "--factors"),
     (["plan", "gpt2", "--no-such-option"], "No such option"),
     (["compress", "{tiny}"], "Missing option"),
-    (["nonsense-command"], "No such command"),
+    (["nonsense-command"], "No such command 'nonsense-command'. (see 'kronypt --help')"),
+    # an option without its value: the help to see is the subcommand's
+    (["compress", "{tiny}", "--a-shape"], "Option '--a-shape' requires an argument. (see 'kronypt compress --help')"),
+    (["data", "prepare", "--out"], "(see 'kronypt data prepare --help')"),
+    (["plan", "gpt2", "--no-such-option"], "(see 'kronypt plan --help')"),
 ])
 def test_usage_errors_are_one_line_too(capsys, tiny_dir, args, pattern):
     code, _, err = run(capsys, *[a.format(tiny=tiny_dir) for a in args])

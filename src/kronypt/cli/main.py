@@ -38,6 +38,19 @@ _CLICK_ERRORS = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
 UsageError, ClickException = _CLICK_ERRORS["UsageError"], _CLICK_ERRORS["ClickException"]
 
 
+def _command_path(argv: list[str] | None) -> str:
+    """'kronypt data prepare' for the words of `argv` that name (sub)commands: an option that lacks its
+    value is reported before click has a context for the subcommand."""
+    command, path = typer.main.get_command(app), ["kronypt"]
+    for word in sys.argv[1:] if argv is None else argv:
+        commands = getattr(command, "commands", None)
+        if not commands or word not in commands:
+            break
+        command = commands[word]
+        path.append(word)
+    return " ".join(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn expected errors into one line and a non-zero exit."""
     _register_commands()
@@ -49,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kronypt` or `kronypt data`: show the help
             exc.show()
             sys.exit(0)
-        where = exc.ctx.command_path if exc.ctx is not None else "kronypt"
+        where = exc.ctx.command_path if exc.ctx is not None and exc.ctx.parent is not None else _command_path(argv)
         print_error(f"{' '.join(exc.format_message().split())} (see '{where} --help')")
         sys.exit(2)
     except ClickException as exc:

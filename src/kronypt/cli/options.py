@@ -79,6 +79,8 @@ def check_json_file(path: Path | None) -> None:
     """A `--json FILE` must be writable before any work starts; None and '-' (stdout) need no check."""
     if path is None or str(path) == "-":
         return
+    if str(path).startswith("-"):  # `--json --max-tokens 500` took the next option as the file name
+        raise KronyptError(f"--json takes a file name, or '-' to print JSON instead of the table; got {str(path)!r}")
     if path.is_dir():
         raise KronyptError(f"cannot write --json {path}: it is a folder; give a file name")
     if not path.resolve().parent.is_dir():
