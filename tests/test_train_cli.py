@@ -9,6 +9,7 @@ import pytest
 import yaml
 from test_train_support import cli_args, make_token_folder, run_train_cli, scratch_settings
 
+from kronypt.train import TrainConfig
 from kronypt.train.metrics import read_metrics
 
 
@@ -206,3 +207,25 @@ def test_distill_alpha_and_temperature_flags_reach_the_run_config(tmp_path: Path
     assert "distill_objective" in read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["distill"]
     assert (recorded["alpha"], recorded["temperature"]) == (0.25, 3.5)
+
+
+def test_help_shows_the_defaults_a_run_gets_without_the_flags(capsys) -> None:
+    """The flags default to None (only the flags given override a recipe); --help still shows the values."""
+    code, out, _ = run_train_cli(["--help"], capsys)
+    assert code == 0
+    defaults = TrainConfig()
+    for shown in (defaults.train.max_steps, defaults.optim.lr, defaults.seed):
+        assert f"[default: ({shown})]" in out, shown
+    assert f"({defaults.out})]" in out  # its "[default:" may be wrapped onto the line before
+    assert "Example: kronypt train" in out
+
+
+def test_a_run_without_out_says_where_it_trains(tmp_path: Path, capsys, monkeypatch) -> None:
+    settings = scratch_settings(tmp_path, out=None, max_steps=1, eval_every=0)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_train_cli([*cli_args(settings), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "kronypt: no --out given: the run folder is runs/train" in err
+    assert (tmp_path / "runs" / "train" / "metrics.jsonl").is_file()
+    code, _, err = run_train_cli([*cli_args({**settings, "out": "elsewhere"}), "--no-progress"], capsys)
+    assert code == 0 and "no --out given" not in err

@@ -79,6 +79,8 @@ def compress(
     instead of one k everywhere: 80M-2's k = 2 fits that budget, 86M-3's k = 3 does not). The folder loads with
     `AutoModelForCausalLM.from_pretrained` after `import kronypt`, and holds the per-matrix error report
     (compression_report.json).
+
+    Example: kronypt compress gpt2 --scheme 81M --out gpt2-81M
     """
     chosen = [o for o in (scheme, a_shape, target_params) if o is not None]
     if allocate and (target_params is None or len(chosen) != 2):
@@ -169,7 +171,10 @@ def export(
 ) -> None:
     """Export a kronypt model: `--dense` (the default) rebuilds every Kronecker weight into a plain GPT-2
     checkpoint with its tokenizer, loadable by transformers alone, in the folder's dtype unless --dtype says
-    otherwise."""
+    otherwise.
+
+    Example: kronypt export runs/81M/best/model --out gpt2-81M-dense
+    """
     save_dtype = parse_save_dtype(dtype)
     check_out_dir(out, force)
     lm = load_model(str(model_dir), dtype=AUTO_DTYPE, gpt2_only=True)
@@ -189,7 +194,10 @@ def info(
     model: Annotated[str, typer.Argument(help="Model folder or hub id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Summarise a model: architecture, parameter count, stored dtype and its Kronecker layers."""
+    """Summarise a model: architecture, parameter count, stored dtype and its Kronecker layers.
+
+    Example: kronypt info gpt2-81M --json
+    """
     lm = load_model(model, dtype=AUTO_DTYPE, gpt2_only=True)  # as stored: `dtype` is the checkpoint's
     config = lm.config
     modules = config.kron_modules if isinstance(config, KronyGPT2Config) else {}
@@ -267,6 +275,8 @@ def generate(
     On a GPU the compressed layers take the fused Triton kernels where they were measured to win. For
     long generations add `--compile`: per-token time is then set by the GPU, not by Python launching
     kernels one by one.
+
+    Example: kronypt generate gpt2-81M --prompt "The meaning of life is" --max-new-tokens 40 --temperature 0.8
     """
     target = check_device(device)
     tok = load_tokenizer(tokenizer or _default_tokenizer(model))

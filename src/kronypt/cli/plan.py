@@ -31,6 +31,8 @@ def plan(
     parameter counts differ from the names. Other widths have no named schemes: every (m1, n1) that divides
     c_fc is listed, as `--all` or `--factors K` do for any model. Rows marked 'no' in the compresses column
     save nothing: k ≥ m2·n2 (or m1·n1) terms can represent any matrix.
+
+    Example: kronypt plan gpt2 --json, or kronypt plan gpt2-medium --factors 2
     """
     config = load_config(model)
     rows = plan_rows(config, factors or 1, scalars)

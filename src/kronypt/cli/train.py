@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from transformers.utils import logging as hf_logging
+from typer.core import TyperCommand
 
 from kronypt.cli.app import app, console, print_json
 from kronypt.cli.options import check_writable
@@ -19,7 +21,24 @@ from kronypt.train.config import field_locations
 Opt = typer.Option
 
 
-@app.command()
+class _RecipeDefaults(TyperCommand):
+    """`kronypt train` shows each setting's default in `--help`: the flags default to None (so that only the
+    flags given override the recipe), which would hide the values a run gets without them."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        defaults, locations = TrainConfig(), field_locations()
+        for param in self.params:
+            if param.name not in locations:
+                continue
+            group = locations[param.name]
+            value = getattr(getattr(defaults, group) if group else defaults, param.name)
+            if value is not None and value != "":
+                shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+                param.show_default = str(shown).lower() if isinstance(shown, bool) else str(shown)
+
+
+@app.command(cls=_RecipeDefaults)
 def train(
     config: Annotated[Path | None, Opt("--config", "-c", help="YAML recipe (see configs/); flags override it.")] = None,
     init_from: Annotated[str | None, Opt(help="Model source: dense (compress on the fly), kronypt, scratch.")] = None,
@@ -105,7 +124,9 @@ def train(
     `torchrun --nproc_per_node N -m kronypt train ...` the same command trains with DDP
     (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 130 / 143 after Ctrl-C / SIGTERM
     (a checkpoint was saved: rerun to resume), except under torchrun, where workers exit 0 after a clean
-    stop and `stopped_by` in --json tells.
+    stop and `stopped_by` in --json tells. Without --out the run folder is runs/train.
+
+    Example: kronypt train --init-from dense --model gpt2 --scheme 81M --data data/gutenberg --out runs/81M
     """
     flags = {name: value for name, value in locals().items() if name in field_locations() and value is not None}
     recipe = TrainConfig.from_yaml(config) if config is not None else TrainConfig()
@@ -118,6 +139,8 @@ def train(
         else:
             typer.echo(resolved.to_yaml(), nl=False)
         return
+    if "out" not in flags and resolved.out == TrainConfig().out:  # neither a flag nor the recipe chose it
+        sys.stderr.write(f"kronypt: no --out given: the run folder is {resolved.out}\n")
     check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
     hf_logging.disable_progress_bar()
     result = run_training(resolved, progress=progress and not as_json)
