@@ -25,9 +25,13 @@ def run_folder_lock(out: str | Path) -> Iterator[None]:
         yield
         return
     out = Path(out).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_name(f".{out.name}.lock")
-    handle = open(path, "a+")  # held open for the whole run
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # held open for the whole run
+    except OSError:  # a run folder whose parent cannot be written (e.g. --out in a read-only home's root)
+        yield  # trains unlocked rather than not at all
+        return
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
