@@ -104,6 +104,7 @@ def test_incomplete_or_modified_folders_are_refused(ramp_dir: Path, tmp_path: Pa
     meta = (ramp_dir / "meta.json").read_text()
     for broken, message in (("{", "is not valid JSON"), ("[1, 2]", "is not a token folder's meta.json"),
                             (meta.replace('"tokens"', '"count"'), "is not a token folder's meta.json"),
+                            (meta.replace('"val"', '"valid"'), "expected splits train and val"),
                             ("\xff", "is not valid JSON")):
         (ramp_dir / "meta.json").write_text(broken, encoding="latin-1")
         with pytest.raises(KronyptError, match=message):

@@ -278,7 +278,7 @@ def check_sweeps() -> dict[str, float]:
         for persist in (1, 2):
             y, _ = v3.v3_forward(x, A, B, s, bias, 1, False, config=v3._cfg(16, 32, 16, 2, 4, 2, persist))
             errors[f"v3-{orientation}-persistent-{persist}"] = _relative(y, ref)
-        # SPLIT accumulators per program (m1 = 96 or 160 rows: the last group of 48 or 64 rows is partial)
+        # SPLIT accumulators per program (a partial last group: SPLIT 3 and 4 at m1 = 160, 4 at m1 = 96)
         for split, persist in ((2, 0), (3, 0), (4, 0), (3, 1)):
             config = v3._cfg(16, 16, 16, 2, 4, 2, persist, split=split)
             y, _ = v3.v3_forward(x, A, B, s, bias, 1, False, config=config)
@@ -808,20 +808,22 @@ def test_v3_l2_traffic_falls_with_wider_tiles() -> None:
     assert v3_traffic(c_proj, tokens, 64, 256)["l2"] - split["l2"] == 2 * 2 * tokens * 3072
 
 
-def test_v3_defaults_fitted_to_the_shape_keep_no_idle_accumulators() -> None:
-    """A default tile with several accumulators per program (SPLIT) never gets more than A has row blocks,
-    and stages, then the reduction block, shrink until the staged tiles fit the shared memory."""
+def test_v3_defaults_fitted_to_the_shape_spread_a_s_row_blocks_evenly() -> None:
+    """A default tile with several accumulators per program (SPLIT) gets no more than A's row blocks need,
+    spread evenly over as many program groups as before (few idle, fully masked accumulators), and stages,
+    then the reduction block, shrink until the staged tiles fit the shared memory."""
     from kronypt.kernels import v3
 
     config = v3._cfg(64, 256, 32, 1, 8, 3, split=3)
     kw = lambda m1, limit=227 << 10: v3.fitted(config, m1, 4, 2, limit).kwargs  # noqa: E731
     assert kw(768)["SPLIT"] == 3 and kw(600)["SPLIT"] == 3 and kw(512)["SPLIT"] == 2 and kw(200)["SPLIT"] == 1
+    assert kw(1024)["SPLIT"] == 2 and kw(1280)["SPLIT"] == 3 and kw(2048)["SPLIT"] == 3  # 4 = 2 x 2, 5 = 2 x 3
     # per stage: x 64·32·4 and three A tiles 256·32, bf16 = 64 KB; 3 stages fit 227 KB
     assert v3.fitted(config, 768, 4, 2, 227 << 10).num_stages == 3
     assert v3.fitted(config, 768, 4, 2, 150 << 10).num_stages == 2
     small = v3.fitted(config, 768, 4, 2, 100 << 10)
     assert (small.num_stages, small.kwargs["BLOCK_C"]) == (2, 16)
-    assert v3.fitted(config, 256, 4, 2, 100 << 10).kwargs["BLOCK_C"] == 32  # one A tile: 2 x 32 KB fit
+    assert v3.fitted(config, 256, 4, 2, 100 << 10).kwargs["BLOCK_C"] == 32  # one A tile: 3 stages of 32 KB fit
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -270,6 +270,7 @@ def test_fresh_kronecker_factors_spread_like_gpt2_weights(tmp_path, factors):
                       eos_token_id=255, initializer_range=0.05)
     model = GPT2LMHeadModel(base)
     compress(model, CompressionConfig(a_shape=(64, 32), factors=factors, init="random"), progress=False)
+    assert _entry_std(model.transformer.h[0].mlp.c_proj) == pytest.approx(0.05, rel=0.12)  # the model's range
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     for name in ("A", "B"):  # the checkpoint lacks the c_fc factors: the model's `_init_weights` makes them

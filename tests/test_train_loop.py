@@ -257,3 +257,28 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tmp
     assert not lock_file.exists()  # released and removed
     assert train(config, progress=False).step == 2
     assert not lock_file.exists()
+
+
+def test_a_lock_file_replaced_between_open_and_lock_is_not_taken(tmp_path: Path, monkeypatch) -> None:
+    """A run opening the lock file just as the previous run removes it must lock the new file, or two later
+    runs could each hold 'the' lock (one on the removed file, one on its successor)."""
+    import builtins
+
+    import kronypt.train.lock as lock_module
+    from kronypt.errors import KronyptError
+
+    out = tmp_path / "run"
+    first = lock_module.run_folder_lock(out)
+    first.__enter__()
+
+    def open_as_the_first_run_finishes(*args, **kwargs):
+        handle = builtins.open(*args, **kwargs)
+        monkeypatch.setattr(lock_module, "open", builtins.open, raising=False)
+        first.__exit__(None, None, None)  # removes the file this run has just opened
+        return handle
+
+    monkeypatch.setattr(lock_module, "open", open_as_the_first_run_finishes, raising=False)
+    with lock_module.run_folder_lock(out):
+        with pytest.raises(KronyptError, match="in use by another training process"):
+            with lock_module.run_folder_lock(out):
+                pass

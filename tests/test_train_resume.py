@@ -199,3 +199,14 @@ def test_inputs_reached_through_a_symlink_are_the_same_inputs(tmp_path: Path) ->
     link = tmp_path / "tokens-link"
     link.symlink_to(tmp_path / "tokens")
     assert train(scratch_config(tmp_path, max_steps=3, data=str(link)), progress=False).step == 3
+
+
+def test_the_cli_write_probe_is_not_a_foreign_file(tmp_path: Path) -> None:
+    """`kronypt train` probes its run folder (rank 0); under torchrun another rank may look meanwhile."""
+    from kronypt.train.resume import foreign_files
+
+    (tmp_path / ".kronypt-probe-4242").touch()
+    (tmp_path / "metrics.jsonl").touch()
+    assert foreign_files(tmp_path) == []
+    (tmp_path / "notes.txt").touch()
+    assert foreign_files(tmp_path) == ["notes.txt"]

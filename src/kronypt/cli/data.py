@@ -61,7 +61,8 @@ def prepare(
         raise KronyptError("give either --input PATH_OR_GLOB (repeatable) or --hf-dataset NAME[:CONFIG]")
     if val_inputs and val_fraction is not None:
         raise KronyptError("give either --val-fraction or --val-input, not both")
-    check_writable(out.expanduser().resolve(), f"--out {out}")
+    out = out.expanduser()
+    check_writable(out.resolve(), f"--out {out}")
     sources: list[DocumentSource] = (
         [HFDatasetSource.parse(hf_dataset)] if hf_dataset else list(resolve_inputs(inputs or []))
     )

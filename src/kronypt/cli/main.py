@@ -53,7 +53,11 @@ def _command_path(argv: list[str] | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn expected errors into one line and a non-zero exit."""
-    _register_commands()
+    try:
+        _register_commands()  # imports torch and transformers: seconds
+    except KeyboardInterrupt:
+        sys.stderr.write("kronypt: interrupted\n")
+        sys.exit(130)
     transformers_logging.disable_progress_bar()  # kronypt shows its own progress; keep stderr readable
     hub_logging.set_verbosity_error()  # an unreachable hub is reported once, not as a page of retries
     try:

@@ -54,7 +54,9 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise KronyptError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise KronyptError(f"output folder {out} is not empty; pass --force to replace the model files in it")
-    check_writable(out.resolve().parent, f"--out {out}")
+    check_writable(out.resolve().parent, f"--out {out}")  # the staging folder is written beside it
+    if out.is_dir():  # and its files are moved into it
+        check_writable(out.resolve(), f"--out {out}")
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -79,7 +81,7 @@ def check_json_file(path: Path | None) -> None:
     """A `--json FILE` must be writable before any work starts; None and '-' (stdout) need no check."""
     if path is None or str(path) == "-":
         return
-    if str(path).startswith("-"):  # `--json --max-tokens 500` took the next option as the file name
+    if str(path).startswith("--"):  # `--json --max-tokens 500` took the next option as the file name
         raise KronyptError(f"--json takes a file name, or '-' to print JSON instead of the table; got {str(path)!r}")
     if path.is_dir():
         raise KronyptError(f"cannot write --json {path}: it is a folder; give a file name")

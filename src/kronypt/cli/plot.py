@@ -55,7 +55,7 @@ def curves(
 
     Example: kronypt plot curves runs/81M runs/96M --label 81M --label 96M --smoothing 0.9 --out heal.png
     """
-    check_writable(out.expanduser().resolve().parent, f"--out {out}")
+    out = _figure_path(out)
     if x not in AXES:
         raise KronyptError(f"unknown --x {x!r}; choose one of {', '.join(AXES)}")
     if not 0 <= smoothing < 1:
@@ -92,7 +92,7 @@ def tradeoff(
     Example: kronypt eval gpt2 gpt2-81M gpt2-96M --tasks wikitext2,lambada --json evals.json, then
     kronypt plot tradeoff evals.json --out tradeoff.png
     """
-    check_writable(out.expanduser().resolve().parent, f"--out {out}")
+    out = _figure_path(out)
     panels = tradeoff_panels(load_eval_records(results), task)
     save_figure(tradeoff_figure(panels, log_y=log_y), out)
     models = {record.model for records in panels.values() for record in records}
@@ -112,3 +112,12 @@ def _summary_table(summaries: list[dict[str, Any]]) -> Table:
 
 def _cell(value: Any, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _figure_path(out: Path) -> Path:
+    """--out with `~` expanded, checked before any work: its folder exists and can be written."""
+    out = out.expanduser()
+    if not out.resolve().parent.is_dir():
+        raise KronyptError(f"cannot write --out {out}: folder {out.resolve().parent} does not exist")
+    check_writable(out.resolve().parent, f"--out {out}")
+    return out

@@ -139,9 +139,10 @@ def train(
         else:
             typer.echo(resolved.to_yaml(), nl=False)
         return
-    if "out" not in flags and resolved.out == TrainConfig().out:  # neither a flag nor the recipe chose it
-        sys.stderr.write(f"kronypt: no --out given: the run folder is {resolved.out}\n")
-    check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it and writes the run folder
+        if "out" not in flags and resolved.out == TrainConfig().out:  # neither a flag nor the recipe chose it
+            sys.stderr.write(f"kronypt: no --out given: the run folder is {resolved.out}\n")
+        check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
     hf_logging.disable_progress_bar()
     result = run_training(resolved, progress=progress and not as_json)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports

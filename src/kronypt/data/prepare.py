@@ -203,8 +203,12 @@ def _sigint_held_back() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if received and callable(previous):  # Python's default raises KeyboardInterrupt; SIG_IGN: ignored
+    if not received or previous == signal.SIG_IGN:
+        return
+    if callable(previous):  # Python's default handler raises KeyboardInterrupt
         previous(signal.SIGINT, None)
+    else:  # SIG_DFL (or a handler set outside Python): the signal's own action, now
+        signal.raise_signal(signal.SIGINT)
 
 
 def _init_worker(tokenizer: str) -> None:

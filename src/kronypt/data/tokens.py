@@ -40,11 +40,11 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KronyptError(f"{meta_path} is not valid JSON ({exc}); prepare the folder again") from None
     splits = meta.get("splits") if isinstance(meta, dict) else None
-    if not (isinstance(splits, dict)
+    if not (isinstance(splits, dict) and set(SPLITS) <= set(splits)
             and all(isinstance(v, dict) and isinstance(v.get("file"), str) and isinstance(v.get("tokens"), int)
                     for v in splits.values())):
-        raise KronyptError(f"{meta_path} is not a token folder's {META_NAME} (expected splits with a file and a "
-                           "token count each); prepare the folder again")
+        raise KronyptError(f"{meta_path} is not a token folder's {META_NAME} (expected splits train and val with a "
+                           "file and a token count each); prepare the folder again")
     return meta
 
 

@@ -125,15 +125,18 @@ _FITTED: dict[tuple, triton.Config] = {}
 
 
 def fitted(config: triton.Config, m1: int, n2p: int, itemsize: int, limit: int) -> triton.Config:
-    """`config` with no more accumulators than A has row blocks (SPLIT), fewer pipeline stages (float32: at
-    most 2), then a narrower reduction block, until its staged tiles fit in `limit` bytes of shared memory:
+    """`config` with as few idle accumulators as its number of program groups allows (SPLIT lowered to spread
+    A's row blocks evenly over them: 4 blocks with SPLIT 3 run as 2 groups of 2, not 3 + 1), fewer pipeline
+    stages (float32: at most 2), then a narrower reduction block, until its staged tiles fit in `limit` bytes
+    of shared memory:
     each stage holds a (BLOCK_T, BLOCK_C·n2p) slab of x and SPLIT (BLOCK_A, BLOCK_C) tiles of A (an upper
     estimate: 96 KB for the bf16 row default, whose sm_90 build uses 84 KB). A B with a long row (n2 up to
     16) widens the x slab 4x over the 81M shapes'."""
     key = (tuple(config.kwargs.items()), config.num_warps, config.num_stages, m1, n2p, itemsize, limit)
     if key not in _FITTED:
         kw, stages = dict(config.kwargs), config.num_stages if itemsize <= 2 else min(config.num_stages, 2)
-        kw["SPLIT"] = min(kw["SPLIT"], cdiv(m1, kw["BLOCK_A"]))
+        blocks = cdiv(m1, kw["BLOCK_A"])  # as few accumulators per program as give the same number of groups
+        kw["SPLIT"] = cdiv(blocks, cdiv(blocks, min(kw["SPLIT"], blocks)))
 
         def size() -> int:
             x_slab, a_tiles = kw["BLOCK_T"] * kw["BLOCK_C"] * n2p, kw["SPLIT"] * kw["BLOCK_A"] * kw["BLOCK_C"]

@@ -128,7 +128,8 @@ def compress(model: GPT2LMHeadModel, config: CompressionConfig, progress: bool =
         factors = config.factors_of(path)
         new, dec = KroneckerLinear.from_dense(weight, old.bias.detach(), a_shape, factors,
                                               scalars=config.scalars, init=config.init,
-                                              rescale=config.rescale, prune_fill=config.prune_fill)
+                                              rescale=config.rescale, prune_fill=config.prune_fill,
+                                              init_std=getattr(model.config, "initializer_range", 0.02))
         new.requires_grad_(old.weight.requires_grad)
         setattr(model.get_submodule(path.rpartition(".")[0]), name, new)
         kron_modules[path] = {"a_shape": list(a_shape), "factors": factors, "scalars": config.scalars,

@@ -108,15 +108,17 @@ class KroneckerLinear(nn.Module):
         init: str = "van-loan",
         rescale: bool = False,
         prune_fill: float = 0.0,
+        init_std: float = 0.02,
     ) -> tuple[KroneckerLinear, Decomposition]:
-        """Factor an (out, in) weight into a new layer; also return the decomposition (with its error)."""
+        """Factor an (out, in) weight into a new layer; also return the decomposition (with its error).
+        `init_std`: the spread of W's entries for init="random" (the model's initializer_range)."""
         out_features, in_features = weight.shape
         if init == "van-loan":
             dec = van_loan(weight, a_shape, factors, rescale=rescale)
         elif init == "prune":
             dec = prune_init(weight, a_shape, factors, fill=prune_fill)
         elif init == "random":
-            dec = random_init(out_features, in_features, a_shape, factors, weight=weight)
+            dec = random_init(out_features, in_features, a_shape, factors, std=init_std, weight=weight)
         else:
             raise KronyptError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32

@@ -129,7 +129,7 @@ class Trainer:
                  model: PreTrainedModel | None = None) -> None:
         self.config, self.env, self.device = config, env, device
         args = config.train
-        self.out = Path(config.out)
+        self.out = Path(config.out).expanduser()
         resume.check_out_folder(self.out, config.force)
         meta = self._open_data()
         self.tokenizer_dir = _tokenizer_dir(config, meta)
