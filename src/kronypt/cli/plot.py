@@ -14,6 +14,7 @@ from kronypt.errors import KronyptError
 from kronypt.report import (
     AXES,
     DEFAULT_METRICS,
+    check_figure_path,
     curves_figure,
     load_eval_records,
     load_run,
@@ -115,9 +116,7 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def _figure_path(out: Path) -> Path:
-    """--out with `~` expanded, checked before any work: its folder exists and can be written."""
-    out = out.expanduser()
-    if not out.resolve().parent.is_dir():
-        raise KronyptError(f"cannot write --out {out}: folder {out.resolve().parent} does not exist")
+    """--out with `~` expanded, checked before any work: a figure file in a folder that can be written."""
+    out = check_figure_path(out.expanduser())
     check_writable(out.resolve().parent, f"--out {out}")
     return out

@@ -4,7 +4,7 @@
 >>> curves_figure([load_run("runs/81M"), load_run("runs/dense")], ["loss", "val_loss"]).savefig("curves.png")
 """
 
-from kronypt.report.figures import curves_figure, save_figure, tradeoff_figure
+from kronypt.report.figures import check_figure_path, curves_figure, save_figure, tradeoff_figure
 from kronypt.report.runs import AXES, DEFAULT_METRICS, Run, load_run, run_summary, smooth
 from kronypt.report.tradeoff import load_eval_records, tradeoff_panels
 
@@ -12,6 +12,7 @@ __all__ = [
     "AXES",
     "DEFAULT_METRICS",
     "Run",
+    "check_figure_path",
     "curves_figure",
     "load_eval_records",
     "load_run",

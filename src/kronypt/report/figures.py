@@ -66,14 +66,21 @@ def tradeoff_figure(panels: dict[Panel, list[EvalRecord]], log_y: bool = False) 
     return figure
 
 
-def save_figure(figure: Figure, path: str | Path) -> None:
-    """Write the figure in the format its suffix names (png, pdf, svg, ...), atomically."""
+def check_figure_path(path: str | Path) -> Path:
+    """`path` if a figure can be saved there: a suffix naming the format, not a folder, in a folder that
+    exists (checked by `save_figure`, and by the CLI before it loads anything)."""
     path = Path(path)
     if not path.suffix:
         raise KronyptError(f"give the figure file a suffix (.png, .pdf, .svg): {path}")
     if path.is_dir() or not path.resolve().parent.is_dir():
         raise KronyptError(f"cannot write {path}: " + ("it is a folder" if path.is_dir() else
                                                        f"folder {path.resolve().parent} does not exist"))
+    return path
+
+
+def save_figure(figure: Figure, path: str | Path) -> None:
+    """Write the figure in the format its suffix names (png, pdf, svg, ...), atomically."""
+    path = check_figure_path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         figure.savefig(tmp, dpi=150)
