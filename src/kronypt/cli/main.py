@@ -54,13 +54,9 @@ def _command_path(argv: list[str] | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn expected errors into one line and a non-zero exit."""
     try:
-        _register_commands()  # imports torch and transformers: seconds
-    except KeyboardInterrupt:
-        sys.stderr.write("kronypt: interrupted\n")
-        sys.exit(130)
-    transformers_logging.disable_progress_bar()  # kronypt shows its own progress; keep stderr readable
-    hub_logging.set_verbosity_error()  # an unreachable hub is reported once, not as a page of retries
-    try:
+        _register_commands()  # imports torch and transformers: seconds, so a Ctrl-C may land here too
+        transformers_logging.disable_progress_bar()  # kronypt shows its own progress; keep stderr readable
+        hub_logging.set_verbosity_error()  # an unreachable hub is reported once, not as a page of retries
         code = typer.main.get_command(app).main(args=argv, prog_name="kronypt", standalone_mode=False)
     except UsageError as exc:  # unknown option, bad or missing value
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kronypt` or `kronypt data`: show the help
@@ -72,16 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as exc:
         print_error(" ".join(exc.format_message().split()))
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("kronypt: interrupted\n")
         sys.exit(130)
     except (KronyptError, FileNotFoundError, FileExistsError, NotADirectoryError) as exc:
         text = str(exc).strip()
         print_error(" ".join(text.split()) if text else type(exc).__name__)
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("kronypt: interrupted\n")
-        sys.exit(130)
     except RuntimeError as exc:  # Path.expanduser on '~user/...' of an unknown user: bad input in any path
         if "home directory" not in str(exc):
             raise

@@ -139,13 +139,14 @@ def train(
         else:
             typer.echo(resolved.to_yaml(), nl=False)
         return
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it and writes the run folder
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports and writes the run folder
+    if main_rank:
         if "out" not in flags and resolved.out == TrainConfig().out:  # neither a flag nor the recipe chose it
             sys.stderr.write(f"kronypt: no --out given: the run folder is {resolved.out}\n")
         check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
     hf_logging.disable_progress_bar()
     result = run_training(resolved, progress=progress and not as_json)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+    if main_rank:
         _report(result, as_json)
     # Saved and resumable, but not finished: say so to schedulers and `&&` chains. Not under torchrun,
     # which reads any non-zero worker exit as a failure (and then kills or restarts the other workers).
