@@ -146,6 +146,34 @@ def test_hidden_states_are_returned_after_compress_and_after_loading(tmp_path):
     assert loaded(IDS, labels=IDS).loss is not None
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_compress_in_memory_keeps_the_attention_masks(tmp_path, attn):
+    """A model compressed in memory masks like the same model reloaded: padding and causality (both were lost
+    when the config was rebuilt without its attention implementation), and set_attn_implementation still
+    reaches the blocks. The config the dense model was built from is left a plain GPT2Config."""
+    config = tiny_config(attn_implementation=attn)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    sibling = GPT2LMHeadModel(config)
+    compress(model, CompressionConfig(a_shape=(64, 32)), progress=False)
+    assert model.config._attn_implementation == attn and sibling.config.__class__ is GPT2Config
+    assert all(block.attn.config is model.config for block in model.transformer.h)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=attn).eval()
+    mask = torch.ones_like(IDS)
+    mask[0, :3] = 0  # left padding
+    with torch.no_grad():
+        ours, ref = model(IDS, attention_mask=mask).logits, reloaded(IDS, attention_mask=mask).logits
+        assert torch.equal(ours[mask.bool()], ref[mask.bool()])
+        changed = IDS.clone()
+        changed[:, -1] = (changed[:, -1] + 1) % 50257
+        assert torch.equal(model(IDS).logits[:, :-1], model(changed).logits[:, :-1])  # nothing sees the future
+        assert torch.allclose(to_dense(model)(IDS, attention_mask=mask).logits[mask.bool()], ours[mask.bool()],
+                              atol=1e-5)
+    model.set_attn_implementation("eager")
+    assert len(model(IDS, output_attentions=True).attentions) == 2
+
+
 FUSED_MLP_SCRIPT = r"""
 import torch
 import kronypt.models.modeling as modeling

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from transformers import GPT2Config
@@ -25,16 +26,24 @@ class KronyGPT2Config(GPT2Config):
         return self.kronecker.get("modules", {})
 
     @classmethod
-    def from_gpt2(cls, config: GPT2Config, kronecker: dict[str, Any]) -> KronyGPT2Config:
-        """Extend a dense GPT-2 config with a Kronecker module map."""
-        values = config.to_dict()
-        for key in ("model_type", "architectures", "transformers_version"):
-            values.pop(key, None)
-        return cls(kronecker=kronecker, architectures=["KronyGPT2LMHeadModel"], **values)
+    def extend(cls, config: GPT2Config, kronecker: dict[str, Any]) -> KronyGPT2Config:
+        """A KronyGPT2Config copy of a GPT-2 config with a Kronecker module map.
+
+        A copy, not a rebuild from `to_dict()`: the runtime state a config carries besides its saved fields
+        (the attention implementation, which the mask builder reads; output flags) must stay the user's.
+        """
+        extended = copy.deepcopy(config)
+        if not isinstance(extended, cls):
+            extended.__class__ = cls
+            extended.architectures = ["KronyGPT2LMHeadModel"]
+        extended.kronecker = kronecker
+        return extended
 
     def to_gpt2(self) -> GPT2Config:
-        """The plain GPT2Config of the same architecture."""
+        """The plain GPT2Config of the same architecture, with the same attention implementation."""
         values = self.to_dict()
         for key in ("model_type", "architectures", "transformers_version", "kronecker"):
             values.pop(key, None)
-        return GPT2Config(architectures=["GPT2LMHeadModel"], **values)
+        config = GPT2Config(architectures=["GPT2LMHeadModel"], **values)
+        config._attn_implementation = self._attn_implementation
+        return config

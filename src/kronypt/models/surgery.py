@@ -188,14 +188,19 @@ def _targets(model: GPT2LMHeadModel, config: CompressionConfig) -> list[tuple[st
 
 def _become_kronecker(model: GPT2LMHeadModel, kron_modules: dict) -> None:
     """Make `model` a kronypt LM whose config lists `kron_modules` (each with the init it came from; the
-    top-level "init" is the common one, or "mixed" after compressions with different inits)."""
-    base = model.config.to_gpt2() if isinstance(model.config, KronyGPT2Config) else model.config
+    top-level "init" is the common one, or "mixed" after compressions with different inits).
+
+    Every submodule that held the old config (the blocks' attention reads its implementation from there)
+    gets the new one; the old object is left as it was, for other models built from it.
+    """
     inits = {spec.get("init") for spec in kron_modules.values()} - {None}
     init = inits.pop() if len(inits) == 1 else "mixed" if inits else None
-    config = KronyGPT2Config.from_gpt2(base, {"modules": kron_modules, "init": init})
+    old = model.config
+    config = KronyGPT2Config.extend(old, {"modules": kron_modules, "init": init})
+    for module in model.modules():
+        if getattr(module, "config", None) is old:
+            module.config = config
     adopt_class(model, KronyGPT2LMHeadModel)
-    model.config = config
-    model.transformer.config = config
 
 
 def to_dense(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
