@@ -177,6 +177,22 @@ def test_works_under_torch_compile(backend):
         torch.testing.assert_close(params[name].grad, p.grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_auto_path_compiles_in_one_graph_with_dynamic_shapes():
+    """With dynamic shapes the token count is symbolic: the automatic path's cost comparison must trace (it
+    was a graph break, an error under fullgraph=True), and choose per length as eager does: 92M-4's shape
+    goes factored at 3 tokens and materialised at 1024 on this CPU cost model."""
+    torch._dynamo.reset()
+    layer = make_layer(768, 3072, (1024, 256), 4, True, True).eval()
+    compiled = torch.compile(layer, backend="eager", fullgraph=True, dynamic=True)
+    paths = []
+    with torch.no_grad():
+        for tokens in (3, 1024, 17):
+            x = torch.randn(tokens, 768)
+            paths.append(layer.path_for(x))
+            torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+    assert paths[0].startswith("factored") and paths[1] == "materialised", paths
+
+
 def test_tensor_core_choice_materialises_beyond_decode():
     from kronypt.math.shapes import kron_shape
 

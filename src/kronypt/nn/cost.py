@@ -33,9 +33,15 @@ class PathCosts:
     materialised: float
 
     def best(self) -> Path:
-        costs = {"factored_a_first": self.factored_a_first, "factored_b_first": self.factored_b_first,
-                 "materialised": self.materialised}
-        return min(costs, key=costs.__getitem__)  # type: ignore[return-value]
+        """The cheapest path (the first of equals). Plain comparisons, not min(key=...): under torch.compile
+        with dynamic shapes the costs are symbolic, and Dynamo guards comparisons but cannot trace min's key."""
+        best: Path = "factored_a_first"
+        cost = self.factored_a_first
+        if self.factored_b_first < cost:
+            best, cost = "factored_b_first", self.factored_b_first
+        if self.materialised < cost:
+            best = "materialised"
+        return best
 
 
 def path_costs(shape: KronShape, k: int, tokens: int, training: bool) -> PathCosts:
