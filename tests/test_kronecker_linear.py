@@ -177,6 +177,26 @@ def test_works_under_torch_compile(backend):
         torch.testing.assert_close(params[name].grad, p.grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("path", ["factored_a_first", "factored_b_first", "materialised"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k,scalars", [(1, True), (2, True), (1, False)])
+def test_every_path_gives_the_autocast_dtype(path, shape, k, scalars):
+    """Under bfloat16 autocast every path returns bfloat16, as nn.Linear does (the factored paths returned
+    float32 when a float32 B, scalar or bias entered an elementwise product, so "auto" changed the output dtype
+    with the token count), within bfloat16 rounding of the float64 reference; parameter gradients stay float32."""
+    in_f, out_f, a_shape = shape
+    layer = make_layer(in_f, out_f, a_shape, k, scalars, True)
+    layer.path = path
+    x = torch.randn(5, in_f)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    expected, _, _ = reference(layer, x)
+    assert (y.double() - expected).norm() / expected.norm() < 2e-2
+    y.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
+
+
 def test_auto_path_compiles_in_one_graph_with_dynamic_shapes():
     """With dynamic shapes the token count is symbolic: the automatic path's cost comparison must trace (it
     was a graph break, an error under fullgraph=True), and choose per length as eager does: 92M-4's shape

@@ -28,7 +28,12 @@ def kron_linear_factored(
     bias: torch.Tensor | None = None,
     order: Order = "a_first",
 ) -> torch.Tensor:
-    """Apply the Kronecker layer without building W, contracting A first or B first."""
+    """Apply the Kronecker layer without building W, contracting A first or B first.
+
+    Under autocast the result has the autocast dtype, as `F.linear`'s (and the materialised path's) does.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        B, scalars, bias = _autocast_small(x.device.type, B, scalars, bias)
     k, m1, n1 = A.shape
     _, m2, n2 = B.shape
     if k == 1 and (n2 == 1 if order == "a_first" else m2 == 1):
@@ -62,6 +67,14 @@ def kron_linear_factored(
     if bias is not None:
         y = y + bias
     return y.view(*lead, m1 * m2)
+
+
+def _autocast_small(device_type: str, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The small operands in the autocast dtype. The GEMMs cast x and A themselves (autocast caches A's cast
+    within its region); the elementwise products and bias additions do not, and a float32 B or bias would
+    promote the output back to float32."""
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
 def _single_term_vector_b(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,
