@@ -118,6 +118,11 @@ def test_compress_by_target_params(capsys, tiny_dir, tmp_path):
     code, out, _ = run(capsys, "compress", str(tiny_dir), "--target-params", "3300000", "--out",
                        str(tmp_path / "t"), "--json")
     assert code == 0 and json.loads(out)["params_after"] <= 3_300_000
+    code, out, err = run(capsys, "compress", str(tiny_dir), "--target-params", "3300000", "--layers", "0",
+                         "--out", str(tmp_path / "t0"), "--json")  # two matrices must save what four did
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["params_after"] <= 3_300_000 and len(report["matrices"]) == 2
 
 
 def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_path):
@@ -142,7 +147,7 @@ def test_existing_output_is_left_untouched_without_force(capsys, tiny_dir, tmp_p
     (["compress", "{tiny}", "--a-shape", "16x8", "--modules", "attn", "--out", "{tmp}/x"], "unknown MLP modules"),
     (["compress", "{tmp}/missing", "--scheme", "81M", "--out", "{tmp}/x"], "does not exist"),
     (["compress", "{tmp}", "--scheme", "81M", "--out", "{tmp}/x"], "no config.json"),
-    (["compress", "{tiny}", "--target-params", "3300000", "--layers", "0", "--out", "{tmp}/x"], "every MLP"),
+    (["compress", "{tiny}", "--target-params", "3270000", "--layers", "0", "--out", "{tmp}/x"], "the smallest has"),
     (["plan", "./missing-model"], "does not exist"),
     (["generate", "{tiny}", "--prompt", "x", "--tokenizer", "{tmp}/none"], "does not exist"),
     (["generate", "{tiny}", "--prompt", "x", "--device", "tpu"], "unknown device"),

@@ -124,6 +124,30 @@ def test_bad_arguments():
         KroneckerLinear(16, 64, (5, 16))
     with pytest.raises(KronyptError, match="unknown init"):
         KroneckerLinear.from_dense(torch.randn(8, 8), None, (4, 4), init="svd")
+    with pytest.raises(KronyptError, match="pair of integers"):
+        KroneckerLinear(64, 256, (64, 32, 1))
+    with pytest.raises(KronyptError, match="must be an integer"):
+        KroneckerLinear(64, 256, (64, 32), 2.0)
+    with pytest.raises(KronyptError, match="exceed the 8 independent terms"):  # B is 4 x 2: 8 terms at most
+        KroneckerLinear(64, 256, (64, 32), 9)
+    with pytest.raises(KronyptError, match=r"must have shape \(256,\), got \(64,\)"):
+        KroneckerLinear.from_dense(torch.randn(256, 64), torch.randn(64), (64, 32))
+    layer = KroneckerLinear(64, 256, (64, 32), 2)
+    with pytest.raises(KronyptError, match=r"KroneckerLinear\(64 -> 256\) .* last dimension is 63"):
+        layer(torch.randn(3, 63))
+
+
+def test_dense_weight_is_rounded_once_in_low_precision():
+    """bfloat16/float16 dense_weight (what export --dense and to_dense write) is the float64 sum rounded once:
+    summing k rounded terms with the scalars folded into A first differed in a third of the entries."""
+    for dtype in (torch.bfloat16, torch.float16):
+        layer = make_layer(64, 256, (16, 16), 4, True, True)
+        exact = kron_reconstruct(layer.A.double(), layer.B.double(), layer.scalars.double())
+        layer.to(dtype)
+        wide = kron_reconstruct(layer.A.double(), layer.B.double(), layer.scalars.double())  # rounded factors
+        assert layer.dense_weight().dtype == dtype
+        assert torch.equal(layer.dense_weight(), wide.to(dtype))
+        assert (layer.dense_weight().double() - exact).norm() / exact.norm() < 2 ** -7
 
 
 def test_cost_model_choices():

@@ -36,6 +36,20 @@ def test_bad_paths_and_names(tmp_path):
         parse_dtype("fp8")
 
 
+def test_loaders_take_path_objects(tiny_dir, monkeypatch):
+    """pathlib.Path works wherever a folder name does (it failed on str methods); a relative Path is a local
+    folder even when its name looks like a hub id."""
+    from pathlib import Path
+
+    assert type(load_model(tiny_dir)).__name__ == "GPT2LMHeadModel"
+    assert load_config(tiny_dir).n_layer == 2
+    assert load_tokenizer(tiny_dir).model_max_length == 1024  # GPT-2's context, as the hub's gpt2 tokenizer
+    monkeypatch.chdir(tiny_dir.parent)
+    assert load_config(Path(tiny_dir.name)).n_layer == 2
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(Path("gpt2"))  # a Path is never a hub id
+
+
 def test_known_family_configs_need_no_download():
     config = load_config("openai-community/gpt2-large")
     assert (config.n_layer, config.n_embd, config.n_head) == (36, 1280, 20)

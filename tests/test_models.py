@@ -108,9 +108,37 @@ def test_bad_inputs_are_refused():
         CompressionConfig(a_shape=(16, 8), init="svd")
     with pytest.raises(KronyptError, match="GPT2LMHeadModel"):
         compress(torch.nn.Linear(2, 2), CompressionConfig(a_shape=(16, 8)))
+    with pytest.raises(KronyptError, match="pair of integers"):
+        CompressionConfig(a_shape=64)
+    with pytest.raises(KronyptError, match="factors must be an integer"):
+        CompressionConfig(a_shape=(16, 8), factors=2.0)
+    with pytest.raises(KronyptError, match="got GPT2Model"):
+        to_dense(model.transformer)
     compress(model, CompressionConfig(a_shape=(16, 8)), progress=False)
     with pytest.raises(KronyptError, match="already compressed"):
         compress(model, CompressionConfig(a_shape=(16, 8)), progress=False)
+
+
+def test_modules_may_be_spelled_as_the_cli_does():
+    assert CompressionConfig(a_shape=(16, 8), modules="c_fc").modules == ("c_fc",)
+    assert CompressionConfig(a_shape=(16, 8), modules="c_proj, c_fc").modules == ("c_proj", "c_fc")
+
+
+@pytest.mark.parametrize("selection", [{"layers": [0]}, {"modules": ["c_fc"]}, {}])
+def test_target_params_counts_only_the_matrices_compressed(selection):
+    """With layers/modules only some matrices are compressed; the others stay dense and count in full, so
+    the scheme picked for a target is smaller than the one for every matrix, and the model stays within it."""
+    config = tiny_config()
+    dense = count_params(GPT2LMHeadModel(config))
+    target = dense - 25_000  # two of the four 256 x 64 matrices can save at most 2 x 16,384
+    chosen = CompressionConfig.from_target_params(config, target, **selection)
+    model = GPT2LMHeadModel(config)
+    report = compress(model, chosen, progress=False)
+    assert report.params_after <= target
+    everything = CompressionConfig.from_target_params(config, target)
+    if selection:  # fewer matrices must each save more
+        per_matrix = plan_row(config, chosen.a_shape, 1).params_per_matrix
+        assert per_matrix < plan_row(config, everything.a_shape, 1).params_per_matrix
 
 
 def test_missing_kronecker_weights_are_initialised_not_garbage(tmp_path):

@@ -54,7 +54,8 @@ def compress(
     a_shape: Annotated[str | None, typer.Option("--a-shape", help="A-factor shape MxN of c_fc (out x in).")] = None,
     factors: Annotated[int | None, typer.Option("--factors", "-k", min=1, help="Number of Kronecker terms.")] = None,
     target_params: Annotated[int | None, typer.Option(help="Pick the largest scheme with at most this many "
-                                                           "model parameters.")] = None,
+                                                           "model parameters (matrices left out by --layers/"
+                                                           "--modules stay dense and count in full).")] = None,
     allocate: Annotated[bool, typer.Option(
         "--allocate", help="With --target-params and --scheme/--a-shape: keep that A shape but give each matrix "
                            "its own number of factors, spending the budget where terms remove the most Van "
@@ -89,9 +90,6 @@ def compress(
     if not allocate and len(chosen) != 1:
         raise KronyptError("give exactly one of --scheme, --a-shape or --target-params (or --allocate with "
                            "--target-params and a shape)")
-    if target_params is not None and not allocate and (layers not in (None, "all") or modules != "c_fc,c_proj"):
-        raise KronyptError("--target-params sizes a model with every MLP matrix compressed; "
-                           "use --scheme or --a-shape with --layers/--modules")
     save_dtype = parse_save_dtype(dtype)
     check_out_dir(out, force)
     options = {"scalars": scalars, "rescale": rescale, "prune_fill": prune_fill, "layers": parse_layers(layers),

@@ -11,6 +11,8 @@ W ≈ Σ_i s_i · (A_i ⊗ B_i) with A_i: (m1, n1), B_i: (m2, n2), out = m1·m2,
 
 from __future__ import annotations
 
+import operator
+
 from dataclasses import dataclass
 
 from kronypt.errors import KronyptError
@@ -81,7 +83,7 @@ class KronShape:
 
 def kron_shape(out_features: int, in_features: int, a_shape: tuple[int, int]) -> KronShape:
     """The factorisation of an (out, in) matrix with A of shape `a_shape`; refuses shapes that do not divide."""
-    m1, n1 = (int(v) for v in a_shape)
+    m1, n1 = shape_pair(a_shape)
     if m1 <= 0 or n1 <= 0:
         raise KronyptError(f"A shape must be positive, got {m1}x{n1}")
     if out_features % m1 or in_features % n1:
@@ -91,6 +93,15 @@ def kron_shape(out_features: int, in_features: int, a_shape: tuple[int, int]) ->
             f"(divisors: {_short(divisors(in_features))})"
         )
     return KronShape(m1, n1, out_features // m1, in_features // n1)
+
+
+def shape_pair(a_shape: object) -> tuple[int, int]:
+    """(m1, n1) from a pair of integers (Python or NumPy), refusing anything else in one line."""
+    try:
+        m1, n1 = (operator.index(v) for v in a_shape)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise KronyptError(f"A shape must be a pair of integers (m1, n1), got {a_shape!r}") from None
+    return m1, n1
 
 
 def kron_factor_shapes(out_features: int, in_features: int) -> list[KronShape]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -19,7 +20,8 @@ from kronypt.models.family import family_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO_DTYPE = "auto"  # load_model: the dtype the checkpoint was stored in
-GPT2_MODEL_TYPES = ("gpt2", "kronygpt2")  # what compression, inspection and export understand
+GPT2_MODEL_TYPES = ("gpt2", "kronygpt2")
+GPT2_CONTEXT = 1024  # n_positions of every GPT-2-family model  # what compression, inspection and export understand
 
 
 def require_gpt2(config: PretrainedConfig, name: str) -> None:
@@ -69,6 +71,15 @@ def hub_id(name: str) -> str:
     return name.removeprefix(HUB_PREFIX)
 
 
+def _as_name(name_or_path: str | os.PathLike) -> str:
+    """A str for the loaders: a `Path` (or other os.PathLike) always names a local path, so a relative one
+    gets a leading ./ that keeps it from being read as a hub id ('gpt2')."""
+    if isinstance(name_or_path, os.PathLike):
+        path = os.fspath(name_or_path)
+        return path if path.startswith(("/", ".", "~")) else os.path.join(".", path)
+    return name_or_path
+
+
 def _is_local(name: str) -> bool:
     """A local path rather than a hub id ('gpt2', 'openai-community/gpt2'): it exists, starts like a path,
     cannot be a hub id (two or more slashes, other characters), or its first part is a local folder
@@ -101,9 +112,10 @@ def _missing(kind: str, name: str) -> FileNotFoundError:
                              f"folder; write {HUB_PREFIX}{name} to load it from the hub)")
 
 
-def local_model_dir(name_or_path: str) -> Path | None:
+def local_model_dir(name_or_path: str | os.PathLike) -> Path | None:
     """The folder `name_or_path` names when it is a local path (checked: a folder with config.json,
     else a one-line error); None for a hub id."""
+    name_or_path = _as_name(name_or_path)
     if not _is_local(name_or_path):
         return None
     path = Path(name_or_path).expanduser()
@@ -116,11 +128,12 @@ def local_model_dir(name_or_path: str) -> Path | None:
     return path
 
 
-def load_config(name_or_path: str, gpt2_only: bool = True) -> PretrainedConfig:
+def load_config(name_or_path: str | os.PathLike, gpt2_only: bool = True) -> PretrainedConfig:
     """A GPT-2-family config (any architecture with `gpt2_only=False`): from a local folder, the offline
     GPT-2 family table, or the hub."""
     import kronypt.models.modeling  # noqa: F401  (registers the kronypt classes with the Auto classes)
 
+    name_or_path = _as_name(name_or_path)
     path = local_model_dir(name_or_path)
     if path is not None:
         try:
@@ -141,7 +154,7 @@ def load_config(name_or_path: str, gpt2_only: bool = True) -> PretrainedConfig:
 
 
 def load_model(
-    name_or_path: str,
+    name_or_path: str | os.PathLike,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     gpt2_only: bool = False,
@@ -154,6 +167,7 @@ def load_model(
     evaluation and generation take any causal LM)."""
     import kronypt.models.modeling  # noqa: F401
 
+    name_or_path = _as_name(name_or_path)
     torch_dtype = AUTO_DTYPE if dtype == AUTO_DTYPE else parse_dtype(dtype) or torch.float32
     source: str | Path = local_model_dir(name_or_path) or hub_id(name_or_path)
     try:
@@ -170,9 +184,10 @@ def load_model(
     return model.eval()
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """A GPT-2 BPE tokenizer from a hub id, a saved tokenizer folder, or a folder holding
     `vocab.json`+`merges.txt` or OpenAI's `encoder.json`+`vocab.bpe`."""
+    name_or_path = _as_name(name_or_path)
     if _is_local(name_or_path):
         return _local_tokenizer(name_or_path)
     from transformers import AutoTokenizer
@@ -248,7 +263,8 @@ def _bpe_from_files(vocab_file: Path, merges_file: Path) -> PreTrainedTokenizerB
     vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
     lines = merges_file.read_text(encoding="utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    return GPT2Tokenizer(vocab=vocab, merges=merges)
+    # GPT-2's context, as the hub's gpt2 tokenizer says: pipelines and `truncation=True` read it (else ~1e30).
+    return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=GPT2_CONTEXT)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from kronypt.errors import KronyptError
 from kronypt.math.allocate import allocate_terms
 from kronypt.math.decompose import kronecker_spectrum
-from kronypt.math.shapes import kron_shape
+from kronypt.math.shapes import shape_pair, kron_shape
 from kronypt.models.configuration import KronyGPT2Config
 from kronypt.models.modeling import KronyGPT2LMHeadModel, adopt_class
 from kronypt.nn import KroneckerLinear
@@ -47,13 +47,17 @@ class CompressionConfig:
         return (self.factors_by_module or {}).get(path, self.factors)
 
     def __post_init__(self) -> None:
-        self.a_shape = tuple(int(v) for v in self.a_shape)  # type: ignore[assignment]
+        self.a_shape = shape_pair(self.a_shape)
+        if isinstance(self.factors, bool) or not isinstance(self.factors, int) or self.factors < 1:
+            raise KronyptError(f"factors must be an integer of at least 1, got {self.factors!r}")
         if self.init not in INITS:
             raise KronyptError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         if self.rescale and self.init != "van-loan":
             raise KronyptError(f"rescale applies to the van-loan init, not {self.init}")
         if self.prune_fill != 0.0 and self.init != "prune":
             raise KronyptError(f"prune_fill applies to the prune init, not {self.init}")
+        if isinstance(self.modules, str):  # "c_fc" or "c_fc,c_proj", as the CLI spells them
+            self.modules = tuple(m.strip() for m in self.modules.split(",") if m.strip())
         self.modules = tuple(dict.fromkeys(self.modules))  # "c_fc,c_fc" names c_fc once
         bad = [m for m in self.modules if m not in MLP_MODULES]
         if bad or not self.modules:
@@ -69,9 +73,13 @@ class CompressionConfig:
     @classmethod
     def from_target_params(cls, config: GPT2Config, target: int, factors: int = 1, **overrides
                            ) -> CompressionConfig:
-        """The compressing scheme with the most parameters not above `target`."""
-        row = pick_for_target(config, target, factors, overrides.get("scalars", False))
-        return cls(a_shape=row.a_shape, factors=row.factors, **overrides)
+        """The compressing scheme with the most parameters not above `target`, counting only the matrices
+        `layers` and `modules` select as compressed."""
+        chosen = cls(a_shape=(1, 1), factors=factors, **overrides)  # normalised layers and modules
+        n_layer = mlp_dims(config)[0]
+        blocks = n_layer if chosen.layers is None else len(set(chosen.layers))
+        row = pick_for_target(config, target, factors, chosen.scalars, matrices=blocks * len(chosen.modules))
+        return replace(chosen, a_shape=row.a_shape)
 
 
 @dataclass
@@ -205,6 +213,9 @@ def _become_kronecker(model: GPT2LMHeadModel, kron_modules: dict) -> None:
 
 def to_dense(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
     """A plain `GPT2LMHeadModel` (loadable without kronypt) with the same weights and logits."""
+    if not isinstance(model, GPT2LMHeadModel):
+        hint = " (merge adapters first, e.g. PEFT's merge_and_unload())" if hasattr(model, "get_base_model") else ""
+        raise KronyptError(f"expected a GPT-2-family causal LM (GPT2LMHeadModel), got {type(model).__name__}{hint}")
     config = model.config.to_gpt2() if isinstance(model.config, KronyGPT2Config) else model.config
     param = next(model.parameters())
     with torch.device(param.device):

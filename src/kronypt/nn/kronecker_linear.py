@@ -17,7 +17,14 @@ from torch import nn
 
 from kronypt.errors import KronyptError
 from kronypt.kernels import FUSED_IMPLS, fused_available, fused_wins, kron_linear_fused
-from kronypt.math.decompose import Decomposition, kron_reconstruct, prune_init, random_init, van_loan
+from kronypt.math.decompose import (
+    Decomposition,
+    check_factors,
+    kron_reconstruct,
+    prune_init,
+    random_init,
+    van_loan,
+)
 from kronypt.math.shapes import KronShape, kron_shape
 from kronypt.nn.cost import choose_path, path_costs
 from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised
@@ -52,9 +59,10 @@ class KroneckerLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if factors < 1:
-            raise KronyptError(f"the number of factors must be at least 1, got {factors}")
+        if isinstance(factors, bool) or not isinstance(factors, int):
+            raise KronyptError(f"the number of factors must be an integer, got {factors!r}")
         self.shape: KronShape = kron_shape(out_features, in_features, a_shape)
+        check_factors(factors, self.shape.terms())
         self.in_features, self.out_features, self.factors = in_features, out_features, factors
         kw = {"device": device, "dtype": dtype}
         self.A = nn.Parameter(torch.empty(factors, *self.shape.a_shape, **kw))
@@ -113,6 +121,9 @@ class KroneckerLinear(nn.Module):
         """Factor an (out, in) weight into a new layer; also return the decomposition (with its error).
         `init_std`: the spread of W's entries for init="random" (the model's initializer_range)."""
         out_features, in_features = weight.shape
+        if bias is not None and tuple(bias.shape) != (out_features,):
+            raise KronyptError(f"the bias of a ({out_features}, {in_features}) weight must have shape "
+                               f"({out_features},), got {tuple(bias.shape)}")
         if init == "van-loan":
             dec = van_loan(weight, a_shape, factors, rescale=rescale)
         elif init == "prune":
@@ -148,8 +159,11 @@ class KroneckerLinear(nn.Module):
         self.scalars.requires_grad_(False)
 
     def dense_weight(self) -> torch.Tensor:
-        """The (out, in) weight this layer represents."""
-        return kron_reconstruct(self.A, self.B, self.scalars)
+        """The (out, in) weight this layer represents, in the parameters' dtype: summed in float64 and rounded
+        once, so a bfloat16 or float16 export is the correctly rounded W, not a sum of rounded terms."""
+        wide = {n: None if p is None else p.to(torch.float64) for n, p in
+                (("A", self.A), ("B", self.B), ("scalars", self.scalars))}
+        return kron_reconstruct(wide["A"], wide["B"], wide["scalars"]).to(self.A.dtype)
 
     def resolved_path(self, tokens: int, training: bool, tensor_cores: bool = False, fused: bool = False) -> str:
         """The concrete path a call with this many tokens takes.
@@ -194,6 +208,9 @@ class KroneckerLinear(nn.Module):
         return self.resolved_path(tokens, training, cuda and _on_tensor_cores(x), fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise KronyptError(f"KroneckerLinear({self.in_features} -> {self.out_features}) got an input whose last "
+                               f"dimension is {x.shape[-1]} (shape {tuple(x.shape)}), not {self.in_features}")
         path = self.path_for(x)
         if path == "fused":
             if not fused_available(x):
