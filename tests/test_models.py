@@ -340,3 +340,26 @@ def test_fresh_kronecker_factors_spread_like_gpt2_weights(tmp_path, factors):
     fresh = KronyGPT2LMHeadModel(loaded.config)  # built from a config: its init range, as its dense weights
     for module in ("c_fc", "c_proj"):
         assert _entry_std(getattr(fresh.transformer.h[0].mlp, module)) == pytest.approx(0.05, rel=0.12)
+
+
+def test_auto_model_and_sequence_classification_load_a_kronypt_folder(tmp_path):
+    """AutoModel gives the compressed body (the LM's hidden states exactly); AutoModelForSequenceClassification
+    the same body under a new score head, which saves and reloads with identical logits."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    model = tiny_model()
+    compress(model, CompressionConfig(a_shape=(64, 32), factors=2, scalars=True), progress=False)
+    model.save_pretrained(tmp_path / "lm")
+    with torch.no_grad():
+        expected = model.transformer(IDS).last_hidden_state
+        body = AutoModel.from_pretrained(tmp_path / "lm").eval()
+        assert type(body).__name__ == "KronyGPT2Model"
+        assert isinstance(body.h[0].mlp.c_fc, KroneckerLinear)
+        assert torch.equal(body(IDS).last_hidden_state, expected)
+        classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "lm", num_labels=3).eval()
+        assert torch.equal(classifier.transformer(IDS).last_hidden_state, expected)
+        logits = classifier(IDS[:1]).logits
+        assert logits.shape == (1, 3) and torch.isfinite(logits).all()
+        classifier.save_pretrained(tmp_path / "cls")
+        again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls").eval()
+        assert torch.equal(again(IDS[:1]).logits, logits)

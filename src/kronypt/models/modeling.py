@@ -1,7 +1,8 @@
 """KronyGPT2LMHeadModel: GPT-2 with Kronecker MLP layers, native to Hugging Face.
 
-Importing this module registers the config and model with AutoConfig / AutoModelForCausalLM, so a saved
-kronypt folder loads with `AutoModelForCausalLM.from_pretrained` once `kronypt` is imported.
+Importing this module registers the config and models with AutoConfig, AutoModelForCausalLM, AutoModel and
+AutoModelForSequenceClassification, so a saved kronypt folder loads with their `from_pretrained` once
+`kronypt` is imported.
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ import math
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel, GPT2Model
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
+)
 from transformers import initialization as init
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
@@ -62,9 +71,15 @@ class KroneckerGPT2MLP(GPT2MLP):
 
 
 class KronyGPT2Model(KroneckerInitMixin, GPT2Model):
-    """The inner GPT2Model of a kronypt LM (only the weight init differs)."""
+    """The inner GPT2Model of a kronypt LM; also what `AutoModel` loads from a kronypt folder (hidden states
+    without the LM head)."""
 
     config_class = KronyGPT2Config
+
+    def __init__(self, config: KronyGPT2Config) -> None:
+        super().__init__(config)
+        install_kronecker_layers(self, config, prefix="transformer.")
+        _use_kronecker_mlps(self, config)
 
 
 class KronyGPT2LMHeadModel(KroneckerInitMixin, GPT2LMHeadModel):
@@ -75,15 +90,35 @@ class KronyGPT2LMHeadModel(KroneckerInitMixin, GPT2LMHeadModel):
     def __init__(self, config: KronyGPT2Config) -> None:
         super().__init__(config)
         adopt_class(self, KronyGPT2LMHeadModel)
-        for path, spec in config.kron_modules.items():
-            old = self.get_submodule(path)
-            in_features, out_features = old.weight.shape  # Conv1D stores (in, out)
-            new = KroneckerLinear(in_features, out_features, tuple(spec["a_shape"]), spec["factors"],
-                                  scalars=spec["scalars"], bias=old.bias is not None,
-                                  device=old.weight.device, dtype=old.weight.dtype)
-            new.reset_parameters(config.initializer_range)  # the model's init range, as its dense weights
-            parent, _, name = path.rpartition(".")
-            setattr(self.get_submodule(parent), name, new)
+        install_kronecker_layers(self, config)
+
+
+class KronyGPT2ForSequenceClassification(KroneckerInitMixin, GPT2ForSequenceClassification):
+    """GPT-2's sequence classifier on a kronypt body: `AutoModelForSequenceClassification` on a kronypt
+    folder loads the compressed transformer and a new (randomly initialised) score head."""
+
+    config_class = KronyGPT2Config
+
+    def __init__(self, config: KronyGPT2Config) -> None:
+        super().__init__(config)
+        _adopt_transformer(self.transformer, config)
+        install_kronecker_layers(self, config)
+
+
+def install_kronecker_layers(model: nn.Module, config: KronyGPT2Config, prefix: str = "") -> None:
+    """Replace the dense matrices the config lists by KroneckerLinear layers with fresh factors (a checkpoint's
+    are loaded over them). The config's paths are the LM's ("transformer.h.0.mlp.c_fc"); `prefix` is the part
+    `model` lacks ("transformer." for a bare GPT2Model)."""
+    for path, spec in config.kron_modules.items():
+        path = path.removeprefix(prefix)
+        old = model.get_submodule(path)
+        in_features, out_features = old.weight.shape  # Conv1D stores (in, out)
+        new = KroneckerLinear(in_features, out_features, tuple(spec["a_shape"]), spec["factors"],
+                              scalars=spec["scalars"], bias=old.bias is not None,
+                              device=old.weight.device, dtype=old.weight.dtype)
+        new.reset_parameters(config.initializer_range)  # the model's init range, as its dense weights
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent), name, new)
 
 
 def adopt_class(model: GPT2LMHeadModel, cls: type[GPT2LMHeadModel]) -> None:
@@ -94,19 +129,35 @@ def adopt_class(model: GPT2LMHeadModel, cls: type[GPT2LMHeadModel]) -> None:
     `KroneckerGPT2MLP`, which fuses GELU into c_fc when that layer runs on the fused kernels.
     """
     model.__class__ = cls
-    model.transformer.__class__ = KronyGPT2Model
     model.loss_type = "ForCausalLM"
-    activation = model.config.activation_function
-    for block in model.transformer.h:
+    _adopt_transformer(model.transformer, model.config)
+    _record_outputs(model)
+
+
+def _adopt_transformer(transformer: GPT2Model, config: KronyGPT2Config) -> None:
+    """A built GPT2Model becomes the kronypt body in place (its class's weight init, fused-GELU MLPs)."""
+    transformer.__class__ = KronyGPT2Model
+    _use_kronecker_mlps(transformer, config)
+    _record_outputs(transformer)
+
+
+def _use_kronecker_mlps(transformer: GPT2Model, config: KronyGPT2Config) -> None:
+    activation = config.activation_function
+    for block in transformer.h:
         block.mlp.__class__ = KroneckerGPT2MLP
         block.mlp.fused_activation = activation if activation in FUSED_ACTIVATIONS else None
+
+
+def _record_outputs(module: nn.Module) -> None:
+    """Tell transformers which outputs a module whose class changed after construction can record."""
     try:
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
     except ImportError:  # older transformers record outputs without a registry
         return
-    for module in (model, model.transformer):
-        _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
+    _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
 
 
 AutoConfig.register(KronyGPT2Config.model_type, KronyGPT2Config, exist_ok=True)
+AutoModel.register(KronyGPT2Config, KronyGPT2Model, exist_ok=True)
 AutoModelForCausalLM.register(KronyGPT2Config, KronyGPT2LMHeadModel, exist_ok=True)
+AutoModelForSequenceClassification.register(KronyGPT2Config, KronyGPT2ForSequenceClassification, exist_ok=True)
