@@ -115,6 +115,44 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path: Path, capfd: pyt
     assert again.val_loss == next(r["val_loss"] for r in logged if "val_loss" in r) == finished.val_loss
 
 
+def test_resuming_an_earlier_checkpoint_replaces_the_run_past_it(tmp_path: Path, capfd: pytest.CaptureFixture
+                                                                  ) -> None:
+    """--resume of an earlier checkpoint: its later checkpoints go with their metric records (left in place,
+    latest/best and the next --resume auto went back to the abandoned run), and a stop says to resume with
+    --resume auto (the same command would go back to the earlier checkpoint again)."""
+    config = scratch_config(tmp_path, max_steps=6, save_every=2, eval_every=2, keep_last=5)
+    out = Path(config.out)
+    train(config, progress=False)
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002", "step-00000004", "step-00000006"]
+    earlier = out / "checkpoints" / "step-00000002"
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2())
+    _kill_self_on_call(model, call=3, sig=signal.SIGTERM)  # the second micro-batch of step 4 after step 2
+    capfd.readouterr()
+    resumed = train(config.with_overrides({"max_steps": 10, "resume": str(earlier)}), model=model, progress=False)
+    _, err = capfd.readouterr()
+    assert resumed.stopped_by == "SIGTERM" and resumed.step == 4
+    assert "dropped 2 later checkpoints of the run this resume replaces (step-00000004, step-00000006)" in err
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002", "step-00000004"]
+    assert (out / "latest").resolve() == (out / "checkpoints" / "step-00000004").resolve()
+    assert (out / "best").resolve().parent == out / "checkpoints"
+    assert f"rerun with --resume auto instead of --resume {earlier} to resume" in err
+    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == 4
+    again = train(config.with_overrides({"max_steps": 10}), progress=False)  # --resume auto: from step 4
+    assert again.step == 10 and [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(11))
+
+
+def test_a_run_that_never_beats_its_starting_model_says_so(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """The starting model (step 0) is validated but not saved: when every checkpoint is worse, `best` is only
+    the least bad one, and the run says so (a learning rate of 3 wrecks this model at once)."""
+    train(scratch_config(tmp_path, max_steps=2, eval_every=1, lr=3.0, warmup_steps=0), progress=False)
+    _, err = capfd.readouterr()
+    start = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["val_loss"]
+    assert f"against {start:.4f} at step 0): training has not improved on it so far" in err, err
+    train(scratch_config(tmp_path, max_steps=2, eval_every=1, out=str(tmp_path / "fine")), progress=False)
+    assert "note: no checkpoint" not in capfd.readouterr().err
+
+
 def test_a_signal_on_a_validation_step_still_validates(tmp_path: Path) -> None:
     # Stopping must not drop the step's validation: the resumed run would never evaluate that step again.
     config = scratch_config(tmp_path, max_steps=50, save_every=100, eval_every=4)

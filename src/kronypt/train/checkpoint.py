@@ -169,6 +169,20 @@ def _indexes(out: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     return result
 
 
+def drop_after(out: str | Path, step: int) -> list[Path]:
+    """Delete the checkpoints past `step` and re-point `latest` and `best`; the deleted folders.
+
+    A run resumed from an earlier checkpoint replaces them, as it replaces their metric records: left in
+    place, `latest`/`best` and the next `--resume auto` would go back to the abandoned run.
+    """
+    later = [p for p in list_checkpoints(out) if int(STEP_DIR.match(p.name)[1]) > step]
+    for path in later:
+        shutil.rmtree(path)
+    if later:
+        _relink(out)
+    return later
+
+
 def _prune(out: str | Path, keep_last: int) -> None:
     found = list_checkpoints(out)
     best = best_checkpoint(out)
@@ -176,9 +190,18 @@ def _prune(out: str | Path, keep_last: int) -> None:
     for path in found:
         if path not in keep:
             shutil.rmtree(path, ignore_errors=True)
-    _link(Path(out) / "latest", found[-1])
-    if best is not None:
-        _link(Path(out) / "best", best)
+    _relink(out)
+
+
+def _relink(out: str | Path) -> None:
+    """`latest` and `best` point at the newest and the best remaining checkpoint (gone when there is none)."""
+    found, best = list_checkpoints(out), best_checkpoint(out)
+    for name, target in (("latest", found[-1] if found else None), ("best", best)):
+        link = Path(out) / name
+        if target is not None:
+            _link(link, target)
+        elif link.is_symlink():
+            link.unlink()
 
 
 def _link(link: Path, target: Path) -> None:

@@ -233,6 +233,11 @@ class Trainer:
         rng = state["rng"]
         checkpoint.set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
         self.metrics.truncate_after(self.step)
+        if self.env.is_main:  # an earlier checkpoint resumed: the run past it is replaced
+            dropped = checkpoint.drop_after(self.out, self.step)
+            if dropped:
+                self._say(f"dropped {len(dropped)} later checkpoint{'s' if len(dropped) > 1 else ''} of the run "
+                          f"this resume replaces ({', '.join(p.name for p in dropped)})")
 
     def _reset_lr(self, saved: list[float] | None) -> None:
         """This step's LR from this run's schedule, not the checkpoint's (they differ where max_steps
@@ -297,14 +302,26 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}))
                 if stopped_by:
                     if self.env.is_main:  # on stderr: stdout may be carrying --json
+                        mode = self.config.checkpoint.resume
+                        again = ("rerun the same command" if mode == "auto"
+                                 else f"rerun with --resume auto instead of --resume {mode}")
                         bar.write(f"{stopped_by}: saved step {self.step} to "
-                                  f"{checkpoint.latest_checkpoint(self.out)}; rerun the same command to resume",
-                                  file=sys.stderr)
+                                  f"{checkpoint.latest_checkpoint(self.out)}; {again} to resume", file=sys.stderr)
                     break
+        self._compare_with_start()
         best = checkpoint.best_checkpoint(self.out) if self.env.is_main else None
         return TrainResult(str(self.out), self.step, self.tokens, loss, scores.get("val_loss"),
                            self.best_val_loss if math.isfinite(self.best_val_loss) else None,
                            str(best) if best else None, stopped_by)
+
+    def _compare_with_start(self) -> None:
+        """Say so when no checkpoint beats the model training started from (step 0's val_loss, which is not
+        saved as a checkpoint): `best` is then only the least bad, e.g. after too high a learning rate."""
+        start = logged_at(self.out / "metrics.jsonl", 0).get("val_loss") if self.env.is_main else None
+        if start is not None and math.isfinite(self.best_val_loss) and self.best_val_loss >= start:
+            self._say(f"note: no checkpoint has a val_loss below the starting model's ({self.best_val_loss:.4f} "
+                      f"against {start:.4f} at step 0): training has not improved on it so far, and `best` is only "
+                      "the least bad checkpoint (a lower --lr may help)")
 
     def _agreed_signal(self, received: str | None) -> str | None:
         """The stop signal if any rank got one (SIGTERM before SIGINT), on every rank: one small all-reduce
