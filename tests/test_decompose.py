@@ -136,3 +136,38 @@ def test_bad_factor_counts_are_refused():
     with pytest.raises(KronyptError, match="does not divide"):
         van_loan(W, (3, 4), 1)
     assert math.isfinite(van_loan(W, (4, 4), 4).rel_error)
+
+
+def test_decomposition_benchmark_agrees_with_a_full_svd(tmp_path) -> None:
+    """benchmarks/decompose.py on a one-block model of GPT-2's width: every Van Loan row reaches the full
+    SVD's error, the pruning scheme has no reference row, and the whole-model compress is timed."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import tiny_model
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny_model(n_layer=1, n_embd=768, n_head=12, n_positions=32, vocab_size=256, bos_token_id=255,
+               eos_token_id=255).save_pretrained(tmp_path / "wide")
+    out = tmp_path / "decompose.json"
+    done = subprocess.run([sys.executable, "benchmarks/decompose.py", "--model", str(tmp_path / "wide"),
+                           "--schemes", "81M,67M-alt,96M-prune", "--quick", "--json", str(out)],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(r["scheme"], r["matrix"]) for r in report["rows"]] == [
+        (s, m) for s in ("81M", "67M-alt", "96M-prune") for m in ("c_fc", "c_proj")]
+    svd_rows = [r for r in report["rows"] if r["init"] == "van-loan"]
+    assert len(svd_rows) == 4 and report["all_agree"]
+    for row in svd_rows:
+        assert abs(row["rel_error"] - row["reference_rel_error"]) <= 1e-9 and 0 < row["rel_error"] < 1
+        assert row["speedup"] == pytest.approx(row["reference_s"] / row["kronypt_s"])
+    assert all("reference_s" not in r for r in report["rows"] if r["init"] == "prune")
+    assert [m["scheme"] for m in report["models"]] == ["81M", "67M-alt", "96M-prune"]
+    assert all(m["matrices"] == 2 and m["seconds"] > 0 for m in report["models"])
+
+    dense = subprocess.run([sys.executable, "benchmarks/decompose.py", "--model", str(tmp_path / "nowhere"),
+                            "--quick"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert dense.returncode == 2 and "does not exist" in dense.stderr and "Traceback" not in dense.stderr
