@@ -103,7 +103,7 @@ def _reference_lr(schedule: str, step: int, max_steps: int = 100, warmup: int = 
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
-        return floor + (1 - floor) * (1 + math.cos(math.pi * (step - warmup) / (max_steps - 1 - warmup))) / 2
+        return floor + (1 - floor) * (1 + math.cos(math.pi * (step - warmup) / (max_steps - warmup))) / 2
     start = max_steps - decay_fraction * max_steps
     return 1.0 if step < start else 1.0 - (1 - floor) * (step - start + 1) / (decay_fraction * max_steps)
 
@@ -114,7 +114,8 @@ def test_schedules_match_their_formulas(schedule: str) -> None:
     multiplier = lr_multiplier(args, 100)
     for step in range(100):
         assert multiplier(step) == pytest.approx(_reference_lr(schedule, step)), step
-    last = {"constant": 1.0, "cosine": 0.1, "wsd": 0.1}  # min_lr is what the final step trains with
+    # cosine reaches min_lr one past the last step (PyTorch's and transformers' convention), wsd at the last step
+    last = {"constant": 1.0, "cosine": 0.1 + 0.9 * (1 + math.cos(math.pi * 89 / 90)) / 2, "wsd": 0.1}
     assert multiplier(99) == pytest.approx(last[schedule])
 
 

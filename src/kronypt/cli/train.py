@@ -64,7 +64,9 @@ def train(
     tokens_per_step: Annotated[int | None, Opt(help="Tokens per optimizer step, all ranks together; "
                                                     "sets the gradient accumulation.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
-    min_lr: Annotated[float | None, Opt(help="Final learning rate of cosine / wsd.")] = None,
+    min_lr: Annotated[float | None, Opt(help="Learning rate the schedule decays to: wsd's at the last step, "
+                                             "cosine's at max_steps, one past the last (as PyTorch's and "
+                                             "transformers' cosine).")] = None,
     schedule: Annotated[str | None, Opt(help="constant, cosine (warm-up, cosine) or wsd (warm-up, stable, "
                                              "decay).")] = None,
     warmup_steps: Annotated[int | None, Opt(help="Linear warm-up steps.")] = None,

@@ -56,10 +56,10 @@ def build_optimizer(model: nn.Module, args: OptimArgs, fused: bool = False) -> t
 def lr_multiplier(args: OptimArgs, max_steps: int) -> Callable[[int], float]:
     """step -> LR / peak LR for the chosen schedule.
 
-    constant: linear warm-up, then 1. cosine: linear warm-up, then cosine from 1 down to min_lr/lr at the
-    last step (index max_steps - 1). wsd (warm-up, stable, decay): warm-up, flat, then linear down to
-    min_lr/lr at the last step over the last `decay_fraction` of the steps (0: no decay). So `min_lr` is the
-    learning rate the final step trains with.
+    constant: linear warm-up, then 1. cosine: linear warm-up, then cosine from 1 to min_lr/lr at index
+    max_steps, one past the last step (the convention of PyTorch's CosineAnnealingLR and transformers'
+    cosine schedule: the last step trains just above min_lr). wsd (warm-up, stable, decay): warm-up, flat,
+    then linear down to min_lr/lr at the last step over the last `decay_fraction` of the steps (0: no decay).
     """
     warmup = args.warmup_steps
     floor = args.min_lr / args.lr if args.lr > 0 else 0.0
@@ -73,7 +73,7 @@ def lr_multiplier(args: OptimArgs, max_steps: int) -> Callable[[int], float]:
     def cosine(step: int) -> float:
         if step < warmup:
             return warm(step)
-        progress = min(1.0, (step - warmup) / max(1, max_steps - 1 - warmup))
+        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def wsd(step: int) -> float:
