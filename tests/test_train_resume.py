@@ -210,3 +210,25 @@ def test_the_cli_write_probe_is_not_a_foreign_file(tmp_path: Path) -> None:
     assert foreign_files(tmp_path) == []
     (tmp_path / "notes.txt").touch()
     assert foreign_files(tmp_path) == ["notes.txt"]
+
+
+def test_the_best_of_a_run_resumed_into_another_folder_is_a_checkpoint_of_that_folder(tmp_path: Path) -> None:
+    """--resume OTHER --out NEW: best_val_loss and best_checkpoint describe the same checkpoint of NEW (the
+    state's best was OTHER's, so the two disagreed); the rerun that has nothing to train reports the same."""
+    first = train(scratch_config(tmp_path, max_steps=6, save_every=2, eval_every=2, keep_last=5), progress=False)
+    assert first.best_val_loss is not None
+    state_file = latest_checkpoint(tmp_path / "run") / STATE_FILE
+    state = torch.load(state_file, weights_only=False)
+    state["best_val_loss"] = 0.5  # as if OTHER had a better checkpoint than any the resumed run will write
+    torch.save(state, state_file)
+    index_file = latest_checkpoint(tmp_path / "run") / INDEX_FILE  # the recorded size of the rewritten state
+    index = json.loads(index_file.read_text())
+    index["files"][STATE_FILE] = state_file.stat().st_size
+    index_file.write_text(json.dumps(index))
+    moved = scratch_config(tmp_path, max_steps=7, eval_every=1, out=str(tmp_path / "new"),
+                           resume=str(tmp_path / "run"))
+    for _ in range(2):  # the run, then the rerun at max_steps
+        result = train(moved, progress=False)
+        index = json.loads((Path(result.best_checkpoint) / INDEX_FILE).read_text())
+        assert Path(result.best_checkpoint).parent == tmp_path / "new" / "checkpoints"
+        assert result.best_val_loss == index["val_loss"]

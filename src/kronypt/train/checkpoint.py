@@ -14,6 +14,7 @@ is the folder renamed into place, so a crash never leaves a folder that looks co
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -116,8 +117,17 @@ def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: d
 
 def best_checkpoint(out: str | Path) -> Path | None:
     """The checkpoint with the lowest recorded validation loss, if any was evaluated."""
-    scored = [(index["val_loss"], path) for path, index in _indexes(out) if index.get("val_loss") is not None]
+    scored = _scored(out)
     return min(scored)[1] if scored else None
+
+
+def best_val_loss(out: str | Path) -> float:
+    """The lowest validation loss among the run's checkpoints (inf when none was evaluated)."""
+    return min((loss for loss, _ in _scored(out)), default=math.inf)
+
+
+def _scored(out: str | Path) -> list[tuple[float, Path]]:
+    return [(index["val_loss"], path) for path, index in _indexes(out) if index.get("val_loss") is not None]
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:

@@ -156,7 +156,6 @@ class Trainer:
             resume.check_resume(config, state, resume_from, self.tokens_per_step,
                                 min(args.micro_batch_size * config.eval.eval_batches, n_val_windows), n_val_windows)
             self.step, self.tokens = int(state["step"]), int(state["tokens"])
-            self.best_val_loss = float(state["best_val_loss"])
             where = "" if _inside(resume_from, self.out) else f" of {resume_from}"
             if self.step >= args.max_steps:  # nothing to train: run() says so and touches nothing
                 self.already_done = f"{self.out} is already at step {self.step:,}{where} ({self.tokens:,} tokens)"
@@ -238,6 +237,10 @@ class Trainer:
             if dropped:
                 self._say(f"dropped {len(dropped)} later checkpoint{'s' if len(dropped) > 1 else ''} of the run "
                           f"this resume replaces ({', '.join(p.name for p in dropped)})")
+        # The best is the best checkpoint here: the state's may be another folder's (--resume OTHER_RUN) or
+        # one since dropped or pruned. Rank 0 reads the folder; every rank must agree on it.
+        folder_best = checkpoint.best_val_loss(self.out) if self.env.is_main else 0.0
+        self.best_val_loss = distributed.sum_across_ranks([folder_best], self.device)[0]
 
     def _reset_lr(self, saved: list[float] | None) -> None:
         """This step's LR from this run's schedule, not the checkpoint's (they differ where max_steps
@@ -265,10 +268,10 @@ class Trainer:
             self._say(f"{self.already_done}, max_steps is {args.max_steps:,}: nothing to train (raise --max-steps "
                       "to continue)")
             best = checkpoint.best_checkpoint(self.out) if self.env.is_main else None
+            best_loss = checkpoint.best_val_loss(self.out) if self.env.is_main else math.inf
             last = logged_at(self.out / "metrics.jsonl", self.step) if self.env.is_main else {}
             return TrainResult(str(self.out), self.step, self.tokens, last.get("loss"), last.get("val_loss"),
-                               self.best_val_loss if math.isfinite(self.best_val_loss) else None,
-                               str(best) if best else None, None)
+                               best_loss if math.isfinite(best_loss) else None, str(best) if best else None, None)
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoint.clean_partial(self.out)
