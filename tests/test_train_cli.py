@@ -110,7 +110,7 @@ def test_allocate_params_compresses_on_the_fly_with_a_k_per_matrix(tmp_path: Pat
 
     settings["init_from"], settings["model"] = "kronypt", str(tmp_path / "run" / "latest" / "model")
     code, _, err = run_train_cli(cli_args({**settings, "a_shape": None, "out": str(tmp_path / "again")}), capsys)
-    assert code == 2 and "--allocate-params only apply to --init-from dense" in err, err
+    assert code == 2 and "--factors / --allocate-params only apply to --init-from dense" in err, err
 
 
 def test_a_bad_set_value_is_an_error_even_when_a_flag_sets_the_key(tmp_path: Path,

@@ -214,9 +214,13 @@ class TrainConfig:
             raise KronyptError("--init-from scratch needs --model-config (a GPT2Config JSON file)")
         if self.init_from == "dense" and (self.scheme is None) == (self.a_shape is None):
             raise KronyptError("--init-from dense needs exactly one of --scheme (e.g. 81M) or --a-shape MxN")
-        if self.init_from != "dense" and (self.scheme or self.a_shape or self.allocate_params):
-            raise KronyptError(f"--scheme / --a-shape / --allocate-params only apply to --init-from dense, not "
-                               f"{self.init_from}")
+        compression = {"--scheme": self.scheme, "--a-shape": self.a_shape, "--factors": self.factors,
+                       "--init": self.init, "--scalars": self.scalars or None,
+                       "--allocate-params": self.allocate_params}
+        given = [flag for flag, value in compression.items() if value is not None]
+        if self.init_from != "dense" and given:
+            raise KronyptError(f"{' / '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --init-from "
+                               f"dense (how to compress), not {self.init_from}")
         if not self.data:
             raise KronyptError("no data folder: pass --data DIR (made by `kronypt data prepare`)")
         for name, value in (("max_steps", self.train.max_steps), ("micro_batch_size", self.train.micro_batch_size),
