@@ -229,3 +229,5 @@ def test_a_run_without_out_says_where_it_trains(tmp_path: Path, capsys, monkeypa
     assert (tmp_path / "runs" / "train" / "metrics.jsonl").is_file()
     code, _, err = run_train_cli([*cli_args({**settings, "out": "elsewhere"}), "--no-progress"], capsys)
     assert code == 0 and "no --out given" not in err
+    code, _, err = run_train_cli(cli_args({**settings, "model_config": None}), capsys)  # bad input: one line
+    assert code == 2 and err == "kronypt: error: --init-from scratch needs --model-config (a GPT2Config JSON file)\n"

@@ -141,6 +141,7 @@ def train(
         else:
             typer.echo(resolved.to_yaml(), nl=False)
         return
+    resolved.validate()  # a bad setting is the only line printed: before the note on the run folder
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports and writes the run folder
     if main_rank:
         if "out" not in flags and resolved.out == TrainConfig().out:  # neither a flag nor the recipe chose it
