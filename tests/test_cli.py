@@ -63,6 +63,8 @@ def test_compress_info_generate_export_round_trip(capsys, tiny_dir, tmp_path, mo
     code, out, _ = run(capsys, "info", str(out_dir), "--json")
     info = json.loads(out)
     assert code == 0 and info["model_type"] == "kronygpt2" and info["params"] == report["params_after"]
+    fc = info["kronecker_modules"]["transformer.h.0.mlp.c_fc"]  # tiny c_fc is 256 x 64: B 16 x 8
+    assert (fc["a_shape"], fc["b_shape"], fc["factors"], fc["scalars"]) == ([16, 8], [16, 8], 2, True)
 
     code, out, _ = run(capsys, "generate", str(out_dir), "--prompt", "The", "--max-new-tokens", "3")
     assert code == 0 and out.startswith("The")

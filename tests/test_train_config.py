@@ -97,6 +97,8 @@ def test_paper_recipe_batch_geometry() -> None:
         accumulation_steps(args.tokens_per_step, 32, 1024, 8)
     assert accumulation_steps(args.tokens_per_step, 16, 1024, 8) == 1
     assert accumulation_steps(None, 8, 128, 2) == 1
+    with pytest.raises(KronyptError, match="tokens_per_step must be at least 1, got 0"):
+        accumulation_steps(0, 4, 64, 1)  # not "use micro_batch_size 4": that is the size already given
 
 
 def _reference_lr(schedule: str, step: int, max_steps: int = 100, warmup: int = 10, floor: float = 0.1,

@@ -208,7 +208,9 @@ def info(
         "vocab_size": config.vocab_size,
         "n_positions": config.n_positions,
         "dtype": str(model_dtype(lm)).removeprefix("torch."),
-        "kronecker_modules": modules,
+        # with the B shapes the table shows (the config records A's only)
+        "kronecker_modules": {path: {**spec, "b_shape": list(lm.get_submodule(path).shape.b_shape)}
+                              for path, spec in modules.items()},
     }
     if as_json:
         print_json(summary)

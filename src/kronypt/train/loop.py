@@ -75,6 +75,9 @@ def accumulation_steps(tokens_per_step: int | None, micro_batch_size: int, seq_l
     per_micro = micro_batch_size * seq_len * world_size
     if tokens_per_step is None:
         return 1
+    if tokens_per_step < 1:
+        raise KronyptError(f"tokens_per_step must be at least 1, got {tokens_per_step} (leave it unset for one "
+                           "micro-batch per rank and step)")
     if tokens_per_step < per_micro or tokens_per_step % per_micro:
         nearest = max(1, round(tokens_per_step / per_micro)) * per_micro
         fits = [b for b in range(micro_batch_size, 0, -1) if tokens_per_step % (b * seq_len * world_size) == 0]
