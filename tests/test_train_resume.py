@@ -187,7 +187,12 @@ def test_older_checkpoints_with_relative_paths_resume_from_another_folder(tmp_pa
     monkeypatch.chdir(proj)
     relative = {"data": "tokens", "model_config": "gpt2.json", "out": "runs/r", "max_steps": 2, "save_every": 2}
     train(TrainConfig().with_overrides({**scratch_settings(proj), **relative}), progress=False)
-    _strip_settings_from_checkpoint(latest_checkpoint(proj / "runs" / "r"))  # config.yaml (relative paths) stays
+    _strip_settings_from_checkpoint(latest_checkpoint(proj / "runs" / "r"))
+    recorded = proj / "runs" / "r" / "config.yaml"  # as older versions wrote it: the paths as given
+    values = yaml.safe_load(recorded.read_text())
+    assert values["data"] == str(proj / "tokens")  # this version records absolute input paths
+    values["data"], values["model_config"] = "tokens", "gpt2.json"
+    recorded.write_text(yaml.safe_dump(values))
     (proj / "configs").mkdir()
     monkeypatch.chdir(proj / "configs")
     moved = {"data": "../tokens", "model_config": "../gpt2.json", "out": "../runs/r", "max_steps": 3}
@@ -232,3 +237,20 @@ def test_the_best_of_a_run_resumed_into_another_folder_is_a_checkpoint_of_that_f
         index = json.loads((Path(result.best_checkpoint) / INDEX_FILE).read_text())
         assert Path(result.best_checkpoint).parent == tmp_path / "new" / "checkpoints"
         assert result.best_val_loss == index["val_loss"]
+
+
+def test_the_recorded_recipe_works_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OUT/config.yaml records input paths given relative to the launch folder as absolute ones, so that
+    `--config OUT/config.yaml` resumes from anywhere (it failed with "token folder tokens does not exist")."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    scratch_settings(proj)
+    monkeypatch.chdir(proj)
+    relative = {"data": "tokens", "model_config": "gpt2.json", "out": "runs/r", "max_steps": 2, "save_every": 2}
+    train(TrainConfig().with_overrides({**scratch_settings(proj), **relative}), progress=False)
+    recipe = proj / "runs" / "r" / "config.yaml"
+    values = yaml.safe_load(recipe.read_text())
+    assert (values["data"], values["model_config"]) == (str(proj / "tokens"), str(proj / "gpt2.json"))
+    monkeypatch.chdir(tmp_path)
+    again = TrainConfig.from_yaml(recipe).with_overrides({"out": str(proj / "runs" / "r"), "max_steps": 3})
+    assert train(again, progress=False).step == 3

@@ -160,6 +160,17 @@ class TrainConfig:
                     break
         return self.with_overrides(found) if found else self
 
+    def with_absolute_inputs(self) -> TrainConfig:
+        """A copy whose input paths that exist from the current folder are absolute (symlinks kept), as the
+        run folder's config.yaml records them: that file is then a recipe that works from any folder."""
+        found = {}
+        for name in INPUT_PATHS:
+            group = field_locations()[name]
+            value = getattr(self if group is None else getattr(self, group), name)
+            if value and value != "hub" and os.path.exists(os.path.expanduser(value)):
+                found[name] = os.path.abspath(os.path.expanduser(value))
+        return self.with_overrides(found) if found else self
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a nested dict (the YAML layout); group sections may also be given flat."""

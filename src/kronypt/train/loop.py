@@ -278,7 +278,7 @@ class Trainer:
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoint.clean_partial(self.out)
-            (self.out / "config.yaml").write_text(self.config.to_yaml())
+            (self.out / "config.yaml").write_text(self.config.with_absolute_inputs().to_yaml())
         if self.step == 0:  # where training starts from, e.g. right after compression
             self.metrics.write({"step": 0, "tokens": 0, **self.validate()})
         bar = tqdm(total=args.max_steps, initial=self.step, desc="training", unit="step",
