@@ -4,6 +4,7 @@ run folder holds only the run's files unless forced, and what happens is said on
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,9 @@ def test_a_resume_that_changes_what_defines_the_run_is_refused(tmp_path: Path) -
     cases = [
         ({"a_shape": "32x8"}, ["a_shape: 16x8 -> 32x8"]),
         ({"a_shape": None, "scheme": "81M"}, ["scheme: none -> 81M", "a_shape: 16x8 -> none"]),
-        ({"data": str(other_data)}, [f"data: {tmp_path / 'tokens'} -> {other_data}"]),
+        ({"data": str(other_data)}, [f"data: {tmp_path / 'tokens'} -> {other_data}",
+                                     f"data contents: {other_data} holds other tokens than the checkpoint trained "
+                                     "on (its meta.json names other inputs, splits or tokenizer)"]),
         ({"lr": 0.01, "schedule": "cosine"}, ["lr: 0.003 -> 0.01", "schedule: constant -> cosine"]),
         ({"seq_len": 16}, ["seq_len: 32 -> 16"]),
         ({"eval_batches": 3}, ["eval_batches: 2 -> 3"]),
@@ -63,6 +66,13 @@ def test_a_resume_that_changes_what_defines_the_run_is_refused(tmp_path: Path) -
         listed = message.split("(checkpoint -> now): ")[1].split(". Rerun")[0].split("; ")
         assert sorted(listed) == sorted(expected), (overrides, message)
     assert _snapshot(run) == before  # nothing was trained, logged or recorded
+    shutil.rmtree(tmp_path / "tokens")
+    make_token_folder(tmp_path / "tokens", blocks=150)  # the same folder prepared again from other text
+    with pytest.raises(KronyptError, match=f"data contents: {tmp_path / 'tokens'} holds other tokens"):
+        train(TrainConfig().with_overrides({**settings, "max_steps": 4}), progress=False)
+    shutil.rmtree(tmp_path / "tokens")
+    make_token_folder(tmp_path / "tokens")  # and again from the same: resumes
+    assert train(TrainConfig().with_overrides({**settings, "max_steps": 4}), progress=False).step == 4
 
 
 def test_the_cli_refuses_a_changed_resume_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

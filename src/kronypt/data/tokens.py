@@ -14,6 +14,7 @@ reproducible, so `generator.get_state()` is the whole data position of a trainin
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,20 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
         raise KronyptError(f"{meta_path} is not a token folder's {META_NAME} (expected splits train and val with a "
                            "file and a token count each); prepare the folder again")
     return meta
+
+
+def fingerprint(meta: dict[str, Any]) -> str:
+    """A digest of what a token folder holds (its splits' token counts, how val was split, the inputs' and
+    the tokenizer's SHA-256): equal for the same data prepared again anywhere, with any number of workers;
+    different when the folder was prepared again from other inputs or settings."""
+    inputs = meta.get("inputs") if isinstance(meta.get("inputs"), list) else []
+    content = {
+        "splits": {name: split.get("tokens") for name, split in sorted(meta["splits"].items())},
+        "val_split": meta.get("val_split"),
+        "inputs": sorted((str(i.get("sha256")), str(i.get("role"))) for i in inputs if isinstance(i, dict)),
+        "tokenizer": (meta.get("tokenizer") or {}).get("files") if isinstance(meta.get("tokenizer"), dict) else None,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def open_tokens(data_dir: str | Path, split: str = "train") -> np.ndarray:

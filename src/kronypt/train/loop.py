@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from kronypt.data.tokens import open_tokens, read_meta, sample_batch, sequential_batches
+from kronypt.data.tokens import fingerprint, open_tokens, read_meta, sample_batch, sequential_batches
 from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.models.loading import has_tokenizer
@@ -135,6 +135,7 @@ class Trainer:
         self.out = Path(config.out).expanduser()
         resume.check_out_folder(self.out, config.force)
         meta = self._open_data()
+        self.data_fingerprint = fingerprint(meta)
         self.tokenizer_dir = _tokenizer_dir(config, meta)
         self.accumulation = accumulation_steps(args.tokens_per_step, args.micro_batch_size, args.seq_len,
                                                env.world_size)
@@ -157,7 +158,8 @@ class Trainer:
             model_dir, state = checkpoint.load_state(resume_from)
             n_val_windows = (len(self.val_tokens) - 1) // args.seq_len
             resume.check_resume(config, state, resume_from, self.tokens_per_step,
-                                min(args.micro_batch_size * config.eval.eval_batches, n_val_windows), n_val_windows)
+                                min(args.micro_batch_size * config.eval.eval_batches, n_val_windows), n_val_windows,
+                                self.data_fingerprint)
             self.step, self.tokens = int(state["step"]), int(state["tokens"])
             where = "" if _inside(resume_from, self.out) else f" of {resume_from}"
             if self.step >= args.max_steps:  # nothing to train: run() says so and touches nothing
@@ -445,7 +447,7 @@ class Trainer:
                      "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                      "data_generator": self.data_generator.get_state(), "rng": rng, "world_size": self.env.world_size,
                      "tokens_per_step": self.tokens_per_step, "config": self.config.to_dict(),
-                     "paths": resume.input_paths(self.config)}
+                     "paths": resume.input_paths(self.config), "data_fingerprint": self.data_fingerprint}
             checkpoint.save_checkpoint(self.out, self.step, self.raw, state, val_loss, self.config.checkpoint.keep_last,
                                        self.tokenizer_dir, weights)
         distributed.barrier()

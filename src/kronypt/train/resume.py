@@ -122,9 +122,15 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
 
 
 def check_resume(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens_per_step: int,
-                 val_windows: int, n_val_windows: int) -> None:
-    """Raise a one-line KronyptError listing the settings that differ from the checkpoint's."""
+                 val_windows: int, n_val_windows: int, data_fingerprint: str | None = None) -> None:
+    """Raise a one-line KronyptError listing the settings that differ from the checkpoint's, and the token
+    folder's contents where it was prepared again from other inputs (`data_fingerprint`, `tokens.fingerprint`;
+    checkpoints from before it was recorded are not compared)."""
     found = changes(config, state, checkpoint, tokens_per_step, val_windows, n_val_windows)
+    saved = state.get("data_fingerprint")
+    if data_fingerprint is not None and saved is not None and saved != data_fingerprint:
+        found.append(f"data contents: {config.data} holds other tokens than the checkpoint trained on (its "
+                     "meta.json names other inputs, splits or tokenizer)")
     if found:
         raise KronyptError(f"cannot resume from {checkpoint}: these settings differ from the checkpoint's "
                            f"(checkpoint -> now): {'; '.join(found)}. Rerun with the checkpoint's settings, or "
