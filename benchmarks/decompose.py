@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import sys
 import time
@@ -128,12 +129,12 @@ def main() -> None:
         for matrix, W in weights.items():
             shape = a_shape if matrix == "c_fc" else a_shape[::-1]
             ks = kron_shape(*W.shape, shape)
-            error, seconds = median_time(lambda: kronypt_fit(W, shape, k, init), repeats)
+            error, seconds = median_time(functools.partial(kronypt_fit, W, shape, k, init), repeats)
             row = {"scheme": name, "matrix": matrix, "a_shape": list(shape), "b_shape": [ks.m2, ks.n2],
                    "factors": k, "init": init, "r_shape": [ks.m1 * ks.n1, ks.m2 * ks.n2],
                    "kronypt_s": seconds, "rel_error": error}
             if init == "van-loan":
-                ref_error, ref_seconds = median_time(lambda: reference_fit(W, shape, k), repeats)
+                ref_error, ref_seconds = median_time(functools.partial(reference_fit, W, shape, k), repeats)
                 row.update(reference_s=ref_seconds, reference_rel_error=ref_error,
                            speedup=ref_seconds / seconds, agrees=abs(error - ref_error) <= AGREEMENT)
             rows.append(row)

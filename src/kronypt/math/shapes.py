@@ -12,7 +12,6 @@ W ≈ Σ_i s_i · (A_i ⊗ B_i) with A_i: (m1, n1), B_i: (m2, n2), out = m1·m2,
 from __future__ import annotations
 
 import operator
-
 from dataclasses import dataclass
 
 from kronypt.errors import KronyptError

@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from kronypt.errors import KronyptError
 from kronypt.math.allocate import allocate_terms
 from kronypt.math.decompose import kronecker_spectrum
-from kronypt.math.shapes import shape_pair, kron_shape
+from kronypt.math.shapes import kron_shape, shape_pair
 from kronypt.models.configuration import KronyGPT2Config
 from kronypt.models.modeling import KronyGPT2LMHeadModel, adopt_class
 from kronypt.nn import KroneckerLinear
