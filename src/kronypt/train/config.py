@@ -16,6 +16,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,10 +148,8 @@ class TrainConfig:
         """A copy whose relative input paths that do not exist from the current folder point next to the
         recipe, or in its parent folder, where they exist there (as an absolute path); others are kept."""
         found = {}
-        for name, kind in INPUT_PATHS.items():
-            group = field_locations()[name]
-            value = getattr(self if group is None else getattr(self, group), name)
-            if not value or value == "hub" or os.path.isabs(value) or os.path.exists(value):
+        for name, kind, value in self._input_paths():
+            if os.path.isabs(value) or os.path.exists(value):
                 continue
             folder = Path(os.path.abspath(recipe)).parent
             for base in (folder, folder.parent):
@@ -163,13 +162,17 @@ class TrainConfig:
     def with_absolute_inputs(self) -> TrainConfig:
         """A copy whose input paths that exist from the current folder are absolute (symlinks kept), as the
         run folder's config.yaml records them: that file is then a recipe that works from any folder."""
-        found = {}
-        for name in INPUT_PATHS:
+        found = {name: os.path.abspath(os.path.expanduser(value)) for name, _, value in self._input_paths()
+                 if os.path.exists(os.path.expanduser(value))}
+        return self.with_overrides(found) if found else self
+
+    def _input_paths(self) -> Iterator[tuple[str, str, str]]:
+        """(setting, kind, value) of every input path that is set (the `hub` of eval_wikitext is no path)."""
+        for name, kind in INPUT_PATHS.items():
             group = field_locations()[name]
             value = getattr(self if group is None else getattr(self, group), name)
-            if value and value != "hub" and os.path.exists(os.path.expanduser(value)):
-                found[name] = os.path.abspath(os.path.expanduser(value))
-        return self.with_overrides(found) if found else self
+            if value and value != "hub":
+                yield name, kind, value
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
