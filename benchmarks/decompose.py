@@ -111,8 +111,10 @@ def main() -> None:
     else:
         model = GPT2LMHeadModel(GPT2Config())
     model.eval()
-    if not isinstance(model, GPT2LMHeadModel) or not isinstance(model.transformer.h[0].mlp.c_fc, Conv1D):
-        parser.error(f"{args.model} is not a dense GPT-2 model (its MLP is already compressed, or not GPT-2's)")
+    if not isinstance(model, GPT2LMHeadModel) or not all(
+            isinstance(m, Conv1D) for block in model.transformer.h for m in (block.mlp.c_fc, block.mlp.c_proj)):
+        parser.error(f"{args.model} is not a dense GPT-2 model (some MLP matrix is already compressed, or the "
+                     "model is not GPT-2)")
     weights = mlp_weights(model)
     inner, embd = weights["c_fc"].shape
     if (inner, embd) != (3072, 768):

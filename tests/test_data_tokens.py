@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kronypt.data.tokens import open_tokens, read_meta, sample_batch, sequential_batches
+from kronypt.data.tokens import fingerprint, open_tokens, read_meta, sample_batch, sequential_batches
 from kronypt.data.writer import TokenFolderWriter
 from kronypt.errors import KronyptError
 
@@ -114,3 +114,18 @@ def test_incomplete_or_modified_folders_are_refused(ramp_dir: Path, tmp_path: Pa
         open_tokens(ramp_dir, "val")
     with pytest.raises(FileNotFoundError):
         read_meta(tmp_path / "missing")
+
+
+def test_the_fingerprint_names_the_text_not_where_it_came_from() -> None:
+    """Same inputs and token counts: the same fingerprint, wherever the inputs and the vocabulary files lay
+    (encoder.json+vocab.bpe or vocab.json+merges.txt of the same vocabulary); other inputs or counts differ."""
+    meta = {"splits": {"train": {"file": "train.bin", "tokens": 900}, "val": {"file": "val.bin", "tokens": 100}},
+            "val_split": {"method": "fraction", "fraction": 0.1},
+            "inputs": [{"path": "/a/book.txt", "sha256": "ab" * 32, "role": "input"}],
+            "tokenizer": {"folder": "/t", "files": {"encoder.json": "1" * 64, "vocab.bpe": "2" * 64}}}
+    moved = {**meta, "inputs": [{**meta["inputs"][0], "path": "/b/book.txt"}],
+             "tokenizer": {"folder": "/u", "files": {"vocab.json": "1" * 64, "merges.txt": "2" * 64}}}
+    assert fingerprint(moved) == fingerprint(meta)
+    other_text = {**meta, "inputs": [{**meta["inputs"][0], "sha256": "cd" * 32}]}
+    other_split = {**meta, "splits": {**meta["splits"], "val": {"file": "val.bin", "tokens": 101}}}
+    assert len({fingerprint(meta), fingerprint(other_text), fingerprint(other_split)}) == 3

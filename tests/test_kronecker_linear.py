@@ -223,6 +223,26 @@ def test_every_path_gives_the_autocast_dtype(path, shape, k, scalars):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
 
 
+@pytest.mark.parametrize("path", ["factored_a_first", "factored_b_first"])
+def test_autocast_leaves_a_float64_layer_alone(path):
+    """Autocast does not touch float64: neither may the factored paths (they cast B to bfloat16: an error, or
+    B silently rounded)."""
+    layer = make_layer(64, 256, (16, 16), 2, True, True, dtype=torch.float64)
+    layer.path = path
+    x = torch.randn(5, 64, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    expected, _, _ = reference(layer, x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_numpy_integers_are_factor_counts():
+    import numpy as np
+
+    assert KroneckerLinear(64, 256, (16, 16), np.int64(2)).factors == 2
+
+
 def test_auto_path_compiles_in_one_graph_with_dynamic_shapes():
     """With dynamic shapes the token count is symbolic: the automatic path's cost comparison must trace (it
     was a graph break, an error under fullgraph=True), and choose per length as eager does: 92M-4's shape

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
@@ -120,6 +122,9 @@ def test_bad_inputs_are_refused():
 
 
 def test_modules_may_be_spelled_as_the_cli_does():
+    import numpy as np
+
+    assert CompressionConfig(a_shape=np.array([16, 8]), factors=np.int64(2)).factors == 2
     assert CompressionConfig(a_shape=(16, 8), modules="c_fc").modules == ("c_fc",)
     assert CompressionConfig(a_shape=(16, 8), modules="c_proj, c_fc").modules == ("c_proj", "c_fc")
 
@@ -363,3 +368,21 @@ def test_auto_model_and_sequence_classification_load_a_kronypt_folder(tmp_path):
         classifier.save_pretrained(tmp_path / "cls")
         again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls").eval()
         assert torch.equal(again(IDS[:1]).logits, logits)
+
+
+def test_target_params_counts_matrices_compressed_before_as_they_are():
+    """A model whose c_fc is already compressed, sized for c_proj only: its c_fc counts as compressed, not
+    dense, so a target only reachable that way is met (it was refused), and the pick is the largest that fits."""
+    model = tiny_model()
+    compress(model, CompressionConfig(a_shape=(16, 8), modules=("c_fc",)), progress=False)
+    config = model.config
+    candidates = []
+    for row in kronypt.plan.plan_rows(config):
+        if row.compresses:
+            trial = copy.deepcopy(model)
+            compress(trial, CompressionConfig(a_shape=row.a_shape, modules=("c_proj",)), progress=False)
+            candidates.append((count_params(trial), row.a_shape))
+    target = sorted(candidates)[len(candidates) // 2][0] + 1
+    chosen = CompressionConfig.from_target_params(config, target, modules=("c_proj",))
+    compress(model, chosen, progress=False)
+    assert count_params(model) == max(p for p, _ in candidates if p <= target)

@@ -47,7 +47,7 @@ def test_a_resume_that_changes_what_defines_the_run_is_refused(tmp_path: Path) -
         ({"a_shape": None, "scheme": "81M"}, ["scheme: none -> 81M", "a_shape: 16x8 -> none"]),
         ({"data": str(other_data)}, [f"data: {tmp_path / 'tokens'} -> {other_data}",
                                      f"data contents: {other_data} holds other tokens than the checkpoint trained "
-                                     "on (its meta.json names other inputs, splits or tokenizer)"]),
+                                     "on (its meta.json names other inputs, splits or token counts)"]),
         ({"lr": 0.01, "schedule": "cosine"}, ["lr: 0.003 -> 0.01", "schedule: constant -> cosine"]),
         ({"seq_len": 16}, ["seq_len: 32 -> 16"]),
         ({"eval_batches": 3}, ["eval_batches: 2 -> 3"]),
@@ -133,15 +133,32 @@ def test_a_longer_run_follows_the_new_schedule_from_the_first_resumed_step(tmp_p
     assert "note: max_steps 8 reshapes the cosine schedule: the lr of step 5 is" in capsys.readouterr().err
 
 
-def _strip_settings_from_checkpoint(path: Path) -> None:
-    """Make a checkpoint look like one written before settings were stored in it."""
-    state = torch.load(path / STATE_FILE, weights_only=True)
-    for key in ("config", "paths", "tokens_per_step"):
-        state.pop(key, None)
+def _rewrite_state(path: Path, edit) -> None:
+    """Apply `edit` to a checkpoint's trainer state, keeping its index's recorded file size right."""
+    state = torch.load(path / STATE_FILE, weights_only=False)
+    edit(state)
     torch.save(state, path / STATE_FILE)
     index = json.loads((path / INDEX_FILE).read_text())
     index["files"][STATE_FILE] = (path / STATE_FILE).stat().st_size
     (path / INDEX_FILE).write_text(json.dumps(index))
+
+
+def _strip_settings_from_checkpoint(path: Path) -> None:
+    """Make a checkpoint look like one written before settings were stored in it."""
+    _rewrite_state(path, lambda state: [state.pop(key, None) for key in ("config", "paths", "tokens_per_step")])
+
+
+def test_compression_settings_recorded_for_a_run_that_does_not_compress_are_not_compared(tmp_path: Path
+                                                                                        ) -> None:
+    """Earlier versions ignored --init/--factors/--scalars with --init-from scratch or kronypt but recorded
+    them; now refused as flags there, they must not make such a checkpoint impossible to resume."""
+    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
+
+    def as_recorded_before(state: dict) -> None:
+        state["config"].update(init="van-loan", factors=1, scalars=True)
+        state.pop("data_fingerprint")  # nor had they this
+    _rewrite_state(latest_checkpoint(tmp_path / "run"), as_recorded_before)
+    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
 
 
 def test_older_checkpoints_are_checked_against_the_run_folder_config(tmp_path: Path) -> None:
@@ -232,14 +249,8 @@ def test_the_best_of_a_run_resumed_into_another_folder_is_a_checkpoint_of_that_f
     state's best was OTHER's, so the two disagreed); the rerun that has nothing to train reports the same."""
     first = train(scratch_config(tmp_path, max_steps=6, save_every=2, eval_every=2, keep_last=5), progress=False)
     assert first.best_val_loss is not None
-    state_file = latest_checkpoint(tmp_path / "run") / STATE_FILE
-    state = torch.load(state_file, weights_only=False)
-    state["best_val_loss"] = 0.5  # as if OTHER had a better checkpoint than any the resumed run will write
-    torch.save(state, state_file)
-    index_file = latest_checkpoint(tmp_path / "run") / INDEX_FILE  # the recorded size of the rewritten state
-    index = json.loads(index_file.read_text())
-    index["files"][STATE_FILE] = state_file.stat().st_size
-    index_file.write_text(json.dumps(index))
+    # as if OTHER had a better checkpoint than any the resumed run will write
+    _rewrite_state(latest_checkpoint(tmp_path / "run"), lambda state: state.update(best_val_loss=0.5))
     moved = scratch_config(tmp_path, max_steps=7, eval_every=1, out=str(tmp_path / "new"),
                            resume=str(tmp_path / "run"))
     for _ in range(2):  # the run, then the rerun at max_steps

@@ -119,19 +119,20 @@ def plan_rows(config: GPT2Config, factors: int = 1, scalars: bool = False) -> li
 
 
 def pick_for_target(config: GPT2Config, target_params: int, factors: int = 1,
-                    scalars: bool = False, matrices: int | None = None) -> PlanRow:
+                    scalars: bool = False, matrices: int | None = None, already_saved: int = 0) -> PlanRow:
     """The compressing scheme with the most parameters not above `target_params`.
 
-    `matrices` is how many MLP matrices get compressed (default: all, two per block); the others stay dense
-    and count in full. Ties go to the higher max rank, then the fewer FLOPs, then a named scheme, then the
-    larger A (the paper's convention: 81M is A = 768x768, B = 4x1, not its mirror image with the same counts).
-    Only schemes with `factors` terms are considered.
+    `matrices` is how many MLP matrices get compressed (default: all, two per block); the others count in
+    full, less `already_saved` (what earlier Kronecker layers among them save against dense). Ties go to the
+    higher max rank, then the fewer FLOPs, then a named scheme, then the larger A (the paper's convention:
+    81M is A = 768x768, B = 4x1, not its mirror image with the same counts). Only schemes with `factors`
+    terms are considered.
     """
     n_layer, n_embd, inner = mlp_dims(config)
     kept_dense = 2 * n_layer - (2 * n_layer if matrices is None else matrices)
 
     def params(row: PlanRow) -> int:  # the row counts every matrix compressed
-        return row.model_params + kept_dense * (inner * n_embd - row.params_per_matrix)
+        return row.model_params + kept_dense * (inner * n_embd - row.params_per_matrix) - already_saved
 
     candidates = [r for r in plan_rows(config, factors, scalars) if r.compresses and r.factors == factors]
     fitting = [r for r in candidates if params(r) <= target_params]

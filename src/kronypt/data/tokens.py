@@ -50,15 +50,15 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
 
 
 def fingerprint(meta: dict[str, Any]) -> str:
-    """A digest of what a token folder holds (its splits' token counts, how val was split, the inputs' and
-    the tokenizer's SHA-256): equal for the same data prepared again anywhere, with any number of workers;
-    different when the folder was prepared again from other inputs or settings."""
+    """A digest of what a token folder holds: its splits' token counts, how val was split and the inputs'
+    SHA-256. Equal for the same text prepared again anywhere (any workers, any copy of the vocabulary files);
+    different when it was prepared from other inputs or split otherwise (another tokenizer changes the
+    token counts)."""
     inputs = meta.get("inputs") if isinstance(meta.get("inputs"), list) else []
     content = {
         "splits": {name: split.get("tokens") for name, split in sorted(meta["splits"].items())},
         "val_split": meta.get("val_split"),
         "inputs": sorted((str(i.get("sha256")), str(i.get("role"))) for i in inputs if isinstance(i, dict)),
-        "tokenizer": (meta.get("tokenizer") or {}).get("files") if isinstance(meta.get("tokenizer"), dict) else None,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -94,6 +94,16 @@ def kron_shape(out_features: int, in_features: int, a_shape: tuple[int, int]) ->
     return KronShape(m1, n1, out_features // m1, in_features // n1)
 
 
+def integer_count(value: object, what: str) -> int:
+    """`value` as an int when it is an integer (Python or NumPy, not a bool or a float), else a one-line error."""
+    if isinstance(value, bool):
+        raise KronyptError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise KronyptError(f"{what} must be an integer, got {value!r}") from None
+
+
 def shape_pair(a_shape: object) -> tuple[int, int]:
     """(m1, n1) from a pair of integers (Python or NumPy), refusing anything else in one line."""
     try:

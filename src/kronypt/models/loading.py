@@ -20,8 +20,8 @@ from kronypt.models.family import family_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO_DTYPE = "auto"  # load_model: the dtype the checkpoint was stored in
-GPT2_MODEL_TYPES = ("gpt2", "kronygpt2")
-GPT2_CONTEXT = 1024  # n_positions of every GPT-2-family model  # what compression, inspection and export understand
+GPT2_MODEL_TYPES = ("gpt2", "kronygpt2")  # what compression, inspection and export understand
+GPT2_CONTEXT = 1024  # n_positions of every GPT-2-family model
 
 
 def require_gpt2(config: PretrainedConfig, name: str) -> None:

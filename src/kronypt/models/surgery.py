@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from kronypt.errors import KronyptError
 from kronypt.math.allocate import allocate_terms
 from kronypt.math.decompose import kronecker_spectrum
-from kronypt.math.shapes import kron_shape, shape_pair
+from kronypt.math.shapes import integer_count, kron_shape, shape_pair
 from kronypt.models.configuration import KronyGPT2Config
 from kronypt.models.modeling import KronyGPT2LMHeadModel, adopt_class
 from kronypt.nn import KroneckerLinear
@@ -48,8 +48,9 @@ class CompressionConfig:
 
     def __post_init__(self) -> None:
         self.a_shape = shape_pair(self.a_shape)
-        if isinstance(self.factors, bool) or not isinstance(self.factors, int) or self.factors < 1:
-            raise KronyptError(f"factors must be an integer of at least 1, got {self.factors!r}")
+        self.factors = integer_count(self.factors, "factors")
+        if self.factors < 1:
+            raise KronyptError(f"factors must be at least 1, got {self.factors}")
         if self.init not in INITS:
             raise KronyptError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         if self.rescale and self.init != "van-loan":
@@ -74,11 +75,19 @@ class CompressionConfig:
     def from_target_params(cls, config: GPT2Config, target: int, factors: int = 1, **overrides
                            ) -> CompressionConfig:
         """The compressing scheme with the most parameters not above `target`, counting only the matrices
-        `layers` and `modules` select as compressed."""
+        `layers` and `modules` select as compressed (the others as they are: dense, or Kronecker layers of an
+        earlier compression)."""
         chosen = cls(a_shape=(1, 1), factors=factors, **overrides)  # normalised layers and modules
-        n_layer = mlp_dims(config)[0]
-        blocks = n_layer if chosen.layers is None else len(set(chosen.layers))
-        row = pick_for_target(config, target, factors, chosen.scalars, matrices=blocks * len(chosen.modules))
+        n_layer, n_embd, inner = mlp_dims(config)
+        blocks = range(n_layer) if chosen.layers is None else set(chosen.layers)
+        selected = {f"transformer.h.{i}.mlp.{name}" for i in blocks for name in chosen.modules}
+        saved = 0  # by matrices a kronypt model has compressed already and this leaves as they are
+        for path, spec in getattr(config, "kron_modules", {}).items():
+            if path not in selected:
+                out_in = (inner, n_embd) if path.endswith("c_fc") else (n_embd, inner)
+                kept = kron_shape(*out_in, tuple(spec["a_shape"])).params(spec["factors"], spec.get("scalars", False))
+                saved += inner * n_embd - kept
+        row = pick_for_target(config, target, factors, chosen.scalars, matrices=len(selected), already_saved=saved)
         return replace(chosen, a_shape=row.a_shape)
 
 

@@ -32,7 +32,7 @@ def kron_linear_factored(
 
     Under autocast the result has the autocast dtype, as `F.linear`'s (and the materialised path's) does.
     """
-    if torch.is_autocast_enabled(x.device.type):
+    if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:  # autocast leaves float64 be
         B, scalars, bias = _autocast_small(x.device.type, B, scalars, bias)
     k, m1, n1 = A.shape
     _, m2, n2 = B.shape
@@ -74,7 +74,8 @@ def _autocast_small(device_type: str, *tensors: torch.Tensor | None) -> tuple[to
     within its region); the elementwise products and bias additions do not, and a float32 B or bias would
     promote the output back to float32."""
     dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+                 for t in tensors)
 
 
 def _single_term_vector_b(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scalars: torch.Tensor | None,

@@ -25,7 +25,7 @@ from kronypt.math.decompose import (
     random_init,
     van_loan,
 )
-from kronypt.math.shapes import KronShape, kron_shape
+from kronypt.math.shapes import KronShape, integer_count, kron_shape
 from kronypt.nn.cost import choose_path, path_costs
 from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised
 
@@ -59,8 +59,7 @@ class KroneckerLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(factors, bool) or not isinstance(factors, int):
-            raise KronyptError(f"the number of factors must be an integer, got {factors!r}")
+        factors = integer_count(factors, "the number of factors")
         self.shape: KronShape = kron_shape(out_features, in_features, a_shape)
         check_factors(factors, self.shape.terms())
         self.in_features, self.out_features, self.factors = in_features, out_features, factors

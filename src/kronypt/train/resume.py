@@ -32,6 +32,9 @@ RUN_TEMPORARY = re.compile(r"^(\.(best|latest)\.tmp-\d+|\.kronypt-probe-\d+)$")
 
 # Settings a resume may change. The batch geometry (micro_batch_size, tokens_per_step) and eval_batches
 # are checked through what they define instead: the tokens of one step and the validation windows.
+# How a dense model is compressed: they define only runs that compress (--init-from dense); earlier versions
+# recorded them for kronypt/scratch runs too, where they were ignored.
+COMPRESSION = frozenset({"scheme", "a_shape", "factors", "allocate_params", "init", "scalars"})
 CHANGEABLE = frozenset({"out", "force", "resume", "device", "precision", "compile", "compile_mode", "parallel",
                         "max_steps", "log_every", "eval_every", "save_every", "keep_last",
                         "micro_batch_size", "tokens_per_step", "eval_batches"})
@@ -98,8 +101,9 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
     saved_paths = state.get("paths") or {}
     origin = _original_folder(saved.get("out"), checkpoint)
     found = []
+    compresses = new.get("init_from") == "dense"
     for name, value in new.items():
-        if name in CHANGEABLE or name not in saved:
+        if name in CHANGEABLE or name not in saved or (name in COMPRESSION and not compresses):
             continue
         old = saved[name]
         if name in INPUT_PATHS and _same_path(old, value, saved_paths.get(name), origin):
@@ -130,7 +134,7 @@ def check_resume(config: TrainConfig, state: dict[str, Any], checkpoint: Path, t
     saved = state.get("data_fingerprint")
     if data_fingerprint is not None and saved is not None and saved != data_fingerprint:
         found.append(f"data contents: {config.data} holds other tokens than the checkpoint trained on (its "
-                     "meta.json names other inputs, splits or tokenizer)")
+                     "meta.json names other inputs, splits or token counts)")
     if found:
         raise KronyptError(f"cannot resume from {checkpoint}: these settings differ from the checkpoint's "
                            f"(checkpoint -> now): {'; '.join(found)}. Rerun with the checkpoint's settings, or "
