@@ -34,6 +34,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 NO_DECAY_KINDS = ("bias", "norm", "embedding", "scalars")
 # Settings that name input files or folders, and what a recipe-relative candidate must be.
+# How a dense model is compressed: settings of --init-from dense runs only (in the order errors name them).
+COMPRESSION_SETTINGS = ("scheme", "a_shape", "factors", "init", "scalars", "allocate_params")
 INPUT_PATHS = {"model_config": "file", "data": "folder", "model": "model", "teacher": "model",
                "eval_wikitext": "folder"}
 
@@ -228,10 +230,8 @@ class TrainConfig:
             raise KronyptError("--init-from scratch needs --model-config (a GPT2Config JSON file)")
         if self.init_from == "dense" and (self.scheme is None) == (self.a_shape is None):
             raise KronyptError("--init-from dense needs exactly one of --scheme (e.g. 81M) or --a-shape MxN")
-        compression = {"--scheme": self.scheme, "--a-shape": self.a_shape, "--factors": self.factors,
-                       "--init": self.init, "--scalars": self.scalars or None,
-                       "--allocate-params": self.allocate_params}
-        given = [flag for flag, value in compression.items() if value is not None]
+        given = ["--" + name.replace("_", "-") for name in COMPRESSION_SETTINGS
+                 if getattr(self, name) is not None and getattr(self, name) is not False]  # --no-scalars is unset
         if self.init_from != "dense" and given:
             raise KronyptError(f"{' / '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --init-from "
                                f"dense (how to compress), not {self.init_from}")

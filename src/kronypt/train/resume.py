@@ -23,7 +23,14 @@ from typing import Any
 import yaml
 
 from kronypt.errors import KronyptError
-from kronypt.train.config import INPUT_PATHS, TrainConfig, coerce_setting, field_locations, flatten
+from kronypt.train.config import (
+    COMPRESSION_SETTINGS,
+    INPUT_PATHS,
+    TrainConfig,
+    coerce_setting,
+    field_locations,
+    flatten,
+)
 
 # What the trainer writes into its run folder; anything else there is the user's.
 RUN_FILES = frozenset({"metrics.jsonl", "config.yaml", "checkpoints", "best", "latest"})
@@ -32,9 +39,6 @@ RUN_TEMPORARY = re.compile(r"^(\.(best|latest)\.tmp-\d+|\.kronypt-probe-\d+)$")
 
 # Settings a resume may change. The batch geometry (micro_batch_size, tokens_per_step) and eval_batches
 # are checked through what they define instead: the tokens of one step and the validation windows.
-# How a dense model is compressed: they define only runs that compress (--init-from dense); earlier versions
-# recorded them for kronypt/scratch runs too, where they were ignored.
-COMPRESSION = frozenset({"scheme", "a_shape", "factors", "allocate_params", "init", "scalars"})
 CHANGEABLE = frozenset({"out", "force", "resume", "device", "precision", "compile", "compile_mode", "parallel",
                         "max_steps", "log_every", "eval_every", "save_every", "keep_last",
                         "micro_batch_size", "tokens_per_step", "eval_batches"})
@@ -103,7 +107,9 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
     found = []
     compresses = new.get("init_from") == "dense"
     for name, value in new.items():
-        if name in CHANGEABLE or name not in saved or (name in COMPRESSION and not compresses):
+        # compression settings define only runs that compress; earlier versions recorded them for
+        # kronypt/scratch runs too, where they were ignored
+        if name in CHANGEABLE or name not in saved or (name in COMPRESSION_SETTINGS and not compresses):
             continue
         old = saved[name]
         if name in INPUT_PATHS and _same_path(old, value, saved_paths.get(name), origin):
