@@ -1,5 +1,8 @@
 import copy
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -277,6 +280,98 @@ def test_fused_path_without_a_gpu_is_a_clear_error_and_auto_never_picks_it_on_cp
     layer.path = "fused"
     with pytest.raises(KronyptError, match="needs a CUDA GPU"):
         layer(x)
+
+
+def test_fused_dtype_is_what_the_kernels_compute_in():
+    from kronypt.kernels import fused_dtype
+
+    x, A, B = torch.randn(3, 8), torch.randn(1, 4, 4), torch.randn(1, 2, 2)
+    assert fused_dtype(x, A, B) == torch.float32
+    assert fused_dtype(x.bfloat16(), A.bfloat16(), B.bfloat16()) == torch.bfloat16
+    assert fused_dtype(x.half(), A.half(), B.half()) is None  # the kernels take float32 or bfloat16 only
+    assert fused_dtype(x.double(), A.double(), B.double()) is None
+    assert fused_dtype(x.bfloat16(), A, B) is None  # mixed, no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_dtype(x, A, B) == torch.bfloat16
+        assert fused_dtype(x.double(), A, B) is None  # autocast leaves float64 alone
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert fused_dtype(x, A, B) is None
+
+
+class _LooksCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: exercises the layer's CUDA dispatch without a GPU."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def test_auto_path_takes_the_fused_kernels_only_in_their_measured_dtype(monkeypatch):
+    import kronypt.nn.kronecker_linear as kl
+
+    monkeypatch.setattr(kl, "fused_available", lambda x: True)  # as on a GPU with triton
+    layer = KroneckerLinear(768, 3072, (768, 768))  # 81M c_fc: measured to win from 1024 tokens
+    x = torch.randn(1024, 768)
+
+    def auto_path(dtype, autocast=None):
+        layer.to(dtype)
+        with torch.no_grad(), torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            return layer.path_for(x.to(dtype).as_subclass(_LooksCuda))
+
+    assert auto_path(torch.bfloat16) == "fused"
+    assert auto_path(torch.float32, autocast=torch.bfloat16) == "fused"
+    # float16 and float64 would be refused by the kernels, float32 was never measured: PyTorch paths
+    assert auto_path(torch.float16) != "fused"
+    assert auto_path(torch.float32, autocast=torch.float16) != "fused"
+    assert auto_path(torch.float64) != "fused"
+    assert auto_path(torch.float32) != "fused"
+
+
+def test_auto_path_counts_a_call_as_training_when_any_parameter_trains(monkeypatch):
+    layer = KroneckerLinear(768, 3072, (768, 768), bias=True)
+    seen = []
+    monkeypatch.setattr(layer, "resolved_path", lambda tokens, training, *a: seen.append(training) or "materialised")
+    x = torch.randn(4, 768)
+    layer.A.requires_grad_(False)
+    for name in ("B", "bias"):
+        for p in layer.parameters():
+            p.requires_grad_(False)
+        getattr(layer, name).requires_grad_(True)
+        layer.path_for(x)
+    layer.B.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    layer.path_for(x)
+    assert seen == [True, True, False]
+
+
+def test_a_triton_that_does_not_import_counts_as_absent(tmp_path):
+    """An installed but broken triton must leave the PyTorch paths working and the fused one refused in one
+    line, not fail inside Triton on the first call."""
+    stub = tmp_path / "triton"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("raise ImportError('this triton is broken')\n")
+    script = (
+        "import torch\n"
+        "from kronypt.errors import KronyptError\n"
+        "from kronypt.kernels import fused_available, kron_linear_fused, triton_available\n"
+        "from kronypt.nn import KroneckerLinear\n"
+        "assert not triton_available()\n"
+        "x = torch.randn(5, 16)\n"
+        "assert not fused_available(x)\n"
+        "layer = KroneckerLinear(16, 64, (16, 16), bias=True)\n"
+        "assert layer(x).shape == (5, 64)\n"
+        "layer.path = 'fused'\n"
+        "try:\n"
+        "    layer(x)\n"
+        "except KronyptError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "TRITON_INTERPRET": "1"}  # the interpreter would make CPU tensors eligible, were triton importable
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: the fused path needs a CUDA GPU" in proc.stdout
+    assert "triton does not import" in proc.stdout
 
 
 def test_fused_impl_is_checked_when_set():

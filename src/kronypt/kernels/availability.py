@@ -7,7 +7,6 @@ imported), which the tests use; otherwise the CPU keeps the plain PyTorch paths.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import torch
@@ -36,14 +35,43 @@ def v3_supports(k: int, m2: int, n2: int) -> bool:
     return k == 1 and ((n2 == 1 and m2 in (1, 2, 3, 4, 8)) or (m2 == 1 and n2 <= 16))
 
 
-# Looked up once, at import: a cached function here would be traced by torch.compile (Dynamo ignores
+def _import_triton() -> bool:
+    """Whether `import triton` succeeds: an installed but broken package (a wheel for another CUDA or
+    Python, a half-finished install) counts as absent, so the automatic path never picks kernels that
+    cannot load. torch imports triton itself when it is importable, so trying costs nothing extra."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or whatever a broken package raises while importing
+        return False
+    return True
+
+
+# Decided once, at import: a cached function here would be traced by torch.compile (Dynamo ignores
 # lru_cache wrappers) each time a compiled model asks which path to take.
-_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_TRITON_INSTALLED = _import_triton()
+
+# The dtypes the kernels compute in (accumulating in float32 either way).
+FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def triton_available() -> bool:
-    """True when the `triton` package can be imported."""
+    """True when the `triton` package imports."""
     return _TRITON_INSTALLED
+
+
+def fused_dtype(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.dtype | None:
+    """The dtype `kron_linear_fused` computes a call in, or None where it cannot run it.
+
+    Under autocast that is the autocast dtype (a float64 x is left alone, as autocast leaves it);
+    otherwise x, A and B must share a dtype. Only `FUSED_DTYPES` qualify: float16 and float64 run the
+    PyTorch paths."""
+    if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
+        dtype = torch.get_autocast_dtype(x.device.type)
+    elif x.dtype == A.dtype == B.dtype:
+        dtype = x.dtype
+    else:
+        return None
+    return dtype if dtype in FUSED_DTYPES else None
 
 
 _CAPABLE: dict[int, bool] = {}

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from kronypt.errors import KronyptError
 from kronypt.kernels.activation import activation_code, gelu_backward
-from kronypt.kernels.availability import FUSED_IMPLS, v2_supports, v3_supports
+from kronypt.kernels.availability import FUSED_IMPLS, fused_dtype, v2_supports, v3_supports
 from kronypt.kernels.forward import kron_forward
 from kronypt.kernels.gemm_path import gemm_backward, gemm_forward
 from kronypt.kernels.v3 import v3_forward
@@ -257,12 +257,12 @@ def kron_linear_fused(
     if B.dim() != 3 or B.shape[0] != k or x.shape[-1] != n1 * B.shape[2]:
         raise KronyptError(f"shapes do not form a Kronecker layer: x {tuple(x.shape)}, A {tuple(A.shape)}, "
                            f"B {tuple(B.shape)}; need A (k, m1, n1), B (k, m2, n2), x (..., n1·n2)")
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
+    dtype = fused_dtype(x, A, B)
+    if dtype is None:
+        raise KronyptError(f"x, A and B must share a dtype, float32 or bfloat16 (or run under autocast to one); "
+                           f"got {x.dtype}, {A.dtype}, {B.dtype}")
+    if not (x.dtype == A.dtype == B.dtype == dtype):  # autocast: the kernels take one dtype
         x, A, B = x.to(dtype), A.to(dtype), B.to(dtype)
-    if not (x.dtype == A.dtype == B.dtype) or x.dtype not in (torch.float32, torch.bfloat16):
-        raise KronyptError(f"x, A and B must share a dtype, float32 or bfloat16; got {x.dtype}, {A.dtype}, "
-                           f"{B.dtype}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
