@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -174,9 +175,10 @@ def test_bad_val_fraction_is_refused_before_the_folder_is_touched(tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
-def test_interrupted_run_leaves_no_complete_looking_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_forced_run_leaves_the_earlier_output_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     prepare([SHAKESPEARE], out, val_fraction=0)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     original = TokenFolderWriter.write
     calls = []
 
@@ -189,7 +191,9 @@ def test_interrupted_run_leaves_no_complete_looking_file(tmp_path: Path, monkeyp
     monkeypatch.setattr(TokenFolderWriter, "write", write_then_fail)
     with pytest.raises(RuntimeError, match="simulated"):
         prepare([GUTENBERG / "gutenberg_val.txt.gz"], out, val_fraction=0, force=True)
-    assert os.listdir(out) == []  # the old output went first (meta.json first of all), the partial files after
+    # the partial files are gone and the earlier folder still opens: it is replaced only at commit
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert len(open_tokens(out, "train")) == json.loads(before["meta.json"])["splits"]["train"]["tokens"]
 
 
 def test_killed_run_leaves_only_partial_files(tmp_path: Path) -> None:
@@ -323,15 +327,62 @@ main(["data", "prepare", "--input", sys.argv[1], "--tokenizer", sys.argv[2], "--
 """
 
 
-def test_ctrl_c_while_the_workers_start_stops_the_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "code", "said"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_signal_while_the_workers_start_stops_the_run(tmp_path: Path, sig: str, code: int, said: str) -> None:
     """Arriving inside a fork, the KeyboardInterrupt used to be swallowed by Python's at-fork machinery (the
-    run finished with exit 0) or to kill a starting worker (the pool hung); now SIGINT is held back while
-    workers start, and the main process stops: exit 130, one line, nothing that looks complete."""
+    run finished with exit 0) or to kill a starting worker (the pool hung); now SIGINT and SIGTERM are held
+    back while workers start, and the main process stops: exit 130 / 143, one line, nothing left behind."""
     text = tmp_path / "docs.txt"
     text.write_text(f"\n{EOT}\n".join(f"document {i} " * 50 for i in range(20)))
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_FORK, str(text), str(TOKENIZER_DIR), str(out)],
+    script = CTRL_C_DURING_FORK.replace("signal.SIGINT", f"signal.{sig}")
+    done = subprocess.run([sys.executable, "-c", script, str(text), str(TOKENIZER_DIR), str(out)],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 130, done.stderr
-    assert done.stderr.strip() == "kronypt: interrupted" and done.stdout == ""
-    assert not (out / "meta.json").exists()
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip() == f"kronypt: {said}" and done.stdout == ""
+    assert os.listdir(out) == []
+
+
+# SIGTERM to the main process alone (a plain `kill PID`) once the workers are busy; the workers' pids are
+# written to a file as they start.
+SIGTERM_MID_RUN = """
+import os, signal, sys
+from kronypt.data.writer import TokenFolderWriter
+os.register_at_fork(after_in_child=lambda: open(sys.argv[4], "a").write(f"{os.getpid()}\\n"))
+original = TokenFolderWriter.write
+def write_then_term(self, split, tokens):
+    original(self, split, tokens)
+    os.kill(os.getpid(), signal.SIGTERM)
+TokenFolderWriter.write = write_then_term
+from kronypt.cli.main import main
+main(["data", "prepare", "--input", sys.argv[1], "--tokenizer", sys.argv[2], "--out", sys.argv[3],
+      "--workers", "2", "--val-fraction", "0"])
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status  # exited, waiting for init to reap it
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_sigterm_to_the_main_process_ends_the_workers_too(tmp_path: Path) -> None:
+    """A plain `kill PID` used to leave the tokenising workers running forever (orphans blocked on the
+    pool's queue, hundreds of MB each) and the partial files on disk."""
+    text = tmp_path / "docs.txt"
+    text.write_text(f"\n{EOT}\n".join(f"document {i} " * 5000 for i in range(40)))  # several batches
+    out, pids = tmp_path / "out", tmp_path / "pids"
+    done = subprocess.run([sys.executable, "-c", SIGTERM_MID_RUN, str(text), str(TOKENIZER_DIR), str(out), str(pids)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip() == "kronypt: terminated"
+    assert os.listdir(out) == []
+    workers = [int(line) for line in pids.read_text().split()]
+    assert workers
+    deadline = time.monotonic() + 30
+    while not all(map(_gone, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(map(_gone, workers)), [pid for pid in workers if not _gone(pid)]

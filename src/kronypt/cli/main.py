@@ -7,6 +7,7 @@ missing files, invalid values) becomes one line on stderr and exit code 2; Ctrl-
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import typer
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("kronypt: interrupted\n")
         sys.exit(130)
+    except SystemExit as exc:  # `data prepare` turns SIGTERM into SystemExit(143) to clean up on the way out
+        if exc.code == 128 + signal.SIGTERM:
+            sys.stderr.write("kronypt: terminated\n")
+        raise
     except (KronyptError, FileNotFoundError, FileExistsError, NotADirectoryError) as exc:
         text = str(exc).strip()
         print_error(" ".join(text.split()) if text else type(exc).__name__)

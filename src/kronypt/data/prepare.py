@@ -93,7 +93,7 @@ def prepare_tokens(
         raise KronyptError("the validation inputs hold no documents")
 
     done = _Counts(dict.fromkeys(SPLITS, 0), [{"documents": 0, "tokens": 0} for _ in sources])
-    with TokenFolderWriter(Path(out_dir), force) as writer:
+    with _sigterm_exits(), TokenFolderWriter(Path(out_dir), force) as writer:
         batches = _batches(sources, len(inputs), val_docs, tail)
         with tqdm(total=sum(counts), unit="doc", desc="tokenising", disable=None if progress else True) as bar:
             for batch, encoded in _encode(batches, tokenizer, workers):
@@ -172,7 +172,7 @@ def _encode(batches: Iterator[_Batch], tokenizer: str, workers: int) -> Iterator
     pending: deque[tuple[_Batch, Future[Encoded]]] = deque()
     try:
         for batch in batches:
-            with _sigint_held_back():  # a submit may start (fork) the workers
+            with _signals_held_back():  # a submit may start (fork) the workers
                 pending.append((batch, pool.submit(_encode_batch, tokenizer, batch.texts)))
             if len(pending) >= 2 * workers:
                 done, future = pending.popleft()
@@ -185,35 +185,64 @@ def _encode(batches: Iterator[_Batch], tokenizer: str, workers: int) -> Iterator
 
 
 @contextlib.contextmanager
-def _sigint_held_back() -> Iterator[None]:
-    """Record a SIGINT that arrives while worker processes may be started, and raise it afterwards.
+def _sigterm_exits() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit(143) while tokenising, so that a plain `kill` stops the run the way
+    Ctrl-C does: the worker pool shuts down (its workers would otherwise outlive the main process, blocked
+    forever on the pool's queue) and the partial files are removed. Only from the main thread, where
+    Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+HELD_BACK = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_held_back() -> Iterator[None]:
+    """Record a SIGINT or SIGTERM that arrives while worker processes may be started, and deliver it
+    afterwards.
 
     A Ctrl-C reaches the whole process group. Raised during a fork, its KeyboardInterrupt could land inside
     the pool's bookkeeping (the executor never learns of its workers, which then wait forever and hang the
     exit) or in an at-fork callback (where Python prints and swallows it: the run went on to the end); in a
-    child forked before `_init_worker` ignores SIGINT, it kills a worker. Here the handler only records it,
-    in the parent and in the children forked meanwhile (which ignore it), and the parent raises
-    KeyboardInterrupt once the pool is consistent, so that its cleanup runs."""
+    child forked before `_init_worker` ignores SIGINT, it kills a worker. SIGTERM's SystemExit (see
+    `_sigterm_exits`) would do the same. Here the handlers only record them, in the parent and in the
+    children forked meanwhile (which ignore them), and the parent delivers the first one once the pool is
+    consistent, so that its cleanup runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in HELD_BACK}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if not received or previous == signal.SIG_IGN:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not received or previous[received[0]] == signal.SIG_IGN:
         return
-    if callable(previous):  # Python's default handler raises KeyboardInterrupt
-        previous(signal.SIGINT, None)
+    handler = previous[received[0]]
+    if callable(handler):  # Python's SIGINT handler raises KeyboardInterrupt, `_sigterm_exits` SystemExit
+        handler(received[0], None)
     else:  # SIG_DFL (or a handler set outside Python): the signal's own action, now
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(received[0])
 
 
 def _init_worker(tokenizer: str) -> None:
-    """Build the encoding once per worker; leave Ctrl-C to the main process, which cleans up."""
+    """Build the encoding once per worker; leave Ctrl-C to the main process, which cleans up, and let a
+    SIGTERM end the worker (it may have been forked while `_signals_held_back` recorded it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     load_encoding(tokenizer)
 
 

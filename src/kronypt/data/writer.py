@@ -3,7 +3,8 @@
 Everything is written under temporary names (`*.partial`) in the output folder, flushed to disk, and
 renamed into place only at the end, `meta.json` last. A folder counts as prepared only when `meta.json`
 exists and the `.bin` sizes match its token counts (checked by `kronypt.data.tokens`), so a run killed at
-any point leaves nothing that looks complete; an exception removes the partial files.
+any point leaves nothing that looks complete; an exception removes the partial files, and a folder being
+replaced (`force`) keeps its earlier files until the new ones are renamed into place.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ class TokenFolderWriter:
         self.tokens[split] += len(tokens)
 
     def commit(self, meta: dict[str, Any]) -> None:
-        """Flush and rename the token files, then write and rename meta.json (the completion marker)."""
+        """Flush and rename the token files, then write and rename meta.json (the completion marker).
+
+        A folder prepared before (`force`) stays whole until here: its meta.json goes first, so that no
+        half-replaced folder ever looks complete."""
+        (self.out_dir / META_NAME).unlink(missing_ok=True)
+        _sync_dir(self.out_dir)
         for split, handle in self._files.items():
             _close_synced(handle)
             os.replace(handle.name, self.out_dir / f"{split}.bin")
@@ -71,8 +77,9 @@ class TokenFolderWriter:
 
 
 def _claim_out_dir(out_dir: Path, force: bool) -> None:
-    """Create the folder, or refuse a non-empty one unless forced; forcing removes only our own files,
-    meta.json first so that no half-replaced folder ever looks complete."""
+    """Create the folder, or refuse a non-empty one unless forced. Forcing removes only the partial files
+    of an earlier killed run: a complete earlier output is replaced at `commit`, so a run that fails or is
+    interrupted leaves it as it was."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"output {out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +89,6 @@ def _claim_out_dir(out_dir: Path, force: bool) -> None:
         raise FileExistsError(f"output folder {out_dir} is not empty; pass --force to replace its "
                               f"{', '.join(OUTPUT_NAMES)}")
     for name in OUTPUT_NAMES:
-        (out_dir / name).unlink(missing_ok=True)
         (out_dir / f"{name}{PARTIAL_SUFFIX}").unlink(missing_ok=True)
 
 
