@@ -115,8 +115,18 @@ def test_from_dense_with_all_terms_reproduces_the_weight():
 
 def test_freeze_scalars():
     layer = make_layer(16, 64, (16, 16), 2, True, True)
+    weight = layer.dense_weight()
     layer.freeze_scalars(4.0)
     assert not layer.scalars.requires_grad and torch.equal(layer.scalars, torch.full((2,), 4.0))
+    # the factors absorb the change: freezing at the paper's value does not multiply the output by 4
+    torch.testing.assert_close(layer.dense_weight(), weight, rtol=1e-6, atol=1e-7)
+    with pytest.raises(KronyptError, match="non-zero"):
+        layer.freeze_scalars(0.0)
+    bf16 = make_layer(16, 64, (16, 16), 2, True, True, dtype=torch.bfloat16)
+    bf16.freeze_scalars(3.7)  # not a bfloat16 number
+    A = bf16.A.clone()
+    bf16.freeze_scalars(3.7)  # as a resumed run applies it again: nothing moves
+    assert torch.equal(bf16.A, A)
     no_scalars = make_layer(16, 64, (16, 16), 1, False, True)
     with pytest.raises(KronyptError, match="no learnable scalars"):
         no_scalars.freeze_scalars()

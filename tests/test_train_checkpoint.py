@@ -19,6 +19,7 @@ from kronypt.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_state,
+    restore_rng,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -75,6 +76,28 @@ def test_rng_states_round_trip() -> None:
     set_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_a_resume_on_more_ranks_gives_each_new_rank_its_own_torch_stream() -> None:
+    """Resumed from a one-rank checkpoint on two ranks, both ranks used to load the one saved state and
+    draw identical dropout masks."""
+    torch.manual_seed(5)
+    saved = [rng_state()]
+    expected = torch.rand(4)
+
+    def draws(saved: list, rank: int) -> torch.Tensor:
+        restore_rng(saved, rank, seed=1, step=30)
+        return torch.rand(4)
+
+    assert torch.equal(draws(saved, 0), expected)  # the saved rank continues its own stream
+    new_rank = draws(saved, 1)
+    assert not torch.equal(new_rank, expected)
+    assert torch.equal(draws(saved, 1), new_rank)  # derived, not random: a resume is reproducible
+    assert not torch.equal(draws(saved, 2), new_rank)
+    torch.manual_seed(6)
+    two = [*saved, rng_state()]
+    second = torch.rand(4)
+    assert torch.equal(draws(two, 0), expected) and torch.equal(draws(two, 1), second)  # saved ranks: theirs
 
 
 def test_checkpoint_model_folder_carries_the_tokenizer(tmp_path: Path, model: GPT2LMHeadModel) -> None:

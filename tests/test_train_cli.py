@@ -118,7 +118,8 @@ def test_a_bad_set_value_is_an_error_even_when_a_flag_sets_the_key(tmp_path: Pat
     code, _, err = run_train_cli(["--set", "max_steps=1.5", "--max-steps", "3", "--print-config"], capsys)
     assert code == 2 and err.count("\n") == 1 and "bad value '1.5' for max_steps" in err, err
     code, out, err = run_train_cli(["--init-from", "scratch", "--model-config", "c.json", "--data", "d",
-                                    "--set", "lr=0.1", "--lr", "0.2", "--set", "min_lr=0.01", "--print-config"],
+                                    "--set", "lr=0.1", "--lr", "0.2", "--set", "min_lr=0.01", "--schedule", "cosine",
+                                    "--print-config"],
                                    capsys)
     assert code == 0, err
     assert "lr: 0.2\n" in out and "min_lr: 0.01\n" in out  # a flag wins over --set

@@ -68,8 +68,12 @@ def test_bad_recipes_are_refused_with_the_valid_options(tmp_path: Path, text: st
     ({"eval_every": -5}, "eval_every must be >= 0"),
     ({"grad_clip": -1}, "grad_clip must be >= 0"),
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
-    ({"hidden_weight": -0.5}, "hidden_weight >= 0"),
-    ({"alpha": 1.5}, "0 <= alpha <= 1"),
+    ({"hidden_weight": -0.5, "teacher": "gpt2"}, r"hidden_weight \(--distill-hidden-weight\) must be >= 0, got -0.5"),
+    ({"alpha": 1.5, "teacher": "gpt2"}, r"alpha \(--distill-alpha\) must be in \[0, 1\], got 1.5"),
+    ({"temperature": 0.0, "teacher": "gpt2"}, r"temperature \(--distill-temperature\) must be > 0, got 0.0"),
+    ({"alpha": 0.9, "temperature": 4.0}, "--distill-alpha / --distill-temperature only apply with a teacher"),
+    ({"schedule": "constant", "min_lr": 1e-5}, "min_lr .* only applies to the cosine and wsd schedules"),
+    ({"freeze_scalars": True, "scalar_value": 0.0}, "scalar_value must be finite and non-zero"),
 ])
 def test_validation_names_the_fix(overrides: dict, message: str) -> None:
     config = TrainConfig().with_overrides({"model": "gpt2", "scheme": "81M", "data": "d", **overrides})

@@ -38,6 +38,21 @@ def _torchrun(settings: dict, *extra: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_a_run_folder_in_use_is_refused_on_every_rank(tmp_path: Path) -> None:
+    """Only rank 0 takes the run folder's lock; the other ranks used to go on into the process group and die
+    there with a gloo traceback once rank 0 had stopped. Each rank now stops with the one-line refusal."""
+    from kronypt.train.lock import run_folder_lock
+
+    settings = scratch_settings(tmp_path, max_steps=2)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "kronypt", "train", *cli_args(settings)]
+    with run_folder_lock(settings["out"]):  # as another training process holds it
+        done = subprocess.run(command, env=subprocess_env(threads=1), capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert done.stderr.count("is in use by another training process") == 2, done.stderr[-3000:]
+    assert "Connection closed" not in done.stderr and "[rank1]" not in done.stderr, done.stderr[-3000:]
+
+
 def _torchrun_script(tmp_path: Path, name: str, source: str, ranks: int = 2) -> None:
     """Run `source` (a script given `tmp_path` as its argument) on `ranks` gloo processes; it must succeed."""
     script = tmp_path / name

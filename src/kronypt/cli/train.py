@@ -102,7 +102,9 @@ def train(
                                                   help="Freeze token and position embeddings.")] = None,
     freeze_scalars: Annotated[bool | None, Opt("--freeze-scalars/--train-scalars",
                                                help="Freeze the Kronecker scalars.")] = None,
-    scalar_value: Annotated[float | None, Opt(help="With --freeze-scalars: set them to this value first.")] = None,
+    scalar_value: Annotated[float | None, Opt(help=(
+        "With --freeze-scalars: set them to this value first, rescaling the A factors so that the model computes "
+        "the same."))] = None,
     teacher: Annotated[str | None, Opt(help="Distil from this model (hub id or folder).")] = None,
     alpha: Annotated[float | None, Opt("--distill-alpha", help="Weight of the KL term (1 − it weights CE).")] = None,
     temperature: Annotated[float | None, Opt("--distill-temperature", help="Softmax temperature of the KL.")] = None,

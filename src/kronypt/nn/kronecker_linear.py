@@ -149,11 +149,21 @@ class KroneckerLinear(nn.Module):
                 self.scalars.copy_(dec.scalars)
 
     def freeze_scalars(self, value: float | None = None) -> None:
-        """Stop training the scalars, optionally setting them to `value` first."""
+        """Stop training the scalars, optionally setting them to `value` first.
+
+        Setting them rescales each A_i by s_i / value, so the layer computes what it did before (the paper
+        saw trained scalars settle near 4: freezing them there must not multiply the MLP's output by 4).
+        Applying the same value again changes nothing, so a resumed run may call this again."""
         if self.scalars is None:
             raise KronyptError("this layer has no learnable scalars to freeze")
         if value is not None:
+            if not math.isfinite(value) or value == 0:
+                raise KronyptError(f"the scalars' value must be finite and non-zero, got {value}")
             with torch.no_grad():
+                target = torch.tensor(value, dtype=self.scalars.dtype).to(torch.float64)  # as it will be stored
+                ratio = self.scalars.to(torch.float64) / target
+                if not torch.all(ratio == 1):
+                    self.A.copy_(self.A.to(torch.float64) * ratio.view(-1, 1, 1))
                 self.scalars.fill_(value)
         self.scalars.requires_grad_(False)
 

@@ -169,6 +169,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def restore_rng(saved: list[dict[str, Any]], rank: int, seed: int, step: int) -> None:
+    """Restore this rank's RNG states from a checkpoint's list (one per rank of the run that saved it).
+
+    A rank the checkpoint has no state for (resumed on more ranks) takes rank 0's states with a torch stream
+    of its own, derived from (seed, step, rank): otherwise every new rank would draw rank 0's dropout masks."""
+    if rank < len(saved):
+        set_rng_state(saved[rank])
+        return
+    set_rng_state(saved[0])
+    torch.manual_seed((seed * 1_000_003 + step * 1_009 + rank) % 2**63)
+
+
 def _indexes(out: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     result = []
     for path in list_checkpoints(out):

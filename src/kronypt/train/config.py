@@ -13,6 +13,7 @@ relative to the current folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -257,10 +258,25 @@ class TrainConfig:
                  "in [0, 1)")):
             if not ok:
                 raise KronyptError(f"{name} must be {rule}, got {value}")
-        if self.train.scalar_value is not None and not self.train.freeze_scalars:
+        value = self.train.scalar_value
+        if value is not None and not self.train.freeze_scalars:
             raise KronyptError("scalar_value only applies with freeze_scalars")
-        if not 0.0 <= self.distill.alpha <= 1.0 or self.distill.temperature <= 0 or self.distill.hidden_weight < 0:
-            raise KronyptError("distillation needs 0 <= alpha <= 1, temperature > 0 and hidden_weight >= 0")
+        if value is not None and (not math.isfinite(value) or value == 0):
+            raise KronyptError(f"scalar_value must be finite and non-zero, got {value}")
+        if optim.schedule == "constant" and optim.min_lr != OptimArgs.min_lr:
+            raise KronyptError(f"min_lr ({optim.min_lr}) only applies to the cosine and wsd schedules, not constant")
+        distill = self.distill
+        for name, ok, rule in (("alpha", 0.0 <= distill.alpha <= 1.0, "in [0, 1]"),
+                               ("temperature", distill.temperature > 0, "> 0"),
+                               ("hidden_weight", distill.hidden_weight >= 0, ">= 0")):
+            if not ok:
+                raise KronyptError(f"{name} (--distill-{name.replace('_', '-')}) must be {rule}, got "
+                                   f"{getattr(distill, name)}")
+        changed = [f"--distill-{name.replace('_', '-')}" for name in ("alpha", "temperature", "hidden_weight")
+                   if getattr(distill, name) != getattr(DistillArgs, name)]
+        if distill.teacher is None and changed:
+            raise KronyptError(f"{' / '.join(changed)} only appl{'ies' if len(changed) == 1 else 'y'} with a "
+                               "teacher (--teacher ID_OR_DIR)")
 
 
 def _is_input(path: Path, kind: str) -> bool:

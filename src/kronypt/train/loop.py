@@ -93,7 +93,10 @@ def train(config: TrainConfig, model: PreTrainedModel | None = None, progress: b
     owns_group = not distributed.dist.is_initialized()  # leave a caller's process group alone
     env, device = distributed.setup(config.device)
     try:
-        with run_folder_lock(config.out) if env.is_main else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            # Rank 0 takes the run folder's lock; a refusal reaches every rank (each then stops in one
+            # line, instead of the others failing inside the process group as rank 0 leaves).
+            distributed.from_main_rank(lambda: held.enter_context(run_folder_lock(config.out)))
             return Trainer(config, env, device, model).run(progress)
     finally:
         if owns_group:
@@ -234,8 +237,7 @@ class Trainer:
         self.data_generator.set_state(state["data_generator"])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.best_val_loss = float(state["best_val_loss"])
-        rng = state["rng"]
-        checkpoint.set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+        checkpoint.restore_rng(state["rng"], self.env.rank, self.config.seed, self.step)
         self.metrics.truncate_after(self.step)
         if self.env.is_main:  # an earlier checkpoint resumed: the run past it is replaced
             dropped = checkpoint.drop_after(self.out, self.step)
@@ -306,8 +308,9 @@ class Trainer:
                 self.best_val_loss = val_loss if improved else self.best_val_loss
                 if improved or finished or stopped_by or self.step % self.config.checkpoint.save_every == 0:
                     self.save(val_loss)
+                bar.set_postfix(loss=f"{loss:.4f}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}),
+                                refresh=False)  # shown by the update: the bar never pairs a step with the last loss
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}))
                 if stopped_by:
                     if self.env.is_main:  # on stderr: stdout may be carrying --json
                         mode = self.config.checkpoint.resume
