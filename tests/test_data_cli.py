@@ -113,3 +113,8 @@ def test_lopsided_or_tiny_validation_splits_warn(tmp_path: Path, capsys: pytest.
     code, _, err = run_cli(["--input", str(SHAKESPEARE), "--val-fraction", "0.1", "--tokenizer", str(TOKENIZER_DIR),
                             "--out", str(tmp_path / "b")], capsys)
     assert code == 0 and "warning" not in err  # 33,803 validation tokens of 338,026
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n")  # one newline: a 2-token training split, nothing a window fits in
+    code, _, err = run_cli(["--input", str(blank), "--val-fraction", "0", "--tokenizer", str(TOKENIZER_DIR),
+                            "--out", str(tmp_path / "c")], capsys)
+    assert code == 0 and "train.bin holds only 2 tokens" in err

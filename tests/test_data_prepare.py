@@ -129,6 +129,18 @@ def test_bad_jsonl_lines_name_the_line(tmp_path: Path) -> None:
         prepare([bad], tmp_path / "out", val_fraction=0)
 
 
+def test_a_recursive_glob_passes_over_the_folders_it_matches(tmp_path: Path) -> None:
+    (tmp_path / "books" / "more").mkdir(parents=True)
+    for path in (tmp_path / "books" / "a.txt", tmp_path / "books" / "more" / "b.txt"):
+        path.write_text(path.stem, encoding="utf-8")
+    found = resolve_inputs([str(tmp_path / "books" / "**" / "*")])  # matches the folder more/ too
+    assert [source.path.name for source in found] == ["a.txt", "b.txt"]
+    with pytest.raises(KronyptError, match="matches no file"):
+        resolve_inputs([str(tmp_path / "books" / "mor*")])  # only a folder
+    with pytest.raises(KronyptError, match="is a folder"):
+        resolve_inputs([str(tmp_path / "books")])  # named as an input: a mistake worth a word
+
+
 def test_text_separators_and_val_inputs(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(f"one\n{EOT}\ntwo {EOT} inline\n\n{EOT}\r\n{EOT}\nthree", encoding="utf-8")

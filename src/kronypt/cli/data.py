@@ -88,8 +88,12 @@ def _split_warnings(meta: dict[str, Any]) -> list[str]:
         warnings.append(f"the validation split holds more tokens ({val:,}) than the training split ({train:,}): "
                         + hint)
     if 0 < val <= 1024:
-        warnings.append(f"val.bin holds only {val:,} tokens: `kronypt train` needs seq_len + 1 of them for one "
-                        "validation window (1,025 for GPT-2's 1024); raise --val-fraction or give --val-input")
+        warnings.append(f"val.bin holds only {val:,} token{'s' if val > 1 else ''}: `kronypt train` needs seq_len + 1 "
+                        "of them for one validation window (1,025 for GPT-2's 1024); raise --val-fraction or give "
+                        "--val-input")
+    if train <= 1024:
+        warnings.append(f"train.bin holds only {train:,} token{'s' if train != 1 else ''}: `kronypt train` needs "
+                        "seq_len + 1 of them for one training window (1,025 for GPT-2's 1024); add inputs")
     return warnings
 
 

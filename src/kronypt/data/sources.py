@@ -130,14 +130,16 @@ class HFDatasetSource:
 def resolve_inputs(patterns: Sequence[str]) -> list[FileSource]:
     """Expand paths and globs (sorted matches, `**` allowed) to input files, in the given order.
 
-    A missing path, a glob that matches nothing, a folder or an unsupported suffix raises a one-line error;
-    a file named twice is read once.
+    A missing path, a glob that matches no file, a folder named as an input or an unsupported suffix raises a
+    one-line error (folders a glob matches, as `data/**/*` does, are passed over); a file named twice is
+    read once.
     """
     paths: list[Path] = []
     seen: set[Path] = set()
     for pattern in patterns:
         if any(char in pattern for char in "*?["):
-            matches = [Path(p) for p in sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))]
+            matches = [Path(p) for p in sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+                       if not Path(p).is_dir()]
             if not matches:
                 raise KronyptError(f"input glob {pattern!r} matches no file")
         else:
