@@ -11,8 +11,14 @@ from __future__ import annotations
 import torch
 
 from kronypt.errors import KronyptError
-from kronypt.kernels.availability import (FUSED_ACTIVATIONS, FUSED_DTYPES, FUSED_IMPLS, fused_available, fused_dtype,
-                                         triton_available)
+from kronypt.kernels.availability import (
+    FUSED_ACTIVATIONS,
+    FUSED_DTYPES,
+    FUSED_IMPLS,
+    fused_available,
+    fused_dtype,
+    triton_available,
+)
 from kronypt.kernels.roofline import fused_wins, predict
 
 
