@@ -154,3 +154,25 @@ def test_hub_failures_are_one_line_errors_that_point_to_local_files(monkeypatch,
     first = str(error).splitlines()[0]
     assert str(caught.value) == (f"cannot load Salesforce/wikitext (wikitext-2-v1, validation) from the hub: "
                                  f"{first}; {corpora.LOCAL_HINT}")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"text": "a passage"}\n{"body": "no text"}\n', r"lambada_test.jsonl:2: expected a JSON object with a "
+                                                     r'non-empty "text" string'),
+    (b'{"text": "a passage"}\nnot json\n', r"lambada_test.jsonl:2: not JSON"),
+    (b'{"text": ""}\n', r'lambada_test.jsonl:1: expected a JSON object with a non-empty "text"'),
+    (b'{"text": "caf\xe9"}\n', r"lambada_test.jsonl is not UTF-8 text \(invalid continuation byte at byte 13\)"),
+])
+def test_a_malformed_local_file_is_one_line_naming_it(tmp_path, content: bytes, message: str) -> None:
+    """Each used to escape as a KeyError / JSONDecodeError / UnicodeDecodeError traceback."""
+    path = tmp_path / LOCAL_FILES["lambada", "test", "openai"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    with pytest.raises(KronyptError, match=message):
+        load_texts("lambada", "test", "openai", tmp_path)
+
+
+def test_a_data_dir_that_is_a_file_says_so(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(KronyptError, match="notes.txt is a file; --data-dir takes a folder"):
+        load_texts("wikitext2", "test", "raw", tmp_path / "notes.txt")

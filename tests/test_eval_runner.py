@@ -143,13 +143,62 @@ def test_table_columns_name_the_split_the_metric_and_the_scored_tokens(tokenizer
     headers = [c.header for c in table.columns]
     assert headers == ["model", "params", "protocol", "lambada ppl", "lambada last-word ppl", "lambada acc",
                        "scored tokens", "tok/s"]
-    assert table.title == "kronypt eval (test split)"
+    assert table.title == "kronypt eval (test split), first 300 tokens per task only"  # not whole-task numbers
+    assert all(r.max_tokens == 300 for r in records)
     cells = {c.header: list(c.cells) for c in table.columns}
-    assert cells["protocol"] == ["krony-pt", "lambada-openai"]
+    assert cells["protocol"] == ["krony-pt (128-token windows)", "lambada-openai"]  # tiny_config: 128 positions
     assert cells["lambada ppl"][1] == "-" and cells["lambada last-word ppl"][0] == "-"  # never mixed
     assert cells["scored tokens"] == [f"{r.tokens:,}" for r in records if r.metric == "perplexity"]
     mixed = comparison_table([*records[:1], replace(records[0], split="validation")])
     assert [c.header for c in mixed.columns][3:5] == ["lambada/test ppl", "lambada/validation ppl"]
+
+
+def test_krony_pt_and_hf_strided_score_1024_token_windows_whatever_the_model_takes(tokenizer):
+    """SPEC §5 defines both with 1024-token windows: a longer-context model must not score longer ones
+    (its numbers would not compare with GPT-2's), a shorter one scores what it can and says so."""
+    options = {"tasks": ["wikitext2"], "data_dir": SHARED_DATA, "max_tokens": 5000, "progress": False}
+    notes = []
+    records = evaluate(ConstantLM(), tokenizer, protocols=["krony-pt", "hf-strided", "word"], on_skip=notes.append,
+                       **options)
+    assert {r.protocol: r.context_length for r in records} == {"krony-pt": 128, "hf-strided": 128, "word": 128}
+    assert notes == ["ConstantLM: its context is 128 tokens, so hf-strided and krony-pt score 128-token windows, "
+                     "not the 1024 of their definition: not comparable with 1024-window numbers"]
+    long = ConstantLM()
+    long.config = tiny_config(n_positions=2048)
+    notes.clear()
+    records = evaluate(long, tokenizer, protocols=["krony-pt", "hf-strided", "word"], on_skip=notes.append, **options)
+    windows = {r.protocol: (r.context_length, r.stride, r.examples) for r in records}
+    assert windows["krony-pt"] == (1024, 1024, 5) and windows["hf-strided"][:2] == (1024, 512)
+    assert windows["word"][0] == 2048 and notes == []  # lm-eval's rolling windows take the whole context
+    assert list(comparison_table(records).columns[2].cells)[0] == "krony-pt"
+    chosen = evaluate(long, tokenizer, protocols=["krony-pt"], context=256, **options)
+    assert chosen[0].context_length == 256  # an explicit window wins
+
+
+class PeekingLM(ConstantLM):
+    """Each position's logits depend on the sequence's last token: an encoder, not a causal LM."""
+
+    def forward(self, input_ids):
+        logits = torch.nn.functional.one_hot(input_ids[:, -1:], self.config.vocab_size).float()
+        return CausalLMOutput(logits=logits.expand(*input_ids.shape, self.config.vocab_size) + self.bias)
+
+
+def test_a_model_that_sees_later_tokens_is_refused(tokenizer):
+    with pytest.raises(KronyptError, match="peeker is not a causal language model: its predictions depend on later"):
+        evaluate(PeekingLM(), tokenizer, ["lambada"], ["lambada-openai"], data_dir=SHARED_DATA, max_tokens=300,
+                 model_name="peeker", progress=False)
+
+
+def test_a_narrow_table_wraps_names_and_numbers_instead_of_cutting_them(tokenizer):
+    from rich.console import Console
+
+    records = evaluate(ConstantLM(), tokenizer, ["lambada"], ["krony-pt", "lambada-openai"], data_dir=SHARED_DATA,
+                       max_tokens=300, model_name="models/a-rather-long-folder-name/gpt2-81M-healed", progress=False)
+    console = Console(width=60, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(comparison_table(records))
+    text = console.export_text()
+    assert "…" not in text
+    assert "gpt2-81M-heal" in text.replace("\n", "").replace("│", "").replace(" ", "")
 
 
 def test_kronypt_and_dense_models_share_the_entry_point(tmp_path, tokenizer):

@@ -48,6 +48,8 @@ def test_loaders_take_path_objects(tiny_dir, monkeypatch):
     assert load_config(Path(tiny_dir.name)).n_layer == 2
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(Path("gpt2"))  # a Path is never a hub id
+    with pytest.raises(KronyptError, match="config.json is a file; give the folder that holds it"):
+        load_tokenizer(tiny_dir / "config.json")  # it said "tokenizer folder ... does not exist"
 
 
 def test_known_family_configs_need_no_download():

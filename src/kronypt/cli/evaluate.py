@@ -32,7 +32,10 @@ def eval_command(
     protocol: Annotated[str | None, typer.Option(help=PROTOCOL_HELP, show_default=False)] = None,
     split: Annotated[str, typer.Option(help="test, or validation for model selection.")] = "test",
     stride: Annotated[int | None, typer.Option(min=1, help="hf-strided stride in tokens (default: half "
-                                                           "the context length, 512 for GPT-2).")] = None,
+                                                           "the window, 512).")] = None,
+    context: Annotated[int | None, typer.Option(min=2, help=(
+        "Window length in tokens (default: 1024 for krony-pt and hf-strided, as they are defined; the model's "
+        "context length for lambada-openai and word; never more than the model takes)."))] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Read local files laid out like shared/data instead "
                                                        "of the hub (e.g. ../shared/data).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per forward pass (default: 2048 "
@@ -67,7 +70,7 @@ def eval_command(
     check_json_file(json_path)
     to_file = json_path is not None and str(json_path) != "-"
     records = evaluate_models(models, task_list, protocol_list, tokenizer=tokenizer, dtype=dtype, device=target,
-                              split=split, data_dir=data_dir, stride=stride, batch_size=batch_size,
+                              split=split, data_dir=data_dir, stride=stride, context=context, batch_size=batch_size,
                               max_tokens=max_tokens, progress=progress, on_skip=_warn,
                               # saved after every model: an interrupted run keeps the models already done
                               on_model_done=(lambda done: write_json(done, json_path)) if to_file else None)

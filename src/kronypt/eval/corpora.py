@@ -123,6 +123,8 @@ def _check_key(task: str, split: str, form: str) -> tuple[str, str, str]:
 
 
 def _local_path(key: tuple[str, str, str], data_dir: Path) -> Path:
+    if data_dir.is_file():
+        raise KronyptError(f"data folder {data_dir} is a file; --data-dir takes a folder laid out like shared/data")
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist")
     path = data_dir / LOCAL_FILES[key]
@@ -133,7 +135,11 @@ def _local_path(key: tuple[str, str, str], data_dir: Path) -> Path:
 
 
 def _read_local(key: tuple[str, str, str], data_dir: Path) -> list[str]:
-    text = _local_path(key, data_dir).read_text(encoding="utf-8")
+    path = _local_path(key, data_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KronyptError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     form = key[2]
     if form in ("tokens", "raw"):
         return wikitext_rows(text)
@@ -141,7 +147,19 @@ def _read_local(key: tuple[str, str, str], data_dir: Path) -> list[str]:
         return wikitext_pages(text)
     if form == "passages":
         return text.splitlines()
-    return [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
+    return [_lambada_text(path, number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _lambada_text(path: Path, number: int, line: str) -> str:
+    """The passage of one line of lambada_test.jsonl, or a one-line error naming the line."""
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise KronyptError(f"{path}:{number}: not JSON ({exc})") from None
+    text = record.get("text") if isinstance(record, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise KronyptError(f'{path}:{number}: expected a JSON object with a non-empty "text" string')
+    return text
 
 
 # How to read the local files instead, for both callers: `kronypt eval` and training's WikiText check.

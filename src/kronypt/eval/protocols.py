@@ -3,11 +3,15 @@
 Published perplexities differ mostly by protocol, so every number kronypt reports carries one of these names:
 
 - `krony-pt`: the Krony-PT paper's numbers. Non-raw WikiText rows / LAMBADA passages joined with "\\n\\n",
-  non-overlapping windows of the context length, the first token of each window unpredicted,
+  non-overlapping 1024-token windows, the first token of each window unpredicted,
   perplexity = exp(mean over windows of the window's mean NLL) (the HF guide's loop, stride = context).
-- `hf-strided`: the Hugging Face perplexity guide on raw WikiText: windows of the context length every
-  `stride` tokens (default half the context, 512 for GPT-2), each token scored once, NLL weighted by the
-  exact number of tokens each window scores.
+- `hf-strided`: the Hugging Face perplexity guide on raw WikiText: 1024-token windows every `stride`
+  tokens (default half the window, 512), each token scored once, NLL weighted by the exact number of
+  tokens each window scores.
+
+These two define their window (`Protocol.window`, GPT-2's 1024, whatever the model's context): a model
+with a shorter context scores shorter windows, and the records and the table say so. The other two use
+the model's whole context, as lm-eval does.
 - `lambada-openai`: lm-eval's `lambada_openai`: context = text up to the last space, target = " " + last word;
   accuracy = every target token is the greedy argmax; perplexity = exp(-mean target log-likelihood).
 - `word`: lm-eval's `wikitext`: rolling log-likelihood of each detokenised raw article; word and byte
@@ -56,6 +60,12 @@ class Protocol(ABC):
 
     name: str
     forms: dict[str, str]  # task -> corpus form (see kronypt.eval.corpora)
+    window: int | None = None  # the window length the protocol is defined with; None: the model's context
+
+    def context_for(self, longest: int) -> int:
+        """The window length on a model whose context is `longest` tokens: the protocol's own where it has
+        one (never more than the model takes), else the model's."""
+        return longest if self.window is None else min(self.window, longest)
 
     @abstractmethod
     def plan(self, texts: list[str], tokenizer: PreTrainedTokenizerBase, context: int,
@@ -66,6 +76,7 @@ class Protocol(ABC):
 class KronyPT(Protocol):
     name = "krony-pt"
     forms = {"wikitext2": "tokens", "wikitext103": "tokens", "lambada": "passages"}
+    window = 1024
 
     def plan(self, texts, tokenizer, context, stride, max_tokens):
         ids = _stream(texts, tokenizer, max_tokens)
@@ -76,6 +87,7 @@ class KronyPT(Protocol):
 class HFStrided(Protocol):
     name = "hf-strided"
     forms = {"wikitext2": "raw", "wikitext103": "raw"}
+    window = 1024
 
     def plan(self, texts, tokenizer, context, stride, max_tokens):
         ids = _stream(texts, tokenizer, max_tokens)

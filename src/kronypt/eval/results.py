@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from kronypt.eval.protocols import PROTOCOLS
+
 # metric -> (column label, value format). "ppl" is token perplexity; a protocol whose metric of the same
 # name means something else gets its own label (and so its own column) in _PROTOCOL_LABELS.
 _METRIC_COLUMNS = {
@@ -49,6 +51,7 @@ class EvalRecord:
     seconds: float
     dtype: str
     device: str
+    max_tokens: int | None = None  # set when only the first max_tokens of the task were scored (a quick check)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +77,11 @@ def comparison_table(records: Sequence[EvalRecord]) -> Table:
         rows.setdefault((r.model, r.protocol), {})[key] = r
         columns[key] = None
     splits = list(dict.fromkeys(r.split for r in records))
-    table = Table(title=f"kronypt eval ({splits[0]} split)" if len(splits) == 1 else "kronypt eval")
+    title = f"kronypt eval ({splits[0]} split)" if len(splits) == 1 else "kronypt eval"
+    cut = sorted({r.max_tokens for r in records if r.max_tokens is not None})
+    if cut:  # not comparable with whole-task numbers
+        title += f", first {' / '.join(f'{n:,}' for n in cut)} tokens per task only"
+    table = Table(title=title)
     for name in ("model", "params", "protocol"):
         table.add_column(name, justify="left" if name != "params" else "right")
     for task, split, label in columns:
@@ -85,9 +92,18 @@ def comparison_table(records: Sequence[EvalRecord]) -> Table:
         first = next(iter(cells.values()))
         values = [_format(cells[c]) if c in cells else "-" for c in columns]
         runs = _runs(cells.values())
-        table.add_row(model, f"{first.params:,}", protocol, *values, f"{sum(r.tokens for r in runs):,}",
-                      f"{_throughput(runs):,.0f}")
+        table.add_row(model, f"{first.params:,}", _protocol_cell(protocol, runs), *values,
+                      f"{sum(r.tokens for r in runs):,}", f"{_throughput(runs):,.0f}")
+    for column in table.columns:  # wrap a long cell rather than cut it: a cut name or number misleads
+        column.overflow = "fold"
     return table
+
+
+def _protocol_cell(protocol: str, runs: Sequence[EvalRecord]) -> str:
+    """The protocol's name, with the window length where it is not the one the protocol is defined with."""
+    window = PROTOCOLS[protocol].window if protocol in PROTOCOLS else None
+    other = sorted({r.context_length for r in runs if window is not None and r.context_length != window})
+    return protocol if not other else f"{protocol} ({'/'.join(map(str, other))}-token windows)"
 
 
 def column_label(protocol: str, metric: str) -> str:

@@ -135,6 +135,29 @@ def model_config(name_or_path: str) -> PretrainedConfig:
     return load_config(name_or_path, gpt2_only=False)
 
 
+def check_causal(model: torch.nn.Module, name: str = "the model") -> None:
+    """Refuse a model whose predictions see later tokens (an encoder such as BERT loaded as a "causal LM"
+    without `is_decoder`): every perplexity would be meaningless. Two forward passes over 8 tokens that
+    differ in the last one only; a causal model's first 7 outputs are identical."""
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab < 2:
+        return
+    device = model_device(model)
+    ids = torch.arange(8, device=device).remainder(vocab).unsqueeze(0)
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            first, second = (model(input_ids=x).logits[0, :-1].float() for x in (ids, changed))
+    finally:
+        model.train(was_training)
+    if not torch.allclose(first, second, rtol=1e-3, atol=1e-3):
+        raise KronyptError(f"{name} is not a causal language model: its predictions depend on later tokens (an "
+                           "encoder such as BERT?); perplexity and LAMBADA need a left-to-right model")
+
+
 def _report(message: str | None, on_skip: Callable[[str], None] | None) -> None:
     if message is None:
         return
@@ -207,20 +230,25 @@ def evaluate(
     longest = context_length(model)
     if context is not None and not 2 <= context <= longest:
         raise KronyptError(f"context {context} must be between 2 and the model's context length {longest}")
-    context = context or longest
     name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+    check_causal(model, name)
+    short = sorted({p for _, p in pairs if context is None and (PROTOCOLS[p].window or 0) > longest})
+    if short:
+        _report(f"{name}: its context is {longest} tokens, so {' and '.join(short)} score {longest}-token windows, "
+                f"not the 1024 of their definition: not comparable with 1024-window numbers", on_skip)
     params = count_params(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.") if params else "float32"
     records = []
     for task, protocol in pairs:
-        plan = plan_eval(tokenizer, task, protocol, context, split, data_dir, stride, max_tokens)
+        window = context or PROTOCOLS[protocol].context_for(longest)
+        plan = plan_eval(tokenizer, task, protocol, window, split, data_dir, stride, max_tokens)
         metrics, run = run_plan(model, plan, batch_size, progress, desc=f"{task} {protocol}")
         for metric, value in metrics.items():
             records.append(EvalRecord(
                 model=name, params=params, task=task, split=split, protocol=protocol, metric=metric, value=value,
-                tokens=plan.scored_tokens, examples=plan.examples, context_length=context, stride=plan.stride,
+                tokens=plan.scored_tokens, examples=plan.examples, context_length=window, stride=plan.stride,
                 tokens_per_s=run.input_tokens / run.seconds if run.seconds > 0 else float("nan"),
-                seconds=run.seconds, dtype=dtype, device=str(model_device(model))))
+                seconds=run.seconds, dtype=dtype, device=str(model_device(model)), max_tokens=max_tokens))
     return records
 
 

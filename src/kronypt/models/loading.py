@@ -201,6 +201,8 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
 def _local_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a local folder (a BPE file pair first, else Hugging Face's layout)."""
     path = Path(name).expanduser()
+    if path.is_file():
+        raise KronyptError(f"tokenizer {path} is a file; give the folder that holds it")
     if not path.is_dir():
         raise _missing("tokenizer folder", name)
     for vocab_name, merges_name in FILE_PAIRS:
