@@ -271,7 +271,7 @@ def _auto_choice(case: LayerCase, shape, paths: dict, device: torch.device) -> d
     """What `KroneckerLinear`'s automatic path runs for this case, and its speed-up (the timing of that
     path in this run; factored is timed in its cheaper order, as the layer would pick it)."""
     layer = KroneckerLinear(case.in_features, case.out_features, case.a_shape, case.k, device="meta")
-    fused = fused_available(torch.empty(0, device=device))
+    fused = fused_available(torch.empty(0, device=device)) and case.dtype == "bfloat16"  # as `path_for` decides
     cuda = device.type == "cuda" and (case.dtype != "float32" or torch.backends.cuda.matmul.allow_tf32)
     out = {}
     for label, training, key in (("fwd", False, "fwd_speedup"), ("fwdbwd", True, "fwdbwd_speedup")):
