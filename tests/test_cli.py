@@ -1,6 +1,8 @@
 """The CLI end to end, in process: outputs, files written, and one-line errors with exit code 2."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -84,6 +86,21 @@ def test_compress_info_generate_export_round_trip(capsys, tiny_dir, tmp_path, mo
     plain = GPT2LMHeadModel.from_pretrained(dense_dir).eval()
     kron = AutoModelForCausalLM.from_pretrained(out_dir).eval()
     torch.testing.assert_close(plain(ids).logits, kron(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_saved_folders_are_as_readable_as_the_umask_allows(capsys, tiny_dir, tmp_path):
+    """save_pretrained writes model.safetensors with mode 0600: colleagues on a shared machine could not read
+    a compressed model or an export."""
+    previous = os.umask(0o022)
+    try:
+        assert run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--out", str(tmp_path / "k"))[0] == 0
+        assert run(capsys, "export", str(tmp_path / "k"), "--out", str(tmp_path / "d"))[0] == 0
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "k", tmp_path / "d"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+        assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
 
 
 @pytest.mark.parametrize(("spec", "expected"), [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +110,14 @@ def test_checkpoint_model_folder_carries_the_tokenizer(tmp_path: Path, model: GP
     from kronypt.models import load_tokenizer
     from kronypt.train.loop import _tokenizer_dir
 
-    final = save_checkpoint(tmp_path, 1, model, {"tokens": 0}, None, keep_last=2, tokenizer_dir=TOKENIZER_DIR)
+    previous = os.umask(0o027)
+    try:
+        final = save_checkpoint(tmp_path, 1, model, {"tokens": 0}, None, keep_last=2, tokenizer_dir=TOKENIZER_DIR)
+    finally:
+        os.umask(previous)
     assert load_tokenizer(str(final / "model"))("Hello world").input_ids == [15496, 995]
+    # save_pretrained leaves model.safetensors at 0600; a checkpoint follows the umask like any new file
+    assert {stat.S_IMODE(p.stat().st_mode) for p in final.rglob("*") if p.is_file()} == {0o640}
     # the source model's folder first, then the folder that made the token data
     config = type("C", (), {"model": str(tmp_path / "no-such-model")})()
     assert _tokenizer_dir(config, {"tokenizer": {"folder": str(TOKENIZER_DIR)}}) == TOKENIZER_DIR

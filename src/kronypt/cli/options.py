@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from kronypt.errors import KronyptError
+from kronypt.files import apply_umask
 from kronypt.models.loading import AUTO_DTYPE, DTYPES, TOKENIZER_FILES
 
 SAVE_DTYPE_HELP = ("dtype of the saved weights: auto (the source checkpoint's, e.g. bfloat16 stays bfloat16), "
@@ -100,7 +101,9 @@ MODEL_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "py
 def replace_dir(tmp: Path, out: Path) -> None:
     """Move a fully written temporary folder's files into `out`: a new folder is renamed into place; in an
     existing one (`--force`) the previous model's files go first (so no stale shard is left beside the new
-    weights) and any other file stays, as does the folder itself (it may be the shell's current one)."""
+    weights) and any other file stays, as does the folder itself (it may be the shell's current one). The new
+    files get the modes the umask gives (`apply_umask`)."""
+    apply_umask(tmp)
     if not out.exists():
         tmp.rename(out)
         return

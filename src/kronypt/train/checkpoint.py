@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from kronypt.errors import KronyptError
+from kronypt.files import apply_umask
 from kronypt.models.loading import copy_tokenizer_files
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -106,6 +107,7 @@ def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: d
     files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
     index = {"step": step, "tokens": state.get("tokens"), "val_loss": val_loss, "files": files}
     (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    apply_umask(tmp)  # save_pretrained's model.safetensors is 0600: readable by its owner alone
     _fsync_tree(tmp)
     if final.exists():  # the same step saved twice (e.g. a save step that was also interrupted)
         shutil.rmtree(final)
