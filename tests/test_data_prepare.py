@@ -398,3 +398,21 @@ def test_sigterm_to_the_main_process_ends_the_workers_too(tmp_path: Path) -> Non
     while not all(map(_gone, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(map(_gone, workers)), [pid for pid in workers if not _gone(pid)]
+
+
+def test_a_held_back_sigterm_is_delivered_when_sigint_is_ignored() -> None:
+    """In a background job SIGINT is ignored; a SIGINT then a SIGTERM inside the window used to drop both."""
+    got = []
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with prepare_module._signals_held_back():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # both arrive (and are only recorded) inside the window
+            assert got == []
+        assert got == [signal.SIGTERM]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

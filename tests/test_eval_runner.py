@@ -87,7 +87,7 @@ def test_shorter_context_than_the_model(tokenizer):
                          max_tokens=300, progress=False)
     assert (record.context_length, record.examples, record.tokens) == (64, 5, 295)
     assert record.value == pytest.approx(VOCAB, rel=1e-6)
-    with pytest.raises(KronyptError, match="context 256 must be between 2 and the model's context length 128"):
+    with pytest.raises(KronyptError, match="context 256 must be between 2 and the context length of ConstantLM, 128"):
         evaluate(ConstantLM(), tokenizer, data_dir=SHARED_DATA, context=256, progress=False)
 
 
@@ -163,6 +163,10 @@ def test_krony_pt_and_hf_strided_score_1024_token_windows_whatever_the_model_tak
     assert {r.protocol: r.context_length for r in records} == {"krony-pt": 128, "hf-strided": 128, "word": 128}
     assert notes == ["ConstantLM: its context is 128 tokens, so hf-strided and krony-pt score 128-token windows, "
                      "not the 1024 of their definition: not comparable with 1024-window numbers"]
+    notes.clear()
+    evaluate(ConstantLM(), tokenizer, protocols=["krony-pt"], on_skip=notes.append, **options)
+    assert notes == ["ConstantLM: its context is 128 tokens, so krony-pt scores 128-token windows, not the 1024 of "
+                     "its definition: not comparable with 1024-window numbers"]
     long = ConstantLM()
     long.config = tiny_config(n_positions=2048)
     notes.clear()
@@ -187,6 +191,10 @@ def test_a_model_that_sees_later_tokens_is_refused(tokenizer):
     with pytest.raises(KronyptError, match="peeker is not a causal language model: its predictions depend on later"):
         evaluate(PeekingLM(), tokenizer, ["lambada"], ["lambada-openai"], data_dir=SHARED_DATA, max_tokens=300,
                  model_name="peeker", progress=False)
+    short = tiny_model(n_positions=4)  # the check fits in a context under its usual 8 tokens
+    records = evaluate(short, tokenizer, ["wikitext2"], ["krony-pt"], data_dir=SHARED_DATA, max_tokens=50,
+                       on_skip=lambda message: None, progress=False)
+    assert records[0].context_length == 4
 
 
 def test_a_narrow_table_wraps_names_and_numbers_instead_of_cutting_them(tokenizer):

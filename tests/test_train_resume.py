@@ -161,6 +161,21 @@ def test_compression_settings_recorded_for_a_run_that_does_not_compress_are_not_
     assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
 
 
+def test_settings_without_effect_recorded_by_earlier_versions_do_not_block_a_resume(tmp_path: Path) -> None:
+    """min_lr under the constant schedule and distillation knobs without a teacher did nothing and were
+    accepted; now refused as flags, a checkpoint that recorded them must still resume (without them)."""
+    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
+
+    def as_recorded_before(state: dict) -> None:
+        state["config"]["optim"]["min_lr"] = 1e-5
+        state["config"]["distill"].update(alpha=0.9, temperature=4.0)
+    _rewrite_state(latest_checkpoint(tmp_path / "run"), as_recorded_before)
+    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
+    # where they take effect, a change is still refused
+    with pytest.raises(KronyptError, match="min_lr: 1e-05 -> 0.0|schedule: constant -> cosine"):
+        train(scratch_config(tmp_path, max_steps=4, schedule="cosine"), progress=False)
+
+
 def test_older_checkpoints_are_checked_against_the_run_folder_config(tmp_path: Path) -> None:
     train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
     run = tmp_path / "run"

@@ -35,7 +35,7 @@ def eval_command(
                                                            "the window, 512).")] = None,
     context: Annotated[int | None, typer.Option(min=2, help=(
         "Window length in tokens (default: 1024 for krony-pt and hf-strided, as they are defined; the model's "
-        "context length for lambada-openai and word; never more than the model takes)."))] = None,
+        "context length for lambada-openai and word); at most every model's context length."))] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Read local files laid out like shared/data instead "
                                                        "of the hub (e.g. ../shared/data).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per forward pass (default: 2048 "

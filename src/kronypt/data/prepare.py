@@ -197,6 +197,9 @@ def _sigterm_exits() -> Iterator[None]:
     def terminate(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:  # a host program's own handler: left to it
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
@@ -229,13 +232,14 @@ def _signals_held_back() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if not received or previous[received[0]] == signal.SIG_IGN:
+    due = [sig for sig in received if previous[sig] != signal.SIG_IGN]  # e.g. SIGINT in a background job
+    if not due:
         return
-    handler = previous[received[0]]
+    handler = previous[due[0]]
     if callable(handler):  # Python's SIGINT handler raises KeyboardInterrupt, `_sigterm_exits` SystemExit
-        handler(received[0], None)
+        handler(due[0], None)
     else:  # SIG_DFL (or a handler set outside Python): the signal's own action, now
-        signal.raise_signal(received[0])
+        signal.raise_signal(due[0])
 
 
 def _init_worker(tokenizer: str) -> None:

@@ -47,10 +47,11 @@ class TokenFolderWriter:
 
         A folder prepared before (`force`) stays whole until here: its meta.json goes first, so that no
         half-replaced folder ever looks complete."""
-        (self.out_dir / META_NAME).unlink(missing_ok=True)
+        for handle in self._files.values():
+            _close_synced(handle)
+        (self.out_dir / META_NAME).unlink(missing_ok=True)  # the earlier output, if any, stops being complete
         _sync_dir(self.out_dir)
         for split, handle in self._files.items():
-            _close_synced(handle)
             os.replace(handle.name, self.out_dir / f"{split}.bin")
         meta_partial = self.out_dir / f"{META_NAME}{PARTIAL_SUFFIX}"
         with meta_partial.open("w", encoding="utf-8") as handle:
@@ -62,10 +63,11 @@ class TokenFolderWriter:
         _sync_dir(self.out_dir)
 
     def abort(self) -> None:
-        """Close and delete the partial files."""
+        """Close and delete the partial files (meta.json's too, when `commit` failed while writing it)."""
         for handle in self._files.values():
             handle.close()
             Path(handle.name).unlink(missing_ok=True)
+        (self.out_dir / f"{META_NAME}{PARTIAL_SUFFIX}").unlink(missing_ok=True)
 
     def __enter__(self) -> TokenFolderWriter:
         return self

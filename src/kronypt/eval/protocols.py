@@ -8,14 +8,14 @@ Published perplexities differ mostly by protocol, so every number kronypt report
 - `hf-strided`: the Hugging Face perplexity guide on raw WikiText: 1024-token windows every `stride`
   tokens (default half the window, 512), each token scored once, NLL weighted by the exact number of
   tokens each window scores.
-
-These two define their window (`Protocol.window`, GPT-2's 1024, whatever the model's context): a model
-with a shorter context scores shorter windows, and the records and the table say so. The other two use
-the model's whole context, as lm-eval does.
 - `lambada-openai`: lm-eval's `lambada_openai`: context = text up to the last space, target = " " + last word;
   accuracy = every target token is the greedy argmax; perplexity = exp(-mean target log-likelihood).
 - `word`: lm-eval's `wikitext`: rolling log-likelihood of each detokenised raw article; word and byte
   perplexity and bits per byte, with words and bytes counted on the original article.
+
+The first two define their window (`Protocol.window`, GPT-2's 1024, whatever the model's context): a model
+with a shorter context scores shorter windows, and the records and the table say so. The other two use
+the model's whole context, as lm-eval does.
 """
 
 from __future__ import annotations

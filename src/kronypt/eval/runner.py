@@ -27,13 +27,25 @@ from kronypt.models.loading import load_config, load_model, load_tokenizer, loca
 
 def context_length(model: torch.nn.Module) -> int:
     """The longest input the model accepts (GPT-2: `n_positions`, 1024)."""
-    config = model.config
+    found = config_context_length(model.config)
+    if found is None:
+        raise KronyptError(f"cannot tell the context length of {type(model).__name__}: its config has no "
+                           "n_positions / max_position_embeddings; pass context_length")
+    return found
+
+
+def config_context_length(config: PretrainedConfig) -> int | None:
+    """The context length a model config states, if it states one."""
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 1:
             return value
-    raise KronyptError(f"cannot tell the context length of {type(model).__name__}: its config has no "
-                       "n_positions / max_position_embeddings; pass context_length")
+    return None
+
+
+def _check_context(context: int | None, longest: int, name: str) -> None:
+    if context is not None and not 2 <= context <= longest:
+        raise KronyptError(f"context {context} must be between 2 and the context length of {name}, {longest}")
 
 
 def check_vocab(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -138,12 +150,14 @@ def model_config(name_or_path: str) -> PretrainedConfig:
 def check_causal(model: torch.nn.Module, name: str = "the model") -> None:
     """Refuse a model whose predictions see later tokens (an encoder such as BERT loaded as a "causal LM"
     without `is_decoder`): every perplexity would be meaningless. Two forward passes over 8 tokens that
-    differ in the last one only; a causal model's first 7 outputs are identical."""
+    differ in the last one only (fewer where the context is shorter); a causal model's other outputs are
+    identical."""
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
-    if vocab < 2:
+    length = min(8, config_context_length(model.config) or 8)
+    if vocab < 2 or length < 2:
         return
     device = model_device(model)
-    ids = torch.arange(8, device=device).remainder(vocab).unsqueeze(0)
+    ids = torch.arange(length, device=device).remainder(vocab).unsqueeze(0)
     changed = ids.clone()
     changed[0, -1] = (ids[0, -1] + 1) % vocab
     was_training = model.training
@@ -228,14 +242,9 @@ def evaluate(
     _report(selection.warning(), on_skip)
     pairs = selection.pairs
     longest = context_length(model)
-    if context is not None and not 2 <= context <= longest:
-        raise KronyptError(f"context {context} must be between 2 and the model's context length {longest}")
     name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+    _check_context(context, longest, name)
     check_causal(model, name)
-    short = sorted({p for _, p in pairs if context is None and (PROTOCOLS[p].window or 0) > longest})
-    if short:
-        _report(f"{name}: its context is {longest} tokens, so {' and '.join(short)} score {longest}-token windows, "
-                f"not the 1024 of their definition: not comparable with 1024-window numbers", on_skip)
     params = count_params(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.") if params else "float32"
     records = []
@@ -249,6 +258,12 @@ def evaluate(
                 tokens=plan.scored_tokens, examples=plan.examples, context_length=window, stride=plan.stride,
                 tokens_per_s=run.input_tokens / run.seconds if run.seconds > 0 else float("nan"),
                 seconds=run.seconds, dtype=dtype, device=str(model_device(model)), max_tokens=max_tokens))
+    short = sorted({p for _, p in pairs if context is None and (PROTOCOLS[p].window or 0) > longest})
+    if short:  # said with the numbers it concerns (and not before an error that leaves none)
+        _report(f"{name}: its context is {longest} tokens, so {' and '.join(short)} "
+                f"score{'s' if len(short) == 1 else ''} {longest}-token windows, not the 1024 of "
+                f"{'its' if len(short) == 1 else 'their'} definition: not comparable with 1024-window numbers",
+                on_skip)
     return records
 
 
@@ -285,12 +300,21 @@ def evaluate_models(
         vocab = getattr(configs[name], "vocab_size", None)
         if isinstance(vocab, int):
             _check_vocab_size(vocab, tokenizers[name])
-    _report(selection.warning(), on_skip)
+        longest = config_context_length(configs[name])
+        if longest is not None:
+            _check_context(options.get("context"), longest, name)
+    skipped = selection.warning()
+    _report(skipped, on_skip)
+
+    def notes(message: str) -> None:  # the skipped pairs were reported once, above; a model's own notes pass
+        if message != skipped:
+            _report(message, on_skip)
+
     records: list[EvalRecord] = []
     for name in names:
         model = load_model(name, dtype=dtype, device=device)
         records += evaluate(model, tokenizers[name], tasks, protocols, split=split, data_dir=data_dir,
-                            model_name=name, on_skip=_ignore, **options)
+                            model_name=name, on_skip=notes, **options)
         del model
         if on_model_done is not None:
             on_model_done(records)
@@ -305,7 +329,3 @@ def _own_tokenizer(name: str, folder: Path | None) -> PreTrainedTokenizerBase:
             raise KronyptError(f"cannot load the tokenizer of model {name!r} ({exc}); pass one with "
                                "--tokenizer") from None
         raise KronyptError(f"{exc}; pass a tokenizer (--tokenizer)") from None  # a folder saved without one
-
-
-def _ignore(message: str) -> None:
-    """Skipped pairs already reported once by `evaluate_models`."""

@@ -38,7 +38,8 @@ def v3_supports(k: int, m2: int, n2: int) -> bool:
 def _import_triton() -> bool:
     """Whether `import triton` succeeds: an installed but broken package (a wheel for another CUDA or
     Python, a half-finished install) counts as absent, so the automatic path never picks kernels that
-    cannot load. torch imports triton itself when it is importable, so trying costs nothing extra."""
+    cannot load. torch's compiler, which kronypt imports anyway, imports triton too where it can, so
+    trying costs nothing extra."""
     try:
         import triton  # noqa: F401
     except Exception:  # ImportError, or whatever a broken package raises while importing

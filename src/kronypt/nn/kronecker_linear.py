@@ -216,7 +216,7 @@ class KroneckerLinear(nn.Module):
         cuda = x.is_cuda
         # The fused kernels were measured in bfloat16 only (`MEASURED_WINS`), and their backward sums with
         # atomics (bitwise run-to-run differences): not under deterministic mode.
-        fused = (cuda and fused_dtype(x, self.A, self.B) == torch.bfloat16 and fused_available(x)
+        fused = (cuda and fused_available(x) and fused_dtype(x, self.A, self.B) == torch.bfloat16
                  and not (training and torch.are_deterministic_algorithms_enabled()))
         return self.resolved_path(tokens, training, cuda and _on_tensor_cores(x), fused)
 

@@ -106,10 +106,13 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
     origin = _original_folder(saved.get("out"), checkpoint)
     found = []
     compresses = new.get("init_from") == "dense"
+    idle = _idle_settings(saved) & _idle_settings(new)
     for name, value in new.items():
         # compression settings define only runs that compress; earlier versions recorded them for
         # kronypt/scratch runs too, where they were ignored
         if name in CHANGEABLE or name not in saved or (name in COMPRESSION_SETTINGS and not compresses):
+            continue
+        if name in idle:  # without effect in both runs (earlier versions accepted them; now refused)
             continue
         old = saved[name]
         if name in INPUT_PATHS and _same_path(old, value, saved_paths.get(name), origin):
@@ -129,6 +132,17 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
                              f"{saved['eval_batches']} -> {new['micro_batch_size']} × {new['eval_batches']} "
                              f"(keep the product with --set eval_batches=N)")
     return found
+
+
+def _idle_settings(settings: dict[str, Any]) -> set[str]:
+    """Settings that do nothing in a run of these settings: min_lr under the constant schedule, the
+    distillation knobs without a teacher."""
+    idle = set()
+    if settings.get("schedule") == "constant":
+        idle.add("min_lr")
+    if settings.get("teacher") is None:
+        idle.update(("alpha", "temperature", "hidden_weight"))
+    return idle
 
 
 def check_resume(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens_per_step: int,
