@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -433,3 +434,37 @@ def test_compress_prune_fill_puts_the_fill_in_the_dropped_b_entries(capsys, tiny
         odd = (slice(None), slice(1, None, 2)) if path.endswith("c_fc") else (slice(1, None, 2), slice(None))
         even = (slice(None), slice(0, None, 2)) if path.endswith("c_fc") else (slice(0, None, 2), slice(None))
         assert torch.equal(W_hat[even], W[even]) and torch.equal(W_hat[odd], fill * W[even]), path
+
+
+def test_weights_of_other_shapes_than_the_config_are_one_error_line(capsys, tiny_dir):
+    """transformers raises a RuntimeError after its load report: it escaped as a 50-line traceback."""
+    config = json.loads((tiny_dir / "config.json").read_text())
+    (tiny_dir / "config.json").write_text(json.dumps({**config, "n_inner": 128}))  # stored MLPs are 256 wide
+    for command in (("info", str(tiny_dir)), ("generate", str(tiny_dir), "--prompt", "hi")):
+        code, _, err = run(capsys, *command)
+        assert code == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith(
+            f"kronypt: error: cannot load model '{tiny_dir}': its weights do not have the shapes its config.json")
+
+
+def test_the_output_folder_may_not_be_the_model_being_read(capsys, tiny_dir, tmp_path):
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--out", str(tiny_dir), "--force")
+    assert_one_line_error(code, err, f"--out {tiny_dir} is the model folder being read")
+    assert run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--out", str(tmp_path / "k"))[0] == 0
+    code, _, err = run(capsys, "export", str(tmp_path / "k"), "--out", str(tmp_path / "k" / ".." / "k"), "--force")
+    assert_one_line_error(code, err, "is the model folder being read")
+    assert json.loads((tmp_path / "k" / "config.json").read_text())["model_type"] == "kronygpt2"  # untouched
+
+
+def test_an_interrupted_save_leaves_no_staging_folder(capsys, tiny_dir, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    def interrupted(self, folder, *args, **kwargs):  # Ctrl-C halfway through writing the weights
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", interrupted)
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--out", str(tmp_path / "k"))
+    assert code == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == [tiny_dir]  # neither k nor a hidden .k.partial

@@ -17,9 +17,8 @@ from kronypt.cli.options import (
     check_out_dir,
     parse_layers,
     parse_save_dtype,
-    replace_dir,
     run_dtype,
-    staging_dir,
+    staged,
 )
 from kronypt.errors import KronyptError
 from kronypt.math.shapes import parse_shape
@@ -91,7 +90,7 @@ def compress(
         raise KronyptError("give exactly one of --scheme, --a-shape or --target-params (or --allocate with "
                            "--target-params and a shape)")
     save_dtype = parse_save_dtype(dtype)
-    check_out_dir(out, force)
+    check_out_dir(out, force, source=local_model_dir(model))
     options = {"scalars": scalars, "rescale": rescale, "prune_fill": prune_fill, "layers": parse_layers(layers),
                "modules": tuple(m.strip() for m in modules.split(",") if m.strip())}
     if init is not None:
@@ -122,11 +121,10 @@ def compress(
     report = compress_model(lm, config)
     lm.to(save_dtype)
     payload = _folder_report(model, report, config, None if allocate else row.name, out, allocate)
-    tmp = staging_dir(out)
-    lm.save_pretrained(tmp)
-    (tmp / "compression_report.json").write_text(json.dumps(payload, indent=2))
-    _copy_tokenizer(model, tmp)
-    replace_dir(tmp, out)
+    with staged(out) as tmp:
+        lm.save_pretrained(tmp)
+        (tmp / "compression_report.json").write_text(json.dumps(payload, indent=2))
+        _copy_tokenizer(model, tmp)
     if as_json:
         print_json(payload)
     else:
@@ -174,16 +172,16 @@ def export(
     Example: kronypt export runs/81M/best/model --out gpt2-81M-dense
     """
     save_dtype = parse_save_dtype(dtype)
-    check_out_dir(out, force)
+    check_out_dir(out, force, source=local_model_dir(str(model_dir)))
+    load_config(str(model_dir))  # a model of another family is refused before its weights load
     lm = load_model(str(model_dir), dtype=AUTO_DTYPE, gpt2_only=True)
     if not isinstance(lm.config, KronyGPT2Config) or not lm.config.kron_modules:
         raise KronyptError(f"{model_dir} has no Kronecker layers: it is already a plain GPT-2, nothing to export")
     save_dtype = model_dtype(lm) if save_dtype is None else save_dtype  # auto: the folder's
     plain = to_dense(lm.float()).to(save_dtype)  # W = Σ s·A⊗B summed in float32, rounded once
-    tmp = staging_dir(out)
-    plain.save_pretrained(tmp)
-    _copy_tokenizer(str(model_dir), tmp)
-    replace_dir(tmp, out)
+    with staged(out) as tmp:
+        plain.save_pretrained(tmp)
+        _copy_tokenizer(str(model_dir), tmp)
     console.print(f"dense GPT-2 with {count_params(plain):,} parameters saved to {out}")
 
 
@@ -196,6 +194,7 @@ def info(
 
     Example: kronypt info gpt2-81M --json
     """
+    load_config(model)  # a model of another family is refused before its weights load (and report)
     lm = load_model(model, dtype=AUTO_DTYPE, gpt2_only=True)  # as stored: `dtype` is the checkpoint's
     config = lm.config
     modules = config.kron_modules if isinstance(config, KronyGPT2Config) else {}
@@ -279,6 +278,7 @@ def generate(
     Example: kronypt generate gpt2-81M --prompt "The meaning of life is" --max-new-tokens 40 --temperature 0.8
     """
     target = check_device(device)
+    load_config(model, gpt2_only=False)  # a mistyped model is named as such, not as a missing tokenizer
     tok = load_tokenizer(tokenizer or _default_tokenizer(model))
     lm = load_model(model, dtype=run_dtype(dtype, target), device=target)
     if len(tok) > lm.config.vocab_size:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -49,10 +51,13 @@ def parse_save_dtype(name: str) -> torch.dtype | None:
     return DTYPES[name]
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty output folder unless forced, or one that cannot be written; never change it here."""
+def check_out_dir(out: Path, force: bool, source: Path | None = None) -> None:
+    """Refuse a non-empty output folder unless forced, one that cannot be written, or the `source` model
+    folder itself (with --force, a typo would replace the model being read); never change it here."""
     if out.exists() and not out.is_dir():
         raise KronyptError(f"output {out} exists and is not a folder")
+    if source is not None and out.resolve() == Path(source).resolve():
+        raise KronyptError(f"--out {out} is the model folder being read; write the result to another folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise KronyptError(f"output folder {out} is not empty; pass --force to replace the model files in it")
     check_writable(out.resolve().parent, f"--out {out}")  # the staging folder is written beside it
@@ -114,6 +119,19 @@ def replace_dir(tmp: Path, out: Path) -> None:
             shutil.rmtree(out / entry.name)
         entry.replace(out / entry.name)
     tmp.rmdir()
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A staging folder to write the output into; moved into `out` when the block succeeds, removed when
+    it fails or is interrupted (a half-written model must not stay behind, even hidden)."""
+    tmp = staging_dir(out)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
 
 
 def staging_dir(out: Path) -> Path:

@@ -177,6 +177,12 @@ def load_model(
     except SafetensorError as exc:
         raise KronyptError(f"cannot load model {name_or_path!r}: a .safetensors file in it is truncated or "
                            f"corrupt ({_first_line(exc)})") from None
+    except RuntimeError as exc:  # transformers refuses stored tensors of other shapes than config.json's
+        if "mismatched_sizes" not in str(exc):
+            raise
+        raise KronyptError(f"cannot load model {name_or_path!r}: its weights do not have the shapes its "
+                           "config.json describes (the load report above lists them); was the config edited, "
+                           "or the weights copied from another model?") from None
     if gpt2_only:
         require_gpt2(model.config, name_or_path)
     if device is not None:
