@@ -190,16 +190,14 @@ def _sigterm_exits() -> Iterator[None]:
     Ctrl-C does: the worker pool shuts down (its workers would otherwise outlive the main process, blocked
     forever on the pool's queue) and the partial files are removed. Only from the main thread, where
     Python delivers signals."""
-    if threading.current_thread() is not threading.main_thread():
+    # Not from another thread, and not over a host program's own handler (kronypt as a library).
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
 
     def terminate(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:  # a host program's own handler: left to it
-        yield
-        return
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield

@@ -45,8 +45,8 @@ class TokenFolderWriter:
     def commit(self, meta: dict[str, Any]) -> None:
         """Flush and rename the token files, then write and rename meta.json (the completion marker).
 
-        A folder prepared before (`force`) stays whole until here: its meta.json goes first, so that no
-        half-replaced folder ever looks complete."""
+        A folder prepared before (`force`) stays whole until here: its meta.json goes once the new files are
+        on disk and before any of them is renamed, so that no half-replaced folder ever looks complete."""
         for handle in self._files.values():
             _close_synced(handle)
         (self.out_dir / META_NAME).unlink(missing_ok=True)  # the earlier output, if any, stops being complete
