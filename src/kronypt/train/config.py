@@ -263,7 +263,8 @@ class TrainConfig:
             raise KronyptError("scalar_value only applies with freeze_scalars")
         if value is not None and (not math.isfinite(value) or value == 0):
             raise KronyptError(f"scalar_value must be finite and non-zero, got {value}")
-        if optim.schedule == "constant" and optim.min_lr != OptimArgs.min_lr:
+        idle = idle_settings({"schedule": optim.schedule, "teacher": self.distill.teacher})
+        if "min_lr" in idle and optim.min_lr != OptimArgs.min_lr:
             raise KronyptError(f"min_lr ({optim.min_lr}) only applies to the cosine and wsd schedules, not constant")
         distill = self.distill
         for name, ok, rule in (("alpha", 0.0 <= distill.alpha <= 1.0, "in [0, 1]"),
@@ -273,10 +274,21 @@ class TrainConfig:
                 raise KronyptError(f"{name} (--distill-{name.replace('_', '-')}) must be {rule}, got "
                                    f"{getattr(distill, name)}")
         changed = [f"--distill-{name.replace('_', '-')}" for name in ("alpha", "temperature", "hidden_weight")
-                   if getattr(distill, name) != getattr(DistillArgs, name)]
-        if distill.teacher is None and changed:
+                   if name in idle and getattr(distill, name) != getattr(DistillArgs, name)]
+        if changed:
             raise KronyptError(f"{' / '.join(changed)} only appl{'ies' if len(changed) == 1 else 'y'} with a "
                                "teacher (--teacher ID_OR_DIR)")
+
+
+def idle_settings(settings: dict[str, Any]) -> set[str]:
+    """Settings that do nothing in a run of these (flat) settings: min_lr under the constant schedule, the
+    distillation knobs without a teacher. Refused when given (`validate`), passed over on resume."""
+    idle = set()
+    if settings.get("schedule") == "constant":
+        idle.add("min_lr")
+    if settings.get("teacher") is None:
+        idle.update(("alpha", "temperature", "hidden_weight"))
+    return idle
 
 
 def _is_input(path: Path, kind: str) -> bool:

@@ -30,6 +30,7 @@ from kronypt.train.config import (
     coerce_setting,
     field_locations,
     flatten,
+    idle_settings,
 )
 
 # What the trainer writes into its run folder; anything else there is the user's.
@@ -106,7 +107,7 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
     origin = _original_folder(saved.get("out"), checkpoint)
     found = []
     compresses = new.get("init_from") == "dense"
-    idle = _idle_settings(saved) & _idle_settings(new)
+    idle = idle_settings(saved) & idle_settings(new)
     for name, value in new.items():
         # compression settings define only runs that compress; earlier versions recorded them for
         # kronypt/scratch runs too, where they were ignored
@@ -132,17 +133,6 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
                              f"{saved['eval_batches']} -> {new['micro_batch_size']} × {new['eval_batches']} "
                              f"(keep the product with --set eval_batches=N)")
     return found
-
-
-def _idle_settings(settings: dict[str, Any]) -> set[str]:
-    """Settings that do nothing in a run of these settings: min_lr under the constant schedule, the
-    distillation knobs without a teacher."""
-    idle = set()
-    if settings.get("schedule") == "constant":
-        idle.add("min_lr")
-    if settings.get("teacher") is None:
-        idle.update(("alpha", "temperature", "hidden_weight"))
-    return idle
 
 
 def check_resume(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens_per_step: int,
