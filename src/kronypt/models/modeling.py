@@ -1,43 +1,63 @@
-"""KronyGPT2LMHeadModel: GPT-2 with Kronecker MLP layers, native to Hugging Face.
+"""Compressed models native to Hugging Face: the base architecture's classes with compressed MLP matrices.
 
-Importing this module registers the config and models with AutoConfig, AutoModelForCausalLM, AutoModel and
-AutoModelForSequenceClassification, so a saved kronypt folder loads with their `from_pretrained` once
-`kronypt` is imported.
+For a base config class (GPT2Config, LlamaConfig, ...) `compressed_classes` makes, once, `Krony<Class>`
+subclasses of its causal LM, bare model and sequence classifier, and registers them with
+AutoModelForCausalLM, AutoModel and AutoModelForSequenceClassification. Each builds the base model and then
+replaces the matrices its config's `compression` map lists by compressed layers (whose weights a checkpoint
+then loads), so a kronypt folder loads with the Auto classes once `kronypt` is imported.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    GPT2Model,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
 )
 from transformers import initialization as init
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    MODEL_MAPPING,
+)
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
+from kronypt.errors import KronyptError
 from kronypt.kernels import FUSED_ACTIVATIONS, kron_linear_fused
-from kronypt.models.configuration import KronyGPT2Config
+from kronypt.models.configuration import base_config_of, compressed_config_class, is_compressed
+from kronypt.models.families import find_family
 from kronypt.nn import KroneckerLinear
+from kronypt.nn.compressed import is_compressed_layer, layer_from_spec
+
+# The Auto classes a compressed architecture is registered with, and where transformers keeps the base ones.
+AUTO_CLASSES = {"causal_lm": (AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING),
+                "base": (AutoModel, MODEL_MAPPING),
+                "sequence_classification": (AutoModelForSequenceClassification,
+                                            MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)}
 
 
-class KroneckerInitMixin:
-    """`_init_weights` that also initialises KroneckerLinear parameters the checkpoint lacks.
+class CompressedModelMixin:
+    """Builds the base model, then installs the compressed layers its config lists."""
 
-    Hugging Face initialises a nested PreTrainedModel (the `transformer`) with its own `_init_weights`,
-    so both the LM and its inner GPT2Model need this override.
-    """
+    def __init__(self, config: PretrainedConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        install_compressed_layers(self, config)
+        _adopt_body(self)
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Initialise compressed layers the checkpoint lacks; leave a module holding one to its children
+        (GPT-2's scaled c_proj init, for one, reaches for a dense `.weight`)."""
         if isinstance(module, KroneckerLinear):
-            std = math.sqrt(self.config.initializer_range / math.sqrt(module.factors))
+            std = math.sqrt(getattr(self.config, "initializer_range", 0.02) / math.sqrt(module.factors))
             init.normal_(module.A, std=std)
             init.normal_(module.B, std=std)
             if module.scalars is not None:
@@ -45,8 +65,8 @@ class KroneckerInitMixin:
             if module.bias is not None:
                 init.zeros_(module.bias)
             return
-        if isinstance(module, GPT2MLP) and isinstance(module.c_proj, KroneckerLinear):
-            return  # GPT-2's scaled c_proj init is for dense weights; the Kronecker layer is handled above
+        if any(is_compressed_layer(child) for child in module.children()):
+            return
         super()._init_weights(module)
 
 
@@ -57,7 +77,7 @@ class KroneckerGPT2MLP(GPT2MLP):
     and the backward; elsewhere (CPU, other paths, other activations) this is exactly GPT2MLP.
     """
 
-    fused_activation: str | None = None  # set by `adopt_class` from the model config
+    fused_activation: str | None = None  # set from the model config when the MLP is adopted
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         fc = self.c_fc
@@ -70,82 +90,106 @@ class KroneckerGPT2MLP(GPT2MLP):
         return self.dropout(self.c_proj(hidden_states))
 
 
-class KronyGPT2Model(KroneckerInitMixin, GPT2Model):
-    """The inner GPT2Model of a kronypt LM; also what `AutoModel` loads from a kronypt folder (hidden states
-    without the LM head)."""
-
-    config_class = KronyGPT2Config
-
-    def __init__(self, config: KronyGPT2Config) -> None:
-        super().__init__(config)
-        install_kronecker_layers(self, config, prefix="transformer.")
-        _use_kronecker_mlps(self, config)
-
-
-class KronyGPT2LMHeadModel(KroneckerInitMixin, GPT2LMHeadModel):
-    """GPT2LMHeadModel whose listed MLP matrices (config.kronecker["modules"]) are KroneckerLinear."""
-
-    config_class = KronyGPT2Config
-
-    def __init__(self, config: KronyGPT2Config) -> None:
-        super().__init__(config)
-        adopt_class(self, KronyGPT2LMHeadModel)
-        install_kronecker_layers(self, config)
+@functools.cache
+def compressed_classes(base_config: type[PretrainedConfig]) -> dict[str, type[PreTrainedModel]]:
+    """{"causal_lm", "base", "sequence_classification"}: the compressed subclasses of the base architecture's
+    model classes (those it has), registered with the Auto classes."""
+    config_class = compressed_config_class(base_config)
+    if base_config not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise KronyptError(f"{base_config.model_type} has no causal LM class in transformers")
+    classes = {}
+    for role, (auto, mapping) in AUTO_CLASSES.items():
+        if base_config in mapping:
+            base = mapping[base_config]
+            classes[role] = type(f"Krony{base.__name__}", (CompressedModelMixin, base),
+                                 {"config_class": config_class, "__module__": __name__,
+                                  "__doc__": f"{base.__name__} with compressed MLP matrices (kronypt)."})
+            auto.register(config_class, classes[role], exist_ok=True)
+    return classes
 
 
-class KronyGPT2ForSequenceClassification(KroneckerInitMixin, GPT2ForSequenceClassification):
-    """GPT-2's sequence classifier on a kronypt body: `AutoModelForSequenceClassification` on a kronypt
-    folder loads the compressed transformer and a new (randomly initialised) score head."""
-
-    config_class = KronyGPT2Config
-
-    def __init__(self, config: KronyGPT2Config) -> None:
-        super().__init__(config)
-        _adopt_transformer(self.transformer, config)
-        install_kronecker_layers(self, config)
+def meta_model(config: PretrainedConfig) -> PreTrainedModel:
+    """The causal LM a config describes, built on the meta device: its modules and shapes, no memory."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
-def install_kronecker_layers(model: nn.Module, config: KronyGPT2Config, prefix: str = "") -> None:
-    """Replace the dense matrices the config lists by KroneckerLinear layers with fresh factors (a checkpoint's
-    are loaded over them). The config's paths are the LM's ("transformer.h.0.mlp.c_fc"); `prefix` is the part
-    `model` lacks ("transformer." for a bare GPT2Model)."""
-    for path, spec in config.kron_modules.items():
-        path = path.removeprefix(prefix)
-        old = model.get_submodule(path)
-        in_features, out_features = old.weight.shape  # Conv1D stores (in, out)
-        new = KroneckerLinear(in_features, out_features, tuple(spec["a_shape"]), spec["factors"],
-                              scalars=spec["scalars"], bias=old.bias is not None,
+def causal_lm_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The compressed causal LM class for a (plain or compressed) config's architecture."""
+    return compressed_classes(base_config_of(config))["causal_lm"]
+
+
+def install_compressed_layers(model: nn.Module, config: PretrainedConfig) -> None:
+    """Replace the dense matrices the config lists by compressed layers with fresh parameters (a checkpoint's
+    are loaded over them). Paths are the causal LM's; a bare body (`AutoModel`) lacks its prefix."""
+    modules = getattr(config, "compressed_modules", {})
+    if not modules:
+        return
+    prefix = f"{model.base_model_prefix}." if model.base_model is model else ""
+    family = find_family(model, strip=prefix)
+    allowed = set()
+    if family is not None:
+        blocks = len(model.get_submodule(family.blocks.removeprefix(prefix)))
+        allowed = {family.path(i, name) for i in range(blocks) for name in family.matrices}
+    for path, spec in modules.items():
+        if path not in allowed:
+            raise KronyptError(f"config.json's compression lists {path!r}, which is not an MLP matrix of this "
+                               f"{type(model).__name__.removeprefix('Krony')}")
+        local = path.removeprefix(prefix)
+        old = model.get_submodule(local)
+        out_features, in_features = _dense_out_in(old, family)
+        new = layer_from_spec(spec, in_features, out_features, bias=getattr(old, "bias", None) is not None,
                               device=old.weight.device, dtype=old.weight.dtype)
-        new.reset_parameters(config.initializer_range)  # the model's init range, as its dense weights
-        parent, _, name = path.rpartition(".")
+        new.reset_parameters(getattr(config, "initializer_range", 0.02))
+        parent, _, name = local.rpartition(".")
         setattr(model.get_submodule(parent), name, new)
+    _use_fused_mlps(model, config)
 
 
-def adopt_class(model: GPT2LMHeadModel, cls: type[GPT2LMHeadModel]) -> None:
-    """Turn a GPT-2 LM (and its inner GPT2Model) into the kronypt classes without rebuilding it.
+def _dense_out_in(module: nn.Module, family) -> tuple[int, int]:
+    out_features, in_features = family.dense_weight(module).shape
+    return out_features, in_features
 
-    Hugging Face keys per-class state on the class: which outputs (hidden states, attentions) a model can
-    record, and the loss type it derives from the class name. Both are carried over here. The MLPs become
-    `KroneckerGPT2MLP`, which fuses GELU into c_fc when that layer runs on the fused kernels.
+
+def adopt(model: PreTrainedModel, config: PretrainedConfig) -> None:
+    """Turn a causal LM into the compressed class of its architecture in place (no rebuild), with `config`.
+
+    Every submodule that held the old config (the blocks' attention reads its implementation from there) gets
+    the new one. Hugging Face keys per-class state on the class: which outputs a model can record, and the
+    loss type it derives from the class name; both are carried over.
     """
-    model.__class__ = cls
+    old = model.config
+    for module in model.modules():
+        if getattr(module, "config", None) is old:
+            module.config = config
+    model.__class__ = causal_lm_class(config)
     model.loss_type = "ForCausalLM"
-    _adopt_transformer(model.transformer, model.config)
     _record_outputs(model)
+    _adopt_body(model)
+    _use_fused_mlps(model, config)
 
 
-def _adopt_transformer(transformer: GPT2Model, config: KronyGPT2Config) -> None:
-    """A built GPT2Model becomes the kronypt body in place (its class's weight init, fused-GELU MLPs)."""
-    transformer.__class__ = KronyGPT2Model
-    _use_kronecker_mlps(transformer, config)
-    _record_outputs(transformer)
+def _adopt_body(model: PreTrainedModel) -> None:
+    """The inner base model of a compressed LM or classifier becomes the compressed body class too:
+    transformers initialises a nested PreTrainedModel with that model's own `_init_weights`."""
+    body = model.base_model
+    if body is model or not is_compressed(model.config):
+        return
+    body_class = compressed_classes(base_config_of(model.config)).get("base")
+    if body_class is not None and type(body) is not body_class:
+        body.__class__ = body_class
+        _record_outputs(body)
 
 
-def _use_kronecker_mlps(transformer: GPT2Model, config: KronyGPT2Config) -> None:
+def _use_fused_mlps(model: nn.Module, config: PretrainedConfig) -> None:
+    """GPT-2 MLPs whose c_fc is a Kronecker layer fuse GELU into its kernel (CUDA, fused path)."""
+    if not isinstance(config, GPT2Config):
+        return
     activation = config.activation_function
-    for block in transformer.h:
-        block.mlp.__class__ = KroneckerGPT2MLP
-        block.mlp.fused_activation = activation if activation in FUSED_ACTIVATIONS else None
+    for module in model.modules():
+        if isinstance(module, GPT2MLP) and isinstance(module.c_fc, KroneckerLinear):
+            module.__class__ = KroneckerGPT2MLP
+            module.fused_activation = activation if activation in FUSED_ACTIVATIONS else None
 
 
 def _record_outputs(module: nn.Module) -> None:
@@ -157,7 +201,9 @@ def _record_outputs(module: nn.Module) -> None:
     _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
 
 
-AutoConfig.register(KronyGPT2Config.model_type, KronyGPT2Config, exist_ok=True)
-AutoModel.register(KronyGPT2Config, KronyGPT2Model, exist_ok=True)
-AutoModelForCausalLM.register(KronyGPT2Config, KronyGPT2LMHeadModel, exist_ok=True)
-AutoModelForSequenceClassification.register(KronyGPT2Config, KronyGPT2ForSequenceClassification, exist_ok=True)
+# The families' exemplars, made at import so their classes have stable names (`kronypt.KronyGPT2LMHeadModel`).
+KronyGPT2Config = compressed_config_class(GPT2Config)
+KronyGPT2LMHeadModel = compressed_classes(GPT2Config)["causal_lm"]
+KronyGPT2Model = compressed_classes(GPT2Config)["base"]
+KronyLlamaConfig = compressed_config_class(LlamaConfig)
+KronyLlamaForCausalLM = compressed_classes(LlamaConfig)["causal_lm"]
