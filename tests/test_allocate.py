@@ -18,7 +18,7 @@ from test_cli import assert_one_line_error, run
 from kronypt.errors import KronyptError
 from kronypt.math.allocate import allocate_terms, predicted_rel_error
 from kronypt.math.decompose import kronecker_spectrum, van_loan
-from kronypt.models import CompressionConfig, allocate_factors, compress, count_params, load_model
+from kronypt.models import CompressionConfig, allocate_factors, compress_, count_params, load_model
 from tests.conftest import SHARED_DATA, requires_shared, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,32 +83,34 @@ def _structured_model():
 
 def test_allocation_meets_the_budget_and_beats_one_k_everywhere() -> None:
     uniform = _structured_model()
-    uniform_report = compress(uniform, CompressionConfig(a_shape=(64, 16), factors=2), progress=False)
+    uniform_report = compress_(uniform, CompressionConfig(a_shape=(64, 16), factors=2), progress=False)
     budget = uniform_report.params_after
     model = _structured_model()
-    config = allocate_factors(model, CompressionConfig(a_shape=(64, 16)), budget)
-    report = compress(model, config, progress=False)
+    config = allocate_factors(model, CompressionConfig(a_shape=(64, 16), target_params=budget, allocate=True))
+    report = compress_(model, config, progress=False)
     assert report.params_after <= budget == count_params(uniform)
     factors = {m.name: m.factors for m in report.matrices}
     assert factors["transformer.h.0.mlp.c_fc"] == 1  # already one Kronecker product: more terms buy nothing
     assert sum(m.rel_error**2 for m in report.matrices) < sum(m.rel_error**2 for m in uniform_report.matrices)
     spectra = {m.name: m.rel_error for m in report.matrices}
     assert spectra["transformer.h.0.mlp.c_fc"] < 1e-2
-    capped = allocate_factors(_structured_model(), CompressionConfig(a_shape=(64, 16)), budget, max_factors=2)
+    capped = allocate_factors(_structured_model(), CompressionConfig(a_shape=(64, 16), target_params=budget,
+                                                                     allocate=True, factors=2))
     assert max(capped.factors_by_module.values()) <= 2
 
 
 def test_mixed_factor_counts_round_trip_with_exact_logits(tmp_path) -> None:
     model = _structured_model()
     budget = count_params(model) - 2 * 256 * 64 + 7 * (64 * 16 + 4 * 4 + 1)  # 7 terms with scalars in block 0
-    config = allocate_factors(model, CompressionConfig(a_shape=(64, 16), layers=[0], scalars=True), budget)
-    compress(model, config, progress=False)
+    config = allocate_factors(model, CompressionConfig(a_shape=(64, 16), layers=[0], scalars=True,
+                                                    target_params=budget, allocate=True))
+    compress_(model, config, progress=False)
     assert config.factors_by_module == {"transformer.h.0.mlp.c_fc": 1, "transformer.h.0.mlp.c_proj": 6}
     model.save_pretrained(tmp_path / "m")
     loaded = load_model(str(tmp_path / "m"))
     ids = torch.randint(0, 50257, (2, 16))
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
-    assert {p: s["factors"] for p, s in loaded.config.kron_modules.items()} == dict(config.factors_by_module)
+    assert {p: s["factors"] for p, s in loaded.config.compressed_modules.items()} == dict(config.factors_by_module)
 
 
 def test_compress_allocate_cli(capsys, tiny_dir, tmp_path) -> None:
@@ -118,8 +120,11 @@ def test_compress_allocate_cli(capsys, tiny_dir, tmp_path) -> None:
     report = json.loads(out)
     assert report["params_after"] <= 3_300_000 and {m["factors"] for m in report["matrices"]} <= {1, 2, 3}
     for args, message in [
-        (["--a-shape", "64x16", "--allocate"], "--allocate needs --target-params and one of --scheme or --a-shape"),
-        (["--target-params", "3300000", "--allocate"], "--allocate needs --target-params"),
+        (["--a-shape", "64x16", "--allocate"], "--allocate needs one budget (--target-params or --ratio) and one of "
+                                               "--scheme or --a-shape"),
+        (["--target-params", "3300000", "--allocate"], "--allocate needs one budget"),
+        (["--a-shape", "64x16", "--ratio", "0.5", "--target-params", "3300000", "--allocate"], "--allocate needs "
+                                                                                                "one budget"),
         (["--a-shape", "64x16", "--target-params", "10", "--allocate"], "cannot give each of the 4 matrices one"),
         (["--a-shape", "64x16", "--target-params", "3300000", "--allocate", "--init", "prune"],
          "needs init van-loan, not prune"),

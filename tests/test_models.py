@@ -5,9 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import kronypt
-from kronypt import CompressionConfig, KroneckerLinear, KronyGPT2LMHeadModel, compress, count_params, to_dense
+from kronypt import CompressionConfig, KroneckerLinear, KronyGPT2LMHeadModel, compress_, count_params, to_dense
 from kronypt.errors import KronyptError
-from kronypt.plan import plan_row
+from kronypt.models.schemes import config_size, plan_row
 from tests.conftest import tiny_config, tiny_model
 
 IDS = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -21,7 +21,7 @@ def test_conv1d_orientation_with_exact_factors_keeps_the_logits():
     model = tiny_model()
     before = model(IDS).logits
     # B is 4x1 for c_fc (256, 64) and 1x4 for c_proj: 4 terms represent any matrix exactly.
-    compress(model, CompressionConfig(a_shape=(64, 64), factors=4), progress=False)
+    compress_(model, CompressionConfig(a_shape=(64, 64), factors=4), progress=False)
     assert isinstance(model.transformer.h[0].mlp.c_fc, KroneckerLinear)
     assert model.transformer.h[0].mlp.c_proj.shape.a_shape == (64, 64)
     assert rel(model(IDS).logits, before) < 1e-5
@@ -29,9 +29,10 @@ def test_conv1d_orientation_with_exact_factors_keeps_the_logits():
 
 def test_report_and_parameter_count_match_the_plan():
     model = tiny_model()
-    report = compress(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
+    report = compress_(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
     assert report.params_before == 3_324_736
-    assert report.params_after == count_params(model) == plan_row(tiny_config(), (16, 8), 1, True).model_params
+    planned = plan_row(config_size(tiny_config()), (16, 8), 1, True).model_params
+    assert report.params_after == count_params(model) == planned
     assert [m.name for m in report.matrices] == [f"transformer.h.{i}.mlp.{n}" for i in (0, 1)
                                                  for n in ("c_fc", "c_proj")]
     assert all(0 < m.rel_error < 1 for m in report.matrices)
@@ -41,17 +42,18 @@ def test_report_and_parameter_count_match_the_plan():
 def test_gpt2_124m_config_compressed_to_81M_has_exactly_the_planned_size():
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config())
-    report = compress(model, CompressionConfig.from_scheme("81M"), progress=False)
+    report = compress_(model, CompressionConfig.from_scheme("81M"), progress=False)
     assert report.params_before == 124_439_808
     assert count_params(model) == 81_972_576
     compress_more = GPT2LMHeadModel(GPT2Config(n_layer=1))
-    compress(compress_more, CompressionConfig.from_scheme("92M-4", scalars=True, init="random"), progress=False)
-    assert count_params(compress_more) == plan_row(GPT2Config(n_layer=1), (1024, 256), 4, True).model_params
+    compress_(compress_more, CompressionConfig.from_scheme("92M-4", scalars=True, init="random"), progress=False)
+    planned = plan_row(config_size(GPT2Config(n_layer=1)), (1024, 256), 4, True).model_params
+    assert count_params(compress_more) == planned
 
 
 def test_save_and_load_give_identical_logits_and_generate_works(tmp_path):
     model = tiny_model()
-    compress(model, CompressionConfig(a_shape=(16, 8), factors=2, scalars=True), progress=False)
+    compress_(model, CompressionConfig(a_shape=(16, 8), factors=2, scalars=True), progress=False)
     with torch.no_grad():
         model.transformer.h[1].mlp.c_fc.scalars.copy_(torch.tensor([3.0, -1.5]))
     model.save_pretrained(tmp_path)
@@ -68,7 +70,7 @@ def test_save_and_load_give_identical_logits_and_generate_works(tmp_path):
 
 def test_to_dense_is_a_plain_gpt2_with_the_same_logits(tmp_path):
     model = tiny_model()
-    compress(model, CompressionConfig(a_shape=(32, 16), factors=2, scalars=True), progress=False)
+    compress_(model, CompressionConfig(a_shape=(32, 16), factors=2, scalars=True), progress=False)
     dense = to_dense(model)
     assert type(dense) is GPT2LMHeadModel and dense.config.model_type == "gpt2"
     assert rel(dense(IDS).logits, model(IDS).logits) < 1e-5
@@ -80,20 +82,20 @@ def test_to_dense_is_a_plain_gpt2_with_the_same_logits(tmp_path):
 
 def test_chosen_layers_and_modules_only():
     model = tiny_model()
-    compress(model, CompressionConfig(a_shape=(16, 8), layers=[1], modules=["c_fc"]), progress=False)
+    compress_(model, CompressionConfig(a_shape=(16, 8), layers=[1], modules=["c_fc"]), progress=False)
     kinds = {n: type(m).__name__ for n, m in model.named_modules() if n.endswith(("c_fc", "c_proj"))}
     assert kinds["transformer.h.1.mlp.c_fc"] == "KroneckerLinear"
     assert kinds["transformer.h.0.mlp.c_fc"] == kinds["transformer.h.1.mlp.c_proj"] == "Conv1D"
     # A second call compresses more of the same model and keeps the first layers' map.
-    compress(model, CompressionConfig(a_shape=(16, 8), layers=[0]), progress=False)
-    assert set(model.config.kron_modules) == {"transformer.h.1.mlp.c_fc", "transformer.h.0.mlp.c_fc",
+    compress_(model, CompressionConfig(a_shape=(16, 8), layers=[0]), progress=False)
+    assert set(model.config.compressed_modules) == {"transformer.h.1.mlp.c_fc", "transformer.h.0.mlp.c_fc",
                                               "transformer.h.0.mlp.c_proj"}
 
 
 def test_prune_scheme_keeps_even_columns_of_c_fc():
     model = tiny_model()
     w = model.transformer.h[0].mlp.c_fc.weight.detach().T.clone()  # (256, 64)
-    compress(model, CompressionConfig(a_shape=(256, 32), init="prune"), progress=False)
+    compress_(model, CompressionConfig(a_shape=(256, 32), init="prune"), progress=False)
     layer = model.transformer.h[0].mlp.c_fc
     torch.testing.assert_close(layer.A[0], w[:, 0::2])
     for spelling in ("96M-prune", "96m-prune", "96M prune"):  # the scheme's init follows any accepted spelling
@@ -103,22 +105,22 @@ def test_prune_scheme_keeps_even_columns_of_c_fc():
 def test_bad_inputs_are_refused():
     model = tiny_model()
     with pytest.raises(KronyptError, match="does not divide"):
-        compress(model, CompressionConfig(a_shape=(768, 768)), progress=False)
+        compress_(model, CompressionConfig(a_shape=(768, 768)), progress=False)
     with pytest.raises(KronyptError, match="out of range"):
-        compress(model, CompressionConfig(a_shape=(16, 8), layers=[5]), progress=False)
+        compress_(model, CompressionConfig(a_shape=(16, 8), layers=[5]), progress=False)
     with pytest.raises(KronyptError, match="unknown init"):
         CompressionConfig(a_shape=(16, 8), init="svd")
-    with pytest.raises(KronyptError, match="GPT2LMHeadModel"):
-        compress(torch.nn.Linear(2, 2), CompressionConfig(a_shape=(16, 8)))
+    with pytest.raises(KronyptError, match="causal LM"):
+        compress_(torch.nn.Linear(2, 2), CompressionConfig(a_shape=(16, 8)))
     with pytest.raises(KronyptError, match="pair of integers"):
         CompressionConfig(a_shape=64)
     with pytest.raises(KronyptError, match="factors must be an integer"):
         CompressionConfig(a_shape=(16, 8), factors=2.0)
     with pytest.raises(KronyptError, match="got GPT2Model"):
         to_dense(model.transformer)
-    compress(model, CompressionConfig(a_shape=(16, 8)), progress=False)
+    compress_(model, CompressionConfig(a_shape=(16, 8)), progress=False)
     with pytest.raises(KronyptError, match="already compressed"):
-        compress(model, CompressionConfig(a_shape=(16, 8)), progress=False)
+        compress_(model, CompressionConfig(a_shape=(16, 8)), progress=False)
 
 
 def test_modules_may_be_spelled_as_the_cli_does():
@@ -136,21 +138,21 @@ def test_target_params_counts_only_the_matrices_compressed(selection):
     config = tiny_config()
     dense = count_params(GPT2LMHeadModel(config))
     target = dense - 25_000  # two of the four 256 x 64 matrices can save at most 2 x 16,384
-    chosen = CompressionConfig.from_target_params(config, target, **selection)
     model = GPT2LMHeadModel(config)
-    report = compress(model, chosen, progress=False)
+    report = compress_(model, CompressionConfig(target_params=target, **selection), progress=False)
     assert report.params_after <= target
-    everything = CompressionConfig.from_target_params(config, target)
+    everything = compress_(GPT2LMHeadModel(config), CompressionConfig(target_params=target), progress=False)
     if selection:  # fewer matrices must each save more
-        per_matrix = plan_row(config, chosen.a_shape, 1).params_per_matrix
-        assert per_matrix < plan_row(config, everything.a_shape, 1).params_per_matrix
+        size = config_size(config)
+        per_matrix = plan_row(size, report.a_shape, 1).params_per_matrix
+        assert per_matrix < plan_row(size, everything.a_shape, 1).params_per_matrix
 
 
 def test_missing_kronecker_weights_are_initialised_not_garbage(tmp_path):
     from safetensors.torch import load_file, save_file
 
     model = tiny_model()
-    compress(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
+    compress_(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     del state["transformer.h.0.mlp.c_fc.scalars"]
@@ -163,13 +165,14 @@ def test_missing_kronecker_weights_are_initialised_not_garbage(tmp_path):
 def test_top_level_api_is_registered():
     from transformers import AutoConfig
 
-    assert AutoConfig.for_model("kronygpt2").__class__ is kronypt.KronyGPT2Config
+    assert type(AutoConfig.for_model("kronypt", base_model_type="gpt2")) is kronypt.KronyGPT2Config
+    assert type(AutoConfig.for_model("kronypt", base_model_type="llama")) is kronypt.KronyLlamaConfig
 
 
 def test_hidden_states_are_returned_after_compress_and_after_loading(tmp_path):
     model = tiny_model()
     dense_out = model(IDS, output_hidden_states=True)
-    compress(model, CompressionConfig(a_shape=(64, 64), factors=4), progress=False)
+    compress_(model, CompressionConfig(a_shape=(64, 64), factors=4), progress=False)
     out = model(IDS, output_hidden_states=True)
     assert len(out.hidden_states) == len(dense_out.hidden_states) == 3
     assert rel(out.hidden_states[-1], dense_out.hidden_states[-1]) < 1e-5
@@ -188,7 +191,7 @@ def test_compress_in_memory_keeps_the_attention_masks(tmp_path, attn):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).eval()
     sibling = GPT2LMHeadModel(config)
-    compress(model, CompressionConfig(a_shape=(64, 32)), progress=False)
+    compress_(model, CompressionConfig(a_shape=(64, 32)), progress=False)
     assert model.config._attn_implementation == attn and sibling.config.__class__ is GPT2Config
     assert all(block.attn.config is model.config for block in model.transformer.h)
     model.save_pretrained(tmp_path)
@@ -210,14 +213,14 @@ def test_compress_in_memory_keeps_the_attention_masks(tmp_path, attn):
 FUSED_MLP_SCRIPT = r"""
 import torch
 import kronypt.models.modeling as modeling
-from kronypt import CompressionConfig, compress
+from kronypt import CompressionConfig, compress_
 from tests.conftest import tiny_model
 
 calls = []
 fused = modeling.kron_linear_fused
 modeling.kron_linear_fused = lambda *a, **k: calls.append((k.get("activation"), k.get("impl"))) or fused(*a, **k)
 model = tiny_model()  # eval mode: no dropout; gradients still flow
-compress(model, CompressionConfig(a_shape=(64, 64), scalars=True), progress=False)
+compress_(model, CompressionConfig(a_shape=(64, 64), scalars=True), progress=False)
 ids = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
 results = {}
 for path, impl in (("materialised", "auto"), ("fused", "auto"), ("fused", "v3")):
@@ -256,12 +259,12 @@ COMPILED_DECODE_SCRIPT = r"""
 import warnings
 import torch
 import kronypt.nn.kronecker_linear as kl
-from kronypt import CompressionConfig, compress
+from kronypt import CompressionConfig, compress_
 from kronypt.nn import KroneckerLinear
 from tests.conftest import tiny_model
 
 model = tiny_model()
-compress(model, CompressionConfig(a_shape=(64, 64)), progress=False)
+compress_(model, CompressionConfig(a_shape=(64, 64)), progress=False)
 ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
 ref = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)  # plain paths, eager
 for module in model.modules():
@@ -300,7 +303,7 @@ def test_generate_with_static_cache_under_torch_compile_on_the_fused_path():
 
 def test_mlp_is_plain_gpt2_off_the_fused_path():
     model = tiny_model()
-    compress(model, CompressionConfig(a_shape=(64, 64)), progress=False)
+    compress_(model, CompressionConfig(a_shape=(64, 64)), progress=False)
     mlp = model.transformer.h[0].mlp
     assert type(mlp).__name__ == "KroneckerGPT2MLP" and mlp.fused_activation == "gelu_new"
     x = torch.randn(2, 5, 64)
@@ -330,7 +333,7 @@ def test_fresh_kronecker_factors_spread_like_gpt2_weights(tmp_path, factors):
     base = GPT2Config(n_layer=1, n_embd=1024, n_head=4, n_positions=16, vocab_size=256, bos_token_id=255,
                       eos_token_id=255, initializer_range=0.05)
     model = GPT2LMHeadModel(base)
-    compress(model, CompressionConfig(a_shape=(64, 32), factors=factors, init="random"), progress=False)
+    compress_(model, CompressionConfig(a_shape=(64, 32), factors=factors, init="random"), progress=False)
     assert _entry_std(model.transformer.h[0].mlp.c_proj) == pytest.approx(0.05, rel=0.12)  # the model's range
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
@@ -353,7 +356,7 @@ def test_auto_model_and_sequence_classification_load_a_kronypt_folder(tmp_path):
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     model = tiny_model()
-    compress(model, CompressionConfig(a_shape=(64, 32), factors=2, scalars=True), progress=False)
+    compress_(model, CompressionConfig(a_shape=(64, 32), factors=2, scalars=True), progress=False)
     model.save_pretrained(tmp_path / "lm")
     with torch.no_grad():
         expected = model.transformer(IDS).last_hidden_state
@@ -374,15 +377,13 @@ def test_target_params_counts_matrices_compressed_before_as_they_are():
     """A model whose c_fc is already compressed, sized for c_proj only: its c_fc counts as compressed, not
     dense, so a target only reachable that way is met (it was refused), and the pick is the largest that fits."""
     model = tiny_model()
-    compress(model, CompressionConfig(a_shape=(16, 8), modules=("c_fc",)), progress=False)
-    config = model.config
+    compress_(model, CompressionConfig(a_shape=(16, 8), modules=("c_fc",)), progress=False)
     candidates = []
-    for row in kronypt.plan.plan_rows(config):
+    for row in kronypt.models.schemes.plan_rows(config_size(model.config)):
         if row.compresses:
             trial = copy.deepcopy(model)
-            compress(trial, CompressionConfig(a_shape=row.a_shape, modules=("c_proj",)), progress=False)
+            compress_(trial, CompressionConfig(a_shape=row.a_shape, modules=("c_proj",)), progress=False)
             candidates.append((count_params(trial), row.a_shape))
     target = sorted(candidates)[len(candidates) // 2][0] + 1
-    chosen = CompressionConfig.from_target_params(config, target, modules=("c_proj",))
-    compress(model, chosen, progress=False)
+    compress_(model, CompressionConfig(target_params=target, modules=("c_proj",)), progress=False)
     assert count_params(model) == max(p for p, _ in candidates if p <= target)

@@ -1,11 +1,12 @@
-"""kronypt: compress GPT-2-family language models with (sums of scaled) Kronecker products.
+"""kronypt: compress language models (GPT-2, Llama-family) with (sums of scaled) Kronecker products.
 
-Importing kronypt registers `KronyGPT2Config` / `KronyGPT2LMHeadModel` with the transformers Auto classes.
+Importing kronypt registers its configs and compressed model classes with the transformers Auto classes, so a
+saved kronypt folder loads with `AutoModelForCausalLM.from_pretrained`.
 
 >>> import kronypt
->>> cfg = kronypt.CompressionConfig.from_scheme("81M")
->>> cfg.a_shape, cfg.factors
-((768, 768), 1)
+>>> config = kronypt.CompressionConfig(scheme="81M")
+>>> config.scheme, config.factors
+('81M', 1)
 """
 
 from kronypt.errors import KronyptError
@@ -14,9 +15,12 @@ from kronypt.models import (
     CompressionReport,
     KronyGPT2Config,
     KronyGPT2LMHeadModel,
+    KronyLlamaConfig,
+    KronyLlamaForCausalLM,
     allocate_factors,
-    compress,
+    compress_,
     count_params,
+    family_of,
     load_config,
     load_model,
     load_tokenizer,
@@ -31,11 +35,14 @@ __all__ = [
     "CompressionReport",
     "KronyGPT2Config",
     "KronyGPT2LMHeadModel",
+    "KronyLlamaConfig",
+    "KronyLlamaForCausalLM",
     "KroneckerLinear",
     "KronyptError",
     "allocate_factors",
-    "compress",
+    "compress_",
     "count_params",
+    "family_of",
     "load_config",
     "load_model",
     "load_tokenizer",

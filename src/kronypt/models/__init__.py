@@ -1,29 +1,41 @@
-"""GPT-2 model surgery and Hugging Face integration (config, model classes, loading, export)."""
+"""Model families, compression and Hugging Face integration (configs, model classes, loading, export)."""
 
-from kronypt.models.configuration import KronyGPT2Config
-from kronypt.models.loading import copy_tokenizer_files, has_tokenizer, load_config, load_model, load_tokenizer
-from kronypt.models.modeling import KronyGPT2LMHeadModel
-from kronypt.models.surgery import (
-    CompressionConfig,
-    CompressionReport,
-    allocate_factors,
-    compress,
-    count_params,
-    to_dense,
+from kronypt.models.compression import CompressionConfig, allocate_factors, resolve
+from kronypt.models.configuration import KronyptConfig
+from kronypt.models.families import FAMILIES, Family, family_of, mlp_layout
+from kronypt.models.loading import load_config, load_model
+from kronypt.models.modeling import (
+    KronyGPT2Config,
+    KronyGPT2LMHeadModel,
+    KronyGPT2Model,
+    KronyLlamaConfig,
+    KronyLlamaForCausalLM,
 )
+from kronypt.models.surgery import CompressionReport, MatrixReport, compress_, count_params, to_dense
+from kronypt.models.tokenizers import has_tokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
+    "FAMILIES",
     "CompressionConfig",
     "CompressionReport",
+    "Family",
     "KronyGPT2Config",
     "KronyGPT2LMHeadModel",
+    "KronyGPT2Model",
+    "KronyLlamaConfig",
+    "KronyLlamaForCausalLM",
+    "KronyptConfig",
+    "MatrixReport",
     "allocate_factors",
-    "compress",
-    "copy_tokenizer_files",
-    "has_tokenizer",
+    "compress_",
     "count_params",
+    "family_of",
+    "has_tokenizer",
     "load_config",
     "load_model",
     "load_tokenizer",
+    "mlp_layout",
+    "resolve",
+    "save_tokenizer",
     "to_dense",
 ]

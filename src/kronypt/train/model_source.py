@@ -17,7 +17,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from kronypt.errors import KronyptError
 from kronypt.math.shapes import parse_shape
-from kronypt.models import CompressionConfig, allocate_factors, compress, load_model
+from kronypt.models import CompressionConfig, compress_, family_of, load_config, load_model
+from kronypt.models.compression import preflight
 from kronypt.nn import KroneckerLinear
 from kronypt.train.config import TrainArgs, TrainConfig
 
@@ -28,29 +29,24 @@ def build_model(config: TrainConfig) -> PreTrainedModel:
     """The model to train, in float32 on the CPU, from the config's model source."""
     if config.init_from == "scratch":
         return GPT2LMHeadModel(scratch_config(config.model_config))
-    scheme = compression_config(config) if config.init_from == "dense" else None  # bad schemes fail before loading
-    model = load_model(config.model, dtype=torch.float32, gpt2_only=True)
-    if scheme is not None and config.allocate_params is not None:
-        scheme = allocate_factors(model, scheme, config.allocate_params, max_factors=config.factors)
-    if scheme is not None:
-        compress(model, scheme, progress=False)
-    elif not getattr(model.config, "kron_modules", None):
-        raise KronyptError(f"{config.model} is not a kronypt model (no Kronecker layers); "
+    compression = compression_config(config) if config.init_from == "dense" else None
+    if compression is not None:  # bad schemes and unsupported models fail before the weights load
+        preflight(load_config(config.model), compression, config.model)
+    model = load_model(config.model, dtype=torch.float32)
+    if compression is not None:
+        compress_(model, compression, progress=False)
+    elif not getattr(model.config, "compressed_modules", None):
+        raise KronyptError(f"{config.model} is not a kronypt model (no compressed layers); "
                            "use --init-from dense with --scheme to compress it")
     return model
 
 
 def compression_config(config: TrainConfig) -> CompressionConfig:
-    """The CompressionConfig of `--scheme` or `--a-shape`, with `--factors` (unless it caps an allocation),
-    `--init` and `--scalars`."""
-    options: dict = {"scalars": config.scalars}
-    if config.init is not None:
-        options["init"] = config.init
-    if config.factors is not None and config.allocate_params is None:
-        options["factors"] = config.factors
-    if config.scheme is not None:
-        return CompressionConfig.from_scheme(config.scheme, **options)
-    return CompressionConfig(a_shape=parse_shape(config.a_shape), **options)
+    """The CompressionConfig of `--scheme` or `--a-shape`, with `--factors` (which caps k per matrix under
+    `--allocate-params`), `--init` and `--scalars`."""
+    return CompressionConfig(scheme=config.scheme, a_shape=parse_shape(config.a_shape) if config.a_shape else None,
+                             factors=config.factors, init=config.init, scalars=config.scalars,
+                             target_params=config.allocate_params, allocate=config.allocate_params is not None)
 
 
 def scratch_config(path: str | Path) -> GPT2Config:
@@ -69,14 +65,16 @@ def scratch_config(path: str | Path) -> GPT2Config:
 def prepare_for_training(model: PreTrainedModel, args: TrainArgs) -> None:
     """Apply dropout and freezing choices (re-applied after a resume: requires_grad is not saved)."""
     if args.dropout is not None:
-        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
-            setattr(model.config, name, args.dropout)
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout"):
+            if hasattr(model.config, name):
+                setattr(model.config, name, args.dropout)
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.p = args.dropout
     if args.freeze_embeddings:
-        embeddings = model.get_input_embeddings(), model.transformer.wpe
-        for module in embeddings:
+        family = family_of(model)
+        positions = [model.get_submodule(family.positions)] if family.positions else []
+        for module in [model.get_input_embeddings(), *positions]:
             module.weight.requires_grad_(False)  # the tied LM head shares wte's tensor
     if args.freeze_scalars:
         layers = [m for m in model.modules() if isinstance(m, KroneckerLinear) and m.scalars is not None]
