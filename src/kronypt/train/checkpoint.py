@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from kronypt.errors import KronyptError
 from kronypt.files import apply_umask
-from kronypt.models.loading import copy_tokenizer_files
+from kronypt.models.tokenizers import save_tokenizer
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.pt"
@@ -102,7 +102,7 @@ def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: d
         if bars:
             hf_logging.enable_progress_bar()
     if tokenizer_dir is not None:
-        copy_tokenizer_files(tokenizer_dir, tmp / "model")
+        save_tokenizer(tokenizer_dir, tmp / "model")
     torch.save(state, tmp / STATE_FILE)
     files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
     index = {"step": step, "tokens": state.get("tokens"), "val_loss": val_loss, "files": files}

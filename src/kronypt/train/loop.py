@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from kronypt.data.tokens import fingerprint, open_tokens, read_meta, sample_batch, sequential_batches
 from kronypt.errors import KronyptError
 from kronypt.models import load_model
-from kronypt.models.loading import has_tokenizer
+from kronypt.models.tokenizers import has_tokenizer
 from kronypt.train import checkpoint, distributed, parallel, resume
 from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
