@@ -9,7 +9,8 @@ import torch
 from conftest import SHARED_DATA, requires_shared
 
 from kronypt.eval import evaluate
-from kronypt.models.loading import load_model, load_tokenizer
+from kronypt.models.loading import load_model
+from kronypt.models.tokenizers import load_tokenizer
 from tests.test_cli import assert_one_line_error, run
 
 pytestmark = requires_shared

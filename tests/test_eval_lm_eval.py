@@ -14,7 +14,7 @@ from conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared, tiny_model
 
 from kronypt.eval import get_protocol, lm_eval_model, load_texts, run_plan
 from kronypt.eval.detokenize import wikitext_detokenize
-from kronypt.models.loading import load_tokenizer
+from kronypt.models.tokenizers import load_tokenizer
 
 pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402

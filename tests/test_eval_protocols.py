@@ -20,7 +20,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from kronypt.eval import evaluate, load_texts
 from kronypt.eval.detokenize import wikitext_detokenize
-from kronypt.models.loading import load_tokenizer
+from kronypt.models.tokenizers import load_tokenizer
 
 pytestmark = requires_shared
 RTOL = 1e-4

@@ -23,7 +23,7 @@ from kronypt.eval import (
     select_pairs,
 )
 from kronypt.eval.detokenize import wikitext_detokenize
-from kronypt.models.loading import load_tokenizer
+from kronypt.models.tokenizers import load_tokenizer
 
 pytestmark = requires_shared
 VOCAB = 50257
@@ -212,7 +212,7 @@ def test_a_narrow_table_wraps_names_and_numbers_instead_of_cutting_them(tokenize
 def test_kronypt_and_dense_models_share_the_entry_point(tmp_path, tokenizer):
     """A compressed model, its `to_dense` export and folders of both evaluate alike through one code path."""
     model = tiny_model(seed=4, initializer_range=0.2)
-    kronypt.compress(model, kronypt.CompressionConfig(a_shape=(16, 8), init="random"), progress=False)
+    kronypt.compress_(model, kronypt.CompressionConfig(a_shape=(16, 8), init="random"), progress=False)
     dense = kronypt.to_dense(model)
     options = {"tasks": ["lambada"], "protocols": ["lambada-openai"], "data_dir": SHARED_DATA,
                "max_tokens": 500, "progress": False}

@@ -51,6 +51,7 @@ class EvalRecord:
     seconds: float
     dtype: str
     device: str
+    tokenizer: str = ""  # `tokenizer_id`: vocabulary size and digest; perplexities compare only under one
     max_tokens: int | None = None  # set when only the first max_tokens of the task were scored (a quick check)
 
     def to_dict(self) -> dict:
@@ -81,8 +82,11 @@ def comparison_table(records: Sequence[EvalRecord]) -> Table:
     cut = sorted({r.max_tokens for r in records if r.max_tokens is not None})
     if cut:  # not comparable with whole-task numbers
         title += f", first {' / '.join(f'{n:,}' for n in cut)} tokens per task only"
-    table = Table(title=title)
-    for name in ("model", "params", "protocol"):
+    vocabularies = list(dict.fromkeys(r.tokenizer for r in records))
+    mixed = len(vocabularies) > 1
+    table = Table(title=title, caption=("perplexities under different tokenizers do not compare (tokenizer: "
+                                        "vocabulary size:digest)" if mixed else None))
+    for name in ("model", "params", "protocol", *(("tokenizer",) if mixed else ())):
         table.add_column(name, justify="left" if name != "params" else "right")
     for task, split, label in columns:
         table.add_column(f"{task}{'' if len(splits) == 1 else '/' + split} {label}", justify="right")
@@ -92,7 +96,8 @@ def comparison_table(records: Sequence[EvalRecord]) -> Table:
         first = next(iter(cells.values()))
         values = [_format(cells[c]) if c in cells else "-" for c in columns]
         runs = _runs(cells.values())
-        table.add_row(model, f"{first.params:,}", _protocol_cell(protocol, runs), *values,
+        table.add_row(model, f"{first.params:,}", _protocol_cell(protocol, runs),
+                      *((first.tokenizer,) if mixed else ()), *values,
                       f"{sum(r.tokens for r in runs):,}", f"{_throughput(runs):,.0f}")
     for column in table.columns:  # wrap a long cell rather than cut it: a cut name or number misleads
         column.overflow = "fold"

@@ -22,7 +22,9 @@ from kronypt.eval.protocols import PROTOCOLS, Plan, get_protocol
 from kronypt.eval.results import EvalRecord
 from kronypt.eval.scoring import ScoreRun, model_device, score_requests
 from kronypt.models import count_params
-from kronypt.models.loading import load_config, load_model, load_tokenizer, local_model_dir, parse_dtype
+from kronypt.models.loading import load_config, load_model, parse_dtype
+from kronypt.models.sources import local_model_dir
+from kronypt.models.tokenizers import check_tokenizer_fits, load_tokenizer, tokenizer_id
 
 
 def context_length(model: torch.nn.Module) -> int:
@@ -50,13 +52,7 @@ def _check_context(context: int | None, longest: int, name: str) -> None:
 
 def check_vocab(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
     """Refuse a tokenizer that emits ids the model has no logits for."""
-    _check_vocab_size(model.config.vocab_size, tokenizer)
-
-
-def _check_vocab_size(vocab: int, tokenizer: PreTrainedTokenizerBase) -> None:
-    if len(tokenizer) > vocab:
-        raise KronyptError(f"tokenizer has {len(tokenizer):,} tokens but the model's vocabulary has {vocab:,}: "
-                           "they do not belong together (pass the model's own tokenizer)")
+    check_tokenizer_fits(tokenizer, model.config.vocab_size)
 
 
 # The protocol a task runs under when none is named: the Hugging Face guide's for WikiText (the CLI's
@@ -144,7 +140,7 @@ def model_config(name_or_path: str) -> PretrainedConfig:
     """The config of a model to evaluate (hub id or local folder, any architecture: evaluation runs any
     causal LM), read before any model is loaded, so that a mistyped folder, an unreadable config.json or an
     unreachable hub id fails before the first evaluation."""
-    return load_config(name_or_path, gpt2_only=False)
+    return load_config(name_or_path)
 
 
 def check_causal(model: torch.nn.Module, name: str = "the model") -> None:
@@ -247,6 +243,7 @@ def evaluate(
     check_causal(model, name)
     params = count_params(model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.") if params else "float32"
+    vocabulary = tokenizer_id(tokenizer)
     records = []
     for task, protocol in pairs:
         window = context or PROTOCOLS[protocol].context_for(longest)
@@ -257,7 +254,8 @@ def evaluate(
                 model=name, params=params, task=task, split=split, protocol=protocol, metric=metric, value=value,
                 tokens=plan.scored_tokens, examples=plan.examples, context_length=window, stride=plan.stride,
                 tokens_per_s=run.input_tokens / run.seconds if run.seconds > 0 else float("nan"),
-                seconds=run.seconds, dtype=dtype, device=str(model_device(model)), max_tokens=max_tokens))
+                seconds=run.seconds, dtype=dtype, device=str(model_device(model)), tokenizer=vocabulary,
+                max_tokens=max_tokens))
     short = sorted({p for _, p in pairs if context is None and (PROTOCOLS[p].window or 0) > longest})
     if short:  # said with the numbers it concerns (and not before an error that leaves none)
         _report(f"{name}: its context is {longest} tokens, so {' and '.join(short)} "
@@ -299,7 +297,7 @@ def evaluate_models(
     for name in names:
         vocab = getattr(configs[name], "vocab_size", None)
         if isinstance(vocab, int):
-            _check_vocab_size(vocab, tokenizers[name])
+            check_tokenizer_fits(tokenizers[name], vocab)
         longest = config_context_length(configs[name])
         if longest is not None:
             _check_context(options.get("context"), longest, name)
