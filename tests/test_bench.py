@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kronypt import CompressionConfig, KronyptError, compress, count_params
+from kronypt import CompressionConfig, KronyptError, compress_, count_params
 from kronypt.bench import BenchSettings, _alternate, bench_pair, dense_counterpart, steps_per_run
 from tests.conftest import tiny_model
 
 
 def tiny_kron():
     model = tiny_model(vocab_size=512, n_positions=64)
-    compress(model, CompressionConfig(a_shape=(16, 8), factors=2), progress=False)
+    compress_(model, CompressionConfig(a_shape=(16, 8), factors=2), progress=False)
     return model.eval()
 
 
@@ -24,9 +24,9 @@ def test_measures_alternate_and_take_medians():
         return lambda: calls.append(name) or next(values[name])
 
     ticks = []
-    medians = _alternate([measure("A"), measure("B")], BenchSettings(repeats=3, warmup=1), lambda: ticks.append(1))
+    samples = _alternate([measure("A"), measure("B")], BenchSettings(repeats=3, warmup=1), lambda: ticks.append(1))
     assert calls == ["A", "B", "A", "B", "B", "A", "A", "B"]  # warm-up, then A B / B A / A B
-    assert medians == [2.0, 20.0]  # the warm-up values (9.0) are not counted
+    assert samples == [[1.0, 2.0, 3.0], [10.0, 30.0, 20.0]]  # the warm-up values (9.0) are not counted
     assert len(ticks) == len(calls)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers.utils import logging
 
-from kronypt import CompressionConfig, compress, count_params, load_model, to_dense
+from kronypt import CompressionConfig, compress_, count_params, load_model, to_dense
 from tests.conftest import tiny_model
 from tests.test_cli import assert_one_line_error, run
 
@@ -26,7 +26,7 @@ def folders(tmp_path_factory):
     logging.disable_progress_bar()  # save_pretrained's bars would land on stderr
     model = tiny_model(vocab_size=512, n_positions=64)
     model.save_pretrained(root / "dense")
-    compress(model, CompressionConfig(a_shape=(16, 8), factors=2), progress=False)
+    compress_(model, CompressionConfig(a_shape=(16, 8), factors=2), progress=False)
     model.save_pretrained(root / "kron")
     if was_enabled:
         logging.enable_progress_bar()

@@ -18,6 +18,7 @@ a 1-token generate from an N-token one measures the same thing as a difference o
 from __future__ import annotations
 
 import inspect
+import os
 import platform
 import statistics
 import time
@@ -28,7 +29,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from kronypt.errors import KronyptError
-from kronypt.models import KronyGPT2Config, count_params, to_dense
+from kronypt.models import count_params, to_dense
 from kronypt.train.distill import lm_loss
 
 Measure = Callable[[], float]  # one timed call; returns the seconds of the part it measures
@@ -74,7 +75,7 @@ def context_length(config) -> int | None:
 
 def kronecker_layers(config) -> int:
     """How many matrices of a model are Kronecker layers (0 for a plain model)."""
-    return len(config.kron_modules) if isinstance(config, KronyGPT2Config) else 0
+    return len(getattr(config, "compressed_modules", {}))
 
 
 def require_kronecker(config, name: str) -> None:
@@ -106,21 +107,78 @@ def bench_pair(model: PreTrainedModel, against: PreTrainedModel, settings: Bench
     ids = torch.randint(vocab, (settings.batch, settings.prompt_tokens), generator=generator).to(device)
     tick = on_step or (lambda: None)
     pair = (model.eval(), against.eval())
-    prefill = _alternate([_prefill(m, ids) for m in pair], settings, tick)
-    decode = _alternate([_decode(m, ids, settings.new_tokens) for m in pair], settings, tick)
-    results = [{"params": count_params(m), "kronecker_layers": kronecker_layers(m.config),
-                "prefill_tokens_per_s": ids.numel() / p, "decode_ms_per_token": d * 1e3,
-                "decode_tokens_per_s": settings.batch / d} for m, p, d in zip(pair, prefill, decode, strict=True)]
+    competition = CpuCompetition(device)
+    rounds = {"prefill_tokens_per_s": _alternate([_prefill(m, ids) for m in pair], settings, tick),
+              "decode_tokens_per_s": _alternate([_decode(m, ids, settings.new_tokens) for m in pair], settings, tick)}
     if settings.train:
-        train = _alternate([_train_step(m, ids) for m in pair], settings, tick)
-        for row, seconds in zip(results, train, strict=True):
-            row["train_tokens_per_s"] = ids.numel() / seconds
+        rounds["train_tokens_per_s"] = _alternate([_train_step(m, ids) for m in pair], settings, tick)
         for m in pair:
             m.eval()
-    rates = [k for k in results[0] if k.endswith("tokens_per_s")]
-    ratios = {k: results[0][k] / results[1][k] for k in ("params", *rates)}
-    return {"model": results[0], "against": results[1], "ratios": ratios, "settings": asdict(settings),
-            "decode_method": DECODE_METHOD, "environment": environment(device, model)}
+    others = competition.others()
+    work = {"prefill_tokens_per_s": ids.numel(), "decode_tokens_per_s": settings.batch,
+            "train_tokens_per_s": ids.numel()}
+    results = [{"params": count_params(m), "kronecker_layers": kronecker_layers(m.config)} for m in pair]
+    for key, samples in rounds.items():
+        for row, seconds in zip(results, samples, strict=True):
+            row[key] = work[key] / statistics.median(seconds)
+    for row, seconds in zip(results, rounds["decode_tokens_per_s"], strict=True):
+        row["decode_ms_per_token"] = statistics.median(seconds) * 1e3
+    ratios = {k: results[0][k] / results[1][k] for k in ("params", *rounds)}
+    spread = {key: round_ratios(samples) for key, samples in rounds.items()}
+    return {"model": results[0], "against": results[1], "ratios": ratios, "spread": spread,
+            "cpu_taken_by_others": others, "warnings": noise_warnings(spread, others),
+            "settings": asdict(settings), "decode_method": DECODE_METHOD, "environment": environment(device, model)}
+
+
+NOISY_SPREAD = 0.15  # (max - min) / median of the per-round ratios above which a ratio is not to be trusted
+BUSY_OTHERS = 0.10  # share of the machine's CPU time other processes may take while timing
+
+
+def round_ratios(samples: list[list[float]]) -> dict[str, float]:
+    """The ratio (model / against, as rates: > 1 = faster) of each round's paired timings: its median, lowest,
+    highest and relative spread ((max - min) / median)."""
+    ratios = sorted(b / a for a, b in zip(*samples, strict=True))
+    median = statistics.median(ratios)
+    return {"median": median, "min": ratios[0], "max": ratios[-1], "rel_spread": (ratios[-1] - ratios[0]) / median}
+
+
+def noise_warnings(spread: dict[str, dict[str, float]], others: float | None) -> list[str]:
+    """Why the ratios may not be trusted: rounds that disagree, or other processes on the cores."""
+    notes = [f"{key.removesuffix('_tokens_per_s')} ratios of the rounds range from {s['min']:.2f} to {s['max']:.2f} "
+             f"({s['rel_spread']:.0%} of their median): too noisy to trust; rerun with more --repeats on an idle "
+             "machine" for key, s in spread.items() if s["rel_spread"] > NOISY_SPREAD]
+    if others is not None and others > BUSY_OTHERS:
+        notes.append(f"other processes used {others:.0%} of the CPU time while timing: the ratios may be far off "
+                     "what an idle machine gives; rerun when nothing else runs")
+    return notes
+
+
+class CpuCompetition:
+    """How much of the machine's CPU time other processes take between construction and `others()` (Linux's
+    /proc/stat less this process's own time); None where that cannot be read, or when timing a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.start = _cpu_clock() if device.type == "cpu" else None
+
+    def others(self) -> float | None:
+        end = _cpu_clock()
+        if self.start is None or end is None:
+            return None
+        (busy0, own0, wall0), (busy1, own1, wall1) = self.start, end
+        capacity = (wall1 - wall0) * (os.cpu_count() or 1)
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / capacity if capacity > 0 else None
+
+
+def _cpu_clock() -> tuple[float, float, float] | None:
+    """(busy seconds of all CPUs, this process's CPU seconds, wall seconds), or None without /proc/stat."""
+    try:
+        fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    times = os.times()
+    return (sum(fields[:8]) - idle) / ticks, times.user + times.system, time.perf_counter()
 
 
 def steps_per_run(settings: BenchSettings) -> int:
@@ -143,9 +201,9 @@ def environment(device: torch.device, model: PreTrainedModel) -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
-def _alternate(measures: list[Measure], settings: BenchSettings, tick: Callable[[], None]) -> list[float]:
-    """Median seconds of each measure over `settings.repeats` rounds, A then B in even rounds and B then A
-    in odd ones (so neither model always runs first), after `settings.warmup` uncounted rounds."""
+def _alternate(measures: list[Measure], settings: BenchSettings, tick: Callable[[], None]) -> list[list[float]]:
+    """Seconds of each measure in each of `settings.repeats` rounds, A then B in even rounds and B then A in
+    odd ones (so neither model always runs first), after `settings.warmup` uncounted rounds."""
     for _ in range(settings.warmup):
         for measure in measures:
             measure()
@@ -156,7 +214,7 @@ def _alternate(measures: list[Measure], settings: BenchSettings, tick: Callable[
         for i in order:
             samples[i].append(measures[i]())
             tick()
-    return [statistics.median(s) for s in samples]
+    return samples
 
 
 def _sync(device: torch.device) -> None:

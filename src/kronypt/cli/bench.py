@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from kronypt.bench import (
+    NOISY_SPREAD,
     BenchSettings,
     bench_pair,
     context_length,
@@ -75,16 +77,16 @@ def bench(
     torch_dtype = parse_dtype(run_dtype(dtype, target))
     check_json_file(json_path)
     vs_dense = against == DENSE
-    configs = [load_config(model, gpt2_only=vs_dense)]
+    configs = [load_config(model)]
     if vs_dense:
         require_kronecker(configs[0], model)
     else:
-        configs.append(load_config(against, gpt2_only=False))
+        configs.append(load_config(against))
     settings.check(min((c for c in map(context_length, configs) if c), default=None))
 
     torch.manual_seed(seed)  # dropout in the training step
     if vs_dense:  # the dense weights are summed in float32, then both models are cast alike
-        lm = load_model(model, dtype="float32", gpt2_only=True)
+        lm = load_model(model, dtype="float32")
         other = dense_counterpart(lm, model)
         lm, other = lm.to(target, torch_dtype), other.to(target, torch_dtype)
         ids = torch.randint(lm.config.vocab_size, (1, prompt_tokens), device=target)
@@ -99,6 +101,8 @@ def bench(
     payload["against"] = {"name": f"{DENSE} (to_dense)" if vs_dense else against, **payload["against"]}
     if vs_dense:
         payload["logits_max_abs_diff"] = logit_diff
+    for note in payload["warnings"]:
+        sys.stderr.write(f"kronypt: warning: {note}\n")
     if json_path is not None and str(json_path) == "-":
         print_json(payload)
         return
@@ -112,18 +116,18 @@ def bench(
 def _table(payload: dict) -> Table:
     a, b, ratios = payload["model"], payload["against"], payload["ratios"]
     table = Table(title=f"{a['name']} against {b['name']}")
-    for header in ("measure", "model", "against", "ratio"):
+    for header in ("measure", "model", "against", "ratio", "rounds' ratios"):
         table.add_column(header, justify="left" if header == "measure" else "right")
-    table.add_row("parameters", f"{a['params']:,}", f"{b['params']:,}", f"{ratios['params']:.3f}")
-    table.add_row("Kronecker layers", str(a["kronecker_layers"]), str(b["kronecker_layers"]), "")
+    table.add_row("parameters", f"{a['params']:,}", f"{b['params']:,}", f"{ratios['params']:.3f}", "")
+    table.add_row("compressed layers", str(a["kronecker_layers"]), str(b["kronecker_layers"]), "", "")
     table.add_row("prefill tokens/s", *_rates(payload, "prefill_tokens_per_s"))
     table.add_row("decode tokens/s (ms/token)",
                   *(f"{_rate(row['decode_tokens_per_s'])} ({row['decode_ms_per_token']:.2f} ms)" for row in (a, b)),
-                  f"{ratios['decode_tokens_per_s']:.3f}")
+                  f"{ratios['decode_tokens_per_s']:.3f}", _spread(payload, "decode_tokens_per_s"))
     if "train_tokens_per_s" in ratios:
         table.add_row("train step tokens/s", *_rates(payload, "train_tokens_per_s"))
     if "logits_max_abs_diff" in payload:
-        table.add_row("max |logit difference|", "", "", f"{payload['logits_max_abs_diff']:.2e}")
+        table.add_row("max |logit difference|", "", "", f"{payload['logits_max_abs_diff']:.2e}", "")
     return table
 
 
@@ -131,12 +135,21 @@ def _settings_line(payload: dict) -> str:
     s, env = payload["settings"], payload["environment"]
     return (f"{env['device']} ({env['device_name']}, {env['threads']} threads), {env['dtype']}; batch {s['batch']}, "
             f"{s['prompt_tokens']} prompt + {s['new_tokens']} new tokens; median of {s['repeats']} rounds after "
-            f"{s['warmup']} warm-up.\nratio = model / against: > 1 is faster (parameters: < 1 is smaller). Decode "
-            "per token excludes the prefill: first to last new token inside one generate call.")
+            f"{s['warmup']} warm-up.\nratio = model / against: > 1 is faster (parameters: < 1 is smaller); the "
+            "last column gives the lowest and highest ratio of the rounds. Decode per token excludes the prefill: "
+            "first to last new token inside one generate call.")
 
 
-def _rates(payload: dict, key: str) -> tuple[str, str, str]:
-    return _rate(payload["model"][key]), _rate(payload["against"][key]), f"{payload['ratios'][key]:.3f}"
+def _rates(payload: dict, key: str) -> tuple[str, str, str, str]:
+    return (_rate(payload["model"][key]), _rate(payload["against"][key]), f"{payload['ratios'][key]:.3f}",
+            _spread(payload, key))
+
+
+def _spread(payload: dict, key: str) -> str:
+    """The lowest and highest ratio of the rounds, flagged when they disagree too much to trust the median."""
+    s = payload["spread"][key]
+    text = f"{s['min']:.2f}-{s['max']:.2f}"
+    return f"[red]{text} (noisy)[/red]" if s["rel_spread"] > NOISY_SPREAD else text
 
 
 def _rate(value: float) -> str:
