@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_json  # noqa: E402
 
-from kronypt import CompressionConfig, allocate_factors, compress, load_model, load_tokenizer  # noqa: E402
+from kronypt import CompressionConfig, allocate_factors, compress_, load_model, load_tokenizer  # noqa: E402
 from kronypt.eval import evaluate  # noqa: E402
 from kronypt.math.shapes import parse_shape  # noqa: E402
 
@@ -73,10 +73,11 @@ def main() -> None:
         a_shape = parse_shape(shape)
         for k in map(int, args.factors.split(",")):
             uniform = copy.deepcopy(dense)
-            uniform_report = compress(uniform, CompressionConfig(a_shape=a_shape, factors=k), progress=False)
+            uniform_report = compress_(uniform, CompressionConfig(a_shape=a_shape, factors=k), progress=False)
             mixed = copy.deepcopy(dense)
-            config = allocate_factors(mixed, CompressionConfig(a_shape=a_shape), uniform_report.params_after)
-            mixed_report = compress(mixed, config, progress=False)
+            budget = uniform_report.params_after
+            config = allocate_factors(mixed, CompressionConfig(a_shape=a_shape, target_params=budget, allocate=True))
+            mixed_report = compress_(mixed, config, progress=False)
             row = {"a_shape": list(a_shape), "factors": k,
                    "uniform": summary(uniform_report, perplexity(uniform, tokenizer, args)),
                    "allocated": summary(mixed_report, perplexity(mixed, tokenizer, args))}

@@ -37,12 +37,12 @@ from transformers.pytorch_utils import Conv1D
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_json  # noqa: E402
 
-from kronypt import CompressionConfig, compress  # noqa: E402
+from kronypt import CompressionConfig, compress_  # noqa: E402
 from kronypt.errors import KronyptError  # noqa: E402
 from kronypt.math.decompose import prune_init, rearrange, relative_error, van_loan  # noqa: E402
 from kronypt.math.shapes import kron_shape  # noqa: E402
 from kronypt.models.loading import load_model  # noqa: E402
-from kronypt.plan import SCHEME_INITS, SCHEMES  # noqa: E402
+from kronypt.models.schemes import SCHEME_INITS, SCHEMES  # noqa: E402
 
 QUICK_SCHEMES = ("81M", "96M-prune")
 AGREEMENT = 1e-9  # |relative error of kronypt - of the full SVD|: both are the exact optimum
@@ -152,7 +152,7 @@ def main() -> None:
         for name in names:
             target = copy.deepcopy(model)
             t0 = time.perf_counter()
-            report = compress(target, CompressionConfig.from_scheme(name), progress=False)
+            report = compress_(target, CompressionConfig.from_scheme(name), progress=False)
             seconds = time.perf_counter() - t0
             models.append({"scheme": name, "seconds": seconds, "matrices": len(report.matrices),
                            "params_after": report.params_after, "mean_rel_error": report.mean_rel_error})

@@ -5,7 +5,7 @@ weights: speed does not depend on the weights):
 
 - `plain-hf`: the Hugging Face guide's loop, one window at a time, `model(input_ids, labels=...)`.
 - `dense`: kronypt's evaluator (`kronypt.eval.run_plan`: batched windows, inference mode) on the dense model.
-- `kronypt-81M`: the same evaluator on the model compressed with `compress(..., from_scheme("81M"))`.
+- `kronypt-81M`: the same evaluator on the model compressed with `compress_(..., from_scheme("81M"))`.
 
 Ratios (tokens/s): kronypt-81M / dense (target >= 1.25) and dense / plain-hf (target >= 0.9: batching must not
 make the evaluator slower than the plain loop). Each measurement is the best of `--repeats` interleaved
@@ -33,11 +33,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_json  # noqa: E402
 
-from kronypt import CompressionConfig, compress  # noqa: E402
+from kronypt import CompressionConfig, compress_  # noqa: E402
 from kronypt.eval import plan_eval, run_plan  # noqa: E402
 from kronypt.eval.protocols import Plan  # noqa: E402
 from kronypt.eval.scoring import auto_batch_size  # noqa: E402
-from kronypt.models.loading import load_tokenizer  # noqa: E402
+from kronypt.models.tokenizers import load_tokenizer  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -76,7 +76,7 @@ def main() -> None:
     torch.manual_seed(0)
     dense = GPT2LMHeadModel(GPT2Config()).eval()
     krony = copy.deepcopy(dense)
-    compress(krony, CompressionConfig.from_scheme("81M", init="random"), progress=False)
+    compress_(krony, CompressionConfig.from_scheme("81M", init="random"), progress=False)
     krony.eval()
     tokenizer = load_tokenizer(str(args.data_dir / "gpt2-tokenizer"))
     context = dense.config.n_positions

@@ -40,7 +40,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_json  # noqa: E402
 
-from kronypt import CompressionConfig, KroneckerLinear, compress  # noqa: E402
+from kronypt import CompressionConfig, KroneckerLinear, compress_  # noqa: E402
 from kronypt.kernels import fused_available, kron_linear_fused, predict  # noqa: E402
 from kronypt.math.decompose import kron_reconstruct  # noqa: E402
 from kronypt.math.shapes import kron_shape  # noqa: E402
@@ -321,7 +321,7 @@ def _model_variants(dry: bool, device: torch.device) -> dict:
 
     def kron() -> GPT2LMHeadModel:
         model = dense()
-        compress(model, copy.deepcopy(scheme), progress=False)
+        compress_(model, copy.deepcopy(scheme), progress=False)
         return model.to(device)
 
     def kron_v2() -> GPT2LMHeadModel:

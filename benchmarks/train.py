@@ -28,7 +28,7 @@ from transformers.pytorch_utils import Conv1D
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, sync, write_json  # noqa: E402
 
-from kronypt import CompressionConfig, KroneckerLinear, compress, count_params  # noqa: E402
+from kronypt import CompressionConfig, KroneckerLinear, compress_, count_params  # noqa: E402
 from kronypt.train.config import OptimArgs  # noqa: E402
 from kronypt.train.distill import lm_loss  # noqa: E402
 from kronypt.train.optim import build_optimizer  # noqa: E402
@@ -85,7 +85,7 @@ def build(kind: str, device: torch.device, compile_model: bool) -> GPT2LMHeadMod
                         attn_pdrop=0.0)  # GPT-2 124M without dropout, as the recipes train
     model = GPT2LMHeadModel(config)
     if kind == "81M":
-        compress(model, CompressionConfig.from_scheme("81M", init="random"), progress=False)
+        compress_(model, CompressionConfig.from_scheme("81M", init="random"), progress=False)
     model.to(device).train()
     if compile_model:
         model.compile()

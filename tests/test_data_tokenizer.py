@@ -13,7 +13,7 @@ import tiktoken
 
 from kronypt.data.tokenizer import encode_documents, encoding_from_files, load_encoding
 from kronypt.errors import KronyptError
-from kronypt.models.loading import load_tokenizer
+from kronypt.models.tokenizers import load_tokenizer
 from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared
 
 pytestmark = requires_shared

@@ -98,14 +98,15 @@ def test_allocate_params_compresses_on_the_fly_with_a_k_per_matrix(tmp_path: Pat
     dense = GPT2LMHeadModel(tiny_gpt2())
     dense.save_pretrained(tmp_path / "dense")
     budget = count_params(dense) - 4 * 128 * 32 + 10 * (16 * 8 + 8 * 4)  # 10 terms for the 4 matrices
-    expected = allocate_factors(dense, CompressionConfig(a_shape=(16, 8)), budget, max_factors=3).factors_by_module
+    expected = allocate_factors(dense, CompressionConfig(a_shape=(16, 8), target_params=budget, allocate=True,
+                                                  factors=3)).factors_by_module
     settings = scratch_settings(tmp_path, init_from="dense", model=str(tmp_path / "dense"), model_config=None,
                                 a_shape="16x8", allocate_params=budget, factors=3, max_steps=2, eval_every=0)
     code, out, err = run_train_cli([*cli_args(settings), "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["step"] == 2
     trained = load_model(str(tmp_path / "run" / "latest" / "model"))
-    assert {p: s["factors"] for p, s in trained.config.kron_modules.items()} == expected
+    assert {p: s["factors"] for p, s in trained.config.compressed_modules.items()} == expected
     assert sum(expected.values()) == 10 and max(expected.values()) <= 3 and count_params(trained) <= budget
 
     settings["init_from"], settings["model"] = "kronypt", str(tmp_path / "run" / "latest" / "model")

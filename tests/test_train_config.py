@@ -11,7 +11,7 @@ from test_train_support import tiny_gpt2
 from transformers import GPT2LMHeadModel
 
 from kronypt.errors import KronyptError
-from kronypt.models import CompressionConfig, compress
+from kronypt.models import CompressionConfig, compress_
 from kronypt.train import TrainConfig
 from kronypt.train.config import OptimArgs
 from kronypt.train.loop import accumulation_steps
@@ -149,7 +149,7 @@ def test_scheduler_state_resumes_the_same_lrs() -> None:
 
 def test_param_groups_exempt_biases_norms_embeddings_and_scalars() -> None:
     model = GPT2LMHeadModel(tiny_gpt2())
-    compress(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
+    compress_(model, CompressionConfig(a_shape=(16, 8), scalars=True), progress=False)
     decay, no_decay = param_groups(model, OptimArgs(weight_decay=0.1))
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = sorted(names[id(p)] for p in decay["params"])
