@@ -292,7 +292,8 @@ def test_generate_with_static_cache_under_torch_compile_on_the_fused_path():
 
     pytest.importorskip("triton")
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(repo)}
+    path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))  # tests/ and the source
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", COMPILED_DECODE_SCRIPT], env=env, cwd=repo,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
