@@ -42,8 +42,8 @@ class KroneckerLinear(nn.Module):
 
     `path` picks how the product is computed ("auto": by the cost model, and on CUDA the fused kernels
     where they were measured to win); `fused_impl` picks which fused kernels run when the path is
-    "fused" (see `kronypt.kernels.ops`: "auto", or "triton", "v2", "v3" to force one version for
-    comparisons). Neither is saved with the model.
+    "fused" ("auto", or "general" to force the kernels that take any shape, for comparisons; see
+    `kronypt.kernels.dispatch`). Neither is saved with the model.
     """
 
     def __init__(
