@@ -31,6 +31,7 @@ pytest.importorskip("triton")
 
 from kronypt.errors import KronyptError  # noqa: E402
 from kronypt.kernels import fused_available, fused_wins  # noqa: E402
+from kronypt.math.decompose import kron_reconstruct  # noqa: E402
 from kronypt.math.shapes import KronShape, kron_shape  # noqa: E402
 from kronypt.nn.functional import kron_linear_materialised  # noqa: E402
 from tests.conftest import benchmark_module  # noqa: E402
@@ -304,13 +305,53 @@ def check_sweeps() -> dict[str, float]:
     return errors
 
 
+def check_layer_activations() -> dict[str, float]:
+    """`KroneckerLinear(..., activation=...)` on the fused path against dense F.linear + the activation
+    (float32, values and gradients): GPT-2's tanh GELU inside the kernel, other activations after it."""
+    import kronypt.nn.kronecker_linear as kl
+    from kronypt.nn import KroneckerLinear
+
+    dense = {"gelu_new": functools.partial(F.gelu, approximate="tanh"), "relu": F.relu, "gelu": F.gelu}
+    asked: list[str | None] = []
+    fused = kl.kron_linear_fused
+    kl.kron_linear_fused = lambda *a, **k: asked.append(k.get("activation")) or fused(*a, **k)
+    errors = {}
+    try:
+        for (in_f, out_f, a_shape), impl in (((40, 96, (24, 40)), "auto"), ((96, 40, (40, 24)), "auto"),
+                                             ((40, 96, (24, 40)), "general")):
+            torch.manual_seed(3)
+            layer = KroneckerLinear(in_f, out_f, a_shape, scalars=True)
+            torch.nn.init.normal_(layer.bias)
+            layer.path, layer.fused_impl = "fused", impl
+            for activation, act in dense.items():
+                x = torch.randn(2, 17, in_f, requires_grad=True)
+                y = layer(x, activation=activation)
+                x64 = x.detach().double().requires_grad_()
+                params = {n: t.detach().double().requires_grad_() for n, t in layer.named_parameters()}
+                W = kron_reconstruct(params["A"], params["B"], params["scalars"])
+                ref = act(F.linear(x64, W, params["bias"]))
+                grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+                layer.zero_grad()
+                y.backward(grad.float())
+                ref.backward(grad)
+                name = f"{out_f}x{in_f}-{impl}-{activation}"
+                errors[name] = max(_relative(y, ref.detach()), _relative(x.grad, x64.grad),
+                                   *(_relative(t.grad, params[n].grad) for n, t in layer.named_parameters()))
+    finally:
+        kl.kron_linear_fused = fused
+    # in the kernel for GPT-2's GELU, after it (the kernel asked for none) for the others
+    errors["kernel_activations_wrong"] = float(asked != [a if a == "gelu_new" else None for a in dense] * 3)
+    return errors
+
+
 def _worker() -> None:
     for case in CASES:
         try:
             print(json.dumps({"case": case.name, "errors": check_case(case)}), flush=True)
         except Exception:  # report and go on: one failing case must not hide the others
             print(json.dumps({"case": case.name, "failure": traceback.format_exc()}), flush=True)
-    for name, check in (("interfaces", check_interfaces), ("sweeps", check_sweeps)):
+    for name, check in (("interfaces", check_interfaces), ("sweeps", check_sweeps),
+                        ("layer_activations", check_layer_activations)):
         try:
             print(json.dumps({"case": name, "errors": check()}), flush=True)
         except Exception:
@@ -389,6 +430,15 @@ def test_sweep_candidates_match_reference(interpreted: dict) -> None:
     _assert_within(row, TOLERANCE["float32"])
     forward = sum(map(len, candidates.FORWARD.values())) + 3 * len(candidates.FORWARD)  # + SPLIT 2, 3, 4
     assert len(row["errors"]) == forward + 2 * len(candidates.REDUCE)  # reduce: k = 2 with GELU, and k = 1
+
+
+def test_layer_applies_the_activation_in_the_kernel_or_after_it(interpreted: dict) -> None:
+    """On the fused path `KroneckerLinear.forward(x, activation)` is dense F.linear + the activation, with
+    GPT-2's tanh GELU applied by the kernel and the others by the layer."""
+    row = _row(interpreted, "layer_activations")
+    assert row["errors"].pop("kernel_activations_wrong") == 0.0
+    assert len(row["errors"]) == 9
+    _assert_within(row, TOLERANCE["float32"])
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(),

@@ -209,13 +209,13 @@ def test_compress_in_memory_keeps_the_attention_masks(tmp_path, attn):
 
 FUSED_MLP_SCRIPT = r"""
 import torch
-import kronypt.models.modeling as modeling
+import kronypt.nn.kronecker_linear as kl
 from kronypt import CompressionConfig, compress
 from tests.conftest import tiny_model
 
 calls = []
-fused = modeling.kron_linear_fused
-modeling.kron_linear_fused = lambda *a, **k: calls.append((k.get("activation"), k.get("impl"))) or fused(*a, **k)
+fused = kl.kron_linear_fused
+kl.kron_linear_fused = lambda *a, **k: calls.append((k.get("activation"), k.get("impl"))) or fused(*a, **k)
 model = tiny_model()  # eval mode: no dropout; gradients still flow
 compress(model, CompressionConfig(a_shape=(64, 64), scalars=True), progress=False)
 ids = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
