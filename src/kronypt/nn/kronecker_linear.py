@@ -104,7 +104,7 @@ class KroneckerLinear(nn.Module):
 
     @property
     def fused_impl(self) -> str:
-        return getattr(self, "_fused_impl", "auto")  # "auto" for a module pickled before this attribute
+        return self._fused_impl
 
     @fused_impl.setter
     def fused_impl(self, value: str) -> None:
