@@ -5,12 +5,13 @@ the factored path and the fused kernels (`kronypt.kernels`), timed with CUDA eve
 after warm-up; each repeat uses the next of several input/parameter sets, ≥ 3× the L2 cache in all, so
 no repeat finds its operands in L2), each with its max relative error against a float64 dense reference.
 Decode (1 token) is also timed inside a CUDA graph. Then a GPT-2-124M-config model (random weights):
-dense, compressed to 81M with the layer's own automatic path, and compressed with the fused kernels (GELU
-fused into c_fc): training-step tokens/s (bf16 autocast, AdamW), prefill tokens/s, and per-token decode
-latency, eager and graphed. Ratios are against dense in the same run (> 1 = faster than dense).
+dense, compressed to 81M with the layer's own automatic path, and compressed with every Kronecker layer on
+the fused path (GELU fused into c_fc's kernel by the model's MLP): training-step tokens/s (bf16 autocast,
+AdamW), prefill tokens/s, and per-token decode latency, eager and graphed. Ratios are against dense in the
+same run (> 1 = faster than dense).
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu.py --quick --json $OUT/gpu.json   # core cases, ~2 min
-    PYTHONUNBUFFERED=1 python benchmarks/gpu.py --fast --json $OUT/gpu.json    # run-2 set, < 200 s
+    PYTHONUNBUFFERED=1 python benchmarks/gpu.py --fast --json $OUT/gpu.json    # the short set, < 200 s
     PYTHONUNBUFFERED=1 python benchmarks/gpu.py --json $OUT/gpu.json           # everything, ≤ 4 min
     python benchmarks/gpu.py --dry-run                         # CPU: case list, predictions, tiny run
     TRITON_INTERPRET=1 python benchmarks/gpu.py --dry-run      # ... with the fused path interpreted
@@ -39,9 +40,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_json  # noqa: E402
+from kernel_tools.roofline import predict  # noqa: E402
 
 from kronypt import CompressionConfig, KroneckerLinear, compress_  # noqa: E402
-from kronypt.kernels import fused_available, kron_linear_fused, predict  # noqa: E402
+from kronypt.kernels import fused_available, kron_linear_fused  # noqa: E402
+from kronypt.kernels.availability import vector_b_supports  # noqa: E402
 from kronypt.math.decompose import kron_reconstruct  # noqa: E402
 from kronypt.math.shapes import kron_shape  # noqa: E402
 from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised  # noqa: E402
@@ -85,7 +88,7 @@ FAST_CASES = [
     LayerCase("67M c_fc", 3072, 768, (64, 32), 1, 65536, backward=False),
     LayerCase("MF1 c_fc", 3072, 768, (256, 64), 1, 65536, backward=False),
     LayerCase("92M-4 c_fc", 3072, 768, (1024, 256), 4, 65536, backward=False),
-    LayerCase("86M c_fc", 3072, 768, (1024, 768), 1, 65536),  # B 3 x 1: version 3 since session 7
+    LayerCase("86M c_fc", 3072, 768, (1024, 768), 1, 65536),  # B 3 x 1: the gathered vector-B epilogue
 ]
 # The same structure at interpreter-friendly sizes, for --dry-run on a CPU.
 DRY_CASES = [
@@ -93,11 +96,10 @@ DRY_CASES = [
     LayerCase("dry c_proj", 40, 96, (40, 24), 1, 33, quick=True),
     LayerCase("dry decode", 96, 40, (24, 40), 1, 1, backward=False, graph=True, quick=True),
 ]
-# fused: `kron_linear_fused` as the layer runs it (version 3 where it applies, else version 2 where that
-# does); fused_v1: the version-1 Triton kernels forced (impl="triton"), for the comparison; fused_v2:
-# version 2 forced (impl="v2"), only on the shapes where "auto" runs version 3 (81M, k = 1).
-PATHS = ("dense", "materialised", "factored", "fused_v1", "fused", "fused_v2")
-IMPL_OF_PATH = {"fused_v1": "triton", "fused": "auto", "fused_v2": "v2"}
+# fused: `kron_linear_fused` as the layer runs it (the vector-B kernels where they apply, else the general
+# ones); fused_general: the general kernels forced (impl="general"), timed only where "auto" runs others.
+PATHS = ("dense", "materialised", "factored", "fused_general", "fused")
+IMPL_OF_PATH = {"fused_general": "general", "fused": "auto"}
 
 
 class Clock:
@@ -175,12 +177,10 @@ def _operand_sets(case: LayerCase, device: torch.device, l2_bytes: int) -> list[
     return [first] + [one(i) for i in range(1, count)]
 
 
-def _v3_case(case: LayerCase) -> bool:
-    """Whether "auto" runs version 3 on this case (else a `fused_v2` column would repeat `fused`)."""
-    from kronypt.kernels.v3 import supports
-
+def _vector_b_case(case: LayerCase) -> bool:
+    """Whether "auto" runs the vector-B kernels on this case (else `fused_general` would repeat `fused`)."""
     shape = kron_shape(case.out_features, case.in_features, case.a_shape)
-    return case.tokens > 16 and supports(case.k, *shape.b_shape)
+    return case.tokens > 16 and vector_b_supports(case.k, *shape.b_shape)
 
 
 def _paths(case: LayerCase, device: torch.device) -> dict:
@@ -193,10 +193,9 @@ def _paths(case: LayerCase, device: torch.device) -> dict:
         "factored": lambda s: kron_linear_factored(s.x, s.A, s.B, None, s.bias, order=order),
     }
     if fused_available(torch.empty(0, device=device)):
-        paths["fused_v1"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="triton")
+        if _vector_b_case(case):
+            paths["fused_general"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="general")
         paths["fused"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias)
-        if _v3_case(case):
-            paths["fused_v2"] = lambda s: kron_linear_fused(s.x, s.A, s.B, None, s.bias, impl="v2")
     return paths
 
 
@@ -286,27 +285,19 @@ def _auto_choice(case: LayerCase, shape, paths: dict, device: torch.device) -> d
 # ---- whole model ---------------------------------------------------------------------------------------
 
 
-def _fused_mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    """GPT2MLP.forward with both Kronecker layers on the fused kernels and gelu_new fused into c_fc."""
-    fc, proj = self.c_fc, self.c_proj
-    h = kron_linear_fused(hidden_states, fc.A, fc.B, fc.scalars, fc.bias, activation="gelu_new")
-    return self.dropout(kron_linear_fused(h, proj.A, proj.B, proj.scalars, proj.bias))
-
-
-def use_fused_mlps(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
-    """Route every compressed MLP of `model` through the fused kernels (benchmark-local; see the notes)."""
-    for block in model.transformer.h:
-        mlp = block.mlp
-        if isinstance(mlp.c_fc, KroneckerLinear) and isinstance(mlp.c_proj, KroneckerLinear):
-            mlp.forward = types.MethodType(_fused_mlp_forward, mlp)
+def on_fused_path(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
+    """Every Kronecker layer of `model` on the fused path, whatever its shape and token count (the model's
+    MLP then has c_fc apply GELU inside its kernel)."""
+    for module in model.modules():
+        if isinstance(module, KroneckerLinear):
+            module.path = "fused"
     return model
 
 
 def _model_variants(dry: bool, device: torch.device) -> dict:
     """Factories of the models (fp32 weights), built lazily so only one lives at a time: dense; compressed
-    to 81M on the layer's automatic path (`kron_auto`); with every MLP forced onto the fused kernels
-    (`kron_fused`, GELU in c_fc's kernel); and `kron_v2`, the automatic path with the layers' fused
-    implementation set to "v2" (version 2 instead of version 3, for the comparison)."""
+    to 81M on the layer's automatic path (`kron_auto`); and with every Kronecker layer on the fused path
+    (`kron_fused`, GELU in c_fc's kernel)."""
     if dry:
         cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=1000)
         scheme = CompressionConfig(a_shape=(64, 64), init="random")
@@ -324,17 +315,9 @@ def _model_variants(dry: bool, device: torch.device) -> dict:
         compress_(model, copy.deepcopy(scheme), progress=False)
         return model.to(device)
 
-    def kron_v2() -> GPT2LMHeadModel:
-        model = kron()
-        for module in model.modules():
-            if isinstance(module, KroneckerLinear):
-                module.fused_impl = "v2"
-        return model
-
     variants = {"dense": dense, "kron_auto": kron}
     if fused_available(torch.empty(0, device=device)):
-        variants["kron_fused"] = lambda: use_fused_mlps(kron())
-        variants["kron_v2"] = kron_v2
+        variants["kron_fused"] = lambda: on_fused_path(kron())
     return variants
 
 
@@ -466,7 +449,7 @@ def run_model(args: argparse.Namespace, device: torch.device, clock: Clock, dead
 def measure_ceilings(device: torch.device, clock: Clock) -> dict:
     """Device-to-device copy bandwidth and a large bf16 GEMM rate, the two roofline ceilings, plus the copy
     bandwidth of an 8 MiB buffer that stays in L2 (64 copies replayed from one CUDA graph, so launches do
-    not count): a lower bound on what the L2 term of `roofline.v3_traffic` can be divided by."""
+    not count): a lower bound on what the L2 term of `roofline.vector_b_traffic` can be divided by."""
     n = 1 << 28  # 512 MiB of bf16 each way
     src = torch.randn(n, device=device, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
@@ -521,17 +504,17 @@ def print_tables(layers: list[dict], model: dict | None) -> None:
 
 
 def sass_reports(cases: list[LayerCase]) -> list[dict]:
-    """`kronypt.kernels.sass.layer_report` of every case, printed one line per compiled candidate."""
-    from kronypt.kernels.sass import layer_report
+    """`kernel_tools.sass.layer_report` of every case, printed one line per compiled candidate."""
+    from kernel_tools.sass import layer_report
 
     out = []
     for case in cases:
         shape = kron_shape(case.out_features, case.in_features, case.a_shape)
         dtype = getattr(torch, case.dtype)
         rows = layer_report(shape, case.k, case.tokens, case.backward, dtype)
-        if _v3_case(case):  # the version 3 forward with GELU (the MLP's c_fc)
+        if _vector_b_case(case):  # the vector-B forward with GELU (the MLP's c_fc)
             rows += [r for r in layer_report(shape, case.k, case.tokens, case.backward, dtype,
-                                             activation="gelu_new") if r["kernel"] == "_v3_kernel"]
+                                             activation="gelu_new") if r["kernel"] == "_vector_b_forward_kernel"]
         out.append({**asdict(case), "kernels": rows})
         for r in rows:
             c = r["config"]
@@ -557,8 +540,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-model", action="store_true", help="skip the whole-model section")
     parser.add_argument("--no-layers", action="store_true", help="skip the layer cases (model only)")
     parser.add_argument("--variants", default="",
-                        help="comma-separated model variants, run in this order (dense, kron_auto, kron_fused, "
-                             "kron_v2)")
+                        help="comma-separated model variants, run in this order (dense, kron_auto, kron_fused)")
     parser.add_argument("--compile-mode", default="default",
                         choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
                         help="torch.compile mode of the training step with --compile (reduce-overhead: CUDA "

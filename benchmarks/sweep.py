@@ -1,15 +1,14 @@
 """Block-size sweep and per-kernel profile of the fused kernels on a GPU, in one call (≈ 2 min on an H100).
 
-H100 runs 1-3 timed each fused path as a whole; this script answers the two questions those runs left:
-
-1. Which block sizes make each kernel fastest? Every candidate in `kronypt.kernels.v3.SWEEP` (the one-
-   kernel forward, both 81M orientations) and `kronypt.kernels.gemm_path.SWEEP` (version 2's expand and
-   reduce passes) is timed against dense cuBLAS in the same run, with its max relative error against a
-   float64 reference and the bytes it must move (`roofline.v3_traffic`: HBM and L2), so the winner can
-   become the default without another device call.
+1. Which block sizes make each vector-B kernel fastest? Every candidate in `kernel_tools.candidates`
+   (`FORWARD`: the one-kernel forward, both 81M orientations and 86M's c_fc; `REDUCE`: the backward's
+   memory-bound pass) is timed against dense cuBLAS in the same run, with its max relative error against
+   a float64 reference and the bytes it must move (`roofline.vector_b_traffic`: HBM and L2), so the winner
+   can become the default without another device call; `--write-configs` writes the winners as a
+   kernel-configs file (`kronypt.kernels.overrides`).
 2. Where does the time of a fused forward + backward go? `torch.profiler` per-kernel GPU times of the
    81M c_fc (+GELU) and c_proj layer calls at 16384 tokens (one GPT-2 training micro-batch of 16 x 1024),
-   dense and fused (impl "auto", which runs version 3 there, and "v2").
+   dense and fused (impl "auto", the vector-B kernels there, and "general").
 
     PYTHONUNBUFFERED=1 python benchmarks/sweep.py --json $OUT/sweep.json        # GPU
     TRITON_INTERPRET=1 python benchmarks/sweep.py --dry-run                     # CPU: tiny shapes
@@ -34,10 +33,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_json  # noqa: E402
 from gpu import Clock, LayerCase, _operand_sets, _version, measure_ceilings  # noqa: E402
+from kernel_tools.candidates import FORWARD, REDUCE  # noqa: E402
+from kernel_tools.roofline import vector_b_traffic  # noqa: E402
 
-from kronypt.kernels import fused_available, kron_linear_fused  # noqa: E402
+from kronypt.kernels import fused_available, kron_linear_fused, overrides  # noqa: E402
 from kronypt.kernels.overrides import config_dict  # noqa: E402
-from kronypt.kernels.roofline import v3_traffic  # noqa: E402
+from kronypt.kernels.vector_b_backward import reduce  # noqa: E402
+from kronypt.kernels.vector_b_forward import vector_b_forward  # noqa: E402
 from kronypt.math.shapes import kron_shape  # noqa: E402
 
 START = time.perf_counter()
@@ -46,7 +48,7 @@ START = time.perf_counter()
 # graphed: their kernels take ~20-60 µs, about the eager launch cost, which would otherwise hide them.
 # `top` = N: only the default and the N fastest candidates of the plain 65536-token case of the same
 # orientation (each candidate is a separate compile: this keeps the whole sweep inside one device call).
-V3_CASES = [
+FORWARD_CASES = [
     ("81M c_fc", "column", LayerCase("81M c_fc", 3072, 768, (768, 768), 1, 65536, backward=False), None, False,
      None),
     ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 65536, backward=False), None, False,
@@ -59,7 +61,7 @@ V3_CASES = [
     ("81M c_proj", "row", LayerCase("81M c_proj", 768, 3072, (768, 768), 1, 8192, backward=False), None, True,
      5),
 ]
-DRY_V3_CASES = [
+DRY_FORWARD_CASES = [
     ("dry c_fc", "column", LayerCase("dry c_fc", 96, 40, (24, 40), 1, 150, backward=False), None, False, None),
     ("dry c_proj", "row", LayerCase("dry c_proj", 40, 96, (40, 24), 1, 150, backward=False), None, False, None),
     ("dry c_fc gelu", "column", LayerCase("dry c_fc", 96, 40, (24, 40), 1, 150, backward=False), "gelu_new",
@@ -72,7 +74,7 @@ DRY_V3_CASES = [
 def _candidates(configs: list, orientation: str, top: int | None, report: dict) -> list:
     """All of `configs`, or the default and the `top` fastest of the first plain (no activation, not
     graphed) case of this orientation already timed."""
-    first = next((row for row in report["v3"] if row.get("orientation") == orientation and "configs" in row
+    first = next((row for row in report["forward"] if row.get("orientation") == orientation and "configs" in row
                   and not row["activation"] and not row["graph"]), None)
     if top is None or first is None:
         return configs
@@ -105,13 +107,11 @@ def _time(clock: Clock, fn, sets: list, graph: bool) -> float:
         return clock.graph_ms(fn, sets) if graph and clock.device.type == "cuda" else clock.median_ms(fn, sets)
 
 
-def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, path: str | None) -> None:
-    """Every `v3.SWEEP` candidate on every case, against dense in the same run."""
-    from kronypt.kernels import v3
-
+def sweep_forward(cases: list, clock: Clock, l2: int, deadline: float, report: dict, path: str | None) -> None:
+    """Every `FORWARD` candidate on every case, against dense in the same run."""
     for label, orientation, case, act, graph, top in cases:
         if time.perf_counter() > deadline:
-            report["v3"].append({"case": label, "tokens": case.tokens, "skipped": "time budget"})
+            report["forward"].append({"case": label, "tokens": case.tokens, "skipped": "time budget"})
             continue
         shape = kron_shape(case.out_features, case.in_features, case.a_shape)
         sets = _operand_sets(case, clock.device, l2)
@@ -124,14 +124,14 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
         row = {"case": label, "orientation": orientation, "tokens": case.tokens, "activation": act,
                "graph": graph, "dense_ms": dense_ms, "configs": []}
         ref = _dense_ref(sets[0], act)
-        for config in _candidates(v3.SWEEP[orientation], orientation, top, report):
+        for config in _candidates(FORWARD[orientation], orientation, top, report):
             cfg = {"config": _config_dict(config)}
             k = config.kwargs
-            traffic = v3_traffic(shape, case.tokens, k["BLOCK_T"], k["BLOCK_A"], split=k["SPLIT"])
+            traffic = vector_b_traffic(shape, case.tokens, k["BLOCK_T"], k["BLOCK_A"], split=k["SPLIT"])
             cfg.update(hbm_mb=traffic["hbm"] / 1e6, l2_mb=traffic["l2"] / 1e6)
             try:
                 def run(s, config=config, code=code):
-                    return v3.v3_forward(s.x, s.A, s.B, None, s.bias, code, False, config=config)[0]
+                    return vector_b_forward(s.x, s.A, s.B, None, s.bias, code, False, config=config)[0]
 
                 cfg["ms"] = _time(clock, run, sets, graph)
                 cfg["speedup"] = dense_ms / cfg["ms"]
@@ -145,9 +145,9 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
         timed = [c for c in row["configs"] if "ms" in c]
         if timed:
             row["best"] = min(timed, key=lambda c: c["ms"])
-        report["v3"].append(row)
+        report["forward"].append(row)
         best = row.get("best", {})
-        print(f"[{time.perf_counter() - START:6.1f}s] v3 {label} T={case.tokens}: dense {dense_ms:.4f} ms, best "
+        print(f"[{time.perf_counter() - START:6.1f}s] forward {label} T={case.tokens}: dense {dense_ms:.4f} ms, best "
               f"{best.get('ms', float('nan')):.4f} ms = {best.get('speedup', float('nan')):.2f}x "
               f"{best.get('config')}", flush=True)
         write_json(path, report, quiet=True)
@@ -155,13 +155,10 @@ def sweep_v3(cases: list, clock: Clock, l2: int, deadline: float, report: dict, 
         _free(clock.device)
 
 
-def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path: str | None,
+def sweep_reduce(tokens: int, clock: Clock, deadline: float, report: dict, path: str | None,
                  m1: int = 768, m2: int = 4) -> None:
-    """Version 2's memory-bound passes: `expand` (P → y, + bias), its 16-byte-store alternative
-    `expand_joined`, and `reduce` (G, P → H, M, Σ_t G with GELU's backward): each candidate's time and the
-    bandwidth it reaches, against a plain copy of y."""
-    from kronypt.kernels import gemm_path
-
+    """The vector-B backward's memory-bound pass, `reduce` (G, P → H, M, Σ_t G with GELU's backward): each
+    `REDUCE` candidate's time and the bandwidth it reaches, against a plain copy of G."""
     dev, dtype = clock.device, torch.bfloat16
     count = 2 if dev.type == "cpu" else 3
     sets = [types.SimpleNamespace(p=torch.randn(tokens, m1, device=dev, dtype=dtype),
@@ -173,68 +170,63 @@ def sweep_passes(tokens: int, clock: Clock, deadline: float, report: dict, path:
     nbytes = 2
     copy_ms = clock.median_ms(lambda s: s.y.copy_(s.g), sets)
     out = {"tokens": tokens, "m1": m1, "m2": m2, "copy_ms": copy_ms,
-           "copy_tb_per_s": 2 * nbytes * tokens * m1 * m2 / (copy_ms / 1e3) / 1e12,
-           **{kind: [] for kind in gemm_path.SWEEP}}
-    expanded = nbytes * tokens * (m1 + m1 * m2)
-    moved = {"expand": expanded, "expand_joined": expanded, "reduce": nbytes * tokens * (m1 * m2 + 2 * m1)}
-    calls = {"expand": lambda s, c: gemm_path.expand(s.p, w, m1, bias, 0, config=c),
-             "expand_joined": lambda s, c: gemm_path.expand_joined(s.p, w, m1, bias, 0, config=c),
-             "reduce": lambda s, c: gemm_path.reduce(s.g, s.p, w, m1, True, act=1, bias=bias, config=c)}
-    for kind in gemm_path.SWEEP:
-        with torch.no_grad():  # each candidate's outputs against the default's on the first operand set
-            reference = calls[kind](sets[0], gemm_path.SWEEP[kind][0])
-        for config in gemm_path.SWEEP[kind]:
-            if time.perf_counter() > deadline:
-                out[kind].append({"config": _config_dict(config), "skipped": "time budget"})
-                continue
-            row = {"config": _config_dict(config)}
-            try:
-                row["ms"] = clock.median_ms(lambda s, c=config, call=calls[kind]: call(s, c), sets)
-                row["tb_per_s"] = moved[kind] / (row["ms"] / 1e3) / 1e12
-                with torch.no_grad():
-                    row["max_rel_diff"] = _max_rel_diff(calls[kind](sets[0], config), reference)
-            except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-            out[kind].append(row)
-        timed = [r for r in out[kind] if "ms" in r]
-        if timed:
-            out[f"best_{kind}"] = min(timed, key=lambda r: r["ms"])
-            b = out[f"best_{kind}"]
-            print(f"[{time.perf_counter() - START:6.1f}s] {kind} T={tokens}: default {timed[0]['ms']:.4f} ms "
-                  f"({timed[0]['tb_per_s']:.2f} TB/s), best {b['ms']:.4f} ms ({b['tb_per_s']:.2f} TB/s) "
-                  f"{b['config']}; copy {out['copy_tb_per_s']:.2f} TB/s", flush=True)
-    report["passes"] = out
+           "copy_tb_per_s": 2 * nbytes * tokens * m1 * m2 / (copy_ms / 1e3) / 1e12, "configs": []}
+    moved = nbytes * tokens * (m1 * m2 + 2 * m1)
+
+    def call(s, config):
+        return reduce(s.g, s.p, w, m1, True, act=1, bias=bias, config=config)
+
+    with torch.no_grad():  # each candidate's outputs against the default's on the first operand set
+        reference = call(sets[0], REDUCE[0])
+    for config in REDUCE:
+        if time.perf_counter() > deadline:
+            out["configs"].append({"config": _config_dict(config), "skipped": "time budget"})
+            continue
+        row = {"config": _config_dict(config)}
+        try:
+            row["ms"] = clock.median_ms(lambda s, c=config: call(s, c), sets)
+            row["tb_per_s"] = moved / (row["ms"] / 1e3) / 1e12
+            with torch.no_grad():
+                row["max_rel_diff"] = _max_rel_diff(call(sets[0], config), reference)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        out["configs"].append(row)
+    timed = [r for r in out["configs"] if "ms" in r]
+    if timed:
+        out["best"] = b = min(timed, key=lambda r: r["ms"])
+        print(f"[{time.perf_counter() - START:6.1f}s] reduce T={tokens}: default {timed[0]['ms']:.4f} ms "
+              f"({timed[0]['tb_per_s']:.2f} TB/s), best {b['ms']:.4f} ms ({b['tb_per_s']:.2f} TB/s) "
+              f"{b['config']}; copy {out['copy_tb_per_s']:.2f} TB/s", flush=True)
+    report["reduce"] = out
     write_json(path, report, quiet=True)
     del sets
     _free(dev)
 
 
 def sass_table(report: dict, path: str | None) -> None:
-    """No GPU needed: compile every version-3 candidate for sm_90 (81M shapes, bf16) and print registers,
-    spills, shared memory and the resident blocks per SM they allow (docs/gpu-notes.md, "Version 3.1")."""
-    from kronypt.kernels import sass, v3
+    """No GPU needed: compile every `FORWARD` candidate for sm_90 (81M and 86M shapes, bf16) and print
+    registers, spills, shared memory and the resident blocks per SM they allow."""
+    from kernel_tools import sass
+
     from kronypt.math.shapes import KronShape
 
-    print("| kernel | variant | tile TxAxC | warps | stages | persistent | TMA | regs | stack | smem KB | blocks/SM |")
+    print("| kernel | variant | tile TxAxC | warps | stages | SPLIT | regs | stack | smem KB | blocks/SM |")
     for orientation, shape in (("column", KronShape(768, 768, 4, 1)), ("row", KronShape(768, 768, 1, 4)),
                                ("column3", KronShape(1024, 768, 3, 1))):
         variants = [("plain", None, False)]
         variants += [("GELU + training", "gelu_new", True)] if orientation != "row" else []
         for label, act, training in variants:
-            launches = sass.recorded_launches(shape, 1, 65536, training, torch.bfloat16, activation=act,
-                                              impl="v3")
+            launches = sass.recorded_launches(shape, 1, 65536, training, torch.bfloat16, activation=act)
             kernel, _, args = launches[0]
-            for config in v3.SWEEP[orientation]:
-                r = sass.compile_report(kernel, v3.descriptors(args, config) if config.kwargs["TMA"] else args,
-                                        config)
+            for config in FORWARD[orientation]:
+                r = sass.compile_report(kernel, args, config)
                 warps, k = config.num_warps, config.kwargs
                 regs = -(-r["registers"] // 8) * 8 * 32 * warps
                 blocks = min(65536 // regs, (228 << 10) // (r["shared_bytes"] + 1024), 64 // warps)
                 report["sass"].append({"orientation": orientation, "variant": label, **r, "blocks_per_sm": blocks})
-                tma = "yes" if k["TMA"] else "-"
                 print(f"| {orientation} | {label} | {k['BLOCK_T']}x{k['BLOCK_A']}x{k['BLOCK_C']} | {warps} | "
-                      f"{config.num_stages} | {k.get('PERSIST', 0) or '-'} | {tma} | {r['registers']} | "
-                      f"{r['stack_bytes']} | {r['shared_bytes'] >> 10} | {blocks} |", flush=True)
+                      f"{config.num_stages} | {k['SPLIT']} | {r['registers']} | {r['stack_bytes']} | "
+                      f"{r['shared_bytes'] >> 10} | {blocks} |", flush=True)
     write_json(path, report, quiet=True)
 
 
@@ -274,7 +266,7 @@ def profile_layers(tokens: int, clock: Clock, deadline: float, report: dict, pat
         operands = _operand_sets(case, dev, 0)[0]
         variants = {"dense": functools.partial(_dense_step, operands, act)}
         if fused_available(operands.x):
-            for impl in ("auto", "v2"):
+            for impl in ("auto", "general"):
                 variants[f"fused_{impl}"] = functools.partial(_fused_step, operands, act, impl)
         for label, fn in variants.items():
             if time.perf_counter() > deadline:
@@ -310,7 +302,7 @@ def _fused_step(s: types.SimpleNamespace, act: str | None, impl: str) -> None:
 
 # A candidate replaces a default only when it is this much faster (timing noise between candidates of
 # one run is ~1-2 %), and only if its outputs were checked: within MAX_ERROR of the float64 reference
-# (version 3, bf16) or of the default's outputs (the passes), and no error.
+# (the forward, bf16) or of the default's outputs (`reduce`), and no error.
 MARGIN = 1.05
 MAX_ERROR = 1e-2
 
@@ -320,18 +312,18 @@ def _checked(row: dict, key: str) -> bool:
 
 
 def tuned_configs(report: dict) -> tuple[dict, dict]:
-    """({"v3": {orientation: config}, "gemm_path": {pass: config}}, why): the candidates that beat the
-    built-in defaults by `MARGIN` in this report. Version 3: the best geometric mean of default time /
-    candidate time over every case of the orientation, among candidates timed in all of them (the plain and
-    GELU 65536-token cases and the graphed 8192-token one); a pass: its single case. Only candidates whose
-    outputs passed their check (`MAX_ERROR`) count."""
-    from kronypt.kernels import gemm_path, v3
-
-    chosen: dict = {"v3": {}, "gemm_path": {}}
-    why: dict = {"rule": f"a candidate replaces the default when it is >= {MARGIN}x as fast", "v3": {},
-                 "gemm_path": {}}
-    for orientation, candidates in v3.SWEEP.items():
-        rows = [r for r in report.get("v3", []) if r.get("orientation") == orientation and r.get("configs")]
+    """({"vector_b_forward": {orientation: config}, "vector_b_backward": {"reduce": config}}, why): the
+    candidates that beat the built-in defaults by `MARGIN` in this report, by the sections of a
+    kernel-configs file. The forward: the best geometric mean of default time / candidate time over every
+    case of the orientation, among candidates timed in all of them (the plain and GELU 65536-token cases
+    and the graphed 8192-token one); `reduce`: its single case. Only candidates whose outputs passed their
+    check (`MAX_ERROR`) count."""
+    forward, backward = overrides.SECTIONS
+    chosen: dict = {forward: {}, backward: {}}
+    why: dict = {"rule": f"a candidate replaces the default when it is >= {MARGIN}x as fast", forward: {},
+                 backward: {}}
+    for orientation, candidates in FORWARD.items():
+        rows = [r for r in report.get("forward", []) if r.get("orientation") == orientation and r.get("configs")]
         ratios: dict[int, list[float]] = {}
         for row in rows:
             default = next((c for c in row["configs"] if c["config"] == _config_dict(candidates[0])), None)
@@ -342,21 +334,17 @@ def tuned_configs(report: dict) -> tuple[dict, dict]:
                     ratios.setdefault(i, []).append(default["ms"] / timed["ms"])
         scores = {i: _geomean(r) for i, r in ratios.items() if len(r) == len(rows)}
         best = max(scores, key=scores.get, default=None)
-        why["v3"][orientation] = {"cases": len(rows), "best": _config_dict(candidates[best]) if best is not None
-                                  else None, "speedup_over_default": scores.get(best)}
+        why[forward][orientation] = {"cases": len(rows), "best": _config_dict(candidates[best])
+                                     if best is not None else None, "speedup_over_default": scores.get(best)}
         if best is not None and best != 0 and scores[best] >= MARGIN:
-            chosen["v3"][orientation] = candidates[best]
-    passes = report.get("passes") or {}
-    for kind, candidates in gemm_path.SWEEP.items():
-        rows = passes.get(kind) or []
-        times = {i: r["ms"] for i, r in enumerate(rows) if _checked(r, "max_rel_diff")}
-        if 0 not in times or len(rows) != len(candidates):
-            continue
+            chosen[forward][orientation] = candidates[best]
+    rows = (report.get("reduce") or {}).get("configs") or []
+    times = {i: r["ms"] for i, r in enumerate(rows) if _checked(r, "max_rel_diff")}
+    if 0 in times and len(rows) == len(REDUCE):
         best = min(times, key=times.get)
-        why["gemm_path"][kind] = {"best": _config_dict(candidates[best]),
-                                  "speedup_over_default": times[0] / times[best]}
+        why[backward]["reduce"] = {"best": _config_dict(REDUCE[best]), "speedup_over_default": times[0] / times[best]}
         if best != 0 and times[0] / times[best] >= MARGIN:
-            chosen["gemm_path"][kind] = candidates[best]
+            chosen[backward]["reduce"] = REDUCE[best]
     return chosen, why
 
 
@@ -378,12 +366,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=150.0, help="seconds after which the rest is skipped")
     parser.add_argument("--reps", type=int, default=20, help="timed repeats per measurement")
     parser.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes (set TRITON_INTERPRET=1)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: v3, passes, profile")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: forward, reduce, profile")
     parser.add_argument("--write-configs", metavar="PATH",
                         help="write the candidates that beat the defaults (by 5 %%) as a kernel-configs file: "
                              "KRONYPT_KERNEL_CONFIGS=PATH makes the kernels use them")
     parser.add_argument("--sass", action="store_true",
-                        help="no timing, no GPU: compile every version-3 candidate for sm_90 and print a table")
+                        help="no timing, no GPU: compile every forward candidate for sm_90 and print a table")
     return parser.parse_args(argv)
 
 
@@ -403,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
     env.update(triton=_version("triton"), cuda=torch.version.cuda,
                fused_available=fused_available(torch.empty(0, device=device)))
     l2 = 0 if args.dry_run else getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
-    report: dict = {"environment": env, "v3": [], "passes": None, "profile": []}
+    report: dict = {"environment": env, "forward": [], "reduce": None, "profile": []}
     print(f"device: {env['device_name']}  torch {env['torch']}  triton {env['triton']}  "
           f"fused: {env['fused_available']}", flush=True)
     if not env["fused_available"]:
@@ -412,21 +400,19 @@ def main(argv: list[str] | None = None) -> dict:
         report["ceilings"] = measure_ceilings(device, clock)
         print(f"ceilings: {report['ceilings']}", flush=True)
     skip = set(filter(None, args.skip.split(",")))
-    # most informative first: v3 at 65536 tokens, the profile, the passes, then v3's graphed 8192 cases
-    v3_cases = DRY_V3_CASES if args.dry_run else V3_CASES
-    if "v3" not in skip:
-        sweep_v3([c for c in v3_cases if not c[4]], clock, l2, deadline, report, args.json)  # not graphed
+    # most informative first: the forward at 65536 tokens, the profile, `reduce`, then the graphed 8192 cases
+    forward_cases = DRY_FORWARD_CASES if args.dry_run else FORWARD_CASES
+    if "forward" not in skip:
+        sweep_forward([c for c in forward_cases if not c[4]], clock, l2, deadline, report, args.json)  # not graphed
     if "profile" not in skip:
         profile_layers(33 if args.dry_run else 16384, clock, deadline, report, args.json, args.dry_run)
-    if "passes" not in skip:
-        sweep_passes(150 if args.dry_run else 65536, clock, deadline, report, args.json,
+    if "reduce" not in skip:
+        sweep_reduce(150 if args.dry_run else 65536, clock, deadline, report, args.json,
                      m1=24 if args.dry_run else 768)
-    if "v3" not in skip:
-        sweep_v3([c for c in v3_cases if c[4]], clock, l2, deadline, report, args.json)
+    if "forward" not in skip:
+        sweep_forward([c for c in forward_cases if c[4]], clock, l2, deadline, report, args.json)
     report["elapsed_s"] = time.perf_counter() - START
     if args.write_configs:
-        from kronypt.kernels import overrides
-
         chosen, why = tuned_configs(report)
         report["tuned"] = {s: {k: _config_dict(c) for k, c in d.items()} for s, d in chosen.items()}
         overrides.write(args.write_configs, chosen, {"device": env["device_name"], "torch": env["torch"],

@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny GPT-2 and Llama models saved like hub checkpoints, the packaged SmolLM2, and the offline
-data folder."""
+"""Shared fixtures: tiny GPT-2 and Llama models saved like hub checkpoints, the packaged SmolLM2, the offline
+data folder, and the modules of benchmarks/ that tests check."""
 
 from __future__ import annotations
 
+import importlib
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -102,3 +105,13 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 
 requires_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """A module of benchmarks/ ("sweep", "kernel_tools.sass", ...), imported as the scripts import each
+    other: with benchmarks/ first on sys.path."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)

@@ -60,6 +60,39 @@ def test_every_path_matches_dense_values_and_gradients_float32(path, shape, k, s
         torch.testing.assert_close(p.grad.double(), leaves[name].grad, rtol=1e-4, atol=1e-5)
 
 
+# The activations `forward` takes, as plain PyTorch computes them (GPT-2's "gelu_new" is the tanh GELU).
+DENSE_ACTIVATIONS = {"gelu_new": lambda y: F.gelu(y, approximate="tanh"),
+                     "gelu_pytorch_tanh": lambda y: F.gelu(y, approximate="tanh"),
+                     "gelu": F.gelu, "relu": F.relu, "silu": F.silu}
+
+
+@pytest.mark.parametrize("activation", sorted(DENSE_ACTIVATIONS))
+@pytest.mark.parametrize("path", ["factored_a_first", "factored_b_first", "materialised", "auto"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_activation_is_applied_after_the_product_on_every_path(activation, path, dtype, tol):
+    """forward(x, activation) is activation(F.linear(x, W, b)) in values and gradients, whatever the path
+    (the fused path, where the kernel applies GPT-2's GELU, is checked under the interpreter in
+    tests/test_kernels.py)."""
+    layer = make_layer(16, 64, (16, 16), 2, True, True, dtype=dtype)
+    layer.path = path
+    x = torch.randn(3, 5, 16, dtype=dtype, requires_grad=True)
+    y = layer(x, activation=activation)
+    y_lin, x64, leaves = reference(layer, x)
+    y_ref = DENSE_ACTIVATIONS[activation](y_lin)
+    torch.testing.assert_close(y.double(), y_ref, rtol=tol, atol=tol)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad.to(dtype))
+    y_ref.backward(grad)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(layer.A.grad.double(), leaves["A"].grad, rtol=10 * tol, atol=tol)
+
+
+def test_unknown_activation_is_refused_with_the_choices():
+    layer = make_layer(16, 64, (16, 16), 1, False, True)
+    with pytest.raises(KronyptError, match="unknown activation 'tanh'; choose None or one of gelu_new"):
+        layer(torch.randn(2, 16), activation="tanh")
+
+
 @pytest.mark.parametrize("path", ["factored_a_first", "factored_b_first", "materialised"])
 def test_bfloat16_paths_match_within_bf16_tolerance(path):
     layer = make_layer(32, 48, (8, 4), 2, True, True, dtype=torch.bfloat16)
@@ -387,10 +420,10 @@ def test_a_triton_that_does_not_import_counts_as_absent(tmp_path):
 def test_fused_impl_is_checked_when_set():
     layer = KroneckerLinear(8, 16, (4, 4))
     assert layer.fused_impl == "auto"
-    layer.fused_impl = "v3"
-    assert layer.fused_impl == "v3"
-    with pytest.raises(KronyptError, match="unknown fused implementation 'cuda'"):
-        layer.fused_impl = "cuda"
+    layer.fused_impl = "general"
+    assert layer.fused_impl == "general"
+    with pytest.raises(KronyptError, match="unknown fused implementation 'v3'; choose one of auto, general"):
+        layer.fused_impl = "v3"
 
 
 class _RecordOps(TorchDispatchMode):

@@ -2,8 +2,12 @@
 
 `fused_available(x)` says whether they can run on x's device, `fused_dtype(x, A, B)` in which dtype;
 `kron_linear_fused(...)` runs them (forward and backward); `fused_wins(...)` says where they were measured
-faster than the materialised and factored paths (`roofline.MEASURED_WINS`); `predict(...)` is the roofline
-estimate. Importing this package does not build or load any kernel: they load on the first fused call.
+faster than the materialised and factored paths (`measured_wins.MEASURED_WINS`). `KroneckerLinear` is
+what calls them (`path="fused"`, or "auto" where they win). Importing this package does not build or load
+any kernel: they load on the first fused call.
+
+Which kernel computes what: `dispatch` (per pass), `general_forward` + `large_b_forward` + `factor_grads`
+(any shape), `vector_b_forward` + `vector_b_backward` (one factor, B one column or row).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from kronypt.kernels.availability import (
     fused_dtype,
     triton_available,
 )
-from kronypt.kernels.roofline import fused_wins, predict
+from kronypt.kernels.measured_wins import fused_wins
 
 
 def kron_linear_fused(
@@ -48,4 +52,4 @@ def kron_linear_fused(
 
 
 __all__ = ["FUSED_ACTIVATIONS", "FUSED_DTYPES", "FUSED_IMPLS", "fused_available", "fused_dtype", "fused_wins",
-           "kron_linear_fused", "predict", "triton_available"]
+           "kron_linear_fused", "triton_available"]

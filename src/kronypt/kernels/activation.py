@@ -1,11 +1,12 @@
 """GPT-2's `gelu_new` (the tanh approximation of GELU) inside kernels, and its backward pass.
 
 gelu(x) = ½·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³), √(2/π) = 0.7978845608028654. The forward
-is fused into the forward kernel's epilogue. In the backward, version 1 (and B with one row) runs one
-elementwise pass that turns the output gradient into the gradient of the pre-activation, which the
-backward kernels then read like any output gradient; versions 2/3 with B of one column apply gelu' inside
-their `reduce` pass instead (`gelu_tanh_grad`), rebuilding the pre-activation from the saved P. (The
-constants are written inline: a `tl.constexpr` global times a tensor breaks the interpreter.)
+is fused into the forward kernels' epilogues. In the backward, the general kernels (and the vector-B ones
+with B one row) run one elementwise pass that turns the output gradient into the gradient of the
+pre-activation, which the backward kernels then read like any output gradient; the vector-B backward with
+B one column applies gelu' inside its `reduce` pass instead (`gelu_tanh_grad`), rebuilding the
+pre-activation from the saved P. (The constants are written inline: a `tl.constexpr` global times a
+tensor breaks the interpreter.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Whether the fused Triton kernels can run on a tensor, decided without importing Triton's kernels.
+"""Whether the fused kernels can run on a tensor, and which kernel takes which shape, without importing Triton.
 
 On a GPU the kernels need CUDA with compute capability ≥ 8.0 (bf16 tensor cores) and Triton. On a CPU
 they run only under Triton's interpreter (`TRITON_INTERPRET=1`, set before `kronypt.kernels` is first
@@ -18,21 +18,25 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Activations the kernels can fuse into their epilogue: GPT-2's tanh-approximated GELU under both names.
 FUSED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
-# Implementations `kron_linear_fused(..., impl=...)` accepts (`kronypt.kernels.ops` says what each runs).
-FUSED_IMPLS = ("auto", "triton", "v2", "v3")
+# What `kron_linear_fused(..., impl=...)` accepts: "auto" runs the vector-B kernels where
+# `vector_b_supports` the call, the general kernels elsewhere; "general" runs the general kernels always.
+FUSED_IMPLS = ("auto", "general")
+
+# From this size of both m2 and n2 on, the general forward applies B on the tensor cores too
+# (`kronypt.kernels.large_b_forward`) instead of in registers.
+LARGE_B_MIN = 9
 
 
-def v2_supports(m2: int, n2: int) -> bool:
-    """Whether version 2 (`kronypt.kernels.gemm_path`) handles a B factor of shape (m2, n2): one column or
-    one row, at most 16 long. Here, without Triton, so that the roofline model can ask too."""
-    return (n2 == 1 and m2 <= 16) or (m2 == 1 and n2 <= 16)
+def uses_large_b_kernel(m2: int, n2: int) -> bool:
+    """Whether the general forward of a B factor of shape (m2, n2) runs the large-B kernel."""
+    return min(m2, n2) >= LARGE_B_MIN
 
 
-def v3_supports(k: int, m2: int, n2: int) -> bool:
-    """Whether version 3 (`kronypt.kernels.v3`) handles k factors with B (m2, n2): k = 1 and one column of
-    m2 ∈ {1, 2, 3, 4, 8} (the epilogues that build without spills on sm_90; m2 = 5-7 spill kilobytes) or
-    one row (n2 ≤ 16). Anything else runs version 2 or 1."""
-    return k == 1 and ((n2 == 1 and m2 in (1, 2, 3, 4, 8)) or (m2 == 1 and n2 <= 16))
+def vector_b_supports(k: int, m2: int, n2: int) -> bool:
+    """Whether the vector-B kernels (`vector_b_forward`, `vector_b_backward`) take k factors with B (m2, n2):
+    one factor and B one column or one row of 1, 2, 3, 4 or 8 entries, so that both B and its transpose
+    (grad_x runs the forward kernel on Aᵀ, Bᵀ) have an epilogue that builds without spills on sm_90."""
+    return k == 1 and min(m2, n2) == 1 and max(m2, n2) in (1, 2, 3, 4, 8)
 
 
 def _import_triton() -> bool:

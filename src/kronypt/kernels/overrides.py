@@ -1,28 +1,27 @@
-"""Block sizes tuned on the user's own GPU: a file of the fixed-size kernels' configs, named by an
-environment variable, that replaces the built-in defaults.
+"""Block sizes tuned on the user's own GPU: a file of the vector-B kernels' configs, named by an environment
+variable, that replaces the built-in defaults.
 
-Versions 2 and 3 launch with fixed block sizes (no autotuner in the launch path: no first-call tuning, no
-host cost, graph-capturable), chosen from H100 sweeps (docs/gpu-notes.md). Another card may prefer other
-tiles. `python benchmarks/sweep.py --write-configs tuned.json` times every candidate on the card at hand
-and writes the winners; then
+The vector-B kernels launch with fixed block sizes (no autotuner in the launch path: no first-call tuning,
+no host cost, graph-capturable), chosen from an H100 sweep (docs/gpu-notes.md). Another card may prefer
+other tiles. `python benchmarks/sweep.py --write-configs tuned.json` times every candidate on the card at
+hand and writes the winners; then
 
     KRONYPT_KERNEL_CONFIGS=tuned.json kronypt train ...
 
 runs with them. The file (JSON):
 
-    {"v3": {"column": {"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4, "PERSIST": 0, "TMA": 1,
-                       "SPLIT": 1, "warps": 16, "stages": 3},
-            "row": {...}},
-     "gemm_path": {"reduce": {"BLOCK_T": 16, "BLOCK_A": 64, "SUM_EACH": 1, "PER_SM": 4, "warps": 4,
-                              "stages": 1}},
+    {"vector_b_forward": {"column": {"BLOCK_T": 128, "BLOCK_A": 128, "BLOCK_C": 64, "EPI": 4, "SPLIT": 1,
+                                     "warps": 16, "stages": 3},
+                          "row": {...}},
+     "vector_b_backward": {"reduce": {"BLOCK_T": 16, "BLOCK_A": 64, "SUM_EACH": 1, "PER_SM": 4, "warps": 4,
+                                      "stages": 1}},
      "measured": {...}}
 
 Every entry is optional; keys an entry leaves out keep the default's values; "measured" (where and how the
 winners were timed) is not read. A file that cannot be read, names an unknown kernel or key, or gives a
 value no kernel can take (a block size that is not a power of two, EPI other than 1, 2 or 4, ...) stops the
 first fused call (which imports the kernels) with a one-line error rather than running with other tiles.
-The tiles apply to every dtype and card: version 3's TMA=1 tiles fall back to per-thread copies where
-bulk copies do not apply (`v3.tma_fits`: float32, GPUs before Hopper, unaligned rows).
+The tiles apply to every dtype and card (float32 runs at most 2 pipeline stages).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ import triton
 from kronypt.errors import KronyptError
 
 ENV = "KRONYPT_KERNEL_CONFIGS"
-SECTIONS = ("v3", "gemm_path")
+SECTIONS = ("vector_b_forward", "vector_b_backward")
 
 
 def _power_of_two(v: int) -> bool:
@@ -50,7 +49,6 @@ _RULES = {
     "warps": (lambda v: _power_of_two(v) and v <= 32, "a power of two up to 32"),
     "stages": (lambda v: v >= 1, ">= 1"),
     "EPI": (lambda v: v in (1, 2, 4), "1, 2 or 4"),
-    "TMA": (lambda v: v in (0, 1), "0 or 1"),
     "SPLIT": (lambda v: v in (1, 2, 3, 4), "1, 2, 3 or 4"),
     "SUM_EACH": (lambda v: v in (0, 1), "0 or 1"),
     "LOAD_2D": (lambda v: v in (0, 1), "0 or 1"),
@@ -84,7 +82,7 @@ def _merged(default: triton.Config, entry: Any, where: str) -> triton.Config:
 
 
 def read(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The "v3" and "gemm_path" sections of a configs file (raw entries, checked by `overridden`)."""
+    """The `SECTIONS` of a configs file (raw entries, checked by `overridden`)."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:

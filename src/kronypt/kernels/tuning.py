@@ -1,10 +1,10 @@
-"""Block-size configurations of the Kronecker kernels and how a launch picks one.
+"""Block sizes of the general kernels, and `launch`, which every kernel of the package goes through.
 
-On a GPU the version-1 kernels (forward, two-stage, wgrad) are wrapped in `triton.autotune` (versions 2
-and 3 use fixed block sizes, `gemm_path.EXPAND` / `REDUCE` and `v3.CONFIGS`), keyed on the layer's shape
-and a coarse token bucket (decode, small, medium, large), so a model tunes a handful of times, not once
-per prompt length. The lists stay short because tuning compiles every candidate. Under the interpreter no timing is
-possible: the smallest config is used.
+On a GPU the general kernels (`general_forward`, `large_b_forward`, `factor_grads`) are wrapped in
+`triton.autotune` (the vector-B kernels take fixed block sizes: `vector_b_forward.CONFIGS`,
+`vector_b_backward.REDUCE`), keyed on the layer's shape and a coarse token bucket (decode, small, medium,
+large), so a model tunes a handful of times, not once per prompt length. The lists stay short because
+tuning compiles every candidate. Under the interpreter no timing is possible: the smallest config is used.
 
 Tuning runs on a kernel's first call for a new key. Warm a model up before capturing it in a CUDA graph
 (a graph replay never tunes).
@@ -22,7 +22,8 @@ import triton
 from kronypt.kernels.availability import INTERPRET
 
 # Estimated 32-bit registers per thread of live tiles above which a config spills (calibrated on sm_90
-# with `kronypt.kernels.sass`: 81M c_fc at (128, 64, 64)/8 warps uses 151 registers and no stack).
+# builds, `benchmarks/kernel_tools/sass.py`: 81M c_fc at (128, 64, 64)/8 warps uses 151 registers and no
+# stack).
 REGISTER_BUDGET = 176
 # Shared memory one block may use where the device cannot be asked (sm_90's opt-in maximum, 227 KiB).
 SHARED_MEMORY_BYTES = 232_448
@@ -47,13 +48,13 @@ FORWARD_CONFIGS = [
     _cfg(16, 64, 128, 4, 3), _cfg(16, 32, 128, 4, 3), _cfg(16, 16, 128, 4, 3),
     FALLBACK,
 ]
-# The two-stage kernel (large B): its tiles are Z (BLOCK_A, BLOCK_T·n2) and acc (BLOCK_A·BLOCK_T, m2).
-TWO_STAGE_CONFIGS = [
+# The large-B kernel: its tiles are Z (BLOCK_A, BLOCK_T·n2) and acc (BLOCK_A·BLOCK_T, m2).
+LARGE_B_CONFIGS = [
     _cfg(32, 32, 32, 8, 3), _cfg(16, 64, 32, 8, 3), _cfg(32, 16, 64, 8, 3), _cfg(16, 32, 32, 4, 3),
     _cfg(16, 16, 32, 8, 3), _cfg(8, 32, 32, 8, 3), FALLBACK,
 ]
 # Weight gradients: (tokens per step, A rows, A columns) of one program's slice of dA or M.
-WGRAD_CONFIGS = [
+FACTOR_GRAD_CONFIGS = [
     _cfg(64, 64, 64, 8, 3), _cfg(64, 32, 64, 4, 3), _cfg(32, 32, 32, 4, 3), _cfg(32, 16, 32, 8, 3),
     _cfg(16, 32, 32, 8, 3), FALLBACK,
 ]
@@ -61,7 +62,7 @@ WGRAD_CONFIGS = [
 
 def cdiv(a: int, b: int) -> int:
     """⌈a / b⌉ for launch grids: `triton.cdiv` is a `ConstexprFunction` in Triton ≥ 3.x whose every host
-    call costs ~3.5 µs (on this project's CPU; three per layer call were a third of its Python time)."""
+    call costs ~3.5 µs (on a 2-core x86 CPU, three per layer call were a third of its Python time)."""
     return -(-a // b)
 
 
@@ -79,9 +80,9 @@ def token_bucket(tokens: int) -> int:
 
 
 def registers(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> float:
-    """Estimated registers per thread held by the live tiles of `kernel` ("forward", "two_stage" or
-    "wgrad") under `cfg`: float32 tiles count 1 per element, the input tile its own width (½ in bf16); a
-    fused GELU doubles the accumulator (its temporaries), fused column sums double the x tile."""
+    """Estimated registers per thread held by the live tiles of `kernel` ("forward", "large_b" or
+    "factor_grads") under `cfg`: float32 tiles count 1 per element, the input tile its own width (½ in
+    bf16); a fused GELU doubles the accumulator (its temporaries), fused column sums double the x tile."""
     kw = cfg.kwargs
     t, a, c = kw["BLOCK_T"], kw["BLOCK_A"], kw["BLOCK_C"]
     m2p, n2p = args["M2P"], args["N2P"]
@@ -89,7 +90,7 @@ def registers(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> float:
     x_tile = t * c * n2p * _itemsize(args) / 4 * (2 if args.get("COLSUM") else 1)
     if kernel == "forward":
         live = t * a * m2p * act + t * a + x_tile
-    elif kernel == "two_stage":
+    elif kernel == "large_b":
         live = a * t * n2p + a * t * m2p * act + x_tile
     else:  # the G and x tiles are widened to float32 where B is applied
         live = t * a * m2p + t * c * n2p + a * max(c, t)
@@ -98,12 +99,12 @@ def registers(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> float:
 
 def shared_bytes(kernel: str, cfg: triton.Config, args: dict[str, Any]) -> int:
     """Upper estimate of the shared memory of `kernel` under `cfg`: every pipeline stage holds one tile of
-    each operand its loop loads (x and A; for "wgrad" x and the output gradient) at the input's width.
-    Measured on sm_90 builds (review of session 5): float32 (128, 64, 64)/3 of 81M c_proj uses 320 KB,
-    this estimate 442 KB; its bf16 build fits."""
+    each operand its loop loads (x and A; for "factor_grads" x and the output gradient) at the input's
+    width. On sm_90 builds float32 (128, 64, 64)/3 of 81M c_proj uses 320 KB, this estimate 442 KB; its bf16
+    build fits."""
     kw = cfg.kwargs
     t, a, c = kw["BLOCK_T"], kw["BLOCK_A"], kw["BLOCK_C"]
-    loaded = t * c * args["N2P"] + (t * a * args["M2P"] if kernel == "wgrad" else a * c)
+    loaded = t * c * args["N2P"] + (t * a * args["M2P"] if kernel == "factor_grads" else a * c)
     return loaded * _itemsize(args) * cfg.num_stages
 
 
@@ -162,8 +163,8 @@ def _pruner(kernel: str, limit: int, by_bucket: bool) -> Callable:
 
 
 prune_forward = _pruner("forward", MAX_CANDIDATES, by_bucket=True)
-prune_two_stage = _pruner("two_stage", 2, by_bucket=False)
-prune_wgrad = _pruner("wgrad", 2, by_bucket=False)
+prune_large_b = _pruner("large_b", 2, by_bucket=False)
+prune_factor_grads = _pruner("factor_grads", 2, by_bucket=False)
 
 
 def tuned(kernel: Any, configs: list[triton.Config], key: list[str], prune: Callable,
@@ -175,7 +176,8 @@ def tuned(kernel: Any, configs: list[triton.Config], key: list[str], prune: Call
                            reset_to_zero=reset)(kernel)
 
 
-# When a list, launches are recorded here instead of run (see `kronypt.kernels.sass`).
+# When a list, launches are recorded here instead of run: how `benchmarks/kernel_tools/sass.py` learns what
+# a layer call would launch, to compile it for a GPU on any machine.
 RECORDED_LAUNCHES: list[tuple[Any, list[triton.Config], dict[str, Any]]] | None = None
 
 

@@ -32,7 +32,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
 from kronypt.errors import KronyptError
-from kronypt.kernels import FUSED_ACTIVATIONS, kron_linear_fused
+from kronypt.kernels import FUSED_ACTIVATIONS
 from kronypt.models.configuration import base_config_of, compressed_config_class, is_compressed
 from kronypt.models.families import find_family
 from kronypt.nn import KroneckerLinear
@@ -71,22 +71,17 @@ class CompressedModelMixin:
 
 
 class KroneckerGPT2MLP(GPT2MLP):
-    """GPT-2's MLP; where c_fc runs on the fused CUDA kernels, GELU is applied inside that kernel.
-
-    Fusing the activation saves a full read and write of the (tokens, n_inner) activations in the forward
-    and the backward; elsewhere (CPU, other paths, other activations) this is exactly GPT2MLP.
-    """
+    """GPT-2's MLP whose Kronecker c_fc applies the activation itself: inside the fused CUDA kernel where
+    that layer runs on it (one full read and write of the (tokens, n_inner) activations saved, forward and
+    backward), after its product elsewhere. Other activations and dense layers run exactly as GPT2MLP."""
 
     fused_activation: str | None = None  # set from the model config when the MLP is adopted
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        fc = self.c_fc
-        if (self.fused_activation is not None and isinstance(fc, KroneckerLinear)
-                and fc.path_for(hidden_states) == "fused"):
-            hidden_states = kron_linear_fused(hidden_states, fc.A, fc.B, fc.scalars, fc.bias,
-                                              activation=self.fused_activation, impl=fc.fused_impl)
+        if self.fused_activation is not None and isinstance(self.c_fc, KroneckerLinear):
+            hidden_states = self.c_fc(hidden_states, activation=self.fused_activation)
         else:
-            hidden_states = self.act(fc(hidden_states))
+            hidden_states = self.act(self.c_fc(hidden_states))
         return self.dropout(self.c_proj(hidden_states))
 
 

@@ -3,20 +3,31 @@
 The weight is never stored. Each call runs the cheaper of three paths (factored with A first, factored
 with B first, or materialise W then a dense matmul), chosen by `kronypt.nn.cost` from the token count, k,
 the shapes and whether gradients are needed; set `path` to force one. On CUDA with Triton, the fused
-kernels of `kronypt.kernels` (x read once, y written once) join the automatic choice where they win
-(not for training under `torch.use_deterministic_algorithms(True)`: their backward sums with atomics).
+kernels of `kronypt.kernels` (x read once, y written once) join the automatic choice where they were
+measured to win (not for training under `torch.use_deterministic_algorithms(True)`: their backward sums
+with atomics). `forward(x, activation=...)` also applies an activation, inside the fused kernel's epilogue
+where that path runs one, so a model's MLP calls the layer alone on every path.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kronypt.errors import KronyptError
-from kronypt.kernels import FUSED_IMPLS, fused_available, fused_dtype, fused_wins, kron_linear_fused
+from kronypt.kernels import (
+    FUSED_ACTIVATIONS,
+    FUSED_IMPLS,
+    fused_available,
+    fused_dtype,
+    fused_wins,
+    kron_linear_fused,
+)
 from kronypt.math.decompose import (
     Decomposition,
     check_factors,
@@ -32,6 +43,15 @@ from kronypt.nn.functional import kron_linear_factored, kron_linear_materialised
 PathName = Literal["auto", "factored", "factored_a_first", "factored_b_first", "materialised", "fused"]
 PATHS = ("auto", "factored", "factored_a_first", "factored_b_first", "materialised", "fused")
 INITS = ("van-loan", "prune", "random")
+# Activations `forward` applies, by the names of Hugging Face configs' `activation_function`; the ones in
+# `FUSED_ACTIVATIONS` (GPT-2's tanh GELU) run inside the fused kernel on the fused path.
+ACTIVATIONS = {
+    "gelu_new": functools.partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
 
 
 class KroneckerLinear(nn.Module):
@@ -42,8 +62,8 @@ class KroneckerLinear(nn.Module):
 
     `path` picks how the product is computed ("auto": by the cost model, and on CUDA the fused kernels
     where they were measured to win); `fused_impl` picks which fused kernels run when the path is
-    "fused" (see `kronypt.kernels.ops`: "auto", or "triton", "v2", "v3" to force one version for
-    comparisons). Neither is saved with the model.
+    "fused" ("auto", or "general" to force the kernels that take any shape, for comparisons; see
+    `kronypt.kernels.dispatch`). Neither is saved with the model.
     """
 
     def __init__(
@@ -84,7 +104,7 @@ class KroneckerLinear(nn.Module):
 
     @property
     def fused_impl(self) -> str:
-        return getattr(self, "_fused_impl", "auto")  # "auto" for a module pickled before this attribute
+        return self._fused_impl
 
     @fused_impl.setter
     def fused_impl(self, value: str) -> None:
@@ -193,8 +213,8 @@ class KroneckerLinear(nn.Module):
         return cache[key]
 
     def __getstate__(self) -> dict:
-        """Pickled and deep-copied without the remembered paths: they depend on tables a newer version
-        (or a test) may change."""
+        """Pickled and deep-copied without the remembered paths: a cache, which the process that loads the
+        copy fills from its own cost model and table of measured wins."""
         state = super().__getstate__().copy()
         state.pop("_resolved", None)
         return state
@@ -220,11 +240,24 @@ class KroneckerLinear(nn.Module):
                  and not (training and torch.are_deterministic_algorithms_enabled()))
         return self.resolved_path(tokens, training, cuda and _on_tensor_cores(x), fused)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        """activation(x · Wᵀ + b) on the path `path_for(x)` names; `activation` is None or a name in
+        `ACTIVATIONS`. The fused path applies GPT-2's tanh GELU in its kernel's epilogue (one read and
+        write of the output saved, forward and backward); every other case applies it after the product."""
         if x.shape[-1] != self.in_features:
             raise KronyptError(f"KroneckerLinear({self.in_features} -> {self.out_features}) got an input whose last "
                                f"dimension is {x.shape[-1]} (shape {tuple(x.shape)}), not {self.in_features}")
+        if activation is not None and activation not in ACTIVATIONS:
+            raise KronyptError(f"unknown activation {activation!r}; choose None or one of {', '.join(ACTIVATIONS)}")
         path = self.path_for(x)
+        if path == "fused" and activation in FUSED_ACTIVATIONS:
+            return kron_linear_fused(x, self.A, self.B, self.scalars, self.bias, activation=activation,
+                                     impl=self.fused_impl)
+        y = self._product(x, path)
+        return y if activation is None else ACTIVATIONS[activation](y)
+
+    def _product(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """x · Wᵀ + b on one concrete path."""
         if path == "fused":
             return kron_linear_fused(x, self.A, self.B, self.scalars, self.bias, impl=self.fused_impl)
         if path == "materialised":

@@ -1,16 +1,17 @@
-"""Forward kernel for large B factors (m2, n2 > 8, e.g. MF1's (12, 12), 67M's (48, 24)): both contractions on
-the tensor cores.
+"""Forward kernel for large B factors (m2, n2 ≥ 9, e.g. MF1's (12, 12), 67M's (48, 24)): both contractions
+on the tensor cores.
 
-The register kernel of `kronypt.kernels.forward` spends k·m1·m2·n2 CUDA-core FMAs per token on B and
-re-reads its x tile once per column of B; for large B that dominates. Here one program owns BLOCK_T tokens
-× BLOCK_A rows of A and, per factor i:
+The general kernel of `kronypt.kernels.general_forward` applies B in registers: k·m1·m2·n2 CUDA-core FMAs
+per token, and its x tile re-read once per column of B; for large B that dominates. Here one program owns
+BLOCK_T tokens × BLOCK_A rows of A and, per factor i:
 
 1. Z = A_i[a-block, :] · X'  with X'[c, (t, d)] = x[t, c, d]: one GEMM (BLOCK_A × n1) @ (n1 × BLOCK_T·n2)
    over c-blocks, the x slab permuted in registers (no strided loads);
 2. acc += Z' · (s_i B_iᵀ) with Z' = Z viewed as (BLOCK_A·BLOCK_T, n2): one GEMM with K = n2, N = m2.
 
 Tensor-core multiply-adds per token: k·m1·n2p·(n1 + m2p) with n2p, m2p the padded sizes (MF1: 14 % of
-dense); x is read once per A-row block, y written once through the shared epilogue.
+dense); x is read once per A-row block, y written once through the shared epilogue. `general_forward`
+launches it (`kron_forward`) with the same arguments as its own kernel.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from kronypt.kernels.tiles import add_colsum, load_a, load_x, mma, store_output,
 
 
 @triton.jit
-def two_stage_kernel(
+def large_b_kernel(
     X, A, B, S, BIAS, Y, PRE, COLS,
     T, T_BUCKET, stride_xt, stride_yt,
     stride_ak: tl.constexpr, stride_am: tl.constexpr, stride_an: tl.constexpr,

@@ -1,12 +1,12 @@
-"""Compile the kernels for a Hopper GPU on any machine and report what the machine code does.
+"""Compile the fused kernels for a Hopper GPU on any machine and report what the machine code does.
 
 Triton's wheel carries ptxas and cuobjdump, so no GPU is needed to see, for the exact kernels a layer call
 would launch (same constexprs, same 16-byte specialisations a real launch gets), the registers per thread,
 spills, shared memory, and the instruction mix: tensor-core `HGMMA` (wgmma), 16-byte async copies
-(`LDGSTS.E.BYPASS.128`) or scalar `LDG.E.U16`, store widths. This caught 2-byte loads and stores (unit
-strides unknown to the compiler) before any GPU time was spent.
+(`LDGSTS.E.BYPASS.128`) or scalar `LDG.E.U16`, store widths. It shows, for example, 2-byte loads and
+stores where the compiler cannot know that a stride is 1.
 
-    from kronypt.kernels.sass import layer_report
+    from kernel_tools.sass import layer_report     # with benchmarks/ on sys.path
     for row in layer_report(KronShape(768, 768, 4, 1), k=1, tokens=8192, training=True):
         print(row)
 """
@@ -25,16 +25,14 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import mangle_type
-from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kronypt.kernels import ops, tuning
+from kronypt.kernels import dispatch, tuning
 from kronypt.kernels.activation import activation_code
 from kronypt.math.shapes import KronShape
 
 HOPPER = GPUTarget("cuda", 90, 32)
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-INSTRUCTIONS = re.compile(r"\b(HGMMA|HMMA|LDGSTS|LDG|STG|LDL|STL|RED|ATOM|UTMALDG|UTMASTG|UBLKCP)(\.[A-Za-z0-9_.]+)?")
+INSTRUCTIONS = re.compile(r"\b(HGMMA|HMMA|LDGSTS|LDG|STG|LDL|STL|RED|ATOM)(\.[A-Za-z0-9_.]+)?")
 
 
 def _cuobjdump() -> str:
@@ -57,11 +55,11 @@ def recorded_launches(shape: KronShape, k: int, tokens: int, training: bool, dty
     act = activation_code(activation)
     tuning.RECORDED_LAUNCHES = []
     try:
-        save = training and (act != 0 or ops.saves_p(x, B, impl))
-        y, saved = ops.fused_forward(x, A, B, s, b, act, save, impl)
+        save = training and (act != 0 or dispatch.saves_p(x, A, B, impl))
+        y, saved = dispatch.fused_forward(x, A, B, s, b, act, save, impl)
         if training:
-            ops.fused_backward(torch.empty_like(y), x, A, B, s, saved, b, act, True, True, True, scalars, bias,
-                               impl)
+            dispatch.fused_backward(torch.empty_like(y), x, A, B, s, saved, b, act, True, True, True, scalars,
+                                    bias, impl)
         return tuning.RECORDED_LAUNCHES
     finally:
         tuning.RECORDED_LAUNCHES = None
@@ -84,9 +82,7 @@ def compile_report(jit: Any, args: dict, config: triton.Config) -> dict:
         if name in constexprs:
             signature[name] = "constexpr"
             continue
-        if isinstance(value, TensorDescriptor):  # "tensordesc<bf16[128, 64]>"
-            signature[name] = mangle_type(value)
-        elif isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor):
             signature[name] = "*" + DTYPES[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]  # allocations are 256-byte aligned
         else:

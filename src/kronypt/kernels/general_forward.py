@@ -1,10 +1,11 @@
-"""The fused Kronecker forward: y = x · (Σ_i s_i A_i ⊗ B_i)ᵀ + b, optionally gelu_new(y), one launch.
+"""The general forward kernel, for any shape: y = x · (Σ_i s_i A_i ⊗ B_i)ᵀ + b (+ gelu_new), one launch.
 
 Per token, with x viewed as X (n1, n2) and y as Y (m1, m2): Y = Σ_i s_i A_i X B_iᵀ. `kron_forward` sends
-large B factors (m2, n2 ≥ 9) to `kronypt.kernels.two_stage` and the rest to the kernel here. One program
-owns BLOCK_T tokens × BLOCK_A rows of A, i.e. the contiguous output columns [a0·m2, (a0+BLOCK_A)·m2). For
-each factor i and each j of the small inner dimension it runs one tensor-core GEMM over the n1 axis and
-folds the (BLOCK_T, BLOCK_A) result into a (BLOCK_T, BLOCK_A, m2) accumulator with B in registers:
+large B factors (m2, n2 ≥ 9) to `kronypt.kernels.large_b_forward` and the rest to the kernel here, which
+applies B in registers. One program owns BLOCK_T tokens × BLOCK_A rows of A, i.e. the contiguous output
+columns [a0·m2, (a0+BLOCK_A)·m2). For each factor i and each j of the small inner dimension it runs one
+tensor-core GEMM over the n1 axis and folds the (BLOCK_T, BLOCK_A) result into a (BLOCK_T, BLOCK_A, m2)
+accumulator with B in registers:
 
 - A first (n2 ≤ m2):  P = X[:, :, j] · A_iᵀ,                 acc[:, :, b] += s_i B_i[b, j] · P
 - B first (n2 > m2):  P = (Σ_d B_i[j, d] X[:, :, d]) · A_iᵀ,  acc[:, :, j] += s_i · P
@@ -13,8 +14,8 @@ so the tensor cores do k·m1·n1·min(m2, n2) multiply-adds per token and the re
 x is read from memory once (the other A-row blocks of a token tile re-read it from L2), y is written
 once; bias, the saved pre-activation and the activation are in the epilogue.
 
-The same kernels compute grad_x = grad_y · (Σ s_i A_iᵀ ⊗ B_iᵀ) from transposed strides of A and B, and
-can sum their input over tokens on the way (`colsum`): the bias gradient in the same pass.
+The same kernels compute the input gradient, grad_x = grad_y · (Σ s_i A_iᵀ ⊗ B_iᵀ), from transposed strides
+of A and B, and can sum their input over tokens on the way (`colsum`): the bias gradient in the same pass.
 """
 
 from __future__ import annotations
@@ -25,21 +26,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kronypt.kernels.roofline import uses_two_stage
+from kronypt.kernels.availability import uses_large_b_kernel
+from kronypt.kernels.large_b_forward import large_b_kernel
 from kronypt.kernels.tiles import add_colsum, load_a, load_x, mma, pick_x, store_output, token_tile
 from kronypt.kernels.tuning import (
     FORWARD_CONFIGS,
-    TWO_STAGE_CONFIGS,
+    LARGE_B_CONFIGS,
     cdiv,
     dot_flags,
     launch,
     next_pow2,
     prune_forward,
-    prune_two_stage,
+    prune_large_b,
     token_bucket,
     tuned,
 )
-from kronypt.kernels.two_stage import two_stage_kernel
 
 # The factor strides tell the forward (contiguous A) from grad_x (A transposed) of a square layer.
 FORWARD_KEY = ["T_BUCKET", "M1", "N1", "M2", "N2", "K", "HAS_S", "HAS_BIAS", "ACT", "SAVE_PRE", "COLSUM",
@@ -104,7 +105,7 @@ def _forward_kernel(
 
 # Tuning re-runs a kernel: the column sums it adds atomically must start from zero each time.
 _forward_tuned = tuned(_forward_kernel, FORWARD_CONFIGS, FORWARD_KEY, prune_forward, reset=["COLS"])
-_two_stage_tuned = tuned(two_stage_kernel, TWO_STAGE_CONFIGS, FORWARD_KEY, prune_two_stage, reset=["COLS"])
+_large_b_tuned = tuned(large_b_kernel, LARGE_B_CONFIGS, FORWARD_KEY, prune_large_b, reset=["COLS"])
 
 @functools.cache
 def _no_colsum(device: torch.device) -> torch.Tensor:
@@ -147,8 +148,8 @@ def kron_forward(
     def grid(meta: dict) -> tuple[int]:
         return (cdiv(T, meta["BLOCK_T"]) * cdiv(m1, meta["BLOCK_A"]),)
 
-    if uses_two_stage(m2, n2):
-        launch(_two_stage_tuned, TWO_STAGE_CONFIGS, grid, args)
+    if uses_large_b_kernel(m2, n2):
+        launch(_large_b_tuned, LARGE_B_CONFIGS, grid, args)
     else:
         launch(_forward_tuned, FORWARD_CONFIGS, grid, {**args, "A_FIRST": n2 <= m2, "J": min(m2, n2)})
     return y, pre

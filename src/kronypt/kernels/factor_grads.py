@@ -1,4 +1,4 @@
-"""Factor-gradient kernels: reductions over tokens of the output gradient G against the input x.
+"""The general factor-gradient kernels, for any shape: dA and M (hence dB, ds) as token reductions of G · x.
 
 With G viewed per token as (m1, m2) and x as (n1, n2):
 
@@ -21,12 +21,12 @@ import triton.language as tl
 
 from kronypt.kernels.tiles import load_a, load_x, mma, pick_x
 from kronypt.kernels.tuning import (
-    WGRAD_CONFIGS,
+    FACTOR_GRAD_CONFIGS,
     cdiv,
     dot_flags,
     launch,
     next_pow2,
-    prune_wgrad,
+    prune_factor_grads,
     sm_count,
     token_bucket,
     tuned,
@@ -138,8 +138,8 @@ def _grad_m_kernel(
     tl.atomic_add(out, acc, mask=mask)
 
 
-_grad_a_tuned = tuned(_grad_a_kernel, WGRAD_CONFIGS, GRAD_A_KEY, prune_wgrad, reset=["DA"])
-_grad_m_tuned = tuned(_grad_m_kernel, WGRAD_CONFIGS, GRAD_M_KEY, prune_wgrad, reset=["MOUT"])
+_grad_a_tuned = tuned(_grad_a_kernel, FACTOR_GRAD_CONFIGS, GRAD_A_KEY, prune_factor_grads, reset=["DA"])
+_grad_m_tuned = tuned(_grad_m_kernel, FACTOR_GRAD_CONFIGS, GRAD_M_KEY, prune_factor_grads, reset=["MOUT"])
 
 
 def _token_slice(tokens: int, tiles: int, device: torch.device) -> int:
@@ -180,7 +180,7 @@ def kron_grad_a(x: torch.Tensor, g: torch.Tensor, A: torch.Tensor, B: torch.Tens
         tiles = k * cdiv(m1, meta["BLOCK_A"]) * cdiv(n1, meta["BLOCK_C"])
         return tiles, cdiv(args["T"], args["T_SLICE"])
 
-    launch(_grad_a_tuned, WGRAD_CONFIGS, grid, args)
+    launch(_grad_a_tuned, FACTOR_GRAD_CONFIGS, grid, args)
     return out
 
 
@@ -203,5 +203,5 @@ def kron_grad_m(x: torch.Tensor, g: torch.Tensor, A: torch.Tensor, m2: int, n2: 
     def grid(meta: dict) -> tuple[int, int]:
         return cdiv(m1, meta["BLOCK_A"]), cdiv(args["T"], args["T_SLICE"])
 
-    launch(_grad_m_tuned, WGRAD_CONFIGS, grid, args)
+    launch(_grad_m_tuned, FACTOR_GRAD_CONFIGS, grid, args)
     return out
