@@ -1,4 +1,5 @@
-"""tiktoken GPT-2 BPE built offline from tokenizer files: equal to tiktoken's own gpt2 and to Hugging Face."""
+"""Encodings for token files: tiktoken GPT-2 BPE built offline (equal to tiktoken's own gpt2 and to Hugging Face),
+Hugging Face tokenizer.json folders, and the token dtype."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import tiktoken
 from kronypt.data.tokenizer import encode_documents, encoding_from_files, load_encoding
 from kronypt.errors import KronyptError
 from kronypt.models.tokenizers import load_tokenizer
-from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared
+from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared, requires_smollm2
 
 pytestmark = requires_shared
 
@@ -96,10 +97,12 @@ def test_small_custom_bpe_folder(tmp_path: Path) -> None:
     assert encoding.eot_token == 258
 
 
-def test_vocab_too_large_for_uint16_is_refused(tmp_path: Path) -> None:
+def test_ids_beyond_uint16_make_uint32_token_files(tmp_path: Path) -> None:
+    from kronypt.data.tokenizer import token_dtype
+
     vocab = byte_vocab() | {"ab": 256, "<|endoftext|>": 70000}
-    with pytest.raises(KronyptError, match="uint16"):
-        load_encoding(str(write_tokenizer(tmp_path / "big", vocab, ["a b"])))
+    encoding = load_encoding(str(write_tokenizer(tmp_path / "big", vocab, ["a b"])))
+    assert token_dtype(encoding) is np.uint32 and encode_documents(encoding, ["ab"])[0].tolist() == [256, 70000]
 
 
 def test_merges_out_of_id_order_are_refused(tmp_path: Path) -> None:
@@ -144,3 +147,38 @@ def test_a_tiktoken_download_failure_is_a_one_line_error(monkeypatch: pytest.Mon
     assert str(caught.value) == ("cannot load tiktoken encoding 'gpt2' (it downloads its files once: "
                                  "HTTPSConnectionPool(host='openaipublic.blob.core.windows.net')); "
                                  "offline, pass --tokenizer DIR with encoder.json+vocab.bpe")
+
+
+@requires_smollm2
+def test_a_hugging_face_tokenizer_gives_its_own_ids_and_a_separator(tmp_path: Path) -> None:
+    """A tokenizer.json folder (SmolLM2's, from its GGUF) through `tokenizers`: the ids transformers gives, no
+    BOS added, <|endoftext|> between documents, and the string <|endoftext|> inside a text kept as text."""
+    from kronypt.data.tokenizer import HFEncoding, token_dtype
+    from kronypt.models.tokenizers import load_tokenizer
+
+    reference = load_tokenizer("smollm2-135m")
+    reference.save_pretrained(tmp_path)
+    encoding = load_encoding(str(tmp_path))
+    assert isinstance(encoding, HFEncoding) and encoding.eot_token == reference.convert_tokens_to_ids("<|endoftext|>")
+    texts = ["The capital of France is Paris.", "Call me <|endoftext|> Ishmael."]
+    tokens, lengths = encode_documents(encoding, texts)
+    assert tokens.dtype == np.uint16 and token_dtype(encoding) is np.uint16
+    first = tokens[: lengths[0]].tolist()
+    assert first == reference(texts[0], add_special_tokens=False).input_ids + [encoding.eot_token]
+    assert encoding.eot_token not in tokens[lengths[0]: lengths.sum() - 1]  # the string in the text is text
+    assert encoding.decode(tokens[lengths[0]: lengths.sum() - 1].tolist()) == texts[1]
+
+
+def test_ids_beyond_uint16_are_stored_as_uint32(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from kronypt.data.tokenizer import token_dtype
+
+    vocab = {"<|endoftext|>": 0, **{f"w{i}": i + 1 for i in range(70_000)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    encoding = load_encoding(str(tmp_path))
+    tokens, lengths = encode_documents(encoding, ["w1 w69999"])
+    assert token_dtype(encoding) is np.uint32 and tokens.dtype == np.uint32
+    assert tokens.tolist() == [2, 70_000, 0] and lengths.tolist() == [3]

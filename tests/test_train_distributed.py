@@ -268,8 +268,8 @@ def counted(name, fn):
 corpora._read_local = counted("read", corpora._read_local)
 wikitext.load_tokenizer = counted("tokenizer", wikitext.load_tokenizer)
 KronyPT.plan = counted("tokenise", KronyPT.plan)
-validation = wikitext.WikiTextValidation(str(tmp / "data"), {"tokenizer": {"folder": str(TOKENIZER_DIR)}},
-                                         seq_len=32, batch_size=4, max_tokens=300)
+validation = wikitext.WikiTextValidation(str(tmp / "data"), str(TOKENIZER_DIR), seq_len=32, batch_size=4,
+                                         max_tokens=300)
 ppl = validation(tiny_model(), env.rank, env.world_size)
 
 def fail():
@@ -302,8 +302,7 @@ def test_only_rank_0_reads_and_tokenises_wikitext_and_every_rank_gets_its_ids(tm
     reports = [json.loads((tmp_path / f"wikitext-{rank}.json").read_text()) for rank in (0, 1)]
     assert reports[0]["counts"] == {"read": 1, "tokenizer": 1, "tokenise": 1}
     assert reports[1]["counts"] == {"read": 0, "tokenizer": 0, "tokenise": 0}
-    meta = {"tokenizer": {"folder": str(TOKENIZER_DIR)}}
-    single = WikiTextValidation(str(tmp_path / "data"), meta, seq_len=32, batch_size=4, max_tokens=300)
+    single = WikiTextValidation(str(tmp_path / "data"), str(TOKENIZER_DIR), seq_len=32, batch_size=4, max_tokens=300)
     ids = single.plan.sequences[0].tolist()
     assert len(ids) == 300 and distributed.from_main_rank(lambda: "no group") == "no group"
     assert reports[0]["ids"] == reports[1]["ids"] == ids

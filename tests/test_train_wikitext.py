@@ -83,9 +83,8 @@ def test_wikitext_validation_from_the_hub_reads_the_validation_split(monkeypatch
     # `eval_wikitext: hub`: the same rows from the hub give the same token ids and windows as the local file.
     calls: list = []
     _hub_datasets(monkeypatch, load_texts("wikitext2", "validation", "tokens", SHARED_DATA), calls)
-    meta = {"tokenizer": {"folder": str(TOKENIZER_DIR)}}
-    hub = WikiTextValidation("hub", meta, seq_len=32, batch_size=4, max_tokens=300)
-    local = WikiTextValidation(str(SHARED_DATA), meta, seq_len=32, batch_size=4, max_tokens=300)
+    hub = WikiTextValidation("hub", str(TOKENIZER_DIR), seq_len=32, batch_size=4, max_tokens=300)
+    local = WikiTextValidation(str(SHARED_DATA), str(TOKENIZER_DIR), seq_len=32, batch_size=4, max_tokens=300)
     assert calls == [("Salesforce/wikitext", "wikitext-2-v1", "validation")]
     assert torch.equal(hub.plan.sequences[0], local.plan.sequences[0]) and len(hub.plan.sequences[0]) == 300
     assert hub.plan.requests == local.plan.requests
@@ -107,4 +106,4 @@ def test_an_unreachable_wikitext_hub_stops_training_with_one_line(tmp_path: Path
     assert calls == [("Salesforce/wikitext", "wikitext-2-v1", "validation")]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     with pytest.raises(KronyptError, match="meta.json names none"):
-        WikiTextValidation("hub", {}, seq_len=32, batch_size=4, max_tokens=300)
+        WikiTextValidation("hub", None, seq_len=32, batch_size=4, max_tokens=300)

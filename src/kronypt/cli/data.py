@@ -1,9 +1,11 @@
-"""`kronypt data prepare`: text corpora to GPT-2 BPE token folders for training."""
+"""`kronypt data prepare`: text corpora to token folders for training, with any model's tokenizer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,19 +42,23 @@ def prepare(
     workers: Annotated[int, typer.Option(help="Tokenising processes; the output does not depend on it.")] = (
         os.cpu_count() or 1),
     tokenizer: Annotated[str, typer.Option(
-        help="Folder with encoder.json+vocab.bpe or vocab.json+merges.txt (offline), or a tiktoken "
-             "encoding name (downloads once).")] = "gpt2",
+        help="GPT-2's BPE (a folder with encoder.json+vocab.bpe or vocab.json+merges.txt, offline; or a tiktoken "
+             "encoding name, downloads once), or any Hugging Face tokenizer: a folder with tokenizer.json, a hub "
+             "id, a .gguf file or a packaged model (smollm2-135m), copied into OUT/tokenizer.")] = "gpt2",
     force: Annotated[bool, typer.Option(help="Replace train.bin, val.bin and meta.json in a non-empty --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print meta.json instead of the summary table.")] = False,
 ) -> None:
-    """Tokenise text into DIR/train.bin and DIR/val.bin (uint16, nanoGPT layout) plus DIR/meta.json.
+    """Tokenise text into DIR/train.bin and DIR/val.bin (nanoGPT layout: uint16 ids, uint32 for vocabularies
+    beyond 65,536) plus DIR/meta.json.
 
-    Each document is followed by the end-of-text token. A .txt file is one document unless lines holding
-    only <|endoftext|> separate documents (as in the Gutenberg shards); each JSON line or dataset row is one
-    document. Output is written under temporary names and renamed at the end, meta.json last.
+    Each document is followed by the end-of-text token (<|endoftext|>, or the tokenizer's eos_token). A .txt
+    file is one document unless lines holding only <|endoftext|> separate documents (as in the Gutenberg
+    shards); each JSON line or dataset row is one document. Output is written under temporary names and renamed
+    at the end, meta.json last.
 
     Example: kronypt data prepare --input 'corpus/gutenberg/gutenberg_train_*.txt.gz'
     --val-input corpus/gutenberg/gutenberg_val.txt.gz --tokenizer gpt2-tokenizer --out data/gutenberg
+    (or --tokenizer smollm2-135m --out data/gutenberg-smollm2 for SmolLM2's)
     """
     if ctx.args:
         raise KronyptError(f"unexpected arguments {' '.join(ctx.args)}: quote globs (--input 'dir/*.txt') or "
@@ -66,15 +72,38 @@ def prepare(
     sources: list[DocumentSource] = (
         [HFDatasetSource.parse(hf_dataset)] if hf_dataset else list(resolve_inputs(inputs or []))
     )
-    meta = prepare_tokens(sources, out, val_inputs=resolve_inputs(val_inputs or []),
-                          val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed=seed,
-                          tokenizer=tokenizer, workers=workers, force=force, progress=not as_json)
+    with contextlib.ExitStack() as stack:
+        folder = _tokenizer_folder(tokenizer, stack)
+        meta = prepare_tokens(sources, out, val_inputs=resolve_inputs(val_inputs or []),
+                              val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed=seed,
+                              tokenizer=folder, tokenizer_label=tokenizer, workers=workers, force=force,
+                              progress=not as_json)
     for warning in _split_warnings(meta):
         sys.stderr.write(f"kronypt: warning: {warning}\n")
     if as_json:
         print_json(meta)
     else:
         console.print(_summary(out, meta))
+
+
+def _tokenizer_folder(name: str, stack: contextlib.ExitStack) -> str:
+    """What `prepare_tokens` reads: a local folder or tiktoken name as given; a model's tokenizer (hub id,
+    .gguf file, packaged model) saved to a temporary folder in Hugging Face's layout."""
+    import tiktoken
+
+    if Path(name).expanduser().is_dir() or name in tiktoken.list_encoding_names():
+        return name
+    from kronypt.models.tokenizers import load_tokenizer
+
+    try:
+        loaded = load_tokenizer(name)
+    except KronyptError as exc:
+        known = ", ".join(tiktoken.list_encoding_names())
+        raise KronyptError(f"unknown tokenizer {name!r}: not a folder or a tiktoken encoding ({known}), and as a "
+                           f"model's tokenizer: {exc}") from None
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="kronypt-tokenizer-"))
+    loaded.save_pretrained(folder)
+    return folder
 
 
 def _split_warnings(meta: dict[str, Any]) -> list[str]:
@@ -98,7 +127,8 @@ def _split_warnings(meta: dict[str, Any]) -> list[str]:
 
 
 def _summary(out: Path, meta: dict[str, Any]) -> Table:
-    table = Table(title=f"{out}: {meta['vocab_size']:,}-token vocabulary, end-of-text {meta['eot_token']}")
+    table = Table(title=f"{out}: {meta['vocab_size']:,}-token vocabulary, end-of-text {meta['eot_token']}, "
+                        f"{meta['dtype']} ids")
     for header in ("split", "documents", "tokens", "file"):
         table.add_column(header, justify="left" if header in ("split", "file") else "right")
     for split, info in meta["splits"].items():

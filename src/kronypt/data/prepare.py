@@ -9,6 +9,7 @@ is encoded and gives the progress bar its total.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import signal
 import threading
 from collections import deque
@@ -21,16 +22,23 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from kronypt import __version__
 from kronypt.data.sources import DocumentSource, check_disjoint, sha256_file
-from kronypt.data.tokenizer import encode_documents, eot_token, load_encoding, tokenizer_files
-from kronypt.data.writer import SPLITS, TokenFolderWriter
+from kronypt.data.tokenizer import (
+    HFEncoding,
+    encode_documents,
+    eot_token,
+    load_encoding,
+    token_dtype,
+    tokenizer_files,
+)
+from kronypt.data.writer import SPLITS, TOKENIZER_FOLDER, TokenFolderWriter
 from kronypt.errors import KronyptError
 
 FORMAT = "kronypt-tokens/1"
 DEFAULT_VAL_FRACTION = 0.0005  # nanoGPT's OpenWebText split
 BATCH_CHARS = 1 << 20  # documents are sent to workers in batches of about this many characters
-Encoded = tuple[np.ndarray, np.ndarray]  # (uint16 tokens, tokens per document), see encode_documents
+Encoded = tuple[np.ndarray, np.ndarray]  # (tokens, tokens per document), see encode_documents
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ def prepare_tokens(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = 0,
     tokenizer: str = "gpt2",
+    tokenizer_label: str | None = None,
     workers: int = 1,
     force: bool = False,
     progress: bool = True,
@@ -69,7 +78,9 @@ def prepare_tokens(
     training, when val_fraction > 0), or, when the inputs hold a single document (one plain text file such
     as tiny Shakespeare), its last round(val_fraction × tokens) tokens, as nanoGPT's character-level
     recipes split their one file. `val_fraction=0` without `val_inputs` writes an empty val.bin.
-    `tokenizer` is a tokenizer folder or a tiktoken encoding name (see `kronypt.data.tokenizer`).
+    `tokenizer` is a tokenizer folder or a tiktoken encoding name (see `kronypt.data.tokenizer`); a Hugging Face
+    tokenizer (tokenizer.json) is copied into the folder's `tokenizer/`, so the token folder names a tokenizer
+    that stays where it is, and meta.json records `tokenizer_label` (what the user named) as its source.
     `progress` shows tqdm bars on stderr when it is a terminal.
     """
     if not inputs:
@@ -93,7 +104,12 @@ def prepare_tokens(
         raise KronyptError("the validation inputs hold no documents")
 
     done = _Counts(dict.fromkeys(SPLITS, 0), [{"documents": 0, "tokens": 0} for _ in sources])
-    with _sigterm_exits(), TokenFolderWriter(Path(out_dir), force) as writer:
+    dtype = token_dtype(encoding, tokenizer)
+    with _sigterm_exits(), TokenFolderWriter(Path(out_dir), force, dtype) as writer:
+        if isinstance(encoding, HFEncoding):
+            folder = Path(tokenizer).expanduser()
+            writer.add_folder(TOKENIZER_FOLDER, {name: (folder / name).read_bytes() for name in HF_TOKENIZER_FILES
+                                                 if (folder / name).is_file()})
         batches = _batches(sources, len(inputs), val_docs, tail)
         with tqdm(total=sum(counts), unit="doc", desc="tokenising", disable=None if progress else True) as bar:
             for batch, encoded in _encode(batches, tokenizer, workers):
@@ -102,10 +118,10 @@ def prepare_tokens(
                 bar.set_postfix(tokens=f"{sum(writer.tokens.values()):,}")
         meta = {
             "format": FORMAT,
-            "created_by": f"kronypt {__version__}",
-            "dtype": "uint16",
+            "created_by": f"kronypt {_version()}",
+            "dtype": np.dtype(dtype).name,
             "layout": "flat token ids; every document is followed by eot_token",
-            "tokenizer": _describe_tokenizer(tokenizer, encoding.name),
+            "tokenizer": _describe_tokenizer(tokenizer, encoding, tokenizer_label),
             "vocab_size": encoding.n_vocab,
             "eot_token": eot_token(encoding),
             "splits": {split: {"file": f"{split}.bin", "tokens": writer.tokens[split],
@@ -270,9 +286,21 @@ def _write_batch(writer: TokenFolderWriter, batch: _Batch, encoded: Encoded, don
         done.per_input[source_index]["tokens"] += int(lengths[i])
 
 
-def _describe_tokenizer(source: str, name: str) -> dict[str, Any]:
+def _describe_tokenizer(source: str, encoding: object, label: str | None) -> dict[str, Any]:
+    if isinstance(encoding, HFEncoding):  # copied into the token folder: a path relative to it
+        folder = Path(source).expanduser()
+        return {"folder": TOKENIZER_FOLDER, "source": label or source,
+                "files": {name: sha256_file(folder / name) for name in HF_TOKENIZER_FILES if (folder / name).is_file()}}
     files = tokenizer_files(source)
     if files is None:
-        return {"tiktoken": name}
+        return {"tiktoken": encoding.name}
     return {"folder": str(Path(source).expanduser().resolve()),  # absolute: training may run elsewhere
             "files": {path.name: sha256_file(path) for path in files}}
+
+
+def _version() -> str:
+    """kronypt's version, read from its installed metadata (importing the package would load the model stack)."""
+    try:
+        return importlib.metadata.version("kronypt")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

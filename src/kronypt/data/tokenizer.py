@@ -1,9 +1,12 @@
-"""GPT-2 byte-level BPE as a `tiktoken.Encoding`, built offline from a tokenizer folder or by tiktoken name.
+"""Encodings for bulk tokenisation: GPT-2 byte-level BPE through tiktoken, any other tokenizer through Hugging
+Face's `tokenizers`.
 
-tiktoken is much faster than the Hugging Face tokenizers for bulk encoding, but `tiktoken.get_encoding("gpt2")`
+tiktoken is much faster than the Hugging Face tokenizers for GPT-2's BPE, but `tiktoken.get_encoding("gpt2")`
 downloads its files on first use. A folder holding OpenAI's `encoder.json`+`vocab.bpe` (or the same files
 under Hugging Face's names `vocab.json`+`merges.txt`) gives the same encoding with no network: the merge
-ranks come straight from the files, and tiktoken's token ids are those ranks.
+ranks come straight from the files, and tiktoken's token ids are those ranks. A folder holding a
+`tokenizer.json` (Llama, SmolLM2, Qwen, ...) is read by `tokenizers` (`HFEncoding`). Token ids are stored as
+uint16 while the vocabulary fits, as uint32 beyond (`token_dtype`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import functools
 import itertools
 import json
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import tiktoken
@@ -21,7 +25,54 @@ from kronypt.errors import KronyptError
 
 # (vocabulary, merges) file names a tokenizer folder may hold, in the order they are looked for.
 FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
+HF_FILE = "tokenizer.json"
 UINT16_MAX = np.iinfo(np.uint16).max
+UINT32_MAX = np.iinfo(np.uint32).max
+Encoding = Union[tiktoken.Encoding, "HFEncoding"]  # noqa: UP007  (a string forward reference)
+
+
+class HFEncoding:
+    """A Hugging Face `tokenizers` tokenizer with the part of tiktoken's interface that tokenising needs.
+
+    Special-token strings inside a text are encoded as ordinary text (a document cannot inject a separator),
+    and no BOS/EOS is added: documents are separated by `eot_token`, as in GPT-2's token files. The end of a
+    document is `<|endoftext|>` where the vocabulary has it, else the `eos_token` of tokenizer_config.json.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self._tokenizer = Tokenizer.from_file(str(folder / HF_FILE))
+        except Exception as exc:  # noqa: BLE001  (tokenizers raises bare Exceptions on a bad file)
+            raise KronyptError(f"cannot read {folder / HF_FILE}: {str(exc).splitlines()[0] if str(exc) else exc}"
+                               ) from None
+        self._tokenizer.encode_special_tokens = True
+        self.name = f"hf:{folder.name}"
+        self.n_vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self.max_token_value = max(self._tokenizer.get_vocab(with_added_tokens=True).values())
+        self.eot_token = self._end_of_text(folder)
+
+    def _end_of_text(self, folder: Path) -> int:
+        found = self._tokenizer.token_to_id(ENDOFTEXT)
+        if found is not None:
+            return found
+        config = folder / "tokenizer_config.json"
+        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token") if config.is_file() else None
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        found = self._tokenizer.token_to_id(eos) if isinstance(eos, str) else None
+        if found is None:
+            raise KronyptError(f"tokenizer {folder} has no {ENDOFTEXT} and no eos_token to separate documents")
+        return found
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def tokenizer_files(source: str) -> tuple[Path, Path] | None:
@@ -37,24 +88,30 @@ def tokenizer_files(source: str) -> tuple[Path, Path] | None:
         if (path / vocab_name).is_file() and (path / merges_name).is_file():
             return path / vocab_name, path / merges_name
     pairs = " or ".join("+".join(pair) for pair in FILE_PAIRS)
-    raise KronyptError(f"tokenizer folder {path} holds neither {pairs}")
+    raise KronyptError(f"tokenizer folder {path} holds neither {pairs} nor {HF_FILE}")
 
 
 @functools.lru_cache(maxsize=4)
-def load_encoding(source: str) -> tiktoken.Encoding:
-    """The tiktoken Encoding for a tokenizer folder or a tiktoken encoding name (e.g. 'gpt2').
+def load_encoding(source: str) -> Encoding:
+    """The encoding of a tokenizer folder (a GPT-2 BPE pair, through tiktoken; else its tokenizer.json) or of a
+    tiktoken encoding name (e.g. 'gpt2').
 
     Cached per process, so worker processes build it once. Only encodings with an end-of-text token and
-    whose ids fit uint16 token files are accepted (see `eot_token`, `check_fits_uint16`).
+    whose ids fit uint32 token files are accepted (see `eot_token`, `token_dtype`).
     """
-    files = tokenizer_files(source)
-    if files is not None:
-        encoding = encoding_from_files(*files)
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / HF_FILE).is_file() and not _has_bpe_pair(path):
+        encoding = HFEncoding(path)
     else:
-        encoding = _encoding_by_name(source)
+        files = tokenizer_files(source)
+        encoding = encoding_from_files(*files) if files is not None else _encoding_by_name(source)
     eot_token(encoding)
-    check_fits_uint16(encoding, source)
+    token_dtype(encoding, source)
     return encoding
+
+
+def _has_bpe_pair(path: Path) -> bool:
+    return any((path / vocab).is_file() and (path / merges).is_file() for vocab, merges in FILE_PAIRS)
 
 
 def encoding_from_files(vocab_file: Path, merges_file: Path) -> tiktoken.Encoding:
@@ -88,40 +145,49 @@ def encoding_from_files(vocab_file: Path, merges_file: Path) -> tiktoken.Encodin
                              mergeable_ranks=ranks, special_tokens=special)
 
 
-def eot_token(encoding: tiktoken.Encoding) -> int:
-    """The id of the `<|endoftext|>` token that separates documents."""
+def eot_token(encoding: Encoding) -> int:
+    """The id of the token that separates documents (`<|endoftext|>` for GPT-2's BPE)."""
+    if isinstance(encoding, HFEncoding):
+        return encoding.eot_token
     try:
         return encoding.encode_single_token(ENDOFTEXT)
     except KeyError:
         raise KronyptError(f"tokenizer {encoding.name} has no {ENDOFTEXT} token to separate documents") from None
 
 
-def check_fits_uint16(encoding: tiktoken.Encoding, source: str) -> None:
-    """Token files store ids as uint16 (nanoGPT layout): refuse tokenizers with ids above 65535."""
-    if encoding.max_token_value > UINT16_MAX:
-        raise KronyptError(f"tokenizer {source} has ids up to {encoding.max_token_value} (vocab size "
-                           f"{encoding.n_vocab}); uint16 token files hold ids 0..{UINT16_MAX}, so use a "
-                           "tokenizer with at most 65536 tokens, e.g. gpt2")
+def token_dtype(encoding: Encoding, source: str = "") -> type[np.unsignedinteger]:
+    """The dtype of token files: uint16 (nanoGPT's layout) while every id fits, uint32 beyond."""
+    if encoding.max_token_value <= UINT16_MAX:
+        return np.uint16
+    if encoding.max_token_value <= UINT32_MAX:
+        return np.uint32
+    raise KronyptError(f"tokenizer {source or encoding.name} has ids up to {encoding.max_token_value}, beyond uint32")
 
 
-def encode_documents(encoding: tiktoken.Encoding, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Encode documents, each followed by the end-of-text token; returns (uint16 tokens, tokens per document).
+def encode_documents(encoding: Encoding, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Encode documents, each followed by the end-of-text token; returns (tokens in `token_dtype`, tokens per
+    document).
 
     Special-token strings inside the text are encoded as ordinary text, so a document can never inject
     a separator.
     """
     eot = eot_token(encoding)
-    ids = [encoding.encode_ordinary(text) + [eot] for text in texts]
+    if isinstance(encoding, HFEncoding):
+        ids = [doc + [eot] for doc in encoding.encode_ordinary_batch(texts)]
+    else:
+        ids = [encoding.encode_ordinary(text) + [eot] for text in texts]
     lengths = np.array([len(doc) for doc in ids], dtype=np.int64)
-    tokens = np.fromiter((t for doc in ids for t in doc), dtype=np.uint16, count=int(lengths.sum()))
+    tokens = np.fromiter((t for doc in ids for t in doc), dtype=token_dtype(encoding), count=int(lengths.sum()))
     return tokens, lengths
 
 
 def _encoding_by_name(name: str) -> tiktoken.Encoding:
     known = tiktoken.list_encoding_names()
     if name not in known:
-        raise KronyptError(f"unknown tokenizer {name!r}: give a folder holding encoder.json+vocab.bpe or "
-                           f"vocab.json+merges.txt, or a tiktoken encoding ({', '.join(known)})")
+        raise KronyptError(f"unknown tokenizer {name!r}: give a folder holding encoder.json+vocab.bpe, "
+                           f"vocab.json+merges.txt or tokenizer.json, a tiktoken encoding ({', '.join(known)}), or "
+                           "(with `kronypt data prepare`) a model's tokenizer: a hub id, a .gguf file or a packaged "
+                           "model")
     try:
         return tiktoken.get_encoding(name)
     except Exception as exc:  # noqa: BLE001  (tiktoken surfaces network failures as many exception types)

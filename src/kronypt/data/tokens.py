@@ -1,9 +1,10 @@
 """Read a prepared token folder and draw training batches from it (nanoGPT style).
 
-A token folder holds `train.bin` and `val.bin` (flat uint16 token ids, every document followed by the
-end-of-text token) and `meta.json`, which is written last and is the proof that the folder is complete.
+A token folder holds `train.bin` and `val.bin` (flat token ids, uint16, or uint32 for vocabularies beyond
+65,536; every document followed by the end-of-text token) and `meta.json`, which is written last and is the
+proof that the folder is complete.
 
-    tokens = open_tokens(data_dir, "train")                  # read-only np.memmap of uint16
+    tokens = open_tokens(data_dir, "train")                  # read-only np.memmap of uint16 (or uint32)
     generator = torch.Generator().manual_seed(seed + rank)   # one stream per rank; save its state to resume
     x, y = sample_batch(tokens, batch_size, seq_len, generator)
 
@@ -71,16 +72,41 @@ def open_tokens(data_dir: str | Path, split: str = "train") -> np.ndarray:
     if split not in SPLITS:
         raise KronyptError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     meta = read_meta(data_dir)
+    dtype = token_dtype(meta)
     path = Path(data_dir).expanduser() / meta["splits"][split]["file"]
     expected = meta["splits"][split]["tokens"]
     size = path.stat().st_size if path.is_file() else None
-    if size != 2 * expected:
+    if size != dtype.itemsize * expected:
         found = "no file" if size is None else f"{size:,} bytes"
-        raise KronyptError(f"{path} does not match {META_NAME}: {expected:,} uint16 tokens expected, {found} "
+        raise KronyptError(f"{path} does not match {META_NAME}: {expected:,} {dtype.name} tokens expected, {found} "
                            "found; prepare the folder again")
     if expected == 0:
-        return np.empty(0, dtype=np.uint16)
-    return np.memmap(path, dtype=np.uint16, mode="r")
+        return np.empty(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+TOKEN_DTYPES = ("uint16", "uint32")
+
+
+def token_dtype(meta: dict[str, Any]) -> np.dtype:
+    """The dtype of a token folder's .bin files (meta.json's `dtype`: uint16, or uint32 for large vocabularies)."""
+    name = meta.get("dtype", "uint16")
+    if name not in TOKEN_DTYPES:
+        raise KronyptError(f"meta.json's dtype {name!r} is not a token file dtype ({', '.join(TOKEN_DTYPES)})")
+    return np.dtype(name)
+
+
+def tokenizer_source(data_dir: str | Path, meta: dict[str, Any]) -> str | None:
+    """The tokenizer that made a token folder: its folder (one copied into the token folder is resolved
+    against it) or tiktoken name; None when meta.json names none."""
+    described = meta.get("tokenizer")
+    if not isinstance(described, dict):
+        return None
+    folder = described.get("folder")
+    if isinstance(folder, str) and folder:
+        return str(Path(data_dir).expanduser() / folder) if not Path(folder).is_absolute() else folder
+    name = described.get("tiktoken")
+    return name if isinstance(name, str) and name else None
 
 
 def sample_batch(

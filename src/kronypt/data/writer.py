@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -19,28 +20,41 @@ import numpy as np
 
 SPLITS = ("train", "val")
 META_NAME = "meta.json"
+TOKENIZER_FOLDER = "tokenizer"  # a Hugging Face tokenizer the tokens were made with, kept beside them
 PARTIAL_SUFFIX = ".partial"
-OUTPUT_NAMES = (META_NAME, *(f"{split}.bin" for split in SPLITS))
+OUTPUT_NAMES = (META_NAME, *(f"{split}.bin" for split in SPLITS), TOKENIZER_FOLDER)
 
 
 class TokenFolderWriter:
-    """Append uint16 tokens to the train/val files of a new token folder; `commit(meta)` publishes them.
+    """Append tokens (`dtype`: uint16, or uint32 for larger vocabularies) to the train/val files of a new token
+    folder, and optionally a folder of files beside them; `commit(meta)` publishes them.
 
     Use as a context manager: leaving the block with an exception deletes the partial files.
     """
 
-    def __init__(self, out_dir: Path, force: bool = False) -> None:
+    def __init__(self, out_dir: Path, force: bool = False, dtype: type[np.unsignedinteger] = np.uint16) -> None:
         self.out_dir = Path(out_dir)
         _claim_out_dir(self.out_dir, force)
+        self.dtype = dtype
         self.tokens = dict.fromkeys(SPLITS, 0)
+        self._folders: list[str] = []
         self._files: dict[str, BinaryIO] = {
             split: (self.out_dir / f"{split}.bin{PARTIAL_SUFFIX}").open("wb") for split in SPLITS
         }
 
     def write(self, split: str, tokens: np.ndarray) -> None:
-        """Append a uint16 token array to `split` ('train' or 'val')."""
-        self._files[split].write(np.ascontiguousarray(tokens, dtype=np.uint16).tobytes())
+        """Append a token array to `split` ('train' or 'val')."""
+        self._files[split].write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
         self.tokens[split] += len(tokens)
+
+    def add_folder(self, name: str, files: dict[str, bytes]) -> None:
+        """A folder of files to publish with the tokens (renamed into place at `commit`, before meta.json)."""
+        partial = self.out_dir / f"{name}{PARTIAL_SUFFIX}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        for file, data in files.items():
+            (partial / file).write_bytes(data)
+        self._folders.append(name)
 
     def commit(self, meta: dict[str, Any]) -> None:
         """Flush and rename the token files, then write and rename meta.json (the completion marker).
@@ -53,6 +67,9 @@ class TokenFolderWriter:
         _sync_dir(self.out_dir)
         for split, handle in self._files.items():
             os.replace(handle.name, self.out_dir / f"{split}.bin")
+        shutil.rmtree(self.out_dir / TOKENIZER_FOLDER, ignore_errors=True)  # an earlier output's, replaced or gone
+        for name in self._folders:
+            os.replace(self.out_dir / f"{name}{PARTIAL_SUFFIX}", self.out_dir / name)
         meta_partial = self.out_dir / f"{META_NAME}{PARTIAL_SUFFIX}"
         with meta_partial.open("w", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=2)
@@ -67,6 +84,8 @@ class TokenFolderWriter:
         for handle in self._files.values():
             handle.close()
             Path(handle.name).unlink(missing_ok=True)
+        for name in self._folders:
+            shutil.rmtree(self.out_dir / f"{name}{PARTIAL_SUFFIX}", ignore_errors=True)
         (self.out_dir / f"{META_NAME}{PARTIAL_SUFFIX}").unlink(missing_ok=True)
 
     def __enter__(self) -> TokenFolderWriter:
@@ -91,7 +110,8 @@ def _claim_out_dir(out_dir: Path, force: bool) -> None:
         raise FileExistsError(f"output folder {out_dir} is not empty; pass --force to replace its "
                               f"{', '.join(OUTPUT_NAMES)}")
     for name in OUTPUT_NAMES:
-        (out_dir / f"{name}{PARTIAL_SUFFIX}").unlink(missing_ok=True)
+        partial = out_dir / f"{name}{PARTIAL_SUFFIX}"
+        shutil.rmtree(partial) if partial.is_dir() else partial.unlink(missing_ok=True)
 
 
 def _close_synced(handle: BinaryIO) -> None:

@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from kronypt.data.tokens import fingerprint, open_tokens, read_meta, sample_batch, sequential_batches
+from kronypt.data.tokens import (
+    fingerprint,
+    open_tokens,
+    read_meta,
+    sample_batch,
+    sequential_batches,
+    tokenizer_source,
+)
 from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.models.tokenizers import has_tokenizer
@@ -473,15 +480,13 @@ def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrain
 def _wikitext_validation(config: TrainConfig, meta: dict[str, Any]) -> WikiTextValidation:
     """The WikiText-2 validation of every rank (a collective: rank 0 reads and tokenises WikiText, once, and
     sends the token ids to the other ranks)."""
-    return WikiTextValidation(config.eval.eval_wikitext, meta, config.train.seq_len,
+    return WikiTextValidation(config.eval.eval_wikitext, tokenizer_source(config.data, meta), config.train.seq_len,
                               config.train.micro_batch_size, config.eval.eval_wikitext_tokens)
 
 
 def _tokenizer_dir(config: TrainConfig, meta: dict[str, Any]) -> Path | None:
     """A local folder with the run's tokenizer files: the source model's, else the one that made the data."""
-    described = meta.get("tokenizer")
-    folder = described.get("folder") if isinstance(described, dict) else None
-    for candidate in (config.model, folder):
+    for candidate in (config.model, tokenizer_source(config.data, meta)):
         if candidate and has_tokenizer(candidate):
             return Path(candidate)
     return None

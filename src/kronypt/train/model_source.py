@@ -22,8 +22,6 @@ from kronypt.models.compression import preflight
 from kronypt.nn import KroneckerLinear
 from kronypt.train.config import TrainArgs, TrainConfig
 
-UINT16_TOKENS = 2**16
-
 
 def build_model(config: TrainConfig) -> PreTrainedModel:
     """The model to train, in float32 on the CPU, from the config's model source."""
@@ -85,11 +83,8 @@ def prepare_for_training(model: PreTrainedModel, args: TrainArgs) -> None:
 
 
 def check_vocab(model: PreTrainedModel, meta: dict) -> None:
-    """The data's ids must fit uint16 token files, and the model needs an embedding row for each of them."""
+    """The model needs an embedding row (and a logit) for every id the data holds."""
     data_vocab = int(meta.get("vocab_size", 0))
-    if data_vocab > UINT16_TOKENS:
-        raise KronyptError(f"the data's vocab size {data_vocab:,} does not fit uint16 token files (ids 0.."
-                           f"{UINT16_TOKENS - 1}); prepare it with a tokenizer of at most {UINT16_TOKENS:,} tokens")
     if model.config.vocab_size < data_vocab:
         raise KronyptError(f"the model's vocab ({model.config.vocab_size:,}) is smaller than the data's "
                            f"({data_vocab:,}); use a model built for this tokenizer")

@@ -16,19 +16,21 @@ import torch
 from kronypt.errors import KronyptError
 from kronypt.eval.protocols import Plan
 from kronypt.eval.scoring import score_requests
-from kronypt.models import load_tokenizer
+from kronypt.models.tokenizers import load_tokenizer
 from kronypt.train import distributed
 
 
 class WikiTextValidation:
     """Callable: model -> WikiText-2 validation perplexity (krony-pt protocol)."""
 
-    def __init__(self, source: str, meta: dict, seq_len: int, batch_size: int, max_tokens: int | None) -> None:
-        """`source`: a folder laid out like ../shared/data (wikitext-2/wiki.valid.tokens) or 'hub'.
+    def __init__(self, source: str, tokenizer: str | None, seq_len: int, batch_size: int,
+                 max_tokens: int | None) -> None:
+        """`source`: a folder laid out like ../shared/data (wikitext-2/wiki.valid.tokens) or 'hub'; `tokenizer`:
+        the one that made the training data (`kronypt.data.tokens.tokenizer_source`).
 
         Under a process group every rank must construct it: rank 0 builds the plan, the others receive it."""
         self.batch_size = batch_size
-        self.plan = distributed.from_main_rank(lambda: wikitext_plan(source, meta, seq_len, max_tokens))
+        self.plan = distributed.from_main_rank(lambda: wikitext_plan(source, tokenizer, seq_len, max_tokens))
 
     def __call__(self, model: torch.nn.Module, rank: int = 0, world_size: int = 1) -> float:
         """The perplexity, computed together by all `world_size` ranks (each must call this)."""
@@ -50,21 +52,13 @@ class WikiTextValidation:
         return self.plan.summarize(scores)["perplexity"]
 
 
-def wikitext_plan(source: str, meta: dict, seq_len: int, max_tokens: int | None) -> Plan:
+def wikitext_plan(source: str, tokenizer: str | None, seq_len: int, max_tokens: int | None) -> Plan:
     """Read WikiText-2 validation (from `source`, a data folder or 'hub') and tokenise it with the data's
     tokenizer into krony-pt windows of `seq_len` tokens."""
     from kronypt.eval import plan_eval
 
-    tokenizer = load_tokenizer(_tokenizer_source(meta))
+    if tokenizer is None:
+        raise KronyptError("eval_wikitext needs the data folder's tokenizer, but its meta.json names none")
+    tokenizer = load_tokenizer(tokenizer)
     return plan_eval(tokenizer, "wikitext2", "krony-pt", seq_len, split="validation",
                      data_dir=None if source == "hub" else source, max_tokens=max_tokens)
-
-
-def _tokenizer_source(meta: dict) -> str:
-    """The tokenizer folder or tiktoken/hub name that made the token folder."""
-    described = meta.get("tokenizer")
-    if isinstance(described, dict) and described.get("folder"):
-        return described["folder"]
-    if isinstance(described, dict) and described.get("tiktoken"):
-        return described["tiktoken"]
-    raise KronyptError("eval_wikitext needs the data folder's tokenizer, but its meta.json names none")
