@@ -1,9 +1,10 @@
 """Compressed linear layers by method, and the config entries ("specs") that describe them.
 
 A spec is what a model's config.json records of one compressed matrix, e.g. {"method": "kronecker",
-"a_shape": [768, 576], "factors": 1, "scalars": false, "init": "van-loan"}: enough to rebuild the layer
-before its weights load. Every compressed layer is an `nn.Linear` stand-in in (out, in) orientation with a
-`dense_weight()` (the matrix it represents) and `reset_parameters(initializer_range)`.
+"a_shape": [768, 576], "factors": 1, "scalars": false, "init": "van-loan"} or {"method": "low-rank",
+"rank": 192}: enough to rebuild the layer before its weights load. Every compressed layer is an `nn.Linear`
+stand-in in (out, in) orientation with a `dense_weight()` (the matrix it represents) and
+`reset_parameters(initializer_range)`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from torch import nn
 
 from kronypt.errors import KronyptError
 from kronypt.nn.kronecker_linear import KroneckerLinear
+from kronypt.nn.low_rank import LowRankLinear
 
-METHODS = ("kronecker",)
-COMPRESSED_LAYERS: tuple[type[nn.Module], ...] = (KroneckerLinear,)
+METHODS = ("kronecker", "low-rank")
+COMPRESSED_LAYERS: tuple[type[nn.Module], ...] = (KroneckerLinear, LowRankLinear)
+REQUIRED = {"kronecker": ("a_shape", "factors", "scalars"), "low-rank": ("rank",)}
 
 
 def is_compressed_layer(module: nn.Module) -> bool:
@@ -30,12 +33,21 @@ def layer_spec(layer: nn.Module) -> dict[str, Any]:
     if isinstance(layer, KroneckerLinear):
         return {"method": "kronecker", "a_shape": list(layer.shape.a_shape), "factors": layer.factors,
                 "scalars": layer.scalars is not None}
+    if isinstance(layer, LowRankLinear):
+        return {"method": "low-rank", "rank": layer.rank}
     raise KronyptError(f"{type(layer).__name__} is not a compressed layer")
+
+
+def layer_params(layer: nn.Module) -> int:
+    """Parameters of a compressed layer's factors (its bias, which the dense layer has too, not counted)."""
+    return sum(p.numel() for name, p in layer.named_parameters() if name != "bias")
 
 
 def layer_from_spec(spec: dict[str, Any], in_features: int, out_features: int, bias: bool,
                     device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
     """A compressed layer with fresh parameters for a (checked) spec."""
+    if spec.get("method", "kronecker") == "low-rank":
+        return LowRankLinear(in_features, out_features, spec["rank"], bias=bias, device=device, dtype=dtype)
     return KroneckerLinear(in_features, out_features, tuple(spec["a_shape"]), spec["factors"],
                            scalars=spec["scalars"], bias=bias, device=device, dtype=dtype)
 
@@ -48,9 +60,13 @@ def check_spec(path: object, spec: object) -> None:
     method = spec.get("method", "kronecker")
     if method not in METHODS:
         raise KronyptError(f"{where} has method {method!r}; known: {', '.join(METHODS)}")
-    missing = [key for key in ("a_shape", "factors", "scalars") if key not in spec]
+    missing = [key for key in REQUIRED[method] if key not in spec]
     if missing:
         raise KronyptError(f"{where} lacks {', '.join(missing)}")
+    if method == "low-rank":
+        if not _positive(spec["rank"]):
+            raise KronyptError(f"{where} has rank {spec['rank']!r}; expected a positive integer")
+        return
     a_shape = spec["a_shape"]
     if not (isinstance(a_shape, list | tuple) and len(a_shape) == 2 and all(_positive(v) for v in a_shape)):
         raise KronyptError(f"{where} has a_shape {a_shape!r}; expected two positive integers [m1, n1]")
