@@ -1,6 +1,8 @@
 """Model families, compression and Hugging Face integration (configs, model classes, loading, export)."""
 
-from kronypt.models.compression import CompressionConfig, allocate_factors, resolve
+from kronypt.models.allocation import allocate_factors
+from kronypt.models.calibration import Calibration, load_calibration
+from kronypt.models.compression import CompressionConfig, resolve
 from kronypt.models.configuration import KronyptConfig
 from kronypt.models.families import FAMILIES, Family, family_of, mlp_layout
 from kronypt.models.loading import load_config, load_model
@@ -11,11 +13,13 @@ from kronypt.models.modeling import (
     KronyLlamaConfig,
     KronyLlamaForCausalLM,
 )
-from kronypt.models.surgery import CompressionReport, MatrixReport, compress_, count_params, to_dense
+from kronypt.models.report import CompressionReport, MatrixReport
+from kronypt.models.surgery import compress_, count_params, to_dense
 from kronypt.models.tokenizers import has_tokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
     "FAMILIES",
+    "Calibration",
     "CompressionConfig",
     "CompressionReport",
     "Family",
@@ -31,6 +35,7 @@ __all__ = [
     "count_params",
     "family_of",
     "has_tokenizer",
+    "load_calibration",
     "load_config",
     "load_model",
     "load_tokenizer",

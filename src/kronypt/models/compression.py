@@ -1,27 +1,29 @@
-"""What to compress and how: `CompressionConfig`, and its resolution against a model into one plan per matrix.
+"""What to compress and how: `CompressionConfig`, and its resolution against a model.
 
-A config may name its size in several ways (a scheme, an A shape with k, a parameter budget, a fraction of
-the MLP parameters, a k per matrix); `resolve` turns any of them into the same thing, an (A shape, k) for
-every selected MLP matrix, so every caller (the CLI, the trainer, the Python API) compresses alike.
+A config names a method (Kronecker factors, low-rank factors, or dropping whole blocks), a fit (to the weights,
+or to what calibration inputs make of them), and a size in one of several ways (a scheme, an A shape with k, a
+parameter budget, a fraction of the MLP parameters, a rank, a k per matrix). `resolve` turns any of them into
+the same thing: a layer spec for every selected MLP matrix, or the blocks to drop, so every caller (the CLI,
+the trainer, `kronypt study`, the Python API) compresses alike. Budget-driven allocations that need the weights
+or calibration data (`allocate`, `allocation="sensitivity"`) are finished by `kronypt.models.allocation`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-import torch
 from torch import nn
 from transformers import PretrainedConfig
 
 from kronypt.errors import KronyptError
-from kronypt.math.allocate import allocate_terms
-from kronypt.math.decompose import kronecker_spectrum
 from kronypt.math.shapes import integer_count, shape_pair
 from kronypt.models.families import MlpLayout, MlpSite, mlp_layout
 from kronypt.models.modeling import meta_model
 from kronypt.models.schemes import (
     SCHEME_INITS,
+    ModelSize,
     PlanRow,
     canonical_scheme,
     check_ratio,
@@ -33,28 +35,45 @@ from kronypt.models.schemes import (
     widening_shape,
 )
 from kronypt.nn.kronecker_linear import INITS
+from kronypt.nn.low_rank import LowRankLinear
+
+METHODS = ("kronecker", "low-rank", "drop-blocks")
+FITS = ("weights", "activations")  # minimise ‖W − Ŵ‖, or ‖(W − Ŵ)Xᵀ‖ over calibration inputs X
+ALLOCATIONS = ("uniform", "sensitivity")  # every matrix alike, or a level per block by measured loss
+DROPS = ("importance", "every-other")  # ShortGPT's block influence on calibration text, or DistilGPT2's spread
 
 
 @dataclass
 class CompressionConfig:
     """What to compress and how.
 
-    The size, exactly one of: `scheme` (a named scheme, e.g. "81M"), `a_shape` (the A shape of the widening
-    MLP matrices in (out = inner, in = hidden) orientation; narrowing ones get the transposed shapes) with
-    `factors` k, `target_params` (the largest scheme with at most this many model parameters) or `ratio` (the
-    scheme whose matrices keep the fraction of their parameters nearest it). Or `allocate=True` with a budget
-    (`target_params` or `ratio`) and a shape (`scheme` or `a_shape`): one A shape, a k per matrix where terms
-    remove the most Van Loan error (`factors` then caps k). `factors_by_module` ({path: k}) sets the k of
-    matrices explicitly. `layers` None means every block, `modules` None every MLP matrix of the family.
+    `method`: "kronecker" (W ≈ Σ A_i ⊗ B_i), "low-rank" (W ≈ U·V) or "drop-blocks" (remove whole blocks, chosen
+    by `drop`). `fit`: "weights", or "activations" (minimise the error of the matrix's outputs on calibration
+    inputs; needs calibration data). `allocation`: "uniform", or "sensitivity" (with a budget and calibration data:
+    some blocks dense, others compressed harder, where the measured loss rises least).
+
+    The size, exactly one of: `scheme` (a named scheme, e.g. "81M"), `a_shape` (the A shape of the widening MLP
+    matrices in (out = inner, in = hidden) orientation; narrowing ones get the transposed shapes) with `factors`
+    k, `target_params` (the largest size with at most this many model parameters), `ratio` (keep the fraction of
+    the MLP parameters nearest it) or `rank` (low-rank). A low-rank or drop-blocks config given a scheme or A
+    shape matches that Kronecker configuration's parameter count as nearly as it can. `allocate=True` (Kronecker)
+    with a budget and a shape: one A shape, a k per matrix where terms remove the most Van Loan error (`factors`
+    then caps k); `factors_by_module` ({path: k}) sets the k of matrices explicitly. `layers` None means every
+    block, `modules` None every MLP matrix of the family.
     """
 
+    method: str = "kronecker"
     scheme: str | None = None
     a_shape: tuple[int, int] | None = None
     factors: int | None = None
     target_params: int | None = None
     ratio: float | None = None
+    rank: int | None = None
     allocate: bool = False
     factors_by_module: Mapping[str, int] | None = None
+    fit: str = "weights"
+    allocation: str = "uniform"
+    drop: str = "importance"
     scalars: bool = False
     init: str | None = None  # default: the scheme's, else van-loan
     rescale: bool = False
@@ -63,32 +82,22 @@ class CompressionConfig:
     modules: Sequence[str] | str | None = None
 
     def __post_init__(self) -> None:
+        for name, allowed in (("method", METHODS), ("fit", FITS), ("allocation", ALLOCATIONS), ("drop", DROPS)):
+            if getattr(self, name) not in allowed:
+                raise KronyptError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         if self.scheme is not None:
             self.scheme = canonical_scheme(self.scheme)
         if self.a_shape is not None:
             self.a_shape = shape_pair(self.a_shape)
-        if self.factors is not None:
-            self.factors = integer_count(self.factors, "factors")
-            if self.factors < 1:
-                raise KronyptError(f"factors must be at least 1, got {self.factors}")
-        if self.target_params is not None:
-            self.target_params = integer_count(self.target_params, "target_params")
+        for name in ("factors", "rank", "target_params"):
+            if getattr(self, name) is not None:
+                setattr(self, name, integer_count(getattr(self, name), name))
+                if getattr(self, name) < 1:
+                    raise KronyptError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.ratio is not None:
             check_ratio(self.ratio)
         self._check_size()
-        if self.init is None:
-            self.init = SCHEME_INITS.get(self.scheme, "van-loan")
-        if self.init not in INITS:
-            raise KronyptError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
-        if self.rescale and self.init != "van-loan":
-            raise KronyptError(f"rescale applies to the van-loan init, not {self.init}")
-        if self.prune_fill != 0.0 and self.init != "prune":
-            raise KronyptError(f"prune_fill applies to the prune init, not {self.init}")
-        if not torch.isfinite(torch.tensor(float(self.prune_fill))):
-            raise KronyptError(f"prune_fill must be a finite number, got {self.prune_fill}")
-        if self.allocate and self.init != "van-loan":
-            raise KronyptError(f"factor allocation ranks terms by their Van Loan error; it needs init van-loan, "
-                               f"not {self.init}")
+        self._check_method()
         if isinstance(self.modules, str):  # "c_fc" or "gate_proj,up_proj", as the CLI spells them
             self.modules = [m.strip() for m in self.modules.split(",") if m.strip()]
         if self.modules is not None:
@@ -101,15 +110,52 @@ class CompressionConfig:
     def _check_size(self) -> None:
         shape = [name for name in ("scheme", "a_shape") if getattr(self, name) is not None]
         budget = [name for name in ("target_params", "ratio") if getattr(self, name) is not None]
+        sizes = len(shape) + len(budget) + (self.rank is not None)
         if self.allocate:
-            if len(shape) != 1 or len(budget) != 1:
+            if len(shape) != 1 or len(budget) != 1 or self.rank is not None:
                 raise KronyptError("--allocate needs one budget (--target-params or --ratio) and one of --scheme "
                                    "or --a-shape (the A shape every matrix keeps)")
-        elif len(shape) + len(budget) != 1:
-            raise KronyptError("give exactly one of --scheme, --a-shape, --target-params or --ratio (or --allocate "
-                               "with a budget and a shape)")
+        elif self.allocation == "sensitivity":
+            if len(budget) != 1 or sizes != 1:
+                raise KronyptError("--allocation sensitivity needs a budget (--target-params or --ratio) and no "
+                                   "other size: it picks a size per block")
+        elif sizes != 1:
+            raise KronyptError("give exactly one of --scheme, --a-shape, --target-params, --ratio or --rank (or "
+                               "--allocate with a budget and a shape)")
+        if self.rank is not None and self.method != "low-rank":
+            raise KronyptError("--rank sizes low-rank factors; use --method low-rank")
         if self.scheme is not None and self.factors is None and not self.allocate:
             self.factors = resolve_scheme(self.scheme)[1]
+
+    def _check_method(self) -> None:
+        if self.init is None:
+            self.init = SCHEME_INITS.get(self.scheme, "van-loan") if self.method == "kronecker" else "van-loan"
+        if self.init not in INITS:
+            raise KronyptError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.method != "kronecker" and (self.init != "van-loan" or self.scalars or self.allocate or self.rescale):
+            raise KronyptError(f"--init, --scalars, --allocate and --rescale are Kronecker settings, not "
+                               f"{self.method}'s")
+        if self.method == "drop-blocks" and (self.fit != "weights" or self.allocation != "uniform"
+                                             or self.modules is not None):
+            raise KronyptError("drop-blocks removes whole blocks: --fit, --allocation and --modules do not apply")
+        if self.fit == "activations" and self.init != "van-loan":
+            raise KronyptError(f"the activation-aware fit replaces the van-loan init; --init {self.init} fits the "
+                               "weights")
+        if self.rescale and self.init != "van-loan":
+            raise KronyptError(f"rescale applies to the van-loan init, not {self.init}")
+        if self.prune_fill != 0.0 and self.init != "prune":
+            raise KronyptError(f"prune_fill applies to the prune init, not {self.init}")
+        if not math.isfinite(self.prune_fill):
+            raise KronyptError(f"prune_fill must be a finite number, got {self.prune_fill}")
+        if self.allocate and self.init != "van-loan":
+            raise KronyptError(f"factor allocation ranks terms by their Van Loan error; it needs init van-loan, "
+                               f"not {self.init}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether compressing needs calibration data (activation-aware fits, sensitivity, block importance)."""
+        return (self.fit == "activations" or self.allocation == "sensitivity"
+                or (self.method == "drop-blocks" and self.drop == "importance"))
 
     @classmethod
     def from_scheme(cls, name: str, **overrides) -> CompressionConfig:
@@ -123,42 +169,111 @@ class CompressionConfig:
 
 @dataclass(frozen=True)
 class Resolution:
-    """A config resolved against a model: the matrices to compress, the A shape of the widening ones, a k per
-    matrix, and the plan row of the uniform k (None when allocated)."""
+    """A config resolved against a model: the selected matrices, a layer spec for each one compressed (its A shape
+    in its own orientation), how many blocks to drop, and the plan row of a uniform Kronecker size (None
+    otherwise). Allocations fill `specs` later (`kronypt.models.allocation`)."""
 
     config: CompressionConfig
     layout: MlpLayout
+    size: ModelSize
     sites: list[MlpSite]
-    a_shape: tuple[int, int]
-    row: PlanRow | None
-
-    def a_shape_of(self, site: MlpSite) -> tuple[int, int]:
-        return self.a_shape if site.widening else self.a_shape[::-1]
+    specs: dict[str, dict] = field(default_factory=dict)
+    drop_count: int = 0
+    row: PlanRow | None = None
+    a_shape: tuple[int, int] | None = None
 
 
 def resolve(model: nn.Module, config: CompressionConfig) -> Resolution:
-    """Everything `config` leaves open, decided for `model`: which matrices, which A shape, which k each."""
+    """Everything `config` leaves open that needs neither the weights nor calibration data, decided for `model`."""
     layout = mlp_layout(model)
-    sites = _selected_sites(model, layout, config)
     size = model_size(model, layout)
+    if config.method == "drop-blocks":
+        _check_layers(config, layout)
+        return Resolution(config, layout, size, [], drop_count=_blocks_to_drop(model, layout, size, config))
+    sites = _selected_sites(model, layout, config)
+    if config.allocation == "sensitivity":
+        return Resolution(config, layout, size, sites)
+    if config.method == "low-rank":
+        rank = low_rank_for(model, layout, size, config, len(sites))
+        return Resolution(config, layout, size, sites, {s.path: {"method": "low-rank", "rank": rank} for s in sites})
+    return _kronecker(model, config, layout, size, sites)
+
+
+def _kronecker(model: nn.Module, config: CompressionConfig, layout: MlpLayout, size: ModelSize,
+               sites: list[MlpSite]) -> Resolution:
     k = config.factors or 1
-    if config.scheme is not None:
-        a_shape = resolve_scheme(config.scheme)[0]
-    elif config.a_shape is not None:
-        a_shape = config.a_shape
+    row = None
+    if config.scheme is not None or config.a_shape is not None:
+        a_shape = config.a_shape or resolve_scheme(config.scheme)[0]
     elif config.target_params is not None:
         a_shape = pick_for_target(size, config.target_params, k, config.scalars, matrices=len(sites),
                                   already_saved=size.dense_params - _count(model)).a_shape
     else:
         a_shape = pick_for_ratio(size, config.ratio, k, config.scalars).a_shape
     widening_shape(size, a_shape)  # refuses shapes that do not divide, with a pointer to `kronypt plan`
-    if config.allocate:
-        config = replace(config, factors_by_module=_allocate(model, layout, sites, a_shape, config))
-    row = None if config.allocate or config.factors_by_module else plan_row(size, a_shape, k, config.scalars)
+    per_matrix = config.allocate or bool(config.factors_by_module)
+    if not per_matrix:
+        row = plan_row(size, a_shape, k, config.scalars)
     for path, factors in (config.factors_by_module or {}).items():
         plan_row(size, a_shape, integer_count(factors, f"factors of {path}"), config.scalars)
-    per_matrix = config.allocate or bool(config.factors_by_module)
-    return Resolution(replace(config, factors=None if per_matrix else k), layout, sites, a_shape, row)
+    if not per_matrix:  # with an allocation, `factors` stays the cap on k (`allocation.fill_factors`)
+        config = replace(config, factors=k)
+    specs = {site.path: kronecker_spec(a_shape if site.widening else a_shape[::-1], config.factors_of(site.path),
+                                       config.scalars) for site in sites}
+    return Resolution(config, layout, size, sites, specs, row=row, a_shape=a_shape)
+
+
+def kronecker_spec(a_shape: tuple[int, int], factors: int, scalars: bool) -> dict:
+    return {"method": "kronecker", "a_shape": list(a_shape), "factors": factors, "scalars": scalars}
+
+
+def low_rank_for(model: nn.Module, layout: MlpLayout, size: ModelSize, config: CompressionConfig,
+                 matrices: int) -> int:
+    """The rank of every selected matrix: as given; nearest the fraction `ratio` or a Kronecker configuration's
+    parameters; the largest within `target_params`."""
+    out_in = layout.inner + layout.hidden
+    if config.rank is not None:
+        rank = config.rank
+    elif config.target_params is not None:
+        rest = _count(model) - matrices * layout.matrix_params
+        rank = (config.target_params - rest) // matrices // out_in
+    else:
+        rank = round(_matrix_budget(size, config) / out_in)
+    if not 1 <= rank <= min(layout.inner, layout.hidden):
+        raise KronyptError(f"that size gives rank {rank}; a {layout.inner}x{layout.hidden} matrix takes ranks 1.."
+                           f"{min(layout.inner, layout.hidden)}")
+    if LowRankLinear.params(layout.inner, layout.hidden, rank) >= layout.matrix_params:
+        raise KronyptError(f"rank {rank} factors of a {layout.inner}x{layout.hidden} matrix are no smaller than it")
+    return rank
+
+
+def _matrix_budget(size: ModelSize, config: CompressionConfig) -> float:
+    """Parameters per matrix that a ratio or a Kronecker configuration names."""
+    if config.ratio is not None:
+        return config.ratio * size.layout.matrix_params
+    a_shape = config.a_shape or resolve_scheme(config.scheme)[0]
+    return plan_row(size, a_shape, config.factors or 1).params_per_matrix
+
+
+def _blocks_to_drop(model: nn.Module, layout: MlpLayout, size: ModelSize, config: CompressionConfig) -> int:
+    """How many blocks to remove: the fewest within `target_params`, else the nearest to the parameters the
+    ratio or Kronecker configuration saves (which ones: `kronypt.models.dropping`)."""
+    block = _block_params(model, layout)
+    if config.target_params is not None:
+        count = math.ceil((_count(model) - config.target_params) / block)
+    else:
+        saving = (1 - config.ratio) * size.matrices * layout.matrix_params if config.ratio is not None else (
+            size.matrices * (layout.matrix_params - _matrix_budget(size, config)))
+        count = round(saving / block)
+    candidates = layout.blocks if config.layers is None else len(config.layers)
+    if not 1 <= count < layout.blocks or count > candidates:
+        raise KronyptError(f"that size means dropping {count} of {layout.blocks} blocks"
+                           + (f" ({candidates} allowed by --layers)" if config.layers is not None else ""))
+    return count
+
+
+def _block_params(model: nn.Module, layout: MlpLayout) -> int:
+    return sum(p.numel() for p in model.get_submodule(layout.family.blocks)[0].parameters())
 
 
 def preflight(model_config: PretrainedConfig, config: CompressionConfig, name: str | None = None) -> Resolution:
@@ -172,37 +287,6 @@ def preflight(model_config: PretrainedConfig, config: CompressionConfig, name: s
     return resolve(model, config)
 
 
-def allocate_factors(model: nn.Module, config: CompressionConfig) -> CompressionConfig:
-    """The explicit per-matrix config (`a_shape` and `factors_by_module`) that `config` (with `allocate`) comes to
-    for `model`: the most Van Loan error removed (summed squared relative errors, `kronypt.math.allocate`) within
-    the budget."""
-    if not config.allocate:
-        raise KronyptError("allocate_factors needs a config with allocate=True, a budget and a shape")
-    counts = resolve(model, config).config.factors_by_module
-    return replace(config, allocate=False, target_params=None, ratio=None, factors=None, factors_by_module=counts)
-
-
-def _allocate(model: nn.Module, layout: MlpLayout, sites: list[MlpSite], a_shape: tuple[int, int],
-              config: CompressionConfig) -> dict[str, int]:
-    shape = widening_shape(model_size(model, layout), a_shape)  # the narrowing ones' is its transpose: same counts
-    saving = max((k for k in range(1, shape.terms() + 1) if shape.compresses(k)), default=1)
-    cap = saving if config.factors is None else min(config.factors, saving)
-    rest = _count(model) - len(sites) * layout.matrix_params
-    if config.target_params is not None:
-        budget = config.target_params
-    else:
-        budget = _count(model) - round((1 - config.ratio) * len(sites) * layout.matrix_params)
-    per_term = shape.params(1, config.scalars)
-    if (budget - rest) // per_term < len(sites):
-        raise KronyptError(f"a model of at most {budget:,} parameters cannot give each of the {len(sites)} "
-                           f"matrices one factor of A {shape.m1}x{shape.n1}: that needs "
-                           f"{rest + len(sites) * per_term:,}")
-    family = layout.family
-    spectra = {site.path: kronecker_spectrum(family.dense_weight(model.get_submodule(site.path)).detach(),
-                                             a_shape if site.widening else a_shape[::-1]) for site in sites}
-    return allocate_terms(spectra, (budget - rest) // per_term, max_factors=cap)
-
-
 def _selected_sites(model: nn.Module, layout: MlpLayout, config: CompressionConfig) -> list[MlpSite]:
     """The matrices `config` selects, checked to exist and to be dense."""
     family = layout.family
@@ -211,9 +295,7 @@ def _selected_sites(model: nn.Module, layout: MlpLayout, config: CompressionConf
         if unknown:
             raise KronyptError(f"unknown MLP modules {unknown} for a {family.name}-family model; choose from "
                                f"{', '.join(family.matrices)}")
-    if config.layers is not None and (not config.layers or config.layers[0] < 0
-                                      or config.layers[-1] >= layout.blocks):
-        raise KronyptError(f"layers {list(config.layers)} out of range: this model has blocks 0..{layout.blocks - 1}")
+    _check_layers(config, layout)
     sites = layout.sites(config.layers, config.modules)
     for site in sites:
         module = model.get_submodule(site.path)
@@ -223,6 +305,12 @@ def _selected_sites(model: nn.Module, layout: MlpLayout, config: CompressionConf
     if unknown and not config.allocate:
         raise KronyptError(f"factors_by_module names {sorted(unknown)[0]}, which is not a selected MLP matrix")
     return sites
+
+
+def _check_layers(config: CompressionConfig, layout: MlpLayout) -> None:
+    if config.layers is not None and (not config.layers or config.layers[0] < 0
+                                      or config.layers[-1] >= layout.blocks):
+        raise KronyptError(f"layers {list(config.layers)} out of range: this model has blocks 0..{layout.blocks - 1}")
 
 
 def _count(model: nn.Module) -> int:

@@ -37,6 +37,7 @@ from kronypt.models.configuration import base_config_of, compressed_config_class
 from kronypt.models.families import find_family
 from kronypt.nn import KroneckerLinear
 from kronypt.nn.compressed import is_compressed_layer, layer_from_spec
+from kronypt.nn.low_rank import LowRankLinear
 
 # The Auto classes a compressed architecture is registered with, and where transformers keeps the base ones.
 AUTO_CLASSES = {"causal_lm": (AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING),
@@ -62,6 +63,13 @@ class CompressedModelMixin:
             init.normal_(module.B, std=std)
             if module.scalars is not None:
                 init.ones_(module.scalars)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            return
+        if isinstance(module, LowRankLinear):
+            std = math.sqrt(getattr(self.config, "initializer_range", 0.02) / math.sqrt(module.rank))
+            init.normal_(module.U, std=std)
+            init.normal_(module.V, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
             return
