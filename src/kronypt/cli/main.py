@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "kronypt.cli.train",
     "kronypt.cli.plot",
     "kronypt.cli.bench",
+    "kronypt.cli.study",
 )
 
 
