@@ -143,51 +143,6 @@ def _rewrite_state(path: Path, edit) -> None:
     (path / INDEX_FILE).write_text(json.dumps(index))
 
 
-def _strip_settings_from_checkpoint(path: Path) -> None:
-    """Make a checkpoint look like one written before settings were stored in it."""
-    _rewrite_state(path, lambda state: [state.pop(key, None) for key in ("config", "paths", "tokens_per_step")])
-
-
-def test_compression_settings_recorded_for_a_run_that_does_not_compress_are_not_compared(tmp_path: Path
-                                                                                        ) -> None:
-    """Earlier versions ignored --init/--factors/--scalars with --init-from scratch or kronypt but recorded
-    them; now refused as flags there, they must not make such a checkpoint impossible to resume."""
-    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
-
-    def as_recorded_before(state: dict) -> None:
-        state["config"].update(init="van-loan", factors=1, scalars=True)
-        state.pop("data_fingerprint")  # nor had they this
-    _rewrite_state(latest_checkpoint(tmp_path / "run"), as_recorded_before)
-    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
-
-
-def test_settings_without_effect_recorded_by_earlier_versions_do_not_block_a_resume(tmp_path: Path) -> None:
-    """min_lr under the constant schedule and distillation knobs without a teacher did nothing and were
-    accepted; now refused as flags, a checkpoint that recorded them must still resume (without them)."""
-    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
-
-    def as_recorded_before(state: dict) -> None:
-        state["config"]["optim"]["min_lr"] = 1e-5
-        state["config"]["distill"].update(alpha=0.9, temperature=4.0)
-    _rewrite_state(latest_checkpoint(tmp_path / "run"), as_recorded_before)
-    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
-    # where they take effect, a change is still refused
-    with pytest.raises(KronyptError, match="min_lr: 1e-05 -> 0.0|schedule: constant -> cosine"):
-        train(scratch_config(tmp_path, max_steps=4, schedule="cosine"), progress=False)
-
-
-def test_older_checkpoints_are_checked_against_the_run_folder_config(tmp_path: Path) -> None:
-    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
-    run = tmp_path / "run"
-    _strip_settings_from_checkpoint(latest_checkpoint(run))
-    with pytest.raises(KronyptError, match="lr: 0.003 -> 0.01$|lr: 0.003 -> 0.01[.;]"):
-        train(scratch_config(tmp_path, max_steps=4, lr=0.01), progress=False)
-    with pytest.raises(KronyptError, match="tokens_per_step: 128 -> 256"):  # from tokens / step
-        train(scratch_config(tmp_path, max_steps=4, tokens_per_step=256), progress=False)
-    (run / "config.yaml").unlink()  # nothing to compare with: the check is skipped
-    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
-
-
 def test_the_same_inputs_spelled_differently_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
     monkeypatch.chdir(tmp_path)
@@ -217,28 +172,6 @@ def test_a_folder_with_other_files_is_refused_unless_forced(tmp_path: Path, caps
     (tmp_path / "a-file").write_text("")
     with pytest.raises(KronyptError, match="exists and is not a folder"):
         train(scratch_config(tmp_path, out=str(tmp_path / "a-file")), progress=False)
-
-
-def test_older_checkpoints_with_relative_paths_resume_from_another_folder(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    # A run started in proj/ with relative paths, its checkpoint written before absolute paths were recorded,
-    # resumed from proj/configs/ with the same inputs spelled from there.
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    scratch_settings(proj)  # proj/tokens and proj/gpt2.json
-    monkeypatch.chdir(proj)
-    relative = {"data": "tokens", "model_config": "gpt2.json", "out": "runs/r", "max_steps": 2, "save_every": 2}
-    train(TrainConfig().with_overrides({**scratch_settings(proj), **relative}), progress=False)
-    _strip_settings_from_checkpoint(latest_checkpoint(proj / "runs" / "r"))
-    recorded = proj / "runs" / "r" / "config.yaml"  # as older versions wrote it: the paths as given
-    values = yaml.safe_load(recorded.read_text())
-    assert values["data"] == str(proj / "tokens")  # this version records absolute input paths
-    values["data"], values["model_config"] = "tokens", "gpt2.json"
-    recorded.write_text(yaml.safe_dump(values))
-    (proj / "configs").mkdir()
-    monkeypatch.chdir(proj / "configs")
-    moved = {"data": "../tokens", "model_config": "../gpt2.json", "out": "../runs/r", "max_steps": 3}
-    assert train(TrainConfig().with_overrides({**scratch_settings(proj), **moved}), progress=False).step == 3
 
 
 def test_inputs_reached_through_a_symlink_are_the_same_inputs(tmp_path: Path) -> None:

@@ -112,13 +112,7 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Restore `optimizer_state`'s output (or, unsharded only, an older checkpoint's positional state)."""
-    if state.get("state") and all(isinstance(key, int) for key in state["state"]):
-        if is_sharded(model):
-            raise KronyptError("this checkpoint's optimizer state predates sharded training; resume it with "
-                               "parallel=ddp (or on one process) once, then switch to fsdp")
-        optimizer.load_state_dict(state)
-        return
+    """Restore `optimizer_state`'s output (on every rank; each takes its shard when sharded)."""
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
