@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import stat
@@ -17,6 +18,7 @@ from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.train.checkpoint import (
     best_checkpoint,
+    best_val_loss,
     clean_partial,
     latest_checkpoint,
     list_checkpoints,
@@ -46,6 +48,15 @@ def test_keeps_the_last_n_and_the_best_and_links_them(tmp_path: Path, model: GPT
     reloaded = load_model(str(model_dir))
     assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values(),
                                                   strict=True))
+
+
+def test_a_non_finite_val_loss_is_never_the_best(tmp_path: Path, model: GPT2LMHeadModel) -> None:
+    save_checkpoint(tmp_path, 1, model, {"step": 1}, math.nan, keep_last=5)
+    assert best_checkpoint(tmp_path) is None and best_val_loss(tmp_path) == math.inf
+    save_checkpoint(tmp_path, 2, model, {"step": 2}, 3.0, keep_last=5)
+    save_checkpoint(tmp_path, 3, model, {"step": 3}, math.inf, keep_last=5)
+    assert best_checkpoint(tmp_path).name == "step-00000002" and best_val_loss(tmp_path) == 3.0
+    assert (tmp_path / "best").resolve().name == "step-00000002"
 
 
 def test_partial_folders_are_never_checkpoints(tmp_path: Path, model: GPT2LMHeadModel) -> None:

@@ -129,7 +129,9 @@ def best_val_loss(out: str | Path) -> float:
 
 
 def _scored(out: str | Path) -> list[tuple[float, Path]]:
-    return [(index["val_loss"], path) for path, index in _indexes(out) if index.get("val_loss") is not None]
+    """(val_loss, checkpoint) of the checkpoints with a finite validation loss: a NaN is never the best."""
+    return [(index["val_loss"], path) for path, index in _indexes(out)
+            if isinstance(index.get("val_loss"), (int, float)) and math.isfinite(index["val_loss"])]
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:

@@ -4,7 +4,8 @@ Each optimizer step reads `tokens_per_step` tokens: every rank runs `accumulatio
 `micro_batch_size` windows of `seq_len` tokens (gradients are synchronised on the last one only), then
 the gradients are clipped and AdamW steps. Rank 0 logs to `OUT/metrics.jsonl` and writes checkpoints;
 SIGTERM / SIGINT save a checkpoint and stop cleanly, a non-finite loss stops without touching the last
-good checkpoint. Launch recipes:
+good checkpoint, as do a non-finite validation loss and weights that stopped being finite (no checkpoint
+ever holds them). Launch recipes:
 
     kronypt train --config configs/offline-heal.yaml                          # CPU or one GPU
     torchrun --nproc_per_node 4 -m kronypt train --config configs/gpt2-81M.yaml
@@ -304,6 +305,8 @@ class Trainer:
                     self._log(loss, grad_norm, lr, busy_tokens / max(busy, 1e-9), scores, objective)
                     busy, busy_tokens = 0.0, 0
                 val_loss = scores.get("val_loss")
+                if val_loss is not None and not math.isfinite(val_loss):
+                    raise self._diverged(f"non-finite val_loss at step {self.step} ({val_loss})")
                 improved = val_loss is not None and val_loss < self.best_val_loss
                 self.best_val_loss = val_loss if improved else self.best_val_loss
                 if improved or finished or stopped_by or self.step % self.config.checkpoint.save_every == 0:
@@ -365,19 +368,23 @@ class Trainer:
         clip = self.config.optim.grad_clip
         grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            last_good = checkpoint.latest_checkpoint(self.out)
-            advice = (f"last good checkpoint: {last_good} (train its model/ with a lower --lr in a new --out: "
-                      "--init-from kronypt)" if last_good else
-                      "no checkpoint yet: rerun with a lower --lr (or --grad-clip > 0) in a new --out")
-            raise TrainingDiverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
-                                   f"at step {self.step + 1} (loss {loss_value}, grad norm {grad_norm}); stopped "
-                                   f"without saving; {advice}")
+            raise self._diverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at "
+                                 f"step {self.step + 1} (loss {loss_value}, grad norm {grad_norm})")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.teacher is None:
             return loss_value, grad_norm, lr, None
         return ce_value, grad_norm, lr, loss_value
+
+    def _diverged(self, problem: str) -> TrainingDiverged:
+        """The error that stops a run whose loss, gradients, validation loss or weights stopped being finite;
+        it names the latest checkpoint, which is good: no checkpoint is saved with either non-finite."""
+        last_good = checkpoint.latest_checkpoint(self.out)
+        advice = (f"last good checkpoint: {last_good} (train its model/ with a lower --lr in a new --out: "
+                  "--init-from kronypt)" if last_good else
+                  "no checkpoint yet: rerun with a lower --lr (or --grad-clip > 0) in a new --out")
+        return TrainingDiverged(f"{problem}; stopped without saving; {advice}")
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss to optimise, the plain cross-entropy): the same tensor without a teacher."""
@@ -412,13 +419,14 @@ class Trainer:
         return scores
 
     @torch.no_grad()
-    def val_loss(self) -> float:
-        """Token-weighted mean loss on the first `eval_batches` validation batches (shared out over ranks)."""
+    def val_loss(self, batches: int | None = None) -> float:
+        """Token-weighted mean loss on the first `batches` (default: `eval_batches`) validation batches
+        (shared out over ranks)."""
         self.raw.eval()
         args = self.config.train
         total = count = 0.0
         val = list(sequential_batches(self.val_tokens, args.micro_batch_size, args.seq_len,
-                                      self.config.eval.eval_batches))
+                                      batches or self.config.eval.eval_batches))
         world, rank = self.env.world_size, self.env.rank
         rounds = -(-len(val) // world)  # a sharded model needs every rank in every forward
         for i in range(rank, rounds * world if self.sharded else len(val), world):
@@ -440,7 +448,16 @@ class Trainer:
                             "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, **scores})
 
     def save(self, val_loss: float | None) -> None:
-        """Checkpoint on rank 0, with every rank's RNG state; all ranks wait until it is on disk."""
+        """Checkpoint on rank 0, with every rank's RNG state; all ranks wait until it is on disk.
+
+        A model that stopped being finite is never saved: a step's loss is computed before its update, so
+        the weights it leaves, or the logits they give, may be non-finite while the loss was not. Without a
+        `val_loss` of this step, the first validation batch tells."""
+        if distributed.sum_across_ranks([float(not parallel.parameters_finite(self.raw))], self.device)[0]:
+            raise self._diverged(f"non-finite weights after step {self.step}")
+        probe = self.val_loss(batches=1) if val_loss is None else val_loss
+        if not math.isfinite(probe):
+            raise self._diverged(f"non-finite loss on val.bin after step {self.step} ({probe})")
         rng = distributed.gather_objects(checkpoint.rng_state())
         weights = parallel.model_state(self.raw)  # gathered from the shards (collective) when sharded
         optimizer = (parallel.optimizer_state(self.raw, self.optimizer)

@@ -97,6 +97,12 @@ def full_norm(norm: torch.Tensor) -> float:
     return (norm.full_tensor() if _is_dtensor(norm) else norm).item()
 
 
+def parameters_finite(model: nn.Module) -> bool:
+    """Whether every parameter of `model` is finite on this rank (its shard of each, when sharded)."""
+    local = [p.to_local() if _is_dtensor(p) else p for p in model.parameters()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in local]).all()) if local else True
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """Full weights on the CPU for `save_pretrained`: on rank 0 only when sharded (collective), else `None`
     (the model's own state dict is then used)."""
