@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from file_snapshot import snapshot
+from test_train_checkpoint import scribble, tensor_data_offset
 from test_train_support import (
     cli_args,
     dense_settings,
@@ -21,7 +23,7 @@ from test_train_support import (
 
 from kronypt.errors import KronyptError
 from kronypt.train import TrainConfig, train
-from kronypt.train.checkpoint import INDEX_FILE, STATE_FILE, latest_checkpoint
+from kronypt.train.checkpoint import INDEX_FILE, STATE_FILE, latest_checkpoint, write_index
 from kronypt.train.metrics import read_metrics
 from kronypt.train.optim import lr_multiplier
 
@@ -134,13 +136,12 @@ def test_a_longer_run_follows_the_new_schedule_from_the_first_resumed_step(tmp_p
 
 
 def _rewrite_state(path: Path, edit) -> None:
-    """Apply `edit` to a checkpoint's trainer state, keeping its index's recorded file size right."""
+    """Apply `edit` to a checkpoint's trainer state, keeping its index's recorded sizes and checksums right."""
     state = torch.load(path / STATE_FILE, weights_only=False)
     edit(state)
     torch.save(state, path / STATE_FILE)
     index = json.loads((path / INDEX_FILE).read_text())
-    index["files"][STATE_FILE] = (path / STATE_FILE).stat().st_size
-    (path / INDEX_FILE).write_text(json.dumps(index))
+    write_index(path, index["step"], index["tokens"], index["val_loss"])
 
 
 def test_the_same_inputs_spelled_differently_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,3 +224,30 @@ def test_the_recorded_recipe_works_from_any_folder(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     again = TrainConfig.from_yaml(recipe).with_overrides({"out": str(proj / "runs" / "r"), "max_steps": 3})
     assert train(again, progress=False).step == 3
+
+
+@pytest.mark.parametrize("damaged", ["model/model.safetensors", "trainer_state.pt"])
+def test_a_checkpoint_damaged_inside_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            damaged: str) -> None:
+    """Random bytes written over the tensor data of the weights or into the trainer state (the sizes
+    unchanged) loaded without complaint: the run trained on from the damaged checkpoint."""
+    settings = scratch_settings(tmp_path, max_steps=2, save_every=2, eval_every=2)
+    assert run_train_cli(cli_args(settings), capsys)[0] == 0
+    run, step = tmp_path / "run", latest_checkpoint(tmp_path / "run")
+    file = step / damaged
+    scribble(file, tensor_data_offset(file) + 64 if file.suffix == ".safetensors" else None)
+    before = snapshot(run)
+    code, _, err = run_train_cli(cli_args({**settings, "max_steps": 4}), capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"corrupt checkpoint {step}: {damaged} does not match the SHA-256 recorded when it was saved" in err, err
+    assert snapshot(run) == before
+    # a new run started from the checkpoint's model checks it too (the weights alone)
+    fresh = {**settings, "init_from": "kronypt", "model": str(run / "best" / "model"), "model_config": None,
+             "out": str(tmp_path / "from-best")}
+    code, _, err = run_train_cli(cli_args(fresh), capsys)
+    if damaged == "trainer_state.pt":
+        assert code == 2 and "is not a kronypt model" in err, err  # a dense scratch model: refused as such
+    else:
+        assert code == 2 and err.count("\n") == 1 and f"{damaged} does not match the SHA-256" in err, err
+    assert not (tmp_path / "from-best").exists()
+

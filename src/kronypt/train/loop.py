@@ -172,10 +172,14 @@ class Trainer:
             self._say(f"resuming {self.out} from step {self.step:,}{where} ({self.tokens:,} tokens)")
             model = _restore_weights(model, model_dir)
         elif model is None:
+            if config.model:  # a checkpoint's model/ is checked against the checkpoint's checksums
+                checkpoint.check_model_folder(config.model)
             model = build_model(config)
         check_vocab(model, meta)
         check_context(model, args.seq_len)
         distill = config.distill  # the teacher is checked against the student before any run file is written
+        if distill.teacher:
+            checkpoint.check_model_folder(distill.teacher)
         self.teacher = (load_teacher(distill.teacher, model, device, args.seq_len, distill.hidden_weight)
                         if distill.teacher else None)
         prepare_for_training(model, args)
