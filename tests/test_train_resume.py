@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from test_train_support import (
     cli_args,
     dense_settings,
     make_token_folder,
+    run_python,
     run_train_cli,
     scratch_config,
     scratch_settings,
@@ -250,4 +252,38 @@ def test_a_checkpoint_damaged_inside_is_refused_in_one_line(tmp_path: Path, caps
     else:
         assert code == 2 and err.count("\n") == 1 and f"{damaged} does not match the SHA-256" in err, err
     assert not (tmp_path / "from-best").exists()
+
+
+KILL_WHEN_METRICS_ARE_REWRITTEN = """
+import builtins, io, os, signal
+from kronypt.train import TrainConfig, train
+
+real_open = io.open
+
+def open_then_die(file, mode="r", *args, **kwargs):
+    handle = real_open(file, mode, *args, **kwargs)
+    if "w" in mode and "metrics.jsonl" in os.fspath(file):  # opened (so truncated) for the rewrite: killed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return handle
+
+builtins.open = io.open = open_then_die
+train(TrainConfig().with_overrides({settings!r}), progress=False)
+"""
+
+
+def test_a_kill_while_a_resume_rewrites_the_metrics_keeps_them(tmp_path: Path) -> None:
+    """The records past the resumed checkpoint are dropped by rewriting metrics.jsonl: in place, a kill
+    there left it empty, and the next run went on with the records of the resumed steps only."""
+    settings = scratch_settings(tmp_path, max_steps=6, save_every=4, eval_every=2)
+    train(TrainConfig().with_overrides(settings), progress=False)
+    run = tmp_path / "run"
+    before = snapshot(run)
+    step_4 = str(run / "checkpoints" / "step-00000004")
+    child = run_python(KILL_WHEN_METRICS_ARE_REWRITTEN.format(settings={**settings, "resume": step_4}))
+    output = child.communicate(timeout=300)[0]
+    assert child.returncode == -signal.SIGKILL, output
+    assert {name: data for name, data in snapshot(run).items() if ".tmp-" not in name} == before
+    resumed = train(TrainConfig().with_overrides({**settings, "resume": step_4}), progress=False)
+    assert resumed.step == 6 and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(7))
+    assert not [name for name in snapshot(run) if ".tmp-" in name]
 

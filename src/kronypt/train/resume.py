@@ -25,8 +25,9 @@ from kronypt.train.config import INPUT_PATHS, TrainConfig, coerce_setting, flatt
 
 # What the trainer writes into its run folder; anything else there is the user's.
 RUN_FILES = frozenset({"metrics.jsonl", "config.yaml", "checkpoints", "best", "latest"})
-# a link being replaced (checkpoint._link), or `kronypt train`'s write probe (cli.options.check_writable)
-RUN_TEMPORARY = re.compile(r"^(\.(best|latest)\.tmp-\d+|\.kronypt-probe-\d+)$")
+# a link being replaced (checkpoint._link), metrics.jsonl being rewritten (metrics.MetricsLog.truncate_after),
+# or `kronypt train`'s write probe (cli.options.check_writable)
+RUN_TEMPORARY = re.compile(r"^(\.(best|latest|metrics\.jsonl)\.tmp-\d+|\.kronypt-probe-\d+)$")
 
 # Settings a resume may change. The batch geometry (micro_batch_size, tokens_per_step) and eval_batches
 # are checked through what they define instead: the tokens of one step and the validation windows.
