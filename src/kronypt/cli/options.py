@@ -52,8 +52,10 @@ def parse_save_dtype(name: str) -> torch.dtype | None:
 
 
 def check_out_dir(out: Path, force: bool, source: Path | None = None) -> None:
-    """Refuse a non-empty output folder unless forced, one that cannot be written, or the `source` model
-    folder itself (with --force, a typo would replace the model being read); never change it here."""
+    """Refuse a non-empty output folder unless forced, one that cannot be written or cannot be a folder (a
+    symbolic link to nothing), or the `source` model folder itself (with --force, a typo would replace the
+    model being read); never change it here."""
+    check_out_path(out)
     if out.exists() and not out.is_dir():
         raise KronyptError(f"output {out} exists and is not a folder")
     if source is not None and out.resolve() == Path(source).resolve():
@@ -63,6 +65,14 @@ def check_out_dir(out: Path, force: bool, source: Path | None = None) -> None:
     check_writable(out.resolve().parent, f"--out {out}")  # the staging folder is written beside it
     if out.is_dir():  # and its files are moved into it
         check_writable(out.resolve(), f"--out {out}")
+
+
+def check_out_path(out: Path, what: str = "--out") -> None:
+    """Refuse an output path that cannot become a folder before any work: a symbolic link whose target does
+    not exist (writing through it would create the target's parent folders, or fail at the end)."""
+    if out.is_symlink() and not out.exists():
+        raise KronyptError(f"{what} {out} is a symbolic link to {os.readlink(out)}, which does not exist; remove "
+                           "the link or give another folder")
 
 
 def check_writable(folder: Path, what: str) -> None:

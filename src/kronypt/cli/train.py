@@ -12,7 +12,7 @@ from transformers.utils import logging as hf_logging
 from typer.core import TyperCommand
 
 from kronypt.cli.app import app, console, print_json
-from kronypt.cli.options import check_writable
+from kronypt.cli.options import check_out_path, check_writable
 from kronypt.errors import KronyptError
 from kronypt.train import TrainConfig, TrainResult
 from kronypt.train import train as run_training
@@ -148,6 +148,7 @@ def train(
     if main_rank:
         if "out" not in flags and resolved.out == TrainConfig().out:  # neither a flag nor the recipe chose it
             sys.stderr.write(f"kronypt: no --out given: the run folder is {resolved.out}\n")
+        check_out_path(Path(resolved.out).expanduser())
         check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
     hf_logging.disable_progress_bar()
     result = run_training(resolved, progress=progress and not as_json)
