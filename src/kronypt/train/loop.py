@@ -29,13 +29,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from kronypt.data.tokens import fingerprint, open_tokens, read_meta, sample_batch, sequential_batches
+from kronypt.data.tokens import (
+    check_token_ids,
+    fingerprint,
+    open_tokens,
+    read_meta,
+    sample_batch,
+    sequential_batches,
+)
 from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.models.loading import has_tokenizer
 from kronypt.train import checkpoint, distributed, parallel, resume
 from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
+from kronypt.train.failures import TrainingDiverged, discard_unsaved_run, diverged, out_of_memory
 from kronypt.train.lock import run_folder_lock
 from kronypt.train.metrics import MetricsLog, logged_at
 from kronypt.train.model_source import (
@@ -47,10 +55,6 @@ from kronypt.train.model_source import (
 )
 from kronypt.train.optim import build_optimizer, build_scheduler
 from kronypt.train.wikitext import WikiTextValidation
-
-
-class TrainingDiverged(KronyptError):
-    """The loss or the gradient norm stopped being finite; nothing was saved for that step."""
 
 
 @dataclass
@@ -98,7 +102,12 @@ def train(config: TrainConfig, model: PreTrainedModel | None = None, progress: b
             # Rank 0 takes the run folder's lock; a refusal reaches every rank (each then stops in one
             # line, instead of the others failing inside the process group as rank 0 leaves).
             distributed.from_main_rank(lambda: held.enter_context(run_folder_lock(config.out)))
-            return Trainer(config, env, device, model).run(progress)
+            try:
+                return Trainer(config, env, device, model).run(progress)
+            except (MemoryError, RuntimeError) as exc:
+                if (memory := out_of_memory(exc, config.train)) is None:
+                    raise
+                raise memory from None
     finally:
         if owns_group:
             distributed.teardown()
@@ -156,6 +165,7 @@ class Trainer:
                                "--compile-mode default")
         resume_from = self._resume_path()
         state = None
+        self.resumed = resume_from is not None
         self.already_done = ""  # what a resume that has nothing to train says instead
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         if resume_from is not None:
@@ -169,19 +179,23 @@ class Trainer:
             if self.step >= args.max_steps:  # nothing to train: run() says so and touches nothing
                 self.already_done = f"{self.out} is already at step {self.step:,}{where} ({self.tokens:,} tokens)"
                 return
-            self._say(f"resuming {self.out} from step {self.step:,}{where} ({self.tokens:,} tokens)")
+            resuming = f"resuming {self.out} from step {self.step:,}{where} ({self.tokens:,} tokens)"
             model = _restore_weights(model, model_dir)
         elif model is None:
             if config.model:  # a checkpoint's model/ is checked against the checkpoint's checksums
                 checkpoint.check_model_folder(config.model)
             model = build_model(config)
         check_vocab(model, meta)
+        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            check_token_ids(tokens, model.config.vocab_size, str(Path(config.data) / meta["splits"][split]["file"]))
         check_context(model, args.seq_len)
         distill = config.distill  # the teacher is checked against the student before any run file is written
         if distill.teacher:
             checkpoint.check_model_folder(distill.teacher)
         self.teacher = (load_teacher(distill.teacher, model, device, args.seq_len, distill.hidden_weight)
                         if distill.teacher else None)
+        if state is not None:  # once every check passed: a refusal stays the only line
+            self._say(resuming)
         prepare_for_training(model, args)
         self.raw = model.to(device).train()
         bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
@@ -274,8 +288,9 @@ class Trainer:
             print(message, file=sys.stderr, flush=True)
 
     def run(self, progress: bool = True) -> TrainResult:
-        """Train to max_steps (or until a signal), evaluating, logging and saving as configured."""
-        args, every = self.config.train, self.config.eval.eval_every
+        """Train to max_steps (or until a signal), evaluating, logging and saving as configured. A fresh run
+        that fails before its first checkpoint (other than by diverging) leaves no run folder behind."""
+        args = self.config.train
         if self.already_done:
             self._say(f"{self.already_done}, max_steps is {args.max_steps:,}: nothing to train (raise --max-steps "
                       "to continue)")
@@ -284,10 +299,23 @@ class Trainer:
             last = logged_at(self.out / "metrics.jsonl", self.step) if self.env.is_main else {}
             return TrainResult(str(self.out), self.step, self.tokens, last.get("loss"), last.get("val_loss"),
                                best_loss if math.isfinite(best_loss) else None, str(best) if best else None, None)
+        created = self.env.is_main and not self.out.exists()
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoint.clean_partial(self.out)
             (self.out / "config.yaml").write_text(self.config.with_absolute_inputs().to_yaml())
+        try:
+            return self._train(progress)
+        except TrainingDiverged:
+            raise  # its records show how it diverged
+        except BaseException:
+            if self.env.is_main and not self.resumed and not checkpoint.list_checkpoints(self.out):
+                discard_unsaved_run(self.out, created)
+            raise
+
+    def _train(self, progress: bool) -> TrainResult:
+        """The steps of `run`, from the validation of the starting model (step 0) to the end."""
+        args, every = self.config.train, self.config.eval.eval_every
         if self.step == 0:  # where training starts from, e.g. right after compression
             self.metrics.write({"step": 0, "tokens": 0, **self.validate()})
         bar = tqdm(total=args.max_steps, initial=self.step, desc="training", unit="step",
@@ -310,7 +338,7 @@ class Trainer:
                     busy, busy_tokens = 0.0, 0
                 val_loss = scores.get("val_loss")
                 if val_loss is not None and not math.isfinite(val_loss):
-                    raise self._diverged(f"non-finite val_loss at step {self.step} ({val_loss})")
+                    raise diverged(self.out, f"non-finite val_loss at step {self.step} ({val_loss})")
                 improved = val_loss is not None and val_loss < self.best_val_loss
                 self.best_val_loss = val_loss if improved else self.best_val_loss
                 if improved or finished or stopped_by or self.step % self.config.checkpoint.save_every == 0:
@@ -372,7 +400,7 @@ class Trainer:
         clip = self.config.optim.grad_clip
         grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            raise self._diverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at "
+            raise diverged(self.out, f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at "
                                  f"step {self.step + 1} (loss {loss_value}, grad norm {grad_norm})")
         self.optimizer.step()
         self.scheduler.step()
@@ -380,15 +408,6 @@ class Trainer:
         if self.teacher is None:
             return loss_value, grad_norm, lr, None
         return ce_value, grad_norm, lr, loss_value
-
-    def _diverged(self, problem: str) -> TrainingDiverged:
-        """The error that stops a run whose loss, gradients, validation loss or weights stopped being finite;
-        it names the latest checkpoint, which is good: no checkpoint is saved with either non-finite."""
-        last_good = checkpoint.latest_checkpoint(self.out)
-        advice = (f"last good checkpoint: {last_good} (train its model/ with a lower --lr in a new --out: "
-                  "--init-from kronypt)" if last_good else
-                  "no checkpoint yet: rerun with a lower --lr (or --grad-clip > 0) in a new --out")
-        return TrainingDiverged(f"{problem}; stopped without saving; {advice}")
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss to optimise, the plain cross-entropy): the same tensor without a teacher."""
@@ -458,10 +477,10 @@ class Trainer:
         the weights it leaves, or the logits they give, may be non-finite while the loss was not. Without a
         `val_loss` of this step, the first validation batch tells."""
         if distributed.sum_across_ranks([float(not parallel.parameters_finite(self.raw))], self.device)[0]:
-            raise self._diverged(f"non-finite weights after step {self.step}")
+            raise diverged(self.out, f"non-finite weights after step {self.step}")
         probe = self.val_loss(batches=1) if val_loss is None else val_loss
         if not math.isfinite(probe):
-            raise self._diverged(f"non-finite loss on val.bin after step {self.step} ({probe})")
+            raise diverged(self.out, f"non-finite loss on val.bin after step {self.step} ({probe})")
         rng = distributed.gather_objects(checkpoint.rng_state())
         weights = parallel.model_state(self.raw)  # gathered from the shards (collective) when sharded
         optimizer = (parallel.optimizer_state(self.raw, self.optimizer)
