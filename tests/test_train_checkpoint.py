@@ -27,6 +27,7 @@ from kronypt.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_index,
 )
 
 
@@ -108,6 +109,26 @@ def test_damaged_checkpoints_raise_one_clear_error(tmp_path: Path, model: GPT2LM
     assert "\n" not in str(caught.value)
     with pytest.raises(FileNotFoundError):
         load_state(tmp_path / "checkpoints" / "step-00000099")
+
+
+class _Planted:
+    """Unpickling it would create a file: a trainer state must never run code when it is read."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_trainer_state_holding_code_is_refused_without_running_it(tmp_path: Path, model: GPT2LMHeadModel) -> None:
+    path = save_checkpoint(tmp_path, 1, model, {"step": 1}, None, keep_last=1)
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 1, "payload": _Planted(marker)}, path / "trainer_state.pt")
+    write_index(path, 1, None, None)  # as if written so: the checksums agree, only the content is hostile
+    with pytest.raises(KronyptError, match=f"^corrupt checkpoint {path}: cannot read trainer_state.pt"):
+        load_state(path)
+    assert not marker.exists()
 
 
 def test_rng_states_round_trip() -> None:
