@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from kronypt.data.tokens import (
-    check_token_ids,
-    fingerprint,
-    open_tokens,
-    read_meta,
-    sample_batch,
-    sequential_batches,
-)
+import kronypt.data.tokens as token_files
+from kronypt.data.tokens import fingerprint, open_tokens, read_meta, sample_batch, sequential_batches
 from kronypt.data.writer import TokenFolderWriter
 from kronypt.errors import KronyptError
 
@@ -147,10 +141,10 @@ def test_meta_json_must_name_its_own_files_and_a_numeric_vocabulary(ramp_dir: Pa
 
 def test_token_ids_are_checked_against_the_vocabulary(ramp_dir: Path) -> None:
     val = open_tokens(ramp_dir, "val")  # 60000 .. 60299
-    check_token_ids(val, 60_300, "val.bin")
+    token_files.check_token_ids(val, 60_300, "val.bin")
     with pytest.raises(KronyptError, match="^val.bin holds token id 60,299, but the model's vocabulary has 60,299 "):
-        check_token_ids(val, 60_299, "val.bin")
-    check_token_ids(np.empty(0, dtype=np.uint16), 1, "an empty split")
+        token_files.check_token_ids(val, 60_299, "val.bin")
+    token_files.check_token_ids(np.empty(0, dtype=np.uint16), 1, "an empty split")
 
 
 def test_the_fingerprint_names_the_text_not_where_it_came_from() -> None:
