@@ -211,6 +211,8 @@ def recover_replacements(out: Path) -> None:
     """Clear what processes killed while writing `out` left beside it: a replacement stopped halfway is rolled
     back (`_roll_back`: the earlier model returns), staging folders are removed. Folders of processes that
     still run are left alone."""
+    if not out.parent.is_dir():
+        return
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.({STAGING}|{BACKUP})-(\d+)-")
     found = [(match[1], path) for path in out.parent.iterdir()
              if (match := pattern.match(path.name)) and not _running(int(match[2]))]
