@@ -126,7 +126,9 @@ def train(
     from the latest checkpoint in --out (settings that define the run must match the checkpoint's; an --out
     holding other files needs --force). SIGTERM / Ctrl-C save a checkpoint and stop. Under
     `torchrun --nproc_per_node N -m kronypt train ...` the same command trains with DDP
-    (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 130 / 143 after Ctrl-C / SIGTERM
+    (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 2 after a bad input, or when the
+    loss, the validation loss or the weights stop being finite (no checkpoint ever holds such a model);
+    130 / 143 after Ctrl-C / SIGTERM
     (a checkpoint was saved: rerun to resume), except under torchrun, where workers exit 0 after a clean
     stop and `stopped_by` in --json tells. Without --out the run folder is runs/train.
 
