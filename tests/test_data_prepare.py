@@ -400,6 +400,32 @@ def test_sigterm_to_the_main_process_ends_the_workers_too(tmp_path: Path) -> Non
     assert all(map(_gone, workers)), [pid for pid in workers if not _gone(pid)]
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_sigkill_of_the_main_process_ends_the_workers_too(tmp_path: Path) -> None:
+    """A SIGKILL runs no cleanup: the workers lived on forever (parent init, blocked on the pool's queue,
+    the partial files open). Now each one follows its parent."""
+    text = tmp_path / "docs.txt"
+    text.write_text(f"\n{EOT}\n".join(f"document {i} " * 5000 for i in range(40)))  # several batches
+    out, pids = tmp_path / "out", tmp_path / "pids"
+    script = SIGTERM_MID_RUN.replace("signal.SIGTERM", "signal.SIGKILL")
+    with open(tmp_path / "output", "w") as output:  # not a pipe: orphans would hold it open
+        done = subprocess.run([sys.executable, "-c", script, str(text), str(TOKENIZER_DIR), str(out), str(pids)],
+                              stdout=output, stderr=subprocess.STDOUT, timeout=120)
+    assert done.returncode == -signal.SIGKILL, (tmp_path / "output").read_text()
+    workers = [int(line) for line in pids.read_text().split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30
+    try:
+        while not all(map(_gone, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(map(_gone, workers)), [pid for pid in workers if not _gone(pid)]
+    finally:
+        for pid in workers:  # this test's own orphans, if any
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert sorted(os.listdir(out)) == ["train.bin.partial", "val.bin.partial"]
+
+
 def test_a_held_back_sigterm_is_delivered_when_sigint_is_ignored() -> None:
     """In a background job SIGINT is ignored; a SIGINT then a SIGTERM inside the window used to drop both."""
     got = []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import kronypt.data.tokens as token_files
 from kronypt.data.tokens import fingerprint, open_tokens, read_meta, sample_batch, sequential_batches
 from kronypt.data.writer import TokenFolderWriter
 from kronypt.errors import KronyptError
@@ -114,6 +117,34 @@ def test_incomplete_or_modified_folders_are_refused(ramp_dir: Path, tmp_path: Pa
         open_tokens(ramp_dir, "val")
     with pytest.raises(FileNotFoundError):
         read_meta(tmp_path / "missing")
+
+
+def test_meta_json_must_name_its_own_files_and_a_numeric_vocabulary(ramp_dir: Path) -> None:
+    """`file` entries were joined to the folder as given (`../../x` and absolute paths read other files), and
+    a text vocab_size failed later with a ValueError traceback."""
+    meta = json.loads((ramp_dir / "meta.json").read_text())
+    for split, entry, value, message in (
+            ("train", "file", "../ramp/train.bin", "the train split's file '../ramp/train.bin' is not a file name"),
+            ("val", "file", str(ramp_dir / "val.bin"), "the val split's file '/"),
+            ("train", "file", "..", "is not a file name inside"),
+            (None, "vocab_size", "50257", "vocab_size must be a positive whole number, got '50257'"),
+            (None, "vocab_size", True, "vocab_size must be a positive whole number, got True"),
+            (None, "vocab_size", 0, "vocab_size must be a positive whole number, got 0")):
+        changed = json.loads(json.dumps(meta))
+        (changed["splits"][split] if split else changed)[entry] = value
+        (ramp_dir / "meta.json").write_text(json.dumps(changed))
+        with pytest.raises(KronyptError, match=re.escape(message)):
+            read_meta(ramp_dir)
+    (ramp_dir / "meta.json").write_text(json.dumps({**meta, "vocab_size": 50257}))
+    assert read_meta(ramp_dir)["vocab_size"] == 50257
+
+
+def test_token_ids_are_checked_against_the_vocabulary(ramp_dir: Path) -> None:
+    val = open_tokens(ramp_dir, "val")  # 60000 .. 60299
+    token_files.check_token_ids(val, 60_300, "val.bin")
+    with pytest.raises(KronyptError, match="^val.bin holds token id 60,299, but the model's vocabulary has 60,299 "):
+        token_files.check_token_ids(val, 60_299, "val.bin")
+    token_files.check_token_ids(np.empty(0, dtype=np.uint16), 1, "an empty split")
 
 
 def test_the_fingerprint_names_the_text_not_where_it_came_from() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import stat
@@ -17,6 +18,7 @@ from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.train.checkpoint import (
     best_checkpoint,
+    best_val_loss,
     clean_partial,
     latest_checkpoint,
     list_checkpoints,
@@ -25,6 +27,7 @@ from kronypt.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_index,
 )
 
 
@@ -48,6 +51,15 @@ def test_keeps_the_last_n_and_the_best_and_links_them(tmp_path: Path, model: GPT
                                                   strict=True))
 
 
+def test_a_non_finite_val_loss_is_never_the_best(tmp_path: Path, model: GPT2LMHeadModel) -> None:
+    save_checkpoint(tmp_path, 1, model, {"step": 1}, math.nan, keep_last=5)
+    assert best_checkpoint(tmp_path) is None and best_val_loss(tmp_path) == math.inf
+    save_checkpoint(tmp_path, 2, model, {"step": 2}, 3.0, keep_last=5)
+    save_checkpoint(tmp_path, 3, model, {"step": 3}, math.inf, keep_last=5)
+    assert best_checkpoint(tmp_path).name == "step-00000002" and best_val_loss(tmp_path) == 3.0
+    assert (tmp_path / "best").resolve().name == "step-00000002"
+
+
 def test_partial_folders_are_never_checkpoints(tmp_path: Path, model: GPT2LMHeadModel) -> None:
     save_checkpoint(tmp_path, 1, model, {"step": 1}, None, keep_last=1)
     partial = tmp_path / "checkpoints" / ".tmp-step-00000002-123"
@@ -57,19 +69,66 @@ def test_partial_folders_are_never_checkpoints(tmp_path: Path, model: GPT2LMHead
     assert not partial.exists()
 
 
-@pytest.mark.parametrize("damage", ["index", "weights", "state"])
+def scribble(path: Path, offset: int | None = None) -> None:
+    """Overwrite 64 bytes of `path` with random ones, the size unchanged (by default in the middle of the
+    file; in a safetensors file pass an offset past its header, into the tensor data)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.seek(size // 2 if offset is None else offset)
+        handle.write(os.urandom(64))
+    assert path.stat().st_size == size
+
+
+def tensor_data_offset(path: Path) -> int:
+    """Where the tensor bytes of a safetensors file start: after the 8-byte header length and the header."""
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+@pytest.mark.parametrize("damage", ["index", "weights", "state", "index-values", "inside-weights", "inside-state"])
 def test_damaged_checkpoints_raise_one_clear_error(tmp_path: Path, model: GPT2LMHeadModel, damage: str) -> None:
-    path = save_checkpoint(tmp_path, 1, model, {"step": 1}, None, keep_last=1)
+    path = save_checkpoint(tmp_path, 1, model, {"step": 1, "tensor": torch.randn(1000)}, 2.0, keep_last=1)
+    weights, state = path / "model" / "model.safetensors", path / "trainer_state.pt"
+    named = {"index": "checkpoint.json", "index-values": "checkpoint.json", "weights": "model/model.safetensors",
+             "inside-weights": "model/model.safetensors", "state": "trainer_state.pt",
+             "inside-state": "trainer_state.pt"}[damage]
     if damage == "index":
         (path / "checkpoint.json").write_text("{")
+    elif damage == "index-values":  # still valid JSON: another step's val_loss
+        (path / "checkpoint.json").write_text((path / "checkpoint.json").read_text().replace('"val_loss": 2.0',
+                                                                                             '"val_loss": 1.0'))
     elif damage == "weights":
-        (path / "model" / "model.safetensors").write_bytes(b"short")
+        weights.write_bytes(b"short")
+    elif damage == "state":
+        state.write_bytes(b"x" * state.stat().st_size)
+    elif damage == "inside-weights":  # the right size, a valid header: loaded without complaint before
+        scribble(weights, tensor_data_offset(weights) + 256)
     else:
-        (path / "trainer_state.pt").write_bytes(b"x" * (path / "trainer_state.pt").stat().st_size)
-    with pytest.raises(KronyptError, match=f"^corrupt checkpoint {path}"):
+        scribble(state)
+    with pytest.raises(KronyptError, match=f"^corrupt checkpoint {path}: .*{named}") as caught:
         load_state(path)
+    assert "\n" not in str(caught.value)
     with pytest.raises(FileNotFoundError):
         load_state(tmp_path / "checkpoints" / "step-00000099")
+
+
+class _Planted:
+    """Unpickling it would create a file: a trainer state must never run code when it is read."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_trainer_state_holding_code_is_refused_without_running_it(tmp_path: Path, model: GPT2LMHeadModel) -> None:
+    path = save_checkpoint(tmp_path, 1, model, {"step": 1}, None, keep_last=1)
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 1, "payload": _Planted(marker)}, path / "trainer_state.pt")
+    write_index(path, 1, None, None)  # as if written so: the checksums agree, only the content is hostile
+    with pytest.raises(KronyptError, match=f"^corrupt checkpoint {path}: cannot read trainer_state.pt"):
+        load_state(path)
+    assert not marker.exists()
 
 
 def test_rng_states_round_trip() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
-from test_train_support import cli_args, make_token_folder, run_train_cli, scratch_settings
+from file_snapshot import snapshot
+from test_train_support import cli_args, make_token_folder, run_train_cli, scratch_settings, write_model_config
 
 from kronypt.train import TrainConfig
 from kronypt.train.metrics import read_metrics
@@ -71,6 +73,86 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     code, _, err = run_train_cli(cli_args(settings), capsys)
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("kronypt: error: ") and message in err, err
+
+
+def _damaged_copy(tmp_path: Path, name: str, edit) -> Path:
+    """A token folder like the tiny one, changed by `edit(folder)`: the bytes of a split or its meta.json."""
+    folder = make_token_folder(tmp_path / name)
+    edit(folder)
+    return folder
+
+
+def _poke(path: Path, position: int, value: int) -> None:
+    tokens = np.fromfile(path, dtype=np.uint16)
+    tokens[position] = value
+    tokens.tofile(path)
+
+
+def _edit_meta(folder: Path, change) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    change(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+MALFORMED = {  # (how to make the bad input under tmp_path: settings overrides, what the one line says)
+    "token id in train.bin": (lambda tmp: {"data": str(_damaged_copy(
+        tmp, "ids", lambda f: (f / "train.bin").write_bytes(np.full(12_800, 300, np.uint16).tobytes())))},
+        "ids/train.bin holds token id 300, but the model's vocabulary has 256 tokens (ids 0..255)"),
+    "token id in val.bin": (lambda tmp: {"data": str(_damaged_copy(tmp, "ids", lambda f: _poke(f / "val.bin", 5,
+                                                                                                256)))},
+                            "ids/val.bin holds token id 256"),
+    "vocab_size not a number": (lambda tmp: {"data": str(_damaged_copy(
+        tmp, "meta", lambda f: _edit_meta(f, lambda m: m.update(vocab_size="lots"))))},
+        "meta.json: vocab_size must be a positive whole number, got 'lots'"),
+    "file outside the folder": (lambda tmp: {"data": str(_damaged_copy(
+        tmp, "meta", lambda f: _edit_meta(f, lambda m: m["splits"]["train"].update(file="../tokens/train.bin"))))},
+        "the train split's file '../tokens/train.bin' is not a file name inside"),
+    "file by absolute path": (lambda tmp: {"data": str(_damaged_copy(
+        tmp, "meta", lambda f: _edit_meta(f, lambda m: m["splits"]["val"].update(file=str(tmp / "tokens/val.bin")))))},
+        "the val split's file '/"),
+    "model config a list": (lambda tmp: {"model_config": _write(tmp / "list.json", "[1, 2]")},
+                            "list.json must hold a JSON object of GPT2Config keys"),
+    "n_layer a word": (lambda tmp: {"model_config": _write(tmp / "two.json", json.dumps(
+        {**json.loads((tmp / "gpt2.json").read_text()), "n_layer": "two"}))},
+                       "two.json: n_layer must be a positive whole number, got 'two'"),
+    "n_embd not a multiple of n_head": (lambda tmp: {"model_config": str(write_model_config(tmp / "odd.json",
+                                                                                           n_embd=30))},
+                                        "odd.json: n_embd (30) must be a multiple of n_head (4)"),
+    "out of memory": (lambda tmp: {"tokens_per_step": None, "micro_batch_size": 10**12},
+                      "out of memory with micro_batch_size 1,000,000,000,000 × seq_len 32"),
+}
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_inputs_are_one_line_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         case: str) -> None:
+    """Each one used to fail with a traceback (the token ids after the run folder was made, the out of
+    memory leaving it half made), or (a file outside the data folder) was read."""
+    make, message = MALFORMED[case]
+    scratch_settings(tmp_path)  # the tiny token folder and model config, then the bad input
+    settings = scratch_settings(tmp_path, out=str(tmp_path / "new-run"), **make(tmp_path))
+    before = snapshot(tmp_path)
+    code, _, err = run_train_cli([*cli_args(settings), "--no-progress"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("kronypt: error: "), err
+    assert message in err, err
+    assert snapshot(tmp_path) == before  # no run folder, the inputs untouched
+
+
+def test_token_ids_beyond_the_vocabulary_leave_a_run_folder_as_it_was(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    settings = scratch_settings(tmp_path, max_steps=2, save_every=2)
+    assert run_train_cli(cli_args(settings), capsys)[0] == 0
+    run = tmp_path / "run"
+    _poke(tmp_path / "tokens" / "train.bin", 1000, 4000)  # the data changed on disk, its meta.json did not
+    before = snapshot(run)
+    code, _, err = run_train_cli([*cli_args({**settings, "max_steps": 4}), "--no-progress"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "train.bin holds token id 4,000" in err, err
+    assert snapshot(run) == before
 
 
 @pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143), (None, 0)])

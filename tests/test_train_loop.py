@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_support import make_token_folder, run_python, scratch_config, tiny_gpt2
+from test_train_support import (
+    cli_args,
+    make_token_folder,
+    run_python,
+    run_train_cli,
+    scratch_config,
+    scratch_settings,
+    tiny_gpt2,
+)
 from transformers import GPT2LMHeadModel
 
 from kronypt.errors import KronyptError
@@ -209,6 +217,33 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
                                                "with a lower --lr"):
         train(scratch_config(tmp_path / "early", max_steps=10, save_every=100, eval_every=0), model=fresh,
               progress=False)
+
+
+def test_weights_or_a_val_loss_that_stopped_being_finite_are_never_saved(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """lr 1e6: step 1's loss is finite (computed before the update), the weights after it are NaN. A run of
+    one step saved them as its best checkpoint and exited 0; with a checkpoint every step and no validation,
+    step 2's NaN loss named the NaN checkpoint of step 1 "last good"."""
+    settings = scratch_settings(tmp_path, max_steps=1, eval_every=1, lr=1e6)
+    code, _, err = run_train_cli([*cli_args(settings), "--no-progress"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "non-finite val_loss at step 1 (nan); stopped without saving; no checkpoint yet" in err, err
+    assert not list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / "best").exists()
+    settings = scratch_settings(tmp_path, out=str(tmp_path / "every"), max_steps=6, save_every=1, eval_every=0,
+                                lr=1e6)
+    code, _, err = run_train_cli([*cli_args(settings), "--no-progress"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "non-finite loss on val.bin after step 1 (nan); stopped without saving; no checkpoint yet" in err, err
+    assert not list_checkpoints(tmp_path / "every")
+    # a NaN in weights that no window reaches (a position past seq_len): finite losses, still never saved
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2())
+    with torch.no_grad():
+        model.transformer.wpe.weight[60] = math.nan
+    config = scratch_config(tmp_path, out=str(tmp_path / "unreached"), max_steps=2, save_every=1, eval_every=1)
+    with pytest.raises(TrainingDiverged, match="^non-finite weights after step 1; stopped without saving; no "):
+        train(config, model=model, progress=False)
+    assert not list_checkpoints(config.out)
 
 
 def _tiny_dense_folder(tmp_path: Path, **overrides) -> Path:

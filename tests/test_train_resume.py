@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from file_snapshot import snapshot
+from test_train_checkpoint import scribble, tensor_data_offset
 from test_train_support import (
     cli_args,
     dense_settings,
     make_token_folder,
+    run_python,
     run_train_cli,
     scratch_config,
     scratch_settings,
@@ -21,7 +25,7 @@ from test_train_support import (
 
 from kronypt.errors import KronyptError
 from kronypt.train import TrainConfig, train
-from kronypt.train.checkpoint import INDEX_FILE, STATE_FILE, latest_checkpoint
+from kronypt.train.checkpoint import INDEX_FILE, STATE_FILE, latest_checkpoint, write_index
 from kronypt.train.metrics import read_metrics
 from kronypt.train.optim import lr_multiplier
 
@@ -134,58 +138,12 @@ def test_a_longer_run_follows_the_new_schedule_from_the_first_resumed_step(tmp_p
 
 
 def _rewrite_state(path: Path, edit) -> None:
-    """Apply `edit` to a checkpoint's trainer state, keeping its index's recorded file size right."""
+    """Apply `edit` to a checkpoint's trainer state, keeping its index's recorded sizes and checksums right."""
     state = torch.load(path / STATE_FILE, weights_only=False)
     edit(state)
     torch.save(state, path / STATE_FILE)
     index = json.loads((path / INDEX_FILE).read_text())
-    index["files"][STATE_FILE] = (path / STATE_FILE).stat().st_size
-    (path / INDEX_FILE).write_text(json.dumps(index))
-
-
-def _strip_settings_from_checkpoint(path: Path) -> None:
-    """Make a checkpoint look like one written before settings were stored in it."""
-    _rewrite_state(path, lambda state: [state.pop(key, None) for key in ("config", "paths", "tokens_per_step")])
-
-
-def test_compression_settings_recorded_for_a_run_that_does_not_compress_are_not_compared(tmp_path: Path
-                                                                                        ) -> None:
-    """Earlier versions ignored --init/--factors/--scalars with --init-from scratch or kronypt but recorded
-    them; now refused as flags there, they must not make such a checkpoint impossible to resume."""
-    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
-
-    def as_recorded_before(state: dict) -> None:
-        state["config"].update(init="van-loan", factors=1, scalars=True)
-        state.pop("data_fingerprint")  # nor had they this
-    _rewrite_state(latest_checkpoint(tmp_path / "run"), as_recorded_before)
-    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
-
-
-def test_settings_without_effect_recorded_by_earlier_versions_do_not_block_a_resume(tmp_path: Path) -> None:
-    """min_lr under the constant schedule and distillation knobs without a teacher did nothing and were
-    accepted; now refused as flags, a checkpoint that recorded them must still resume (without them)."""
-    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
-
-    def as_recorded_before(state: dict) -> None:
-        state["config"]["optim"]["min_lr"] = 1e-5
-        state["config"]["distill"].update(alpha=0.9, temperature=4.0)
-    _rewrite_state(latest_checkpoint(tmp_path / "run"), as_recorded_before)
-    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
-    # where they take effect, a change is still refused
-    with pytest.raises(KronyptError, match="min_lr: 1e-05 -> 0.0|schedule: constant -> cosine"):
-        train(scratch_config(tmp_path, max_steps=4, schedule="cosine"), progress=False)
-
-
-def test_older_checkpoints_are_checked_against_the_run_folder_config(tmp_path: Path) -> None:
-    train(scratch_config(tmp_path, max_steps=2, save_every=2), progress=False)
-    run = tmp_path / "run"
-    _strip_settings_from_checkpoint(latest_checkpoint(run))
-    with pytest.raises(KronyptError, match="lr: 0.003 -> 0.01$|lr: 0.003 -> 0.01[.;]"):
-        train(scratch_config(tmp_path, max_steps=4, lr=0.01), progress=False)
-    with pytest.raises(KronyptError, match="tokens_per_step: 128 -> 256"):  # from tokens / step
-        train(scratch_config(tmp_path, max_steps=4, tokens_per_step=256), progress=False)
-    (run / "config.yaml").unlink()  # nothing to compare with: the check is skipped
-    assert train(scratch_config(tmp_path, max_steps=3), progress=False).step == 3
+    write_index(path, index["step"], index["tokens"], index["val_loss"])
 
 
 def test_the_same_inputs_spelled_differently_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,28 +175,6 @@ def test_a_folder_with_other_files_is_refused_unless_forced(tmp_path: Path, caps
     (tmp_path / "a-file").write_text("")
     with pytest.raises(KronyptError, match="exists and is not a folder"):
         train(scratch_config(tmp_path, out=str(tmp_path / "a-file")), progress=False)
-
-
-def test_older_checkpoints_with_relative_paths_resume_from_another_folder(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    # A run started in proj/ with relative paths, its checkpoint written before absolute paths were recorded,
-    # resumed from proj/configs/ with the same inputs spelled from there.
-    proj = tmp_path / "proj"
-    proj.mkdir()
-    scratch_settings(proj)  # proj/tokens and proj/gpt2.json
-    monkeypatch.chdir(proj)
-    relative = {"data": "tokens", "model_config": "gpt2.json", "out": "runs/r", "max_steps": 2, "save_every": 2}
-    train(TrainConfig().with_overrides({**scratch_settings(proj), **relative}), progress=False)
-    _strip_settings_from_checkpoint(latest_checkpoint(proj / "runs" / "r"))
-    recorded = proj / "runs" / "r" / "config.yaml"  # as older versions wrote it: the paths as given
-    values = yaml.safe_load(recorded.read_text())
-    assert values["data"] == str(proj / "tokens")  # this version records absolute input paths
-    values["data"], values["model_config"] = "tokens", "gpt2.json"
-    recorded.write_text(yaml.safe_dump(values))
-    (proj / "configs").mkdir()
-    monkeypatch.chdir(proj / "configs")
-    moved = {"data": "../tokens", "model_config": "../gpt2.json", "out": "../runs/r", "max_steps": 3}
-    assert train(TrainConfig().with_overrides({**scratch_settings(proj), **moved}), progress=False).step == 3
 
 
 def test_inputs_reached_through_a_symlink_are_the_same_inputs(tmp_path: Path) -> None:
@@ -290,3 +226,64 @@ def test_the_recorded_recipe_works_from_any_folder(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     again = TrainConfig.from_yaml(recipe).with_overrides({"out": str(proj / "runs" / "r"), "max_steps": 3})
     assert train(again, progress=False).step == 3
+
+
+@pytest.mark.parametrize("damaged", ["model/model.safetensors", "trainer_state.pt"])
+def test_a_checkpoint_damaged_inside_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            damaged: str) -> None:
+    """Random bytes written over the tensor data of the weights or into the trainer state (the sizes
+    unchanged) loaded without complaint: the run trained on from the damaged checkpoint."""
+    settings = scratch_settings(tmp_path, max_steps=2, save_every=2, eval_every=2)
+    assert run_train_cli(cli_args(settings), capsys)[0] == 0
+    run, step = tmp_path / "run", latest_checkpoint(tmp_path / "run")
+    file = step / damaged
+    scribble(file, tensor_data_offset(file) + 64 if file.suffix == ".safetensors" else None)
+    before = snapshot(run)
+    code, _, err = run_train_cli(cli_args({**settings, "max_steps": 4}), capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"corrupt checkpoint {step}: {damaged} does not match the SHA-256 recorded when it was saved" in err, err
+    assert snapshot(run) == before
+    # a new run started from the checkpoint's model checks it too (the weights alone)
+    fresh = {**settings, "init_from": "kronypt", "model": str(run / "best" / "model"), "model_config": None,
+             "out": str(tmp_path / "from-best")}
+    code, _, err = run_train_cli(cli_args(fresh), capsys)
+    if damaged == "trainer_state.pt":
+        assert code == 2 and "is not a kronypt model" in err, err  # a dense scratch model: refused as such
+    else:
+        assert code == 2 and err.count("\n") == 1 and f"{damaged} does not match the SHA-256" in err, err
+    assert not (tmp_path / "from-best").exists()
+
+
+KILL_WHEN_METRICS_ARE_REWRITTEN = """
+import builtins, io, os, signal
+from kronypt.train import TrainConfig, train
+
+real_open = io.open
+
+def open_then_die(file, mode="r", *args, **kwargs):
+    handle = real_open(file, mode, *args, **kwargs)
+    if "w" in mode and "metrics.jsonl" in os.fspath(file):  # opened (so truncated) for the rewrite: killed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return handle
+
+builtins.open = io.open = open_then_die
+train(TrainConfig().with_overrides({settings!r}), progress=False)
+"""
+
+
+def test_a_kill_while_a_resume_rewrites_the_metrics_keeps_them(tmp_path: Path) -> None:
+    """The records past the resumed checkpoint are dropped by rewriting metrics.jsonl: in place, a kill
+    there left it empty, and the next run went on with the records of the resumed steps only."""
+    settings = scratch_settings(tmp_path, max_steps=6, save_every=4, eval_every=2)
+    train(TrainConfig().with_overrides(settings), progress=False)
+    run = tmp_path / "run"
+    before = snapshot(run)
+    step_4 = str(run / "checkpoints" / "step-00000004")
+    child = run_python(KILL_WHEN_METRICS_ARE_REWRITTEN.format(settings={**settings, "resume": step_4}))
+    output = child.communicate(timeout=300)[0]
+    assert child.returncode == -signal.SIGKILL, output
+    assert {name: data for name, data in snapshot(run).items() if ".tmp-" not in name} == before
+    resumed = train(TrainConfig().with_overrides({**settings, "resume": step_4}), progress=False)
+    assert resumed.step == 6 and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(7))
+    assert not [name for name in snapshot(run) if ".tmp-" in name]
+

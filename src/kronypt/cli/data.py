@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from kronypt.cli.app import app, console, print_json
-from kronypt.cli.options import check_writable
+from kronypt.cli.options import check_out_path, check_writable
 from kronypt.data.prepare import DEFAULT_VAL_FRACTION, prepare_tokens
 from kronypt.data.sources import DocumentSource, HFDatasetSource, resolve_inputs
 from kronypt.errors import KronyptError
@@ -68,6 +68,7 @@ def prepare(
     if val_inputs and val_fraction is not None:
         raise KronyptError("give either --val-fraction or --val-input, not both")
     out = out.expanduser()
+    check_out_path(out)
     check_writable(out.resolve(), f"--out {out}")
     sources: list[DocumentSource] = (
         [HFDatasetSource.parse(hf_dataset)] if hf_dataset else list(resolve_inputs(inputs or []))

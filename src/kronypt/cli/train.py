@@ -12,7 +12,7 @@ from transformers.utils import logging as hf_logging
 from typer.core import TyperCommand
 
 from kronypt.cli.app import app, console, print_json
-from kronypt.cli.options import check_writable
+from kronypt.cli.options import check_out_path, check_writable
 from kronypt.errors import KronyptError
 from kronypt.train import TrainConfig, TrainResult
 from kronypt.train import train as run_training
@@ -126,7 +126,9 @@ def train(
     from the latest checkpoint in --out (settings that define the run must match the checkpoint's; an --out
     holding other files needs --force). SIGTERM / Ctrl-C save a checkpoint and stop. Under
     `torchrun --nproc_per_node N -m kronypt train ...` the same command trains with DDP
-    (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 130 / 143 after Ctrl-C / SIGTERM
+    (or FSDP with --parallel fsdp). Exit code 0 when max_steps is reached; 2 after a bad input, or when the
+    loss, the validation loss or the weights stop being finite (no checkpoint ever holds such a model);
+    130 / 143 after Ctrl-C / SIGTERM
     (a checkpoint was saved: rerun to resume), except under torchrun, where workers exit 0 after a clean
     stop and `stopped_by` in --json tells. Without --out the run folder is runs/train.
 
@@ -148,6 +150,7 @@ def train(
     if main_rank:
         if "out" not in flags and resolved.out == TrainConfig().out:  # neither a flag nor the recipe chose it
             sys.stderr.write(f"kronypt: no --out given: the run folder is {resolved.out}\n")
+        check_out_path(Path(resolved.out).expanduser())
         check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
     hf_logging.disable_progress_bar()
     result = run_training(resolved, progress=progress and not as_json)

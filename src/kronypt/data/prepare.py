@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import multiprocessing
+import os
 import signal
 import threading
 from collections import deque
@@ -257,11 +259,30 @@ def _signals_held_back() -> Iterator[None]:
 
 
 def _init_worker(tokenizer: str) -> None:
-    """Build the encoding once per worker; leave Ctrl-C to the main process, which cleans up, and let a
-    SIGTERM end the worker (it may have been forked while `_signals_held_back` recorded it)."""
+    """Build the encoding once per worker; leave Ctrl-C to the main process, which cleans up, let a SIGTERM
+    end the worker (it may have been forked while `_signals_held_back` recorded it), and end with the main
+    process however that ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _exit_with_parent()
     load_encoding(tokenizer)
+
+
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as the process that started it is gone, also after a SIGKILL, which runs no
+    cleanup: an orphaned worker would wait forever on the pool's queue, holding its memory and the partial
+    token files it inherited. A daemon thread waits on the parent's sentinel (a pipe whose other end only
+    the parent holds, on every platform and start method; under fork the workers started later hold it
+    too, and each follows the one forked after it)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def wait_then_exit() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=wait_then_exit, name="exit-with-parent", daemon=True).start()
 
 
 def _encode_batch(tokenizer: str, texts: list[str]) -> Encoded:

@@ -47,6 +47,15 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
                     for v in splits.values())):
         raise KronyptError(f"{meta_path} is not a token folder's {META_NAME} (expected splits train and val with a "
                            "file and a token count each); prepare the folder again")
+    for split in SPLITS:
+        name = splits[split]["file"]
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise KronyptError(f"{meta_path}: the {split} split's file {name!r} is not a file name inside {path} "
+                               "(a token folder names its own train.bin and val.bin); prepare the folder again")
+    vocab_size = meta.get("vocab_size")
+    if vocab_size is not None and (not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1):
+        raise KronyptError(f"{meta_path}: vocab_size must be a positive whole number, got {vocab_size!r}; prepare "
+                           "the folder again")
     return meta
 
 
@@ -65,7 +74,7 @@ def fingerprint(meta: dict[str, Any]) -> str:
 
 
 def open_tokens(data_dir: str | Path, split: str = "train") -> np.ndarray:
-    """The tokens of `split` ('train' or 'val') as a read-only uint16 memmap (an empty array if none).
+    """The tokens of `split` ('train' or 'val') as a read-only memmap of the folder's dtype (an empty array if none).
 
     The file size is checked against meta.json, so a truncated or replaced file is refused.
     """
@@ -107,6 +116,17 @@ def tokenizer_source(data_dir: str | Path, meta: dict[str, Any]) -> str | None:
         return str(Path(data_dir).expanduser() / folder) if not Path(folder).is_absolute() else folder
     name = described.get("tiktoken")
     return name if isinstance(name, str) and name else None
+
+
+def check_token_ids(tokens: np.ndarray, vocab_size: int, what: str) -> None:
+    """Refuse `tokens` (`what` names them in the message) holding an id of `vocab_size` or more: the model has
+    no embedding for it, and the run would fail inside a step with an IndexError (or, on a GPU, a device
+    assertion). Read in chunks, so a token file of billions of tokens is never copied whole into memory."""
+    chunk = 1 << 26
+    largest = max((int(tokens[i: i + chunk].max()) for i in range(0, len(tokens), chunk)), default=-1)
+    if largest >= vocab_size:
+        raise KronyptError(f"{what} holds token id {largest:,}, but the model's vocabulary has {vocab_size:,} "
+                           f"tokens (ids 0..{vocab_size - 1:,}); prepare the data with the model's tokenizer")
 
 
 def sample_batch(

@@ -6,6 +6,7 @@
 """
 
 from kronypt.train.config import TrainConfig
-from kronypt.train.loop import TrainingDiverged, TrainResult, train
+from kronypt.train.failures import TrainingDiverged
+from kronypt.train.loop import TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]

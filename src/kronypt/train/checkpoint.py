@@ -3,7 +3,8 @@
 Layout of `OUT/checkpoints/step-00000100/`:
     model/              save_pretrained output (config.json, model.safetensors): loads with `kronypt.load_model`
     trainer_state.pt    optimizer, scheduler, step, tokens, data-sampler state, RNG states of every rank
-    checkpoint.json     written last: step, tokens, val_loss, and the size of every file above
+    checkpoint.json     written last: step, tokens, val_loss, the size and SHA-256 of every file above, and
+                        its own SHA-256 (checked whenever a checkpoint is loaded)
 
 A checkpoint is written into a hidden temporary folder, every file and folder is fsynced, and only then
 is the folder renamed into place, so a crash never leaves a folder that looks complete. The newest
@@ -13,6 +14,7 @@ is the folder renamed into place, so a crash never leaves a folder that looks co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -27,6 +29,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from kronypt.data.sources import sha256_file
 from kronypt.errors import KronyptError
 from kronypt.files import apply_umask
 from kronypt.models.tokenizers import save_tokenizer
@@ -48,21 +51,44 @@ def list_checkpoints(out: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
 
 
-def read_index(path: Path) -> dict[str, Any]:
-    """checkpoint.json of a checkpoint, after checking every file it lists has the recorded size."""
+def read_index(path: Path, under: str = "") -> dict[str, Any]:
+    """checkpoint.json of a checkpoint, after checking it against its own digest and every file it lists
+    (those whose name starts with `under`: "model/" for the model folder alone) against the recorded size
+    and SHA-256, so that damage inside a file of the right size is refused, naming the file."""
     try:
         index = json.loads((path / INDEX_FILE).read_text())
-        files = index["files"]
+        recorded = index.pop("sha256")
+        files = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in index["files"].items()}
         int(index["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise KronyptError(f"corrupt checkpoint {path}: missing or unreadable {INDEX_FILE}; "
                            "delete it to resume from an earlier one") from None
-    for name, size in files.items():
+    if recorded != _digest(index):
+        raise KronyptError(f"corrupt checkpoint {path}: {INDEX_FILE} does not match its recorded SHA-256; "
+                           "delete it to resume from an earlier one")
+    for name, (size, sha256) in files.items():
         file = path / name
+        if not name.startswith(under):
+            continue
         if not file.is_file() or file.stat().st_size != size:
             raise KronyptError(f"corrupt checkpoint {path}: {name} is missing or has the wrong size; "
                                "delete it to resume from an earlier one")
+        if sha256_file(file) != sha256:
+            raise KronyptError(f"corrupt checkpoint {path}: {name} does not match the SHA-256 recorded when it "
+                               "was saved (damaged since); delete it to resume from an earlier one")
     return index
+
+
+def check_model_folder(model_dir: str | Path) -> None:
+    """Where `model_dir` is the model/ folder of a checkpoint (a run started from `RUN/best/model`, or a
+    teacher), check its files against the checkpoint's record; any other folder or hub id passes."""
+    path = Path(model_dir).expanduser()
+    if path.name == "model" and (path.parent / INDEX_FILE).is_file():
+        read_index(path.parent, under="model/")
+
+
+def _digest(index: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()
 
 
 def load_state(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -104,10 +130,8 @@ def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: d
     if tokenizer_dir is not None:
         save_tokenizer(tokenizer_dir, tmp / "model")
     torch.save(state, tmp / STATE_FILE)
-    files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-    index = {"step": step, "tokens": state.get("tokens"), "val_loss": val_loss, "files": files}
-    (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
     apply_umask(tmp)  # save_pretrained's model.safetensors is 0600: readable by its owner alone
+    write_index(tmp, step, state.get("tokens"), val_loss)
     _fsync_tree(tmp)
     if final.exists():  # the same step saved twice (e.g. a save step that was also interrupted)
         shutil.rmtree(final)
@@ -115,6 +139,15 @@ def save_checkpoint(out: str | Path, step: int, model: PreTrainedModel, state: d
     _fsync_dir(root)
     _prune(out, keep_last)
     return final
+
+
+def write_index(path: Path, step: int, tokens: int | None, val_loss: float | None) -> None:
+    """Write checkpoint.json into the checkpoint folder `path`: the size and SHA-256 of every file in it, then
+    the digest of the index itself."""
+    files = {str(p.relative_to(path)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(path.rglob("*")) if p.is_file() and p.name != INDEX_FILE}
+    index = {"step": step, "tokens": tokens, "val_loss": val_loss, "files": files}
+    (path / INDEX_FILE).write_text(json.dumps({**index, "sha256": _digest(index)}, indent=2))
 
 
 def best_checkpoint(out: str | Path) -> Path | None:
@@ -129,7 +162,9 @@ def best_val_loss(out: str | Path) -> float:
 
 
 def _scored(out: str | Path) -> list[tuple[float, Path]]:
-    return [(index["val_loss"], path) for path, index in _indexes(out) if index.get("val_loss") is not None]
+    """(val_loss, checkpoint) of the checkpoints with a finite validation loss: a NaN is never the best."""
+    return [(index["val_loss"], path) for path, index in _indexes(out)
+            if isinstance(index.get("val_loss"), (int, float)) and math.isfinite(index["val_loss"])]
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:

@@ -282,7 +282,7 @@ class TrainConfig:
 
 def idle_settings(settings: dict[str, Any]) -> set[str]:
     """Settings that do nothing in a run of these (flat) settings: min_lr under the constant schedule, the
-    distillation knobs without a teacher. Refused when given (`validate`), passed over on resume."""
+    distillation knobs without a teacher: refused when given (`validate`)."""
     idle = set()
     if settings.get("schedule") == "constant":
         idle.add("min_lr")

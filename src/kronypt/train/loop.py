@@ -4,7 +4,8 @@ Each optimizer step reads `tokens_per_step` tokens: every rank runs `accumulatio
 `micro_batch_size` windows of `seq_len` tokens (gradients are synchronised on the last one only), then
 the gradients are clipped and AdamW steps. Rank 0 logs to `OUT/metrics.jsonl` and writes checkpoints;
 SIGTERM / SIGINT save a checkpoint and stop cleanly, a non-finite loss stops without touching the last
-good checkpoint. Launch recipes:
+good checkpoint, as do a non-finite validation loss and weights that stopped being finite (no checkpoint
+ever holds them). Launch recipes:
 
     kronypt train --config configs/offline-heal.yaml                          # CPU or one GPU
     torchrun --nproc_per_node 4 -m kronypt train --config configs/gpt2-81M.yaml
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from kronypt.data.tokens import (
+    check_token_ids,
     fingerprint,
     open_tokens,
     read_meta,
@@ -42,6 +44,7 @@ from kronypt.models.tokenizers import has_tokenizer
 from kronypt.train import checkpoint, distributed, parallel, resume
 from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
+from kronypt.train.failures import TrainingDiverged, discard_unsaved_run, diverged, out_of_memory
 from kronypt.train.lock import run_folder_lock
 from kronypt.train.metrics import MetricsLog, logged_at
 from kronypt.train.model_source import (
@@ -53,10 +56,6 @@ from kronypt.train.model_source import (
 )
 from kronypt.train.optim import build_optimizer, build_scheduler
 from kronypt.train.wikitext import WikiTextValidation
-
-
-class TrainingDiverged(KronyptError):
-    """The loss or the gradient norm stopped being finite; nothing was saved for that step."""
 
 
 @dataclass
@@ -104,7 +103,12 @@ def train(config: TrainConfig, model: PreTrainedModel | None = None, progress: b
             # Rank 0 takes the run folder's lock; a refusal reaches every rank (each then stops in one
             # line, instead of the others failing inside the process group as rank 0 leaves).
             distributed.from_main_rank(lambda: held.enter_context(run_folder_lock(config.out)))
-            return Trainer(config, env, device, model).run(progress)
+            try:
+                return Trainer(config, env, device, model).run(progress)
+            except (MemoryError, RuntimeError) as exc:
+                if (memory := out_of_memory(exc, config.train)) is None:
+                    raise
+                raise memory from None
     finally:
         if owns_group:
             distributed.teardown()
@@ -162,6 +166,7 @@ class Trainer:
                                "--compile-mode default")
         resume_from = self._resume_path()
         state = None
+        self.resumed = resume_from is not None
         self.already_done = ""  # what a resume that has nothing to train says instead
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         if resume_from is not None:
@@ -175,15 +180,23 @@ class Trainer:
             if self.step >= args.max_steps:  # nothing to train: run() says so and touches nothing
                 self.already_done = f"{self.out} is already at step {self.step:,}{where} ({self.tokens:,} tokens)"
                 return
-            self._say(f"resuming {self.out} from step {self.step:,}{where} ({self.tokens:,} tokens)")
+            resuming = f"resuming {self.out} from step {self.step:,}{where} ({self.tokens:,} tokens)"
             model = _restore_weights(model, model_dir)
         elif model is None:
+            if config.model:  # a checkpoint's model/ is checked against the checkpoint's checksums
+                checkpoint.check_model_folder(config.model)
             model = build_model(config)
         check_vocab(model, meta)
+        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            check_token_ids(tokens, model.config.vocab_size, str(Path(config.data) / meta["splits"][split]["file"]))
         check_context(model, args.seq_len)
         distill = config.distill  # the teacher is checked against the student before any run file is written
+        if distill.teacher:
+            checkpoint.check_model_folder(distill.teacher)
         self.teacher = (load_teacher(distill.teacher, model, device, args.seq_len, distill.hidden_weight)
                         if distill.teacher else None)
+        if state is not None:  # once every check passed: a refusal stays the only line
+            self._say(resuming)
         prepare_for_training(model, args)
         self.raw = model.to(device).train()
         bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
@@ -276,8 +289,9 @@ class Trainer:
             print(message, file=sys.stderr, flush=True)
 
     def run(self, progress: bool = True) -> TrainResult:
-        """Train to max_steps (or until a signal), evaluating, logging and saving as configured."""
-        args, every = self.config.train, self.config.eval.eval_every
+        """Train to max_steps (or until a signal), evaluating, logging and saving as configured. A fresh run
+        that fails before its first checkpoint (other than by diverging) leaves no run folder behind."""
+        args = self.config.train
         if self.already_done:
             self._say(f"{self.already_done}, max_steps is {args.max_steps:,}: nothing to train (raise --max-steps "
                       "to continue)")
@@ -286,10 +300,23 @@ class Trainer:
             last = logged_at(self.out / "metrics.jsonl", self.step) if self.env.is_main else {}
             return TrainResult(str(self.out), self.step, self.tokens, last.get("loss"), last.get("val_loss"),
                                best_loss if math.isfinite(best_loss) else None, str(best) if best else None, None)
+        created = self.env.is_main and not self.out.exists()
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoint.clean_partial(self.out)
             (self.out / "config.yaml").write_text(self.config.with_absolute_inputs().to_yaml())
+        try:
+            return self._train(progress)
+        except TrainingDiverged:
+            raise  # its records show how it diverged
+        except BaseException:
+            if self.env.is_main and not self.resumed and not checkpoint.list_checkpoints(self.out):
+                discard_unsaved_run(self.out, created)
+            raise
+
+    def _train(self, progress: bool) -> TrainResult:
+        """The steps of `run`, from the validation of the starting model (step 0) to the end."""
+        args, every = self.config.train, self.config.eval.eval_every
         if self.step == 0:  # where training starts from, e.g. right after compression
             self.metrics.write({"step": 0, "tokens": 0, **self.validate()})
         bar = tqdm(total=args.max_steps, initial=self.step, desc="training", unit="step",
@@ -311,6 +338,8 @@ class Trainer:
                     self._log(loss, grad_norm, lr, busy_tokens / max(busy, 1e-9), scores, objective)
                     busy, busy_tokens = 0.0, 0
                 val_loss = scores.get("val_loss")
+                if val_loss is not None and not math.isfinite(val_loss):
+                    raise diverged(self.out, f"non-finite val_loss at step {self.step} ({val_loss})")
                 improved = val_loss is not None and val_loss < self.best_val_loss
                 self.best_val_loss = val_loss if improved else self.best_val_loss
                 if improved or finished or stopped_by or self.step % self.config.checkpoint.save_every == 0:
@@ -372,13 +401,8 @@ class Trainer:
         clip = self.config.optim.grad_clip
         grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            last_good = checkpoint.latest_checkpoint(self.out)
-            advice = (f"last good checkpoint: {last_good} (train its model/ with a lower --lr in a new --out: "
-                      "--init-from kronypt)" if last_good else
-                      "no checkpoint yet: rerun with a lower --lr (or --grad-clip > 0) in a new --out")
-            raise TrainingDiverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
-                                   f"at step {self.step + 1} (loss {loss_value}, grad norm {grad_norm}); stopped "
-                                   f"without saving; {advice}")
+            raise diverged(self.out, f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at "
+                                 f"step {self.step + 1} (loss {loss_value}, grad norm {grad_norm})")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -419,13 +443,14 @@ class Trainer:
         return scores
 
     @torch.no_grad()
-    def val_loss(self) -> float:
-        """Token-weighted mean loss on the first `eval_batches` validation batches (shared out over ranks)."""
+    def val_loss(self, batches: int | None = None) -> float:
+        """Token-weighted mean loss on the first `batches` (default: `eval_batches`) validation batches
+        (shared out over ranks)."""
         self.raw.eval()
         args = self.config.train
         total = count = 0.0
         val = list(sequential_batches(self.val_tokens, args.micro_batch_size, args.seq_len,
-                                      self.config.eval.eval_batches))
+                                      batches or self.config.eval.eval_batches))
         world, rank = self.env.world_size, self.env.rank
         rounds = -(-len(val) // world)  # a sharded model needs every rank in every forward
         for i in range(rank, rounds * world if self.sharded else len(val), world):
@@ -447,7 +472,16 @@ class Trainer:
                             "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, **scores})
 
     def save(self, val_loss: float | None) -> None:
-        """Checkpoint on rank 0, with every rank's RNG state; all ranks wait until it is on disk."""
+        """Checkpoint on rank 0, with every rank's RNG state; all ranks wait until it is on disk.
+
+        A model that stopped being finite is never saved: a step's loss is computed before its update, so
+        the weights it leaves, or the logits they give, may be non-finite while the loss was not. Without a
+        `val_loss` of this step, the first validation batch tells."""
+        if distributed.sum_across_ranks([float(not parallel.parameters_finite(self.raw))], self.device)[0]:
+            raise diverged(self.out, f"non-finite weights after step {self.step}")
+        probe = self.val_loss(batches=1) if val_loss is None else val_loss
+        if not math.isfinite(probe):
+            raise diverged(self.out, f"non-finite loss on val.bin after step {self.step} ({probe})")
         rng = distributed.gather_objects(checkpoint.rng_state())
         weights = parallel.model_state(self.raw)  # gathered from the shards (collective) when sharded
         optimizer = (parallel.optimizer_state(self.raw, self.optimizer)

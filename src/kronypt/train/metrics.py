@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,27 @@ class MetricsLog:
         self.enabled = enabled
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past `step`: a killed run may have logged steps its last checkpoint does not hold."""
-        if not self.enabled or not self.path.is_file():
+        """Drop records past `step`: a killed run may have logged steps its last checkpoint does not hold.
+
+        The file is rewritten into a temporary one that replaces it, so that a kill at any moment leaves the
+        old records or the new ones, never an empty or cut file; temporary files of killed runs go first."""
+        if not self.enabled:
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and _step(line) is not None and _step(line) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
+            stale.unlink()
+        if not self.path.is_file():
+            return
+        text = self.path.read_text()
+        kept = "".join(line + "\n" for line in text.splitlines()
+                       if line.strip() and _step(line) is not None and _step(line) <= step)
+        if kept == text:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w") as handle:
+            handle.write(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

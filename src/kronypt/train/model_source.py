@@ -48,16 +48,32 @@ def compression_config(config: TrainConfig) -> CompressionConfig:
 
 
 def scratch_config(path: str | Path) -> GPT2Config:
-    """A GPT2Config from a JSON file (the keys of GPT2Config, e.g. n_layer, n_embd, n_head, n_positions)."""
+    """A GPT2Config from a JSON file (the keys of GPT2Config, e.g. n_layer, n_embd, n_head, n_positions),
+    checked so that a bad value is one line here rather than a traceback from building the model."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model config {path} does not exist")
     try:
         values = json.loads(path.read_text())
-    except ValueError as exc:
+    except ValueError as exc:  # a UnicodeDecodeError too
         raise KronyptError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise KronyptError(f"{path} must hold a JSON object of GPT2Config keys (n_layer, n_embd, n_head, ...), "
+                           f"not a {type(values).__name__}")
     values.pop("model_type", None)
-    return GPT2Config(**values)
+    defaults = GPT2Config()
+    for key in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size"):
+        value = values.get(key, getattr(defaults, key))
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise KronyptError(f"{path}: {key} must be a positive whole number, got {value!r}")
+    try:
+        config = GPT2Config(**values)
+    except Exception as exc:  # transformers' own checks of the values (e.g. a strict dataclass field)
+        raise KronyptError(f"{path}: {' '.join(str(exc).split())}") from None
+    if config.n_embd % config.n_head:
+        raise KronyptError(f"{path}: n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head}): each "
+                           "attention head gets n_embd / n_head dimensions")
+    return config
 
 
 def prepare_for_training(model: PreTrainedModel, args: TrainArgs) -> None:

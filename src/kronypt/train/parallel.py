@@ -97,6 +97,12 @@ def full_norm(norm: torch.Tensor) -> float:
     return (norm.full_tensor() if _is_dtensor(norm) else norm).item()
 
 
+def parameters_finite(model: nn.Module) -> bool:
+    """Whether every parameter of `model` is finite on this rank (its shard of each, when sharded)."""
+    local = [p.to_local() if _is_dtensor(p) else p for p in model.parameters()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in local]).all()) if local else True
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """Full weights on the CPU for `save_pretrained`: on rank 0 only when sharded (collective), else `None`
     (the model's own state dict is then used)."""
@@ -112,13 +118,7 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Restore `optimizer_state`'s output (or, unsharded only, an older checkpoint's positional state)."""
-    if state.get("state") and all(isinstance(key, int) for key in state["state"]):
-        if is_sharded(model):
-            raise KronyptError("this checkpoint's optimizer state predates sharded training; resume it with "
-                               "parallel=ddp (or on one process) once, then switch to fsdp")
-        optimizer.load_state_dict(state)
-        return
+    """Restore `optimizer_state`'s output (on every rank; each takes its shard when sharded)."""
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 

@@ -20,23 +20,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kronypt.errors import KronyptError
-from kronypt.train.config import (
-    COMPRESSION_SETTINGS,
-    INPUT_PATHS,
-    TrainConfig,
-    coerce_setting,
-    field_locations,
-    flatten,
-    idle_settings,
-)
+from kronypt.train.config import INPUT_PATHS, TrainConfig, coerce_setting, flatten
 
 # What the trainer writes into its run folder; anything else there is the user's.
 RUN_FILES = frozenset({"metrics.jsonl", "config.yaml", "checkpoints", "best", "latest"})
-# a link being replaced (checkpoint._link), or `kronypt train`'s write probe (cli.options.check_writable)
-RUN_TEMPORARY = re.compile(r"^(\.(best|latest)\.tmp-\d+|\.kronypt-probe-\d+)$")
+# a link being replaced (checkpoint._link), metrics.jsonl being rewritten (metrics.MetricsLog.truncate_after),
+# or `kronypt train`'s write probe (cli.options.check_writable)
+RUN_TEMPORARY = re.compile(r"^(\.(best|latest|metrics\.jsonl)\.tmp-\d+|\.kronypt-probe-\d+)$")
 
 # Settings a resume may change. The batch geometry (micro_batch_size, tokens_per_step) and eval_batches
 # are checked through what they define instead: the tokens of one step and the validation windows.
@@ -72,58 +63,31 @@ def input_paths(config: TrainConfig) -> dict[str, str]:
             if values.get(name) and os.path.exists(values[name])}
 
 
-def saved_settings(state: dict[str, Any], checkpoint: Path) -> dict[str, Any] | None:
-    """The flat settings a checkpoint was trained with: its own record, else (older checkpoints) its run
-    folder's config.yaml; None when neither exists or can be read (the check is then skipped)."""
-    values = state.get("config")
-    if not isinstance(values, dict):
-        run = checkpoint.resolve().parent.parent  # RUN/checkpoints/step-N
-        try:
-            values = yaml.safe_load((run / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError):
-            return None
-        if not isinstance(values, dict):
-            return None
-    known = field_locations()
-    flat = {}
-    for name, value in flatten(values).items():
-        if name in known:  # a setting of another kronypt version is not compared
-            try:
-                flat[name] = coerce_setting(name, value)
-            except KronyptError:
-                continue
-    return flat
+def saved_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The flat settings a checkpoint was trained with (its own record)."""
+    return {name: coerce_setting(name, value) for name, value in flatten(state["config"]).items()}
 
 
-def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens_per_step: int,
-            val_windows: int, n_val_windows: int) -> list[str]:
+def changes(config: TrainConfig, state: dict[str, Any], tokens_per_step: int, val_windows: int,
+            n_val_windows: int) -> list[str]:
     """`name: checkpoint value -> new value` for every setting that differs from the checkpoint's and may
     not change on resume. `tokens_per_step` and `val_windows` are this run's (after the batch geometry)."""
-    saved = saved_settings(state, checkpoint)
-    if saved is None:
-        return []
+    saved = saved_settings(state)
     new = flatten(config.to_dict())
-    saved_paths = state.get("paths") or {}
-    origin = _original_folder(saved.get("out"), checkpoint)
+    saved_paths = state["paths"]
     found = []
-    compresses = new.get("init_from") == "dense"
-    idle = idle_settings(saved) & idle_settings(new)
     for name, value in new.items():
-        # compression settings define only runs that compress; earlier versions recorded them for
-        # kronypt/scratch runs too, where they were ignored
-        if name in CHANGEABLE or name not in saved or (name in COMPRESSION_SETTINGS and not compresses):
-            continue
-        if name in idle:  # without effect in both runs (earlier versions accepted them; now refused)
+        if name in CHANGEABLE:
             continue
         old = saved[name]
-        if name in INPUT_PATHS and _same_path(old, value, saved_paths.get(name), origin):
+        if name in INPUT_PATHS and _same_path(old, value, saved_paths.get(name)):
             continue
         if old != value:
             found.append(f"{name}: {_show(old)} -> {_show(value)}")
-    old_tokens = _saved_tokens_per_step(saved, state)
-    if old_tokens is not None and old_tokens != tokens_per_step:
+    old_tokens = int(state["tokens_per_step"])
+    if old_tokens != tokens_per_step:
         found.append(f"tokens_per_step: {old_tokens:,} -> {tokens_per_step:,}")
-    if {"micro_batch_size", "eval_batches"} <= saved.keys() and saved.get("seq_len") == new["seq_len"]:
+    if saved["seq_len"] == new["seq_len"]:
         old_windows = min(saved["micro_batch_size"] * saved["eval_batches"], n_val_windows)
         if old_windows != val_windows:
             if saved["micro_batch_size"] == new["micro_batch_size"]:
@@ -136,13 +100,11 @@ def changes(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens
 
 
 def check_resume(config: TrainConfig, state: dict[str, Any], checkpoint: Path, tokens_per_step: int,
-                 val_windows: int, n_val_windows: int, data_fingerprint: str | None = None) -> None:
+                 val_windows: int, n_val_windows: int, data_fingerprint: str) -> None:
     """Raise a one-line KronyptError listing the settings that differ from the checkpoint's, and the token
-    folder's contents where it was prepared again from other inputs (`data_fingerprint`, `tokens.fingerprint`;
-    checkpoints from before it was recorded are not compared)."""
-    found = changes(config, state, checkpoint, tokens_per_step, val_windows, n_val_windows)
-    saved = state.get("data_fingerprint")
-    if data_fingerprint is not None and saved is not None and saved != data_fingerprint:
+    folder's contents where it was prepared again from other inputs (`data_fingerprint`, `tokens.fingerprint`)."""
+    found = changes(config, state, tokens_per_step, val_windows, n_val_windows)
+    if state["data_fingerprint"] != data_fingerprint:
         found.append(f"data contents: {config.data} holds other tokens than the checkpoint trained on (its "
                      "meta.json names other inputs, splits or token counts)")
     if found:
@@ -152,39 +114,15 @@ def check_resume(config: TrainConfig, state: dict[str, Any], checkpoint: Path, t
                            f"{checkpoint.resolve()}/model)")
 
 
-def _saved_tokens_per_step(saved: dict[str, Any], state: dict[str, Any]) -> int | None:
-    if state.get("tokens_per_step"):
-        return int(state["tokens_per_step"])
-    step, tokens = int(state.get("step") or 0), int(state.get("tokens") or 0)
-    return tokens // step if step > 0 else None  # older checkpoints: every step has the same batch
-
-
-def _same_path(old: Any, new: Any, old_absolute: str | None, origin: Path | None = None) -> bool:
+def _same_path(old: Any, new: Any, old_absolute: str | None) -> bool:
     """Whether two values of a path setting name the same input, following symlinks: the checkpoint's
-    recorded absolute path when it has one and the new path exists; else (older checkpoints) the old
-    relative path taken from the folder the run was started in (`origin`, when it can be told) or from this
-    one; else equal text (hub ids)."""
+    recorded absolute path when it has one and the new path exists; else the two paths as given (from this
+    folder; equal text for hub ids)."""
     if not (isinstance(old, str) and isinstance(new, str)):
         return old == new
-    if old == new:
-        return True
     if old_absolute and os.path.exists(new):
         return os.path.realpath(old_absolute) == os.path.realpath(new)
-    candidates = [Path(old)] if os.path.isabs(old) or origin is None else [origin / old, Path(old)]
-    return any(os.path.realpath(c) == os.path.realpath(new) for c in candidates)
-
-
-def _original_folder(saved_out: Any, checkpoint: Path) -> Path | None:
-    """The working folder the run was started from, for checkpoints that recorded relative paths only:
-    the run folder's absolute path less its saved, relative --out (runs/81M in /home/me/proj -> /home/me/
-    proj). None when that cannot be told."""
-    if not isinstance(saved_out, str) or not saved_out or os.path.isabs(saved_out):
-        return None
-    run = checkpoint.resolve().parent.parent  # RUN/checkpoints/step-N
-    parts = Path(os.path.normpath(saved_out)).parts
-    if ".." in parts or run.parts[-len(parts):] != parts:
-        return None
-    return Path(*run.parts[:-len(parts)])
+    return os.path.realpath(old) == os.path.realpath(new)
 
 
 def _show(value: Any) -> str:
