@@ -41,11 +41,17 @@ class _RecipeDefaults(TyperCommand):
 @app.command(cls=_RecipeDefaults)
 def train(
     config: Annotated[Path | None, Opt("--config", "-c", help="YAML recipe (see configs/); flags override it.")] = None,
-    init_from: Annotated[str | None, Opt(help="Model source: dense (compress on the fly), kronypt, scratch.")] = None,
-    model: Annotated[str | None, Opt(help="Hub id or folder of the dense / kronypt model.")] = None,
+    init_from: Annotated[str | None, Opt(help="Model source: dense (compress on the fly), kronypt (a compressed "
+                                              "folder), model (any model as it is), scratch.")] = None,
+    model: Annotated[str | None, Opt(help="Hub id, folder, .gguf file or packaged model (smollm2-135m).")] = None,
     model_config: Annotated[str | None, Opt(help="GPT2Config JSON file for --init-from scratch.")] = None,
     scheme: Annotated[str | None, Opt(help="Named scheme for --init-from dense, e.g. 81M, 96M-prune.")] = None,
-    a_shape: Annotated[str | None, Opt("--a-shape", help="Or an A-factor shape MxN of c_fc (out x in).")] = None,
+    a_shape: Annotated[str | None, Opt("--a-shape", help="Or an A-factor shape MxN of the widening MLP matrices "
+                                                         "(c_fc; gate_proj/up_proj), out x in.")] = None,
+    ratio: Annotated[float | None, Opt(help="Or keep this fraction of the MLP parameters (the nearest "
+                                            "scheme).")] = None,
+    target_params: Annotated[int | None, Opt(help="Or the largest scheme with at most this many model "
+                                                  "parameters.")] = None,
     factors: Annotated[int | None, Opt(help="Kronecker terms per matrix (default: the scheme's); with "
                                             "--allocate-params, the most any matrix gets.")] = None,
     allocate_params: Annotated[int | None, Opt(help="--init-from dense: keep the scheme's A shape but give "
@@ -98,6 +104,8 @@ def train(
                                              "gradients and optimizer state sharded over the ranks; in bf16 it "
                                              "all-gathers bf16 weights).")] = None,
     dropout: Annotated[float | None, Opt(help="Override the model's dropout probabilities.")] = None,
+    trainable: Annotated[str | None, Opt(help="What trains: all, mlp (the MLP matrices only) or compressed (the "
+                                              "compressed layers only): fewer gradients, faster steps.")] = None,
     freeze_embeddings: Annotated[bool | None, Opt("--freeze-embeddings/--train-embeddings",
                                                   help="Freeze token and position embeddings.")] = None,
     freeze_scalars: Annotated[bool | None, Opt("--freeze-scalars/--train-scalars",

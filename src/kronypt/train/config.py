@@ -26,7 +26,8 @@ import yaml
 
 from kronypt.errors import KronyptError
 
-INIT_FROM = ("dense", "kronypt", "scratch")
+INIT_FROM = ("dense", "kronypt", "model", "scratch")
+TRAINABLE = ("all", "mlp", "compressed")
 SCHEDULES = ("constant", "cosine", "wsd")
 PRECISIONS = ("auto", "bf16", "fp32")
 PARALLEL = ("ddp", "fsdp")
@@ -36,7 +37,8 @@ GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 NO_DECAY_KINDS = ("bias", "norm", "embedding", "scalars")
 # Settings that name input files or folders, and what a recipe-relative candidate must be.
 # How a dense model is compressed: settings of --init-from dense runs only (in the order errors name them).
-COMPRESSION_SETTINGS = ("scheme", "a_shape", "factors", "init", "scalars", "allocate_params")
+COMPRESSION_SETTINGS = ("scheme", "a_shape", "ratio", "target_params", "factors", "init", "scalars",
+                        "allocate_params")
 INPUT_PATHS = {"model_config": "file", "data": "folder", "model": "model", "teacher": "model",
                "eval_wikitext": "folder"}
 
@@ -56,6 +58,7 @@ class TrainArgs:
     parallel: str = "ddp"  # under torchrun: ddp (a replica per rank) or fsdp (parameters sharded over ranks)
     dropout: float | None = None  # None keeps the model config's dropout
     freeze_embeddings: bool = False
+    trainable: str = "all"  # all; mlp: only the MLP matrices; compressed: only the compressed layers
     freeze_scalars: bool = False
     scalar_value: float | None = None  # with freeze_scalars: set the scalars to this value first
 
@@ -117,7 +120,9 @@ class TrainConfig:
     model: str | None = None  # hub id or folder (dense / kronypt)
     model_config: str | None = None  # GPT2Config JSON (scratch)
     scheme: str | None = None  # named scheme (dense), e.g. 81M
-    a_shape: str | None = None  # or an explicit A shape MxN of c_fc
+    a_shape: str | None = None  # or an explicit A shape MxN of the widening MLP matrices (c_fc; gate/up_proj)
+    ratio: float | None = None  # or keep this fraction of the MLP parameters (the nearest scheme)
+    target_params: int | None = None  # or the largest scheme with at most this many model parameters
     factors: int | None = None  # with allocate_params: the most factors any matrix gets
     allocate_params: int | None = None  # dense: a k per matrix within this many model parameters (van-loan)
     init: str | None = None  # van-loan / prune / random; default: the scheme's
@@ -225,12 +230,15 @@ class TrainConfig:
         _choice("compile_mode", self.train.compile_mode, COMPILE_MODES)  # used only with compile: true
         for kind in self.optim.no_decay:
             _choice("no_decay entry", kind, NO_DECAY_KINDS)
-        if self.init_from in ("dense", "kronypt") and not self.model:
+        _choice("trainable", self.train.trainable, TRAINABLE)
+        if self.init_from in ("dense", "kronypt", "model") and not self.model:
             raise KronyptError(f"--init-from {self.init_from} needs --model (hub id or folder)")
         if self.init_from == "scratch" and not self.model_config:
             raise KronyptError("--init-from scratch needs --model-config (a GPT2Config JSON file)")
-        if self.init_from == "dense" and (self.scheme is None) == (self.a_shape is None):
-            raise KronyptError("--init-from dense needs exactly one of --scheme (e.g. 81M) or --a-shape MxN")
+        sizes = [name for name in ("scheme", "a_shape", "ratio", "target_params") if getattr(self, name) is not None]
+        if self.init_from == "dense" and len(sizes) != 1:
+            raise KronyptError("--init-from dense needs exactly one of --scheme (e.g. 81M), --a-shape MxN, --ratio R "
+                               "or --target-params N")
         given = ["--" + name.replace("_", "-") for name in COMPRESSION_SETTINGS
                  if getattr(self, name) is not None and getattr(self, name) is not False]  # --no-scalars is unset
         if self.init_from != "dense" and given:

@@ -20,6 +20,7 @@ from kronypt.math.shapes import parse_shape
 from kronypt.models import CompressionConfig, compress_, family_of, load_config, load_model
 from kronypt.models.compression import preflight
 from kronypt.nn import KroneckerLinear
+from kronypt.nn.compressed import is_compressed_layer
 from kronypt.train.config import TrainArgs, TrainConfig
 
 
@@ -33,18 +34,20 @@ def build_model(config: TrainConfig) -> PreTrainedModel:
     model = load_model(config.model, dtype=torch.float32)
     if compression is not None:
         compress_(model, compression, progress=False)
-    elif not getattr(model.config, "compressed_modules", None):
-        raise KronyptError(f"{config.model} is not a kronypt model (no compressed layers); "
-                           "use --init-from dense with --scheme to compress it")
+    elif config.init_from == "kronypt" and not getattr(model.config, "compressed_modules", None):
+        raise KronyptError(f"{config.model} is not a kronypt model (no compressed layers); use --init-from dense "
+                           "with --scheme to compress it, or --init-from model to train it as it is")
     return model
 
 
 def compression_config(config: TrainConfig) -> CompressionConfig:
-    """The CompressionConfig of `--scheme` or `--a-shape`, with `--factors` (which caps k per matrix under
-    `--allocate-params`), `--init` and `--scalars`."""
+    """The CompressionConfig of `--scheme`, `--a-shape`, `--ratio` or `--target-params`, with `--factors` (which
+    caps k per matrix under `--allocate-params`), `--init` and `--scalars`."""
+    allocate = config.allocate_params is not None
     return CompressionConfig(scheme=config.scheme, a_shape=parse_shape(config.a_shape) if config.a_shape else None,
-                             factors=config.factors, init=config.init, scalars=config.scalars,
-                             target_params=config.allocate_params, allocate=config.allocate_params is not None)
+                             ratio=config.ratio, factors=config.factors, init=config.init, scalars=config.scalars,
+                             target_params=config.allocate_params if allocate else config.target_params,
+                             allocate=allocate)
 
 
 def scratch_config(path: str | Path) -> GPT2Config:
@@ -90,12 +93,30 @@ def prepare_for_training(model: PreTrainedModel, args: TrainArgs) -> None:
         positions = [model.get_submodule(family.positions)] if family.positions else []
         for module in [model.get_input_embeddings(), *positions]:
             module.weight.requires_grad_(False)  # the tied LM head shares wte's tensor
+    if args.trainable != "all":
+        freeze_all_but(model, args.trainable)
     if args.freeze_scalars:
         layers = [m for m in model.modules() if isinstance(m, KroneckerLinear) and m.scalars is not None]
         if not layers:
             raise KronyptError("freeze_scalars: this model has no Kronecker scalars (compress with --scalars)")
         for layer in layers:
             layer.freeze_scalars(args.scalar_value)
+
+
+def freeze_all_but(model: PreTrainedModel, trainable: str) -> None:
+    """Train only the MLP matrices ("mlp") or only the compressed layers ("compressed"): fewer weight gradients
+    and optimizer states, so a step is cheaper (the activations' gradients still flow through everything)."""
+    family = family_of(model)
+    if trainable == "mlp":
+        keep = [model.get_submodule(f"{family.blocks}.{i}.{family.mlp}.{name}")
+                for i in range(len(model.get_submodule(family.blocks))) for name in family.matrices]
+    else:
+        keep = [m for m in model.modules() if is_compressed_layer(m)]
+        if not keep:
+            raise KronyptError("trainable compressed: this model has no compressed layers (use all or mlp)")
+    model.requires_grad_(False)
+    for module in keep:
+        module.requires_grad_(True)
 
 
 def check_vocab(model: PreTrainedModel, meta: dict) -> None:
