@@ -71,3 +71,27 @@ def test_settings_are_checked(changes, context, pattern):
     with pytest.raises(KronyptError, match=pattern):
         BenchSettings(**changes).check(context)
     BenchSettings(prompt_tokens=60, new_tokens=4).check(64)  # exactly the context is fine
+
+
+def test_a_compressed_llama_benches_against_its_dense_counterpart():
+    from tests.conftest import tiny_llama
+
+    kron = tiny_llama(vocab_size=512, max_position_embeddings=64)
+    compress_(kron, CompressionConfig(ratio=0.5), progress=False)
+    dense = dense_counterpart(kron.eval())
+    assert type(dense).__name__ == "LlamaForCausalLM" and count_params(dense) > count_params(kron)
+    result = bench_pair(kron, dense, BenchSettings(prompt_tokens=8, new_tokens=3, repeats=2, warmup=0))
+    assert result["model"]["kronecker_layers"] == 6 and result["against"]["kronecker_layers"] == 0
+
+
+def test_rounds_that_disagree_are_flagged_and_so_are_busy_cores():
+    from kronypt.bench import noise_warnings, round_ratios
+
+    steady = round_ratios([[1.0, 1.0, 1.0], [2.0, 2.02, 1.98]])  # seconds: model, against
+    assert steady["median"] == pytest.approx(2.0) and steady["rel_spread"] < 0.03
+    noisy = round_ratios([[1.0, 1.0, 1.0], [2.1, 0.95, 1.5]])
+    assert (noisy["min"], noisy["max"]) == pytest.approx((0.95, 2.1))
+    warnings = noise_warnings({"prefill_tokens_per_s": noisy, "decode_tokens_per_s": steady}, others=0.3)
+    assert len(warnings) == 2 and warnings[0].startswith("prefill ratios of the rounds range from 0.95 to 2.10")
+    assert "other processes used 30% of the CPU time" in warnings[1]
+    assert noise_warnings({"decode_tokens_per_s": steady}, others=0.01) == []
