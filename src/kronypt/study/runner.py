@@ -83,7 +83,8 @@ def _compressed(config: StudyConfig, method: str, budget: float, source: torch.n
     model = copy.deepcopy(source)
     started = time.perf_counter()
     report = compress_(model, compression_config(method, budget), calibration, progress=progress)
-    summary = {"params": report.params_after, "seconds": time.perf_counter() - started, **report.to_json()}
+    summary = json.loads(json.dumps({"params": report.params_after, "seconds": time.perf_counter() - started,
+                                     **report.to_json()}))  # as it reads back from the file
     _save_model(model, tokenizer, folder / "model")
     _write_json(done, summary)
     if report.calibration_line():
