@@ -24,7 +24,7 @@ def load_eval_records(paths: Sequence[str | Path]) -> list[EvalRecord]:
             items = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(items, list):
                 raise ValueError("expected a JSON list")
-            # fields a file lacks take their defaults (files of earlier versions have no max_tokens)
+            # optional fields (tokenizer, max_tokens) may be absent: they take their defaults
             records.extend(EvalRecord(**{k: item[k] for k in names if k in item}) for item in items)
         except (ValueError, KeyError, TypeError) as error:
             raise KronyptError(f"{path} is not a `kronypt eval --json` file ({error})") from None
