@@ -79,3 +79,21 @@ def test_save_load_identical_logits_and_dense_export(tmp_path):
     dense = to_dense(loaded)
     assert type(dense) is LlamaForCausalLM
     torch.testing.assert_close(dense(IDS).logits, model(IDS).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_factors_a_checkpoint_lacks_are_initialised_with_the_models_range(tmp_path):
+    """transformers' own loader fills missing weights (kronypt's refuses them): low-rank factors get entries
+    whose product has the model's initializer_range."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_llama(initializer_range=0.05)
+    compress_(model, CompressionConfig(method="low-rank", rank=32), progress=False)
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    for name in ("U", "V"):
+        del state[f"model.layers.0.mlp.gate_proj.{name}"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    product = loaded.model.layers[0].mlp.gate_proj.dense_weight()
+    assert product.std().item() == pytest.approx(0.05, rel=0.15)
+    assert torch.equal(loaded.model.layers[1].mlp.gate_proj.U, model.model.layers[1].mlp.gate_proj.U)

@@ -37,7 +37,6 @@ from kronypt.models.configuration import base_config_of, compressed_config_class
 from kronypt.models.families import find_family
 from kronypt.nn import KroneckerLinear
 from kronypt.nn.compressed import is_compressed_layer, layer_from_spec
-from kronypt.nn.low_rank import LowRankLinear
 
 # The Auto classes a compressed architecture is registered with, and where transformers keeps the base ones.
 AUTO_CLASSES = {"causal_lm": (AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING),
@@ -57,21 +56,11 @@ class CompressedModelMixin:
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise compressed layers the checkpoint lacks; leave a module holding one to its children
         (GPT-2's scaled c_proj init, for one, reaches for a dense `.weight`)."""
-        if isinstance(module, KroneckerLinear):
-            std = math.sqrt(getattr(self.config, "initializer_range", 0.02) / math.sqrt(module.factors))
-            init.normal_(module.A, std=std)
-            init.normal_(module.B, std=std)
-            if module.scalars is not None:
-                init.ones_(module.scalars)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-            return
-        if isinstance(module, LowRankLinear):
-            std = math.sqrt(getattr(self.config, "initializer_range", 0.02) / math.sqrt(module.rank))
-            init.normal_(module.U, std=std)
-            init.normal_(module.V, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        if is_compressed_layer(module):  # factors whose product has the model's init range; unit scalars
+            terms = module.factors if isinstance(module, KroneckerLinear) else module.rank
+            std = math.sqrt(getattr(self.config, "initializer_range", 0.02) / math.sqrt(terms))
+            for name, parameter in module.named_parameters(recurse=False):
+                {"bias": init.zeros_, "scalars": init.ones_}.get(name, lambda p: init.normal_(p, std=std))(parameter)
             return
         if any(is_compressed_layer(child) for child in module.children()):
             return

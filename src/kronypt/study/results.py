@@ -67,14 +67,8 @@ def _figures(rows: list[dict[str, Any]], out: Path) -> None:
                 xs, ys = zip(*points, strict=True)
                 label = f"{method} ({'zero-shot' if stage == 'zero_shot' else 'healed'})"
                 ax.plot(xs, ys, marker="o", label=label, **style)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("WikiText-2 perplexity (hf-strided)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small", ncol=2)
-    figure.tight_layout()
-    figure.savefig(out / "perplexity-vs-params.png", dpi=120)
-    plt.close(figure)
+    _finish(figure, ax, "parameters", "WikiText-2 perplexity (hf-strided)", out / "perplexity-vs-params.png",
+            log_y=True)
     curves = [r for r in rows if r.get("heal", {}).get("curve")]
     if curves:
         figure, ax = plt.subplots(figsize=(7, 4.5))
@@ -82,13 +76,21 @@ def _figures(rows: list[dict[str, Any]], out: Path) -> None:
             points = row["heal"]["curve"]
             ax.plot([p["tokens"] for p in points], [p["val_loss"] for p in points], marker="o", markersize=3,
                     label=row["run"])
-        ax.set_xlabel("healing tokens")
-        ax.set_ylabel("validation loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small", ncol=2)
-        figure.tight_layout()
-        figure.savefig(out / "healing-curves.png", dpi=120)
-        plt.close(figure)
+        _finish(figure, ax, "healing tokens", "validation loss", out / "healing-curves.png")
+
+
+def _finish(figure, ax, xlabel: str, ylabel: str, path: Path, log_y: bool = False) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def _atomic(path: Path, text: str) -> None:
