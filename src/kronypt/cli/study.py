@@ -39,11 +39,15 @@ def study(
     warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warm-up steps.")] = 4,
     trainable: Annotated[str, typer.Option(help="What healing trains: all, mlp (the MLP matrices only) or "
                                                 "compressed (the compressed layers only; faster on a CPU).")] = "all",
+    precision: Annotated[str, typer.Option(help="Healing precision: bf16 (autocast, float32 master weights; "
+                                                "several times faster on CPUs with AMX) or fp32.")] = "bf16",
     distill: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of distillation from the dense model "
                                                                   "(0: plain language-model loss).")] = 0.0,
     eval_data: Annotated[str | None, typer.Option("--data-dir", help="Folder with WikiText-2 and LAMBADA (like "
                                                                      "../shared/data); default: the hub.")] = None,
     eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows for the loss and the KL.")] = 32,
+    eval_stride: Annotated[int, typer.Option(min=1, help="hf-strided stride of WikiText-2 (1024: disjoint "
+                                                         "windows; 512: the Hugging Face guide's overlap).")] = 1024,
     eval_max_tokens: Annotated[int | None, typer.Option(min=2, help="Score only the start of WikiText-2 and "
                                                                     "LAMBADA (quick checks).")] = None,
     heal_dense: Annotated[bool, typer.Option(help="Heal the dense model too (what the tokens do without "
@@ -66,8 +70,9 @@ def study(
                          methods=[m.strip() for m in methods.split(",") if m.strip()], calibration=calibration,
                          calibration_tokens=calibration_tokens, heal_tokens=heal_tokens, seq_len=seq_len,
                          micro_batch_size=micro_batch_size, tokens_per_step=tokens_per_step, lr=lr, min_lr=min_lr,
-                         warmup_steps=warmup_steps, trainable=trainable, distill=distill, eval_data=eval_data,
-                         eval_windows=eval_windows, eval_max_tokens=eval_max_tokens, heal_dense=heal_dense,
+                         warmup_steps=warmup_steps, trainable=trainable, precision=precision, distill=distill,
+                         eval_data=eval_data, eval_windows=eval_windows, eval_stride=eval_stride,
+                         eval_max_tokens=eval_max_tokens, heal_dense=heal_dense,
                          seed=seed, device=device)
     if not Path(data).is_dir():
         raise FileNotFoundError(f"token folder {data} does not exist")

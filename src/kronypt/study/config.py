@@ -21,7 +21,8 @@ class StudyConfig:
     `data`: a token folder prepared with the model's tokenizer; healing samples its train split, and the
     validation loss and the KL to the dense model are measured on its first `eval_windows` val windows.
     `eval_data`: where WikiText-2 and LAMBADA are read (a folder like ../shared/data; None: the hub);
-    `eval_max_tokens` scores only the start of each (quick checks).
+    `eval_max_tokens` scores only the start of each (quick checks). Evaluation runs in float32; healing under
+    `precision` (bf16 autocast: CPUs with AMX and GPUs train several times faster).
     `trainable`: which parameters healing trains (all; mlp: the MLP matrices only; compressed: the compressed
     layers only, the rest frozen). `distill`: heal towards the dense model's predictions (alpha, with T = 2).
     """
@@ -41,9 +42,11 @@ class StudyConfig:
     min_lr: float = 2e-5
     warmup_steps: int = 4
     trainable: str = "all"
+    precision: str = "bf16"  # healing under bf16 autocast (float32 master weights), or fp32
     distill: float = 0.0  # alpha of the KL term (0: plain language-model loss)
     eval_data: str | None = None
     eval_windows: int = 32
+    eval_stride: int = 1024  # hf-strided's stride: 1024 scores disjoint 1024-token windows, 512 overlaps them
     eval_max_tokens: int | None = None  # None: the whole WikiText-2 test set and all 5,153 LAMBADA examples
     heal_dense: bool = True  # heal the dense model too: what the same tokens do without compression
     seed: int = 0
@@ -58,6 +61,8 @@ class StudyConfig:
             raise KronyptError("heal_tokens must be 0 or more, tokens_per_step and eval_windows at least 1")
         if self.trainable not in ("all", "mlp", "compressed"):
             raise KronyptError(f"trainable must be all, mlp or compressed, got {self.trainable!r}")
+        if self.precision not in ("bf16", "fp32"):
+            raise KronyptError(f"precision must be bf16 or fp32, got {self.precision!r}")
 
     @property
     def heal_steps(self) -> int:

@@ -98,8 +98,8 @@ def _evaluate(model: torch.nn.Module, tokenizer, reference: torch.nn.Module, con
     and KL to the dense model on the data's first validation windows."""
     started = time.perf_counter()
     records = evaluate(model, tokenizer, ["wikitext2", "lambada"], ["hf-strided", "lambada-openai"],
-                       data_dir=config.eval_data, max_tokens=config.eval_max_tokens, progress=progress,
-                       on_skip=lambda message: None)
+                       data_dir=config.eval_data, stride=config.eval_stride, max_tokens=config.eval_max_tokens,
+                       progress=progress, on_skip=lambda message: None)
     values = {f"{r.task}_{r.metric}": r.value for r in records}
     scores = window_scores(model, config.data, reference if reference is not model else None,
                            windows=config.eval_windows, seq_len=config.seq_len, progress=progress)
@@ -117,6 +117,7 @@ def _heal(config: StudyConfig, method: str, folder: Path, progress: bool) -> dic
         "data": config.data, "out": str(folder / "heal"), "seed": config.seed, "device": config.device,
         "max_steps": config.heal_steps, "micro_batch_size": config.micro_batch_size, "seq_len": config.seq_len,
         "tokens_per_step": config.tokens_per_step, "log_every": 1, "trainable": config.trainable,
+        "precision": config.precision,
         "lr": config.lr, "min_lr": config.min_lr, "schedule": "cosine", "warmup_steps": config.warmup_steps,
         "eval_every": max(1, config.heal_steps // 4), "eval_batches": 4,
         "save_every": max(1, config.heal_steps // 4), "keep_last": 1,
