@@ -21,8 +21,9 @@ class StudyConfig:
     `data`: a token folder prepared with the model's tokenizer; healing samples its train split, and the
     validation loss and the KL to the dense model are measured on its first `eval_windows` val windows.
     `eval_data`: where WikiText-2 and LAMBADA are read (a folder like ../shared/data; None: the hub);
-    `eval_max_tokens` scores only the start of each (quick checks). Evaluation runs in float32; healing under
-    `precision` (bf16 autocast: CPUs with AMX and GPUs train several times faster).
+    `eval_max_tokens` scores only the start of each (quick checks). Evaluation runs in `eval_dtype` (every
+    model alike), healing under `precision` (bf16 autocast, float32 master weights); on CPUs with AMX units and
+    on GPUs bfloat16 is several times faster than float32.
     `trainable`: which parameters healing trains (all; mlp: the MLP matrices only; compressed: the compressed
     layers only, the rest frozen). `distill`: heal towards the dense model's predictions (alpha, with T = 2).
     """
@@ -47,6 +48,7 @@ class StudyConfig:
     eval_data: str | None = None
     eval_windows: int = 32
     eval_stride: int = 1024  # hf-strided's stride: 1024 scores disjoint 1024-token windows, 512 overlaps them
+    eval_dtype: str = "bfloat16"  # what evaluation runs in: bfloat16 (AMX, GPUs) or float32
     eval_max_tokens: int | None = None  # None: the whole WikiText-2 test set and all 5,153 LAMBADA examples
     heal_dense: bool = True  # heal the dense model too: what the same tokens do without compression
     seed: int = 0
@@ -63,6 +65,8 @@ class StudyConfig:
             raise KronyptError(f"trainable must be all, mlp or compressed, got {self.trainable!r}")
         if self.precision not in ("bf16", "fp32"):
             raise KronyptError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if self.eval_dtype not in ("bfloat16", "float32"):
+            raise KronyptError(f"eval_dtype must be bfloat16 or float32, got {self.eval_dtype!r}")
 
     @property
     def heal_steps(self) -> int:

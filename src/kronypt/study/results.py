@@ -42,7 +42,7 @@ def markdown_table(rows: list[dict[str, Any]], config: StudyConfig) -> str:
              f"(seq {config.seq_len}, {config.tokens_per_step:,} tokens/step, lr {config.lr:g} cosine to "
              f"{config.min_lr:g}, {config.precision}, trainable: {config.trainable}"
              f"{', distilled' if config.distill else ''}); WikiText-2: hf-strided (stride {config.eval_stride}), "
-             "the model's tokenizer, float32; LAMBADA: lambada-openai; val loss and KL: "
+             f"the model's tokenizer, {config.eval_dtype}; LAMBADA: lambada-openai; val loss and KL: "
              f"{config.eval_windows} windows of the data's validation split."]
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 

@@ -95,18 +95,36 @@ def _compressed(config: StudyConfig, method: str, budget: float, source: torch.n
 def _evaluate(model: torch.nn.Module, tokenizer, reference: torch.nn.Module, config: StudyConfig,
               progress: bool) -> dict[str, Any]:
     """WikiText-2 (hf-strided) and LAMBADA (lambada-openai) with the model's tokenizer, and the validation loss
-    and KL to the dense model on the data's first validation windows."""
+    and KL to the dense model on the data's first validation windows; all in `config.eval_dtype` (copies: the
+    models given stay as they are)."""
     started = time.perf_counter()
+    dtype = getattr(torch, config.eval_dtype)
+    same = reference is model
+    model = copy.deepcopy(model).to(dtype)
+    reference = None if same else _cast_reference(reference, dtype)
     records = evaluate(model, tokenizer, ["wikitext2", "lambada"], ["hf-strided", "lambada-openai"],
                        data_dir=config.eval_data, stride=config.eval_stride, max_tokens=config.eval_max_tokens,
                        progress=progress, on_skip=lambda message: None)
     values = {f"{r.task}_{r.metric}": r.value for r in records}
-    scores = window_scores(model, config.data, reference if reference is not model else None,
-                           windows=config.eval_windows, seq_len=config.seq_len, progress=progress)
+    scores = window_scores(model, config.data, reference, windows=config.eval_windows, seq_len=config.seq_len,
+                           progress=progress)
     return {"wikitext2_ppl": values.get("wikitext2_perplexity"), "lambada_acc": values.get("lambada_accuracy"),
             "lambada_ppl": values.get("lambada_perplexity"), "val_loss": scores.loss,
             "kl": scores.kl if scores.kl is not None else 0.0, "wikitext2_tokens": _tokens(records, "wikitext2"),
-            "tokenizer": records[0].tokenizer if records else None, "seconds": time.perf_counter() - started}
+            "tokenizer": records[0].tokenizer if records else None, "dtype": config.eval_dtype,
+            "seconds": time.perf_counter() - started}
+
+
+_REFERENCES: dict[tuple[int, torch.dtype], torch.nn.Module] = {}
+
+
+def _cast_reference(reference: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The dense reference in the evaluation dtype, made once per study."""
+    key = (id(reference), dtype)
+    if key not in _REFERENCES:
+        _REFERENCES.clear()
+        _REFERENCES[key] = copy.deepcopy(reference).to(dtype)
+    return _REFERENCES[key]
 
 
 def _heal(config: StudyConfig, method: str, folder: Path, progress: bool) -> dict[str, Any]:
