@@ -160,11 +160,11 @@ def test_a_run_stopped_by_a_signal_exits_non_zero(tmp_path: Path, capsys: pytest
                                                    monkeypatch: pytest.MonkeyPatch, signal_name, code) -> None:
     # The loop saved and returned (tested in test_train_loop); a scheduler or `&& kronypt eval` must still
     # see that the run did not finish.
-    import kronypt.cli.train as train_cli
+    import kronypt.train
     from kronypt.train import TrainResult
 
     result = TrainResult(str(tmp_path), 3, 384, 5.0, None, None, None, signal_name)
-    monkeypatch.setattr(train_cli, "run_training", lambda config, progress: result)
+    monkeypatch.setattr(kronypt.train, "train", lambda config, progress: result)
     got, out, _ = run_train_cli([*cli_args(scratch_settings(tmp_path)), "--json"], capsys)
     assert got == code and json.loads(out)["stopped_by"] == signal_name
 

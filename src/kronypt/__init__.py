@@ -22,7 +22,6 @@ EXPORTS = {
                        "family_of", "load_config", "load_model", "load_tokenizer", "to_dense"),
     "kronypt.nn": ("KroneckerLinear",),
 }
-__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
-__all__ = sorted(name for names in EXPORTS.values() for name in names)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, EXPORTS)
 
 register_when_transformers_loads()

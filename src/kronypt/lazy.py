@@ -14,9 +14,9 @@ from typing import Any
 
 
 def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[Callable[[str], Any],
-                                                                            Callable[[], list[str]]]:
-    """`__getattr__` and `__dir__` for `package`, whose public names `exports` lists under the module that
-    defines them ({module: names}); a name is imported when first read, then kept on the package."""
+                                                                            Callable[[], list[str]], list[str]]:
+    """`__getattr__`, `__dir__` and `__all__` for `package`, whose public names `exports` lists under the
+    module that defines them ({module: names}); a name is imported when first read, then kept on the package."""
     where = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
@@ -29,4 +29,4 @@ def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[Cal
     def __dir__() -> list[str]:
         return sorted({*vars(sys.modules[package]), *where})
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(where)

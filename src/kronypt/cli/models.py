@@ -1,13 +1,15 @@
-"""`kronypt compress`, `export`, `info` and `generate`: make, convert and inspect model folders."""
+"""`kronypt compress`, `export`, `info` and `generate`: make, convert and inspect model folders.
+
+The commands import the model stack (torch, transformers) when they run, so `--help` answers at once.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.table import Table
 
@@ -20,29 +22,13 @@ from kronypt.cli.options import (
     run_dtype,
     staged,
 )
+from kronypt.defaults import AUTO_DTYPE, CALIBRATION_TOKENS
 from kronypt.errors import KronyptError
-from kronypt.math.shapes import parse_shape
-from kronypt.models import (
-    CompressionConfig,
-    CompressionReport,
-    Family,
-    compress_,
-    count_params,
-    has_tokenizer,
-    load_config,
-    load_model,
-    load_tokenizer,
-    mlp_layout,
-    save_tokenizer,
-    to_dense,
-)
-from kronypt.models.calibration import DEFAULT_TOKENS, load_calibration
-from kronypt.models.compression import preflight
-from kronypt.models.configuration import config_context_length
-from kronypt.models.loading import AUTO_DTYPE, check_device, model_dtype
-from kronypt.models.schemes import config_size
-from kronypt.models.sources import local_model_dir, model_source
-from kronypt.models.tokenizers import check_tokenizer_fits
+
+if TYPE_CHECKING:
+    import torch
+
+    from kronypt.models import CompressionReport, Family
 
 INIT_HELP = "van-loan (nearest Kronecker product, exact SVD), prune (keep one entry per B block), or random."
 
@@ -86,7 +72,7 @@ def compress(
     calibration: Annotated[str | None, typer.Option(help="Calibration data: a token folder (`kronypt data prepare` "
                                                          "with the model's tokenizer) or a text file.")] = None,
     calibration_tokens: Annotated[int, typer.Option(min=1, help="Calibration tokens (1024-token windows).")] = (
-        DEFAULT_TOKENS),
+        CALIBRATION_TOKENS),
     scalars: Annotated[bool, typer.Option(help="Give every factor a learnable scalar.")] = False,
     init: Annotated[str | None, typer.Option(help=INIT_HELP + " Default: the scheme's, else van-loan.")] = None,
     rescale: Annotated[bool, typer.Option(help="Van Loan: rescale so that ‖Ŵ‖ = ‖W‖.")] = False,
@@ -118,6 +104,21 @@ def compress(
     --calibration data/gutenberg-smollm2 --out smollm2-half-aware;
     kronypt compress gpt2 --scheme 81M --method low-rank --out gpt2-81M-low-rank
     """
+    from kronypt.math.shapes import parse_shape
+    from kronypt.models import (
+        CompressionConfig,
+        compress_,
+        has_tokenizer,
+        load_calibration,
+        load_config,
+        load_model,
+        load_tokenizer,
+        save_tokenizer,
+    )
+    from kronypt.models.compression import preflight
+    from kronypt.models.loading import model_dtype
+    from kronypt.models.sources import local_model_dir, model_source
+
     config = CompressionConfig(method=method, scheme=scheme, a_shape=parse_shape(a_shape) if a_shape else None,
                                factors=factors, target_params=target_params, ratio=ratio, rank=rank,
                                allocate=allocate, fit=fit, allocation=allocation, drop=drop, scalars=scalars,
@@ -199,6 +200,11 @@ def export(
 
     Example: kronypt export runs/81M/best/model --out gpt2-81M-dense
     """
+    from kronypt.models import count_params, load_config, load_model, save_tokenizer, to_dense
+    from kronypt.models.loading import model_dtype
+    from kronypt.models.schemes import config_size
+    from kronypt.models.sources import local_model_dir, model_source
+
     save_dtype = parse_save_dtype(dtype)
     check_out_dir(out, force, source=local_model_dir(model))
     config_size(load_config(model), model)  # a model of another family is refused before its weights load
@@ -224,6 +230,11 @@ def info(
 
     Example: kronypt info gpt2-81M --json
     """
+    from kronypt.models import count_params, load_config, load_model, mlp_layout
+    from kronypt.models.configuration import config_context_length
+    from kronypt.models.loading import model_dtype
+    from kronypt.models.schemes import config_size
+
     config = load_config(model)
     config_size(config, model)  # a model of another family is refused before its weights load
     lm = load_model(model, dtype=AUTO_DTYPE)  # as stored: `dtype` is the checkpoint's
@@ -318,6 +329,12 @@ def generate(
 
     Example: kronypt generate gpt2-81M --prompt "The meaning of life is" --max-new-tokens 40 --temperature 0.8
     """
+    import torch
+
+    from kronypt.models import load_config, load_model, load_tokenizer
+    from kronypt.models.loading import check_device
+    from kronypt.models.tokenizers import check_tokenizer_fits
+
     target = check_device(device)
     _check_prompt(prompt)
     config = load_config(model)  # a mistyped model is named as such, not as a missing tokenizer
@@ -358,6 +375,9 @@ def _check_prompt(prompt: str) -> None:
 
 def _default_tokenizer(model: str) -> str:
     """The model's own tokenizer: its folder's, its GGUF's or its hub repo's; else a clear error."""
+    from kronypt.models import has_tokenizer
+    from kronypt.models.sources import model_source
+
     source = model_source(model)
     if source.folder is None or source.is_gguf or has_tokenizer(source.folder):
         return model

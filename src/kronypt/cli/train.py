@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from transformers.utils import logging as hf_logging
 from typer.core import TyperCommand
 
 from kronypt.cli.app import app, console, print_json
 from kronypt.cli.options import check_out_path, check_writable
 from kronypt.errors import KronyptError
-from kronypt.train import TrainConfig, TrainResult
-from kronypt.train import train as run_training
-from kronypt.train.config import field_locations
+from kronypt.train.config import TrainConfig, field_locations
+
+if TYPE_CHECKING:
+    from kronypt.train import TrainResult
 
 Opt = typer.Option
 
@@ -160,7 +160,8 @@ def train(
             sys.stderr.write(f"kronypt: no --out given: the run folder is {resolved.out}\n")
         check_out_path(Path(resolved.out).expanduser())
         check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
-    hf_logging.disable_progress_bar()
+    from kronypt.train import train as run_training
+
     result = run_training(resolved, progress=progress and not as_json)
     if main_rank:
         _report(result, as_json)

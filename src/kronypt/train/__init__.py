@@ -14,5 +14,4 @@ EXPORTS = {
     "kronypt.train.failures": ("TrainingDiverged",),
     "kronypt.train.loop": ("TrainResult", "train"),
 }
-__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
-__all__ = sorted(name for names in EXPORTS.values() for name in names)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, EXPORTS)
