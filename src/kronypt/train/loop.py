@@ -42,7 +42,8 @@ from kronypt.errors import KronyptError
 from kronypt.models import load_model
 from kronypt.models.tokenizers import has_tokenizer
 from kronypt.train import checkpoint, distributed, parallel, resume
-from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
+from kronypt.train.args import GRAPHED_COMPILE_MODES
+from kronypt.train.config import TrainConfig
 from kronypt.train.distill import distillation_loss, lm_loss
 from kronypt.train.failures import TrainingDiverged, discard_unsaved_run, diverged, out_of_memory
 from kronypt.train.lock import run_folder_lock

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kronypt.nn import KroneckerLinear
-from kronypt.train.config import OptimArgs
+from kronypt.train.args import OptimArgs
 
 
 def parameter_kind(module: nn.Module, name: str, param: nn.Parameter) -> str:
