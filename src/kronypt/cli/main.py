@@ -22,6 +22,7 @@ from kronypt.errors import KronyptError
 # Each module registers its commands on `app` when imported.
 COMMAND_MODULES = (
     "kronypt.cli.plan",
+    "kronypt.cli.compress",
     "kronypt.cli.models",
     "kronypt.cli.evaluate",
     "kronypt.cli.data",

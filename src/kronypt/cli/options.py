@@ -19,6 +19,8 @@ from kronypt.files import apply_umask
 if TYPE_CHECKING:
     import torch
 
+MODEL_HELP = ("A local folder, a .gguf file, a packaged model (smollm2-135m) or a hub id (gpt2, "
+              "HuggingFaceTB/SmolLM2-135M).")
 SAVE_DTYPE_HELP = ("dtype of the saved weights: auto (the source checkpoint's, e.g. bfloat16 stays bfloat16), "
                    "float32, bfloat16 or float16.")
 
