@@ -1,8 +1,8 @@
 """Console-script entry of `kronypt`, outside the package on purpose.
 
-Importing `kronypt` loads torch and transformers (seconds). A Ctrl-C during those imports would print a
-KeyboardInterrupt traceback from the generated script; importing the CLI here, inside a guard, turns it
-into the same one line and exit code 130 as a Ctrl-C later in the run.
+A Ctrl-C while the CLI is being imported would print a KeyboardInterrupt traceback from the generated
+script; importing the CLI here, inside a guard, turns it into the same one line and exit code 130 as a
+Ctrl-C later in the run (torch and transformers are imported by the commands, where `main` handles it).
 """
 
 from __future__ import annotations

@@ -199,10 +199,10 @@ def test_every_model_is_resolved_before_the_first_evaluation(capsys, tiny_dir, t
 
 
 def test_device_defaults_to_the_gpu_when_there_is_one(capsys, tiny_dir, monkeypatch):
-    import kronypt.cli.evaluate as cli
+    import kronypt.eval
 
     seen = []
-    monkeypatch.setattr(cli, "evaluate_models", lambda *args, **kwargs: seen.append(kwargs["device"]) or [])
+    monkeypatch.setattr(kronypt.eval, "evaluate_models", lambda *args, **kwargs: seen.append(kwargs["device"]) or [])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert run(capsys, "eval", str(tiny_dir), "--json", "-")[0] == 0
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -186,10 +186,10 @@ def test_tradeoff_keeps_protocols_apart_and_plots_params_against_values(tmp_path
 
 def _capture_figures(monkeypatch) -> list:
     """Record every figure `kronypt plot` saves (still writing it), to read its axes back."""
-    import kronypt.cli.plot as plot_cli
+    import kronypt.report as report
 
-    figures, real = [], plot_cli.save_figure
-    monkeypatch.setattr(plot_cli, "save_figure", lambda figure, path: figures.append(figure) or real(figure, path))
+    figures, real = [], report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda figure, path: figures.append(figure) or real(figure, path))
     return figures
 
 

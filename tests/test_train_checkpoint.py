@@ -167,7 +167,7 @@ def test_checkpoint_model_folder_carries_the_tokenizer(tmp_path: Path, model: GP
     if not TOKENIZER_DIR.is_dir():
         pytest.skip("../shared/data is not present")
     from kronypt.models import load_tokenizer
-    from kronypt.train.loop import _tokenizer_dir
+    from kronypt.train.setup import tokenizer_dir
 
     previous = os.umask(0o027)
     try:
@@ -179,5 +179,5 @@ def test_checkpoint_model_folder_carries_the_tokenizer(tmp_path: Path, model: GP
     assert {stat.S_IMODE(p.stat().st_mode) for p in final.rglob("*") if p.is_file()} == {0o640}
     # the source model's folder first, then the folder that made the token data
     config = type("C", (), {"model": str(tmp_path / "no-such-model")})()
-    assert _tokenizer_dir(config, {"tokenizer": {"folder": str(TOKENIZER_DIR)}}) == TOKENIZER_DIR
-    assert _tokenizer_dir(config, {"tokenizer": {"tiktoken": "gpt2"}}) is None
+    assert tokenizer_dir(config, {"tokenizer": {"folder": str(TOKENIZER_DIR)}}) == TOKENIZER_DIR
+    assert tokenizer_dir(config, {"tokenizer": {"tiktoken": "gpt2"}}) is None

@@ -160,11 +160,11 @@ def test_a_run_stopped_by_a_signal_exits_non_zero(tmp_path: Path, capsys: pytest
                                                    monkeypatch: pytest.MonkeyPatch, signal_name, code) -> None:
     # The loop saved and returned (tested in test_train_loop); a scheduler or `&& kronypt eval` must still
     # see that the run did not finish.
-    import kronypt.cli.train as train_cli
+    import kronypt.train
     from kronypt.train import TrainResult
 
     result = TrainResult(str(tmp_path), 3, 384, 5.0, None, None, None, signal_name)
-    monkeypatch.setattr(train_cli, "run_training", lambda config, progress: result)
+    monkeypatch.setattr(kronypt.train, "train", lambda config, progress: result)
     got, out, _ = run_train_cli([*cli_args(scratch_settings(tmp_path)), "--json"], capsys)
     assert got == code and json.loads(out)["stopped_by"] == signal_name
 
@@ -315,3 +315,29 @@ def test_a_run_without_out_says_where_it_trains(tmp_path: Path, capsys, monkeypa
     assert code == 0 and "no --out given" not in err
     code, _, err = run_train_cli(cli_args({**settings, "model_config": None}), capsys)  # bad input: one line
     assert code == 2 and err == "kronypt: error: --init-from scratch needs --model-config (a GPT2Config JSON file)\n"
+
+
+def test_every_setting_has_a_flag_made_from_its_declaration() -> None:
+    """Adding a setting to TrainConfig (or a group) adds its `kronypt train` flag: each flag parses into
+    its setting, with the declared type, and `--help` shows the declared help text."""
+    import typer
+
+    from kronypt.cli.main import _register_commands, app
+    from kronypt.cli.train import _flag_type
+    from kronypt.train.args import flag_name
+    from kronypt.train.config import declared_settings
+
+    _register_commands()
+    command = typer.main.get_command(app).commands["train"]
+    samples = {int: ("7", 7), float: ("0.25", 0.25), str: ("x", "x")}
+    for _, setting, hint in declared_settings():
+        flag = flag_name(setting)
+        if isinstance(setting.default, bool):
+            given, expected = [flag], True
+        else:
+            text, expected = samples[_flag_type(hint)]  # a tuple is given as text: 0.9,0.95
+            given = [flag, text]
+        params = command.make_context("train", given).params
+        assert params[setting.name] == expected, (setting.name, params[setting.name])
+        assert [p for p in command.params if p.name == setting.name][0].help == setting.metadata["help"]
+    assert {"--distill-alpha", "--freeze-embeddings", "--out"} <= {flag_name(s) for _, s, _ in declared_settings()}

@@ -14,8 +14,8 @@ from kronypt.errors import KronyptError
 from kronypt.models import CompressionConfig, compress_
 from kronypt.train import TrainConfig
 from kronypt.train.config import OptimArgs
-from kronypt.train.loop import accumulation_steps
 from kronypt.train.optim import build_optimizer, build_scheduler, lr_multiplier, param_groups
+from kronypt.train.setup import accumulation_steps
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

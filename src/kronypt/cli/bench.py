@@ -7,25 +7,11 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.table import Table
-from tqdm.auto import tqdm
 
-from kronypt.bench import (
-    NOISY_SPREAD,
-    BenchSettings,
-    bench_pair,
-    context_length,
-    dense_counterpart,
-    max_logit_difference,
-    require_kronecker,
-    steps_per_run,
-)
 from kronypt.cli.app import app, console, print_json
 from kronypt.cli.options import check_json_file, run_dtype
-from kronypt.models import load_config, load_model
-from kronypt.models.loading import check_device, parse_dtype
 
 DENSE = "dense"
 
@@ -70,6 +56,21 @@ def bench(
 
     Example: kronypt bench gpt2-81M --prompt-tokens 256 --new-tokens 64 --train
     """
+    import torch
+    from tqdm.auto import tqdm
+
+    from kronypt.bench import (
+        BenchSettings,
+        bench_pair,
+        context_length,
+        dense_counterpart,
+        max_logit_difference,
+        require_kronecker,
+        steps_per_run,
+    )
+    from kronypt.models import load_config, load_model
+    from kronypt.models.loading import check_device, parse_dtype
+
     settings = BenchSettings(batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
                              warmup=warmup, train=train, seed=seed)
     settings.check()
@@ -147,6 +148,8 @@ def _rates(payload: dict, key: str) -> tuple[str, str, str, str]:
 
 def _spread(payload: dict, key: str) -> str:
     """The lowest and highest ratio of the rounds, flagged when they disagree too much to trust the median."""
+    from kronypt.bench import NOISY_SPREAD
+
     s = payload["spread"][key]
     text = f"{s['min']:.2f}-{s['max']:.2f}"
     return f"[red]{text} (noisy)[/red]" if s["rel_spread"] > NOISY_SPREAD else text

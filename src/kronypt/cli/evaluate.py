@@ -11,8 +11,7 @@ import typer
 from kronypt.cli.app import app, console, print_json
 from kronypt.cli.options import check_json_file
 from kronypt.errors import KronyptError
-from kronypt.eval import DEFAULT_PROTOCOLS, TASKS, comparison_table, evaluate_models, select_pairs, write_json
-from kronypt.models.loading import check_device
+from kronypt.eval.corpora import DEFAULT_PROTOCOLS, TASKS
 
 PROTOCOL_HELP = (
     f"Comma-separated protocols (default: each task's own, {DEFAULT_PROTOCOLS['wikitext2']} for WikiText and "
@@ -60,6 +59,9 @@ def eval_command(
     Example (the paper's table): kronypt eval gpt2 distilgpt2 --tasks wikitext103,wikitext2,lambada
     --protocol krony-pt
     """
+    from kronypt.eval import comparison_table, evaluate_models, select_pairs, write_json
+    from kronypt.models.loading import check_device
+
     task_list = _split_list(tasks)
     protocol_list = _split_list(protocol) if protocol is not None else None
     target = check_device(device)  # tasks, protocols, split, data files, models and tokenizers are checked

@@ -1,18 +1,20 @@
 """Entry point of the `kronypt` console script.
 
-Importing the command modules registers their commands on the shared app. Bad input (`KronyptError`,
-missing files, invalid values) becomes one line on stderr and exit code 2; Ctrl-C exits with 130.
+Importing the command modules registers their commands on the shared app; they import torch and transformers
+only inside the commands, so `--help` answers at once. Bad input (`KronyptError`, missing files, invalid
+values) becomes one line on stderr and exit code 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import signal
 import sys
+from typing import Any
 
 import typer
-from huggingface_hub.utils import logging as hub_logging
-from transformers.utils import logging as transformers_logging
+from typer.core import TyperCommand, TyperGroup
 
 from kronypt.cli.app import app, print_error
 from kronypt.errors import KronyptError
@@ -20,6 +22,7 @@ from kronypt.errors import KronyptError
 # Each module registers its commands on `app` when imported.
 COMMAND_MODULES = (
     "kronypt.cli.plan",
+    "kronypt.cli.compress",
     "kronypt.cli.models",
     "kronypt.cli.evaluate",
     "kronypt.cli.data",
@@ -33,6 +36,35 @@ COMMAND_MODULES = (
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(name)
+
+
+def _quiet_hugging_face() -> None:
+    """kronypt shows its own progress; keep stderr readable: no transformers / hub progress bars, and an
+    unreachable hub reported once, not as a page of retries."""
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
+
+
+def _quiet_first(command: TyperCommand | TyperGroup) -> TyperCommand | TyperGroup:
+    """`command` with `_quiet_hugging_face` run before the callback of each command it holds: as a command
+    starts, not at import, so that `--help` and usage errors never load transformers."""
+    subcommands = getattr(command, "commands", None)
+    if subcommands:  # a group (its callback would run before a subcommand's --help)
+        for sub in subcommands.values():
+            _quiet_first(sub)
+    elif command.callback is not None:
+        run = command.callback
+
+        @functools.wraps(run)
+        def quiet_then_run(*args: Any, **kwargs: Any) -> Any:
+            _quiet_hugging_face()
+            return run(*args, **kwargs)
+
+        command.callback = quiet_then_run
+    return command
 
 
 # Typer may vendor its own click: take its usage-error classes from the exception it exports.
@@ -56,10 +88,9 @@ def _command_path(argv: list[str] | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn expected errors into one line and a non-zero exit."""
     try:
-        _register_commands()  # imports torch and transformers: seconds, so a Ctrl-C may land here too
-        transformers_logging.disable_progress_bar()  # kronypt shows its own progress; keep stderr readable
-        hub_logging.set_verbosity_error()  # an unreachable hub is reported once, not as a page of retries
-        code = typer.main.get_command(app).main(args=argv, prog_name="kronypt", standalone_mode=False)
+        _register_commands()
+        command = _quiet_first(typer.main.get_command(app))
+        code = command.main(args=argv, prog_name="kronypt", standalone_mode=False)
     except UsageError as exc:  # unknown option, bad or missing value
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kronypt` or `kronypt data`: show the help
             exc.show()

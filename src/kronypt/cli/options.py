@@ -10,14 +10,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from kronypt.defaults import AUTO_DTYPE
 from kronypt.errors import KronyptError
 from kronypt.files import apply_umask
-from kronypt.models.loading import AUTO_DTYPE, DTYPES
-from kronypt.models.tokenizers import TOKENIZER_FILES
 
+if TYPE_CHECKING:
+    import torch
+
+MODEL_HELP = ("A local folder, a .gguf file, a packaged model (smollm2-135m) or a hub id (gpt2, "
+              "HuggingFaceTB/SmolLM2-135M).")
 SAVE_DTYPE_HELP = ("dtype of the saved weights: auto (the source checkpoint's, e.g. bfloat16 stays bfloat16), "
                    "float32, bfloat16 or float16.")
 
@@ -48,6 +51,8 @@ def parse_layers(spec: str | None) -> list[int] | None:
 def parse_save_dtype(name: str) -> torch.dtype | None:
     """`--dtype` of a command that writes a model: None for auto (keep the source checkpoint's dtype), else
     the torch dtype to save in; checked before any work."""
+    from kronypt.models.loading import DTYPES
+
     if name == AUTO_DTYPE:
         return None
     if name not in DTYPES:
@@ -114,9 +119,9 @@ def check_json_file(path: Path | None) -> None:
     check_writable(path.resolve().parent, f"--json {path}")
 
 
-# What a saved model folder is made of: `--force` replaces these and leaves every other file alone.
-MODEL_FILES = ("config.json", "generation_config.json", "compression_report.json", "added_tokens.json",
-               *TOKENIZER_FILES)
+# What a saved model folder is made of (with its tokenizer's files): `--force` replaces these and leaves
+# every other file alone.
+MODEL_FILES = ("config.json", "generation_config.json", "compression_report.json", "added_tokens.json")
 MODEL_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                        "pytorch_model.bin.index.json")
 
@@ -251,7 +256,9 @@ def _write_synced(path: Path, text: str) -> None:
 
 
 def _model_files(folder: Path) -> list[Path]:
-    found = {folder / name for name in MODEL_FILES if (folder / name).is_file()}
+    from kronypt.models.tokenizers import TOKENIZER_FILES
+
+    found = {folder / name for name in (*MODEL_FILES, *TOKENIZER_FILES) if (folder / name).is_file()}
     for pattern in MODEL_FILE_PATTERNS:
         found.update(p for p in folder.glob(pattern) if p.is_file())
     return sorted(found)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from kronypt.cli.app import app, console, print_json
-from kronypt.models.loading import load_config
-from kronypt.models.schemes import ModelSize, PlanRow, config_size, pick_for_ratio, plan_rows, scheme_names
+
+if TYPE_CHECKING:
+    from kronypt.models.schemes import ModelSize, PlanRow
 
 
 @app.command()
@@ -39,6 +40,9 @@ def plan(
 
     Example: kronypt plan gpt2 --json, kronypt plan smollm2-135m, or kronypt plan gpt2-medium --factors 2
     """
+    from kronypt.models.loading import load_config
+    from kronypt.models.schemes import config_size, plan_rows
+
     size = config_size(load_config(model), model)
     rows = plan_rows(size, factors or 1, scalars)
     if not (all_shapes or factors):
@@ -55,6 +59,8 @@ MENU_RATIOS = (0.75, 0.5, 0.25, 0.125, 0.0625)  # what a model without named sch
 def _default_rows(size: ModelSize, rows: list[PlanRow]) -> list[PlanRow]:
     """The named schemes where the model has them; else, for keeping 3/4, 1/2, 1/4, 1/8 and 1/16 of the MLP
     parameters, the one-factor scheme `--ratio` would pick."""
+    from kronypt.models.schemes import pick_for_ratio, scheme_names
+
     named = set(scheme_names())
     if size.named:
         return [r for r in rows if r.name in named]

@@ -11,18 +11,6 @@ from rich.table import Table
 from kronypt.cli.app import app, console, print_json
 from kronypt.cli.options import check_writable
 from kronypt.errors import KronyptError
-from kronypt.report import (
-    AXES,
-    DEFAULT_METRICS,
-    check_figure_path,
-    curves_figure,
-    load_eval_records,
-    load_run,
-    run_summary,
-    save_figure,
-    tradeoff_figure,
-    tradeoff_panels,
-)
 
 plot_app = typer.Typer(help="Plot training curves of runs, or model size against eval results (needs matplotlib: "
                             "the `plot` extra).", no_args_is_help=True)
@@ -56,6 +44,8 @@ def curves(
 
     Example: kronypt plot curves runs/81M runs/96M --label 81M --label 96M --smoothing 0.9 --out heal.png
     """
+    from kronypt.report import AXES, DEFAULT_METRICS, curves_figure, load_run, run_summary, save_figure
+
     out = _figure_path(out)
     if x not in AXES:
         raise KronyptError(f"unknown --x {x!r}; choose one of {', '.join(AXES)}")
@@ -93,6 +83,8 @@ def tradeoff(
     Example: kronypt eval gpt2 gpt2-81M gpt2-96M --tasks wikitext2,lambada --json evals.json, then
     kronypt plot tradeoff evals.json --out tradeoff.png
     """
+    from kronypt.report import load_eval_records, save_figure, tradeoff_figure, tradeoff_panels
+
     out = _figure_path(out)
     panels = tradeoff_panels(load_eval_records(results), task)
     save_figure(tradeoff_figure(panels, log_y=log_y), out)
@@ -117,6 +109,8 @@ def _cell(value: Any, fmt: str) -> str:
 
 def _figure_path(out: Path) -> Path:
     """--out with `~` expanded, checked before any work: a figure file in a folder that can be written."""
+    from kronypt.report import check_figure_path
+
     out = check_figure_path(out.expanduser())
     check_writable(out.resolve().parent, f"--out {out}")
     return out

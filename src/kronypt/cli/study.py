@@ -10,7 +10,6 @@ import typer
 
 from kronypt.cli.app import app, console
 from kronypt.errors import KronyptError
-from kronypt.study.config import StudyConfig
 from kronypt.study.methods import DEFAULT_METHODS, DENSE, METHODS
 
 
@@ -69,6 +68,8 @@ def study(
 
     Example: kronypt study smollm2-135m --data data/gutenberg-smollm2 --data-dir ../shared/data --out studies/smollm2
     """
+    from kronypt.study.config import StudyConfig
+
     config = StudyConfig(model=model, data=data, out=str(out), budgets=_floats(budgets),
                          methods=[m.strip() for m in methods.split(",") if m.strip()], calibration=calibration,
                          calibration_tokens=calibration_tokens, heal_tokens=heal_tokens, seq_len=seq_len,

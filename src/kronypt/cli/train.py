@@ -1,131 +1,86 @@
-"""`kronypt train`: heal a compressed model (or train a small model from scratch) from a recipe and flags."""
+"""`kronypt train`: heal a compressed model (or train a small model from scratch) from a recipe and flags.
+
+The command has a flag per `TrainConfig` setting, made from the setting's declaration (`setting_options`):
+its name, type, default and help text. A flag defaults to None, so that only the flags given override the
+recipe; `--help` shows the value a run gets without it.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from transformers.utils import logging as hf_logging
-from typer.core import TyperCommand
 
 from kronypt.cli.app import app, console, print_json
 from kronypt.cli.options import check_out_path, check_writable
 from kronypt.errors import KronyptError
-from kronypt.train import TrainConfig, TrainResult
-from kronypt.train import train as run_training
-from kronypt.train.config import field_locations
+from kronypt.train.config import TrainConfig, declared_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kronypt.train import TrainResult
 
 Opt = typer.Option
+# The --help panel of each argument group's flags (None: the top-level settings).
+PANELS = {None: "Model, data and run folder", "train": "Training", "optim": "Optimizer", "eval": "Validation",
+          "checkpoint": "Checkpoints", "distill": "Distillation"}
 
 
-class _RecipeDefaults(TyperCommand):
-    """`kronypt train` shows each setting's default in `--help`: the flags default to None (so that only the
-    flags given override the recipe), which would hide the values a run gets without them."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        defaults, locations = TrainConfig(), field_locations()
-        for param in self.params:
-            if param.name not in locations:
-                continue
-            group = locations[param.name]
-            value = getattr(getattr(defaults, group) if group else defaults, param.name)
-            if value is not None and value != "":
-                shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-                param.show_default = str(shown).lower() if isinstance(shown, bool) else str(shown)
+def setting_options() -> list[inspect.Parameter]:
+    """A keyword-only parameter per `TrainConfig` setting, annotated with its typer option."""
+    options = []
+    for group, setting, hint in declared_settings():
+        value_type = _flag_type(hint)
+        option = Opt(*setting.metadata["flags"], help=setting.metadata["help"], rich_help_panel=PANELS[group],
+                     show_default=_shown(setting.default))
+        options.append(inspect.Parameter(setting.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                         annotation=Annotated[value_type | None, option]))
+    return options
 
 
-@app.command(cls=_RecipeDefaults)
+def _flag_type(hint: Any) -> type:
+    """What a flag of this setting type parses: a tuple is given comma-separated (e.g. 0.9,0.95) and read as
+    the recipe reads it."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return str if typing.get_origin(hint) is tuple else hint
+
+
+def _shown(default: Any) -> str | bool:
+    """A default as `--help` shows it; False: none (the setting is unset unless given)."""
+    if default is None:
+        return False
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def _with_setting_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command`, whose `**flags` are the options of `setting_options` (typer reads `__signature__`)."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    command.__signature__ = inspect.Signature([*own, *setting_options()])
+    return command
+
+
+@app.command()
+@_with_setting_options
 def train(
     config: Annotated[Path | None, Opt("--config", "-c", help="YAML recipe (see configs/); flags override it.")] = None,
-    init_from: Annotated[str | None, Opt(help="Model source: dense (compress on the fly), kronypt (a compressed "
-                                              "folder), model (any model as it is), scratch.")] = None,
-    model: Annotated[str | None, Opt(help="Hub id, folder, .gguf file or packaged model (smollm2-135m).")] = None,
-    model_config: Annotated[str | None, Opt(help="GPT2Config JSON file for --init-from scratch.")] = None,
-    scheme: Annotated[str | None, Opt(help="Named scheme for --init-from dense, e.g. 81M, 96M-prune.")] = None,
-    a_shape: Annotated[str | None, Opt("--a-shape", help="Or an A-factor shape MxN of the widening MLP matrices "
-                                                         "(c_fc; gate_proj/up_proj), out x in.")] = None,
-    ratio: Annotated[float | None, Opt(help="Or keep this fraction of the MLP parameters (the nearest "
-                                            "scheme).")] = None,
-    target_params: Annotated[int | None, Opt(help="Or the largest scheme with at most this many model "
-                                                  "parameters.")] = None,
-    factors: Annotated[int | None, Opt(help="Kronecker terms per matrix (default: the scheme's); with "
-                                            "--allocate-params, the most any matrix gets.")] = None,
-    allocate_params: Annotated[int | None, Opt(help="--init-from dense: keep the scheme's A shape but give "
-                                                    "each matrix its own k within this many model parameters "
-                                                    "(as `compress --allocate`).")] = None,
-    init: Annotated[str | None, Opt(help="Factor init: van-loan, prune or random (default: the scheme's).")] = None,
-    scalars: Annotated[bool | None, Opt("--scalars/--no-scalars", help="Learnable scalar per factor.")] = None,
-    data: Annotated[str | None, Opt(help="Token folder from `kronypt data prepare`.")] = None,
-    out: Annotated[str | None, Opt("--out", "-o", help="Run folder: metrics.jsonl, config.yaml, checkpoints/, "
-                                                       "best, latest.")] = None,
-    force: Annotated[bool | None, Opt("--force/--no-force", help="Train in an --out folder that also holds other "
-                                                               "files (they are kept, never deleted).")] = None,
-    max_steps: Annotated[int | None, Opt(help="Optimizer steps to train for.")] = None,
-    micro_batch_size: Annotated[int | None, Opt(help="Sequences per forward pass and rank.")] = None,
-    seq_len: Annotated[int | None, Opt(help="Tokens per sequence.")] = None,
-    tokens_per_step: Annotated[int | None, Opt(help="Tokens per optimizer step, all ranks together; "
-                                                    "sets the gradient accumulation.")] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
-    min_lr: Annotated[float | None, Opt(help="Learning rate the schedule decays to: wsd's at the last step, "
-                                             "cosine's at max_steps, one past the last (as PyTorch's and "
-                                             "transformers' cosine).")] = None,
-    schedule: Annotated[str | None, Opt(help="constant, cosine (warm-up, cosine) or wsd (warm-up, stable, "
-                                             "decay).")] = None,
-    warmup_steps: Annotated[int | None, Opt(help="Linear warm-up steps.")] = None,
-    weight_decay: Annotated[float | None, Opt(help="AdamW weight decay of matrices.")] = None,
-    grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
-    log_every: Annotated[int | None, Opt(help="Steps between metrics.jsonl records.")] = None,
-    eval_every: Annotated[int | None, Opt(help="Steps between validations (0: only at the end).")] = None,
-    eval_batches: Annotated[int | None, Opt(help="Validation micro-batches per evaluation.")] = None,
-    eval_wikitext: Annotated[str | None, Opt(help="Also log WikiText-2 validation perplexity (krony-pt protocol): "
-                                                  "a folder laid out like ../shared/data, or 'hub'.")] = None,
-    eval_wikitext_tokens: Annotated[int | None, Opt(help="Cap on the WikiText-2 tokens scored (quick checks; "
-                                                         "default: the whole split).")] = None,
-    save_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
-    keep_last: Annotated[int | None, Opt(help="Checkpoints to keep (plus the best on validation).")] = None,
-    resume: Annotated[str | None, Opt(help="auto (latest checkpoint in --out, if any), never, a run folder "
-                                           "(its latest checkpoint) or a checkpoint folder. A resume must keep "
-                                           "the checkpoint's settings except length, logging, saving, "
-                                           "hardware and batch split (docs/training.md).")] = None,
-    seed: Annotated[int | None, Opt(help="Seed of the initial weights, the data order and dropout.")] = None,
-    device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:1, ...")] = None,
-    precision: Annotated[str | None, Opt(help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32.")] = None,
-    compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
-    compile_mode: Annotated[str | None, Opt(help="With --compile: default, reduce-overhead (replays CUDA graphs, "
-                                                 "so the host launches nothing per kernel: the 81M model trained "
-                                                 "1.29x dense this way on an H100, 0.77x under default; one "
-                                                 "process, one micro-batch per step), max-autotune (also CUDA "
-                                                 "graphs) or max-autotune-no-cudagraphs.")] = None,
-    parallel: Annotated[str | None, Opt(help="Under torchrun: ddp (a full replica per rank) or fsdp (parameters, "
-                                             "gradients and optimizer state sharded over the ranks; in bf16 it "
-                                             "all-gathers bf16 weights).")] = None,
-    dropout: Annotated[float | None, Opt(help="Override the model's dropout probabilities.")] = None,
-    trainable: Annotated[str | None, Opt(help="What trains: all, mlp (the MLP matrices only) or compressed (the "
-                                              "compressed layers only): fewer gradients, faster steps.")] = None,
-    freeze_embeddings: Annotated[bool | None, Opt("--freeze-embeddings/--train-embeddings",
-                                                  help="Freeze token and position embeddings.")] = None,
-    freeze_scalars: Annotated[bool | None, Opt("--freeze-scalars/--train-scalars",
-                                               help="Freeze the Kronecker scalars.")] = None,
-    scalar_value: Annotated[float | None, Opt(help=(
-        "With --freeze-scalars: set them to this value first, rescaling the A factors so that the model computes "
-        "the same."))] = None,
-    teacher: Annotated[str | None, Opt(help="Distil from this model (hub id or folder).")] = None,
-    alpha: Annotated[float | None, Opt("--distill-alpha", help="Weight of the KL term (1 − it weights CE).")] = None,
-    temperature: Annotated[float | None, Opt("--distill-temperature", help="Softmax temperature of the KL.")] = None,
-    hidden_weight: Annotated[float | None, Opt("--distill-hidden-weight", help=(
-        "Weight of the hidden-state MSE, block by block with no projection: above 0 the teacher needs the "
-        "student's number of blocks and width (checked before the run starts)."))] = None,
-    settings: Annotated[list[str] | None, Opt("--set", help="Any other setting as KEY=VALUE, e.g. "
-                                                            "betas=0.9,0.95 (repeatable). Every value is "
-                                                            "checked; a flag for the same key wins.")] = None,
+    settings: Annotated[list[str] | None, Opt("--set", help="A setting as KEY=VALUE, as a recipe names it, e.g. "
+                                                            "betas=0.9,0.95 (repeatable). Every value is checked; "
+                                                            "a flag for the same key wins.")] = None,
     print_config: Annotated[bool, Opt("--print-config", help="Print the resolved recipe (YAML; JSON with "
                                                              "--json) and exit.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Show the progress bar.")] = True,
+    **flags: Any,
 ) -> None:
     """Train a model on a token folder: heal a compressed GPT-2, or train a small one from scratch.
 
@@ -142,7 +97,7 @@ def train(
 
     Example: kronypt train --init-from dense --model gpt2 --scheme 81M --data data/gutenberg --out runs/81M
     """
-    flags = {name: value for name, value in locals().items() if name in field_locations() and value is not None}
+    flags = {name: value for name, value in flags.items() if value is not None}
     recipe = TrainConfig.from_yaml(config) if config is not None else TrainConfig()
     # --set first, so that each of its values is checked even where a flag then overrides it.
     resolved = recipe.with_overrides(_parse_settings(settings or [])).with_overrides(flags)
@@ -160,7 +115,8 @@ def train(
             sys.stderr.write(f"kronypt: no --out given: the run folder is {resolved.out}\n")
         check_out_path(Path(resolved.out).expanduser())
         check_writable(Path(resolved.out).expanduser().resolve(), f"--out {resolved.out}")
-    hf_logging.disable_progress_bar()
+    from kronypt.train import train as run_training
+
     result = run_training(resolved, progress=progress and not as_json)
     if main_rank:
         _report(result, as_json)

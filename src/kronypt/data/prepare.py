@@ -320,7 +320,7 @@ def _describe_tokenizer(source: str, encoding: object, label: str | None) -> dic
 
 
 def _version() -> str:
-    """kronypt's version, read from its installed metadata (importing the package would load the model stack)."""
+    """kronypt's version, as installed (its package metadata)."""
     try:
         return importlib.metadata.version("kronypt")
     except importlib.metadata.PackageNotFoundError:

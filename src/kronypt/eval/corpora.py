@@ -22,6 +22,9 @@ from pathlib import Path
 from kronypt.errors import KronyptError
 
 TASKS = ("wikitext2", "wikitext103", "lambada")
+# The protocol a task runs under when none is named: the Hugging Face guide's for WikiText, lm-eval's
+# lambada_openai (last-word accuracy) for LAMBADA. `krony-pt`, the paper's, is asked for by name.
+DEFAULT_PROTOCOLS = {"wikitext2": "hf-strided", "wikitext103": "hf-strided", "lambada": "lambada-openai"}
 SPLITS = ("test", "validation")
 FORMS = ("tokens", "raw", "pages", "passages", "openai")
 

@@ -17,7 +17,7 @@ from transformers import PretrainedConfig
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from kronypt.errors import KronyptError
-from kronypt.eval.corpora import SPLITS, TASKS, available_splits, check_available, load_texts
+from kronypt.eval.corpora import DEFAULT_PROTOCOLS, SPLITS, TASKS, available_splits, check_available, load_texts
 from kronypt.eval.protocols import PROTOCOLS, Plan, get_protocol
 from kronypt.eval.results import EvalRecord
 from kronypt.eval.scoring import ScoreRun, model_device, score_requests
@@ -53,12 +53,6 @@ def _check_context(context: int | None, longest: int, name: str) -> None:
 def check_vocab(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
     """Refuse a tokenizer that emits ids the model has no logits for."""
     check_tokenizer_fits(tokenizer, model.config.vocab_size)
-
-
-# The protocol a task runs under when none is named: the Hugging Face guide's for WikiText (the CLI's
-# default before per-task defaults), lm-eval's lambada_openai (last-word accuracy) for LAMBADA. `krony-pt`,
-# the paper's, is asked for by name.
-DEFAULT_PROTOCOLS = {"wikitext2": "hf-strided", "wikitext103": "hf-strided", "lambada": "lambada-openai"}
 
 
 @dataclass(frozen=True)

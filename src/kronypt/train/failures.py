@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kronypt.errors import KronyptError
 from kronypt.train import checkpoint
-from kronypt.train.config import TrainArgs
+from kronypt.train.args import TrainArgs
 
 
 class TrainingDiverged(KronyptError):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,37 +24,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from kronypt.data.tokens import (
-    check_token_ids,
-    fingerprint,
-    open_tokens,
-    read_meta,
-    sample_batch,
-    sequential_batches,
-    tokenizer_source,
-)
-from kronypt.errors import KronyptError
-from kronypt.models import load_model
-from kronypt.models.tokenizers import has_tokenizer
-from kronypt.train import checkpoint, distributed, parallel, resume
-from kronypt.train.config import GRAPHED_COMPILE_MODES, TrainConfig
-from kronypt.train.distill import distillation_loss, lm_loss
+from kronypt.data.tokens import fingerprint, sample_batch
+from kronypt.train import checkpoint, distributed, parallel, resume, validation
+from kronypt.train.config import TrainConfig
+from kronypt.train.distill import training_loss
 from kronypt.train.failures import TrainingDiverged, discard_unsaved_run, diverged, out_of_memory
 from kronypt.train.lock import run_folder_lock
 from kronypt.train.metrics import MetricsLog, logged_at
-from kronypt.train.model_source import (
-    build_model,
-    check_context,
-    check_vocab,
-    load_teacher,
-    prepare_for_training,
+from kronypt.train.model_source import build_model, prepare_for_training
+from kronypt.train.optim import build_optimizer, build_scheduler, restart_schedule
+from kronypt.train.setup import (
+    accumulation_steps,
+    check_model_on_data,
+    inside,
+    open_data,
+    replays_cuda_graphs,
+    restore_weights,
+    resume_path,
+    teacher_for,
+    tokenizer_dir,
+    wikitext_validation,
 )
-from kronypt.train.optim import build_optimizer, build_scheduler
-from kronypt.train.wikitext import WikiTextValidation
+from kronypt.train.signals import StopSignals
 
 
 @dataclass
@@ -74,23 +67,6 @@ class TrainResult:
     def to_json(self) -> dict[str, Any]:
         """The fields, plus `best_model`: the loadable model folder inside the best checkpoint."""
         return {**asdict(self), "best_model": f"{self.best_checkpoint}/model" if self.best_checkpoint else None}
-
-
-def accumulation_steps(tokens_per_step: int | None, micro_batch_size: int, seq_len: int, world_size: int) -> int:
-    """Micro-batches per rank per optimizer step; tokens_per_step must be a multiple of one global micro-batch."""
-    per_micro = micro_batch_size * seq_len * world_size
-    if tokens_per_step is None:
-        return 1
-    if tokens_per_step < 1:
-        raise KronyptError(f"tokens_per_step must be at least 1, got {tokens_per_step} (leave it unset for one "
-                           "micro-batch per rank and step)")
-    if tokens_per_step < per_micro or tokens_per_step % per_micro:
-        nearest = max(1, round(tokens_per_step / per_micro)) * per_micro
-        fits = [b for b in range(micro_batch_size, 0, -1) if tokens_per_step % (b * seq_len * world_size) == 0]
-        keep = f"micro_batch_size {fits[0]} (same tokens per step) or " if fits else ""
-        raise KronyptError(f"tokens_per_step {tokens_per_step:,} is not a multiple of micro_batch_size × seq_len "
-                           f"× ranks = {per_micro:,}; use e.g. {keep}tokens_per_step {nearest:,}")
-    return tokens_per_step // per_micro
 
 
 def train(config: TrainConfig, model: PreTrainedModel | None = None, progress: bool = True) -> TrainResult:
@@ -114,105 +90,39 @@ def train(config: TrainConfig, model: PreTrainedModel | None = None, progress: b
             distributed.teardown()
 
 
-class StopSignals:
-    """Record SIGTERM / SIGINT instead of dying, so the loop can save first; a second one aborts."""
-
-    NAMES = ("SIGTERM", "SIGINT")
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class Trainer:
     """Holds the model, optimizer, data sampler and counters of one run; `run` does the work."""
 
     def __init__(self, config: TrainConfig, env: distributed.DistEnv, device: torch.device,
                  model: PreTrainedModel | None = None) -> None:
+        """Everything before the first step, each bad input refused before a file is written: the data and
+        batch geometry, the starting model (a checkpoint's when resuming, else `model` or the config's)
+        checked against the data, the teacher, the model on its device with its optimizer, the logs, and
+        last the compiled, wrapped model with a resumed run's states."""
         self.config, self.env, self.device = config, env, device
         args = config.train
         self.out = Path(config.out).expanduser()
         resume.check_out_folder(self.out, config.force)
-        meta = self._open_data()
-        self.data_fingerprint = fingerprint(meta)
-        self.tokenizer_dir = _tokenizer_dir(config, meta)
+        self.meta, self.train_tokens, self.val_tokens = open_data(config.data, args.seq_len)
+        self.data_fingerprint = fingerprint(self.meta)
+        self.tokenizer_dir = tokenizer_dir(config, self.meta)
         self.accumulation = accumulation_steps(args.tokens_per_step, args.micro_batch_size, args.seq_len,
                                                env.world_size)
         self.tokens_per_step = args.micro_batch_size * args.seq_len * self.accumulation * env.world_size
-        self.graphed = args.compile and args.compile_mode in GRAPHED_COMPILE_MODES
-        if self.graphed and (self.accumulation > 1 or env.enabled):
-            # Gradients a CUDA-graph replay produces live in the graph's memory, which the next replay
-            # reuses: accumulating over micro-batches (or DDP's hooks into them) is not safe there.
-            raise KronyptError(f"--compile-mode {args.compile_mode} (CUDA graphs) needs one micro-batch per step "
-                               f"on one process; this run has {self.accumulation} micro-batch"
-                               f"{'es' if self.accumulation > 1 else ''} per step"
-                               f"{f' on {env.world_size} ranks' if env.enabled else ''}: set --tokens-per-step "
-                               f"to micro_batch_size x seq_len ({args.micro_batch_size * args.seq_len}) or use "
-                               "--compile-mode default")
-        resume_from = self._resume_path()
-        state = None
-        self.resumed = resume_from is not None
-        self.already_done = ""  # what a resume that has nothing to train says instead
+        self.graphed = replays_cuda_graphs(args, self.accumulation, env)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        if resume_from is not None:
-            model_dir, state = checkpoint.load_state(resume_from)
-            n_val_windows = (len(self.val_tokens) - 1) // args.seq_len
-            resume.check_resume(config, state, resume_from, self.tokens_per_step,
-                                min(args.micro_batch_size * config.eval.eval_batches, n_val_windows), n_val_windows,
-                                self.data_fingerprint)
-            self.step, self.tokens = int(state["step"]), int(state["tokens"])
-            where = "" if _inside(resume_from, self.out) else f" of {resume_from}"
-            if self.step >= args.max_steps:  # nothing to train: run() says so and touches nothing
-                self.already_done = f"{self.out} is already at step {self.step:,}{where} ({self.tokens:,} tokens)"
-                return
-            resuming = f"resuming {self.out} from step {self.step:,}{where} ({self.tokens:,} tokens)"
-            model = _restore_weights(model, model_dir)
-        elif model is None:
-            if config.model:  # a checkpoint's model/ is checked against the checkpoint's checksums
-                checkpoint.check_model_folder(config.model)
-            model = build_model(config)
-        check_vocab(model, meta)
-        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
-            check_token_ids(tokens, model.config.vocab_size, str(Path(config.data) / meta["splits"][split]["file"]))
-        check_context(model, args.seq_len)
-        distill = config.distill  # the teacher is checked against the student before any run file is written
-        if distill.teacher:
-            checkpoint.check_model_folder(distill.teacher)
-        self.teacher = (load_teacher(distill.teacher, model, device, args.seq_len, distill.hidden_weight)
-                        if distill.teacher else None)
-        if state is not None:  # once every check passed: a refusal stays the only line
-            self._say(resuming)
-        prepare_for_training(model, args)
-        self.raw = model.to(device).train()
-        bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if bf16 else None
-        # Before the optimizer: it swaps the parameters.
-        parallel.shard(model, args.parallel, env.enabled, compute_dtype=self.autocast_dtype)
-        self.sharded = parallel.is_sharded(model)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        model, state = self._starting_model(model)
+        if self.already_done:  # nothing to train: run() says so and touches nothing
+            return
+        check_model_on_data(model, config, self.meta, {"train": self.train_tokens, "val": self.val_tokens})
+        self.teacher = teacher_for(model, config, device)
+        if self.resuming:  # once every check passed: a refusal stays the only line
+            self._say(self.resuming)
+        self._place(model)
         self.optimizer = build_optimizer(model, config.optim, fused=device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, config.optim, args.max_steps)
-        # One stream for the global batch, sliced by rank: batches do not depend on the number of ranks.
-        self.data_generator = torch.Generator().manual_seed(config.seed)
-        self.step, self.tokens, self.best_val_loss = 0, 0, math.inf
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=env.is_main)
-        wikitext = config.eval.eval_wikitext
-        self.wikitext = _wikitext_validation(config, meta) if wikitext else None
+        self._step_zero()
+        self.wikitext = wikitext_validation(config, self.meta)
         if args.compile:
             model.compile(mode=args.compile_mode)
         self.model = parallel.wrap(model, args.parallel, env.enabled, device)
@@ -222,33 +132,50 @@ class Trainer:
             self.metrics.truncate_after(-1)  # records of a run killed before its first checkpoint
             torch.manual_seed(config.seed + env.rank)  # different dropout masks on different ranks
 
-    def _open_data(self) -> dict[str, Any]:
-        """Open train.bin / val.bin (each must hold one window) and return meta.json."""
-        data, seq_len = self.config.data, self.config.train.seq_len
-        meta = read_meta(data)
-        self.train_tokens, self.val_tokens = open_tokens(data, "train"), open_tokens(data, "val")
-        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
-            if len(tokens) < seq_len + 1:
-                raise KronyptError(f"the {split} split of {data} has {len(tokens):,} tokens, fewer than one "
-                                   f"window of seq_len + 1 = {seq_len + 1}")
-        return meta
+    def _starting_model(self, model: PreTrainedModel | None) -> tuple[PreTrainedModel | None, dict | None]:
+        """(the model to train, the checkpoint's trainer state or None): with --resume, the checkpoint's
+        weights (into `model` when given) after checking that it may be resumed; else `model`, or the one
+        the config names. Sets what the run says: `resuming`, or `already_done` when nothing is left."""
+        config, args = self.config, self.config.train
+        resume_from = resume_path(config.checkpoint.resume, self.out)
+        self.resumed, self.resuming, self.already_done = resume_from is not None, "", ""
+        if resume_from is None:
+            if model is None:
+                if config.model:  # a checkpoint's model/ is checked against the checkpoint's checksums
+                    checkpoint.check_model_folder(config.model)
+                model = build_model(config)
+            return model, None
+        model_dir, state = checkpoint.load_state(resume_from)
+        n_val_windows = (len(self.val_tokens) - 1) // args.seq_len
+        resume.check_resume(config, state, resume_from, self.tokens_per_step,
+                            min(args.micro_batch_size * config.eval.eval_batches, n_val_windows), n_val_windows,
+                            self.data_fingerprint)
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        where = "" if inside(resume_from, self.out) else f" of {resume_from}"
+        if self.step >= args.max_steps:
+            self.already_done = f"{self.out} is already at step {self.step:,}{where} ({self.tokens:,} tokens)"
+            return model, state
+        self.resuming = f"resuming {self.out} from step {self.step:,}{where} ({self.tokens:,} tokens)"
+        return restore_weights(model, model_dir), state
 
-    def _resume_path(self) -> Path | None:
-        mode = self.config.checkpoint.resume
-        if mode == "never":
-            if checkpoint.list_checkpoints(self.out):
-                raise KronyptError(f"{self.out} already holds checkpoints; pass --resume auto to continue that "
-                                   "run or choose another --out")
-            return None
-        if mode == "auto":
-            return checkpoint.latest_checkpoint(self.out)
-        path = Path(mode)
-        if path.is_dir() and not (path / checkpoint.INDEX_FILE).exists() and not checkpoint.STEP_DIR.match(path.name):
-            if checkpoint.list_checkpoints(path):  # a run folder: its latest checkpoint
-                return checkpoint.latest_checkpoint(path)
-            raise KronyptError(f"--resume {path} is not a checkpoint: pass a run folder, its latest/, or one of "
-                               "its checkpoints/step-N folders")
-        return path
+    def _place(self, model: PreTrainedModel) -> None:
+        """The model as it trains: its frozen parts set, on the device in its precision, sharded under FSDP
+        (before the optimizer is built: sharding swaps the parameters)."""
+        args = self.config.train
+        prepare_for_training(model, args)
+        self.raw = model.to(self.device).train()
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        parallel.shard(model, args.parallel, self.env.enabled, compute_dtype=self.autocast_dtype)
+        self.sharded = parallel.is_sharded(model)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def _step_zero(self) -> None:
+        """The data order, the counters and metrics.jsonl at step 0 (a resumed run then loads its own)."""
+        # One stream for the global batch, sliced by rank: batches do not depend on the number of ranks.
+        self.data_generator = torch.Generator().manual_seed(self.config.seed)
+        self.step, self.tokens, self.best_val_loss = 0, 0, math.inf
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
 
     def _load_state(self, state: dict[str, Any]) -> None:
         parallel.load_optimizer_state(self.raw, self.optimizer, state["optimizer"])
@@ -272,15 +199,10 @@ class Trainer:
     def _reset_lr(self, saved: list[float] | None) -> None:
         """This step's LR from this run's schedule, not the checkpoint's (they differ where max_steps
         changed and the schedule depends on it: cosine, wsd); otherwise the very same value."""
-        scheduler = self.scheduler
-        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas,
-                                                                     strict=True)]
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        scheduler._last_lr = lrs
-        if saved and not math.isclose(saved[0], lrs[0], rel_tol=1e-9, abs_tol=0.0):
+        lr = restart_schedule(self.optimizer, self.scheduler)[0]
+        if saved and not math.isclose(saved[0], lr, rel_tol=1e-9, abs_tol=0.0):
             self._say(f"note: max_steps {self.config.train.max_steps:,} reshapes the {self.config.optim.schedule} "
-                      f"schedule: the lr of step {scheduler.last_epoch + 1:,} is {lrs[0]:.4g} (the checkpoint's "
+                      f"schedule: the lr of step {self.scheduler.last_epoch + 1:,} is {lr:.4g} (the checkpoint's "
                       f"schedule: {saved[0]:.4g})")
 
     def _say(self, message: str) -> None:
@@ -330,7 +252,7 @@ class Trainer:
                 busy, busy_tokens = busy + time.perf_counter() - started, busy_tokens + self.tokens_per_step
                 self.step += 1
                 self.tokens += self.tokens_per_step
-                stopped_by = self._agreed_signal(stop.received)  # the same on every rank
+                stopped_by = stop.agreed(self.device)  # the same on every rank
                 finished = self.step == args.max_steps
                 due = finished or (every > 0 and self.step % every == 0)
                 scores = self.validate() if due else {}  # also when stopping: resumes must not skip it
@@ -370,12 +292,6 @@ class Trainer:
                       f"against {start:.4f} at step 0): training has not improved on it so far, and `best` is only "
                       "the least bad checkpoint (a lower --lr may help)")
 
-    def _agreed_signal(self, received: str | None) -> str | None:
-        """The stop signal if any rank got one (SIGTERM before SIGINT), on every rank: one small all-reduce
-        per step, so that all ranks leave the loop at the same step and save together."""
-        seen = distributed.sum_across_ranks([float(received == name) for name in StopSignals.NAMES], self.device)
-        return next((name for name, count in zip(StopSignals.NAMES, seen, strict=True) if count > 0), None)
-
     def _train_step(self) -> tuple[float, float, float, float | None]:
         """One optimizer step over `accumulation` micro-batches; returns (mean cross-entropy, grad norm, lr,
         mean distillation objective or None without a teacher)."""
@@ -392,7 +308,10 @@ class Trainer:
             last = i == self.accumulation - 1
             with parallel.gradient_sync(self.model, last or not self.env.enabled):
                 with self._autocast():
-                    loss, ce = self._loss(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+                    if self.graphed:
+                        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are used up
+                    loss, ce = training_loss(self.model, self.teacher, x.to(self.device, non_blocking=True),
+                                             y.to(self.device, non_blocking=True), self.config.distill)
                 (loss / self.accumulation).backward()
             total += loss.item()
             total_ce += ce.item() if ce is not loss else 0.0
@@ -410,25 +329,6 @@ class Trainer:
             return loss_value, grad_norm, lr, None
         return ce_value, grad_norm, lr, loss_value
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the loss to optimise, the plain cross-entropy): the same tensor without a teacher."""
-        distill = self.config.distill
-        hidden = self.teacher is not None and distill.hidden_weight > 0
-        if self.graphed:
-            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are used up
-        out = self.model(input_ids=x, output_hidden_states=hidden)
-        if self.teacher is None:
-            loss = lm_loss(out.logits, y)
-            return loss, loss
-        with torch.no_grad():
-            ref = self.teacher(input_ids=x, output_hidden_states=hidden)
-        if hidden and (out.hidden_states is None or ref.hidden_states is None):
-            raise KronyptError("hidden-state distillation needs hidden states, but the student or the teacher "
-                               "returned none for output_hidden_states=True")
-        return distillation_loss(out.logits, ref.logits, y, distill.alpha, distill.temperature,
-                                 out.hidden_states[1:] if hidden else None,
-                                 ref.hidden_states[1:] if hidden else None, distill.hidden_weight)
-
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -442,28 +342,13 @@ class Trainer:
                 scores["wikitext2_val_ppl"] = self.wikitext(self.raw, self.env.rank, self.env.world_size)
         return scores
 
-    @torch.no_grad()
     def val_loss(self, batches: int | None = None) -> float:
         """Token-weighted mean loss on the first `batches` (default: `eval_batches`) validation batches
         (shared out over ranks)."""
-        self.raw.eval()
         args = self.config.train
-        total = count = 0.0
-        val = list(sequential_batches(self.val_tokens, args.micro_batch_size, args.seq_len,
-                                      batches or self.config.eval.eval_batches))
-        world, rank = self.env.world_size, self.env.rank
-        rounds = -(-len(val) // world)  # a sharded model needs every rank in every forward
-        for i in range(rank, rounds * world if self.sharded else len(val), world):
-            x, y = val[min(i, len(val) - 1)]
-            with self._autocast():
-                logits = self.raw(input_ids=x.to(self.device)).logits
-            if i < len(val):  # a padding round's batch is not counted
-                total += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(),
-                                         reduction="sum").item()
-                count += y.numel()
-        self.raw.train()
-        total, count = distributed.sum_across_ranks([total, count], self.device)
-        return total / count
+        return validation.val_loss(self.raw, self.val_tokens, args.micro_batch_size, args.seq_len,
+                                   batches or self.config.eval.eval_batches, self.env, self.device, self._autocast,
+                                   self.sharded)
 
     def _log(self, loss: float, grad_norm: float, lr: float, tokens_per_s: float, scores: dict[str, float],
              objective: float | None = None) -> None:
@@ -496,31 +381,3 @@ class Trainer:
                                        self.tokenizer_dir, weights)
         distributed.barrier()
 
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether `path` lies in `folder` (after following links such as latest/)."""
-    return path.resolve().is_relative_to(folder.resolve())
-
-
-def _restore_weights(model: PreTrainedModel | None, model_dir: Path) -> PreTrainedModel:
-    """The checkpoint's model; into `model` (keeping its class and hooks) when one was given."""
-    saved = load_model(str(model_dir), dtype=torch.float32)
-    if model is None:
-        return saved
-    model.load_state_dict(saved.state_dict())
-    return model
-
-
-def _wikitext_validation(config: TrainConfig, meta: dict[str, Any]) -> WikiTextValidation:
-    """The WikiText-2 validation of every rank (a collective: rank 0 reads and tokenises WikiText, once, and
-    sends the token ids to the other ranks)."""
-    return WikiTextValidation(config.eval.eval_wikitext, tokenizer_source(config.data, meta), config.train.seq_len,
-                              config.train.micro_batch_size, config.eval.eval_wikitext_tokens)
-
-
-def _tokenizer_dir(config: TrainConfig, meta: dict[str, Any]) -> Path | None:
-    """A local folder with the run's tokenizer files: the source model's, else the one that made the data."""
-    for candidate in (config.model, tokenizer_source(config.data, meta)):
-        if candidate and has_tokenizer(candidate):
-            return Path(candidate)
-    return None

@@ -21,7 +21,8 @@ from kronypt.models import CompressionConfig, compress_, family_of, load_config,
 from kronypt.models.compression import preflight
 from kronypt.nn import KroneckerLinear
 from kronypt.nn.compressed import is_compressed_layer
-from kronypt.train.config import TrainArgs, TrainConfig
+from kronypt.train.args import TrainArgs
+from kronypt.train.config import TrainConfig
 
 
 def build_model(config: TrainConfig) -> PreTrainedModel:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kronypt.nn import KroneckerLinear
-from kronypt.train.config import OptimArgs
+from kronypt.train.args import OptimArgs
 
 
 def parameter_kind(module: nn.Module, name: str, param: nn.Parameter) -> str:
@@ -94,3 +94,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: OptimArgs, max_steps
                     ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over `lr_multiplier`; its state (the step) goes into checkpoints."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(args, max_steps))
+
+
+def restart_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> list[float]:
+    """Set each group's LR to this step's value of `scheduler`'s own schedule, and return them: a loaded
+    checkpoint's last LR comes from its schedule, which differs where max_steps changed (cosine, wsd)."""
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+    return lrs
