@@ -178,6 +178,11 @@ def test_checkpoint_model_folder_carries_the_tokenizer(tmp_path: Path, model: GP
     # save_pretrained leaves model.safetensors at 0600; a checkpoint follows the umask like any new file
     assert {stat.S_IMODE(p.stat().st_mode) for p in final.rglob("*") if p.is_file()} == {0o640}
     # the source model's folder first, then the folder that made the token data
-    config = type("C", (), {"model": str(tmp_path / "no-such-model")})()
+    config = type("C", (), {"model": str(tmp_path / "no-such-model"), "data": str(tmp_path)})()
     assert tokenizer_dir(config, {"tokenizer": {"folder": str(TOKENIZER_DIR)}}) == TOKENIZER_DIR
     assert tokenizer_dir(config, {"tokenizer": {"tiktoken": "gpt2"}}) is None
+    copied = tmp_path / "tokenizer"  # one `data prepare` copied into the token folder: named relative to it
+    copied.mkdir()
+    for source, name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        (copied / name).write_bytes((TOKENIZER_DIR / source).read_bytes())
+    assert tokenizer_dir(config, {"tokenizer": {"folder": "tokenizer"}}) == copied

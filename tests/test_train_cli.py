@@ -58,14 +58,15 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
         "missing data": ({"data": str(tmp_path / "nowhere")}, "does not exist"),
         "unknown scheme": ({"init_from": "dense", "model": str(tmp_path), "model_config": None, "scheme": "999M"},
                            "unknown scheme '999M'; choose one of 67M"),
-        "vocab beyond uint16": ({"data": str(big_vocab)}, "vocab size 70,000 does not fit uint16"),
+        "vocab beyond the model's": ({"data": str(big_vocab)}, "the model's vocab (256) is smaller than the "
+                                                                "data's (70,000)"),
         "batch geometry": ({"tokens_per_step": 100}, "not a multiple of micro_batch_size"),
         "unknown schedule": ({"schedule": "linear"}, "choose one of constant, cosine, wsd"),
         "missing model config": ({"model_config": str(tmp_path / "no.json")}, "does not exist"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing data", "unknown scheme", "vocab beyond uint16", "batch geometry",
+@pytest.mark.parametrize("case", ["missing data", "unknown scheme", "vocab beyond the model's", "batch geometry",
                                   "unknown schedule", "missing model config"])
 def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, case: str) -> None:
     overrides, message = _bad_inputs(tmp_path)[case]

@@ -50,7 +50,7 @@ def test_bad_recipes_are_refused_with_the_valid_options(tmp_path: Path, text: st
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"init_from": "hub"}, "unknown init_from 'hub'; choose one of dense, kronypt, scratch"),
+    ({"init_from": "hub"}, "unknown init_from 'hub'; choose one of dense, kronypt, model, scratch"),
     ({"schedule": "linear"}, "choose one of constant, cosine, wsd"),
     ({"init_from": "dense", "scheme": None}, "exactly one of --scheme"),
     ({"init_from": "scratch", "scheme": None}, "needs --model-config"),
