@@ -140,3 +140,31 @@ def test_ratio_and_target_params_pick_a_scheme_for_llama():
     target = size.dense_params - 40_000
     report = compress_(tiny_llama(), CompressionConfig(target_params=target), progress=False)
     assert report.params_after <= target
+
+
+@pytest.mark.parametrize("scalars", [False, True])
+def test_a_gated_mlp_of_vector_b_factors_runs_as_one_path_with_the_same_function(scalars):
+    """gate/up A (96, 64) ⊗ b (2, 1), down A (64, 96) ⊗ b (1, 2): the MLP takes `gated_vector_b`, equal to its
+    layers run one by one (float64), gradients included; a layer forced onto another path falls back."""
+    model = tiny_llama().double()
+    compress_(model, CompressionConfig(a_shape=(96, 64), scalars=scalars), progress=False)
+    mlp = model.model.layers[0].mlp
+    assert type(mlp).__name__ == "KroneckerGatedLlamaMLP"
+    if scalars:
+        with torch.no_grad():
+            for layer in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                layer.scalars.uniform_(0.5, 2.0)
+    x = torch.randn(3, 300, 64, dtype=torch.float64, requires_grad=True)
+    fast = mlp(x)
+    fast.square().sum().backward()
+    fast_grads = [x.grad.clone(), mlp.gate_proj.A.grad.clone(), mlp.down_proj.B.grad.clone()]
+    for p in (x, mlp.gate_proj.A, mlp.down_proj.B):
+        p.grad = None
+    ref = mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+    ref.square().sum().backward()
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(fast_grads, [x.grad, mlp.gate_proj.A.grad, mlp.down_proj.B.grad], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    mlp.up_proj.path = "materialised"
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), ref, rtol=1e-10, atol=1e-12)

@@ -37,6 +37,7 @@ from kronypt.models.configuration import base_config_of, compressed_config_class
 from kronypt.models.families import find_family
 from kronypt.nn import KroneckerLinear
 from kronypt.nn.compressed import is_compressed_layer, layer_from_spec
+from kronypt.nn.functional import gated_vector_b
 
 # The Auto classes a compressed architecture is registered with, and where transformers keeps the base ones.
 AUTO_CLASSES = {"causal_lm": (AutoModelForCausalLM, MODEL_FOR_CAUSAL_LM_MAPPING),
@@ -173,9 +174,45 @@ def _adopt_body(model: PreTrainedModel) -> None:
         _record_outputs(body)
 
 
+class GatedVectorBMixin:
+    """A gated MLP (gate/up/down, act_fn) whose three matrices are single Kronecker terms with vector B runs as one
+    `gated_vector_b` (the hidden activations never laid out); any other state runs the MLP's own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factors = vector_b_factors(self.gate_proj, self.up_proj, self.down_proj)
+        if factors is None:
+            return super().forward(x)
+        return gated_vector_b(x, *factors, self.act_fn)
+
+
+def vector_b_factors(gate: nn.Module, up: nn.Module, down: nn.Module) -> tuple | None:
+    """((A, b) of gate, up, down) where all three are one-term Kronecker layers on the automatic path, without
+    bias, with B a column of p entries (gate, up) and a row of p (down); else None. Scalars fold into b."""
+    layers = (gate, up, down)
+    if not all(isinstance(m, KroneckerLinear) and m.factors == 1 and m.bias is None and m.path == "auto"
+               for m in layers):
+        return None
+    p = gate.shape.m2
+    if not (gate.shape.n2 == up.shape.n2 == 1 and up.shape.m2 == p and (down.shape.m2, down.shape.n2) == (1, p)
+            and gate.shape.a_shape == up.shape.a_shape == down.shape.a_shape[::-1]):
+        return None
+    return tuple((m.A[0], m.B.reshape(-1) if m.scalars is None else m.B.reshape(-1) * m.scalars) for m in layers)
+
+
+@functools.cache
+def _gated_class(cls: type) -> type:
+    return type(f"KroneckerGated{cls.__name__}", (GatedVectorBMixin, cls), {"__module__": __name__})
+
+
 def _use_fused_mlps(model: nn.Module, config: PretrainedConfig) -> None:
-    """GPT-2 MLPs whose c_fc is a Kronecker layer fuse GELU into its kernel (CUDA, fused path)."""
+    """GPT-2 MLPs whose c_fc is a Kronecker layer fuse GELU into its kernel (CUDA, fused path); gated MLPs
+    (Llama-style) take `gated_vector_b` where their matrices allow."""
     if not isinstance(config, GPT2Config):
+        gated = ("gate_proj", "up_proj", "down_proj")
+        for module in model.modules():
+            if (all(isinstance(getattr(module, n, None), KroneckerLinear) for n in gated)
+                    and hasattr(module, "act_fn") and not isinstance(module, GatedVectorBMixin)):
+                module.__class__ = _gated_class(type(module))
         return
     activation = config.activation_function
     for module in model.modules():
