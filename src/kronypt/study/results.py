@@ -29,14 +29,15 @@ def write_results(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
 
 def markdown_table(rows: list[dict[str, Any]], config: StudyConfig) -> str:
     """One line per run and stage (zero-shot, healed): parameters and every metric."""
-    header = ["run", "stage", "params", *(label for _, label, _ in COLUMNS)]
+    header = ["run", "stage", "params", *(label for _, label, _ in COLUMNS), "heal tok/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         for stage in ("zero_shot", "healed"):
             if stage not in row:
                 continue
             values = [_cell(row[stage].get(key), fmt) for key, _, fmt in COLUMNS]
-            cells = [row["run"], stage.replace("_", "-"), f"{row['params']:,}", *values]
+            rate = _cell(row.get("heal", {}).get("tokens_per_s"), "{:,.0f}") if stage == "healed" else ""
+            cells = [row["run"], stage.replace("_", "-"), f"{row['params']:,}", *values, rate]
             lines.append("| " + " | ".join(cells) + " |")
     notes = [f"Model {config.model}; healing: {config.heal_tokens:,} tokens of {config.data} per run "
              f"(seq {config.seq_len}, {config.tokens_per_step:,} tokens/step, lr {config.lr:g} cosine to "
