@@ -94,7 +94,8 @@ def test_two_commands_writing_one_new_out_never_share_or_clobber(capsys, tiny_di
 def test_an_out_in_folders_yet_to_be_made_is_written(capsys, tiny_dir, tmp_path):
     out = tmp_path / "new" / "deeper" / "k"
     code, _, err = run(capsys, "export", str(tiny_dir), "--out", str(out))
-    assert code == 2 and "already a plain GPT2LMHeadModel" in err and not (tmp_path / "new").exists(), err  # refused: untouched
+    refused = code == 2 and "already a plain GPT2LMHeadModel" in err
+    assert refused and not (tmp_path / "new").exists(), err  # refused: untouched
     code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--out", str(out))
     assert code == 0 and (out / "model.safetensors").is_file() and _hidden_siblings(out) == [], err
 

@@ -53,3 +53,37 @@ def test_gpt2_blocks_drop_too():
     report = compress_(model, CompressionConfig(method="drop-blocks", drop="every-other", ratio=0.2),
                        progress=False)
     assert report.dropped_blocks == [1] and model.config.n_layer == 1 and len(model.transformer.h) == 1
+
+
+def test_dropping_blocks_of_a_compressed_model_renumbers_its_compressed_matrices(tmp_path):
+    import kronypt
+
+    model = tiny_llama(num_hidden_layers=4)
+    compress_(model, CompressionConfig(ratio=0.5, layers=[1, 3]), progress=False)
+    report = compress_(model, CompressionConfig(method="drop-blocks", drop="every-other", ratio=0.5),
+                       progress=False)
+    assert report.dropped_blocks == [2]  # block 3 becomes block 2
+    assert sorted({path.split(".")[2] for path in model.config.compressed_modules}) == ["1", "2"]
+    ids = torch.randint(0, 50257, (1, 6))
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is kronypt.KronyLlamaForCausalLM and torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_compressing_a_folder_whose_blocks_were_dropped_again(tmp_path, capsys):
+    import json
+
+    from tests.conftest import _with_gpt2_tokenizer
+    from tests.test_cli import run
+
+    source = tmp_path / "four"
+    tiny_llama(num_hidden_layers=4).save_pretrained(source)
+    _with_gpt2_tokenizer(source)
+    args = ["--method", "drop-blocks", "--drop", "every-other", "--ratio", "0.6"]
+    code, _, err = run(capsys, "compress", str(source), *args, "--out", str(tmp_path / "three"))
+    assert code == 0, err
+    code, out, err = run(capsys, "compress", str(tmp_path / "three"), *args, "--out", str(tmp_path / "two"),
+                         "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["matrices"] == [] and report["mean_rel_error"] == 0.0 and report["params_before"] > 0

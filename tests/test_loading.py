@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -431,3 +432,42 @@ def test_gguf_paths(tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     with pytest.raises(KronyptError, match=r"no config.json; to load a GGUF model, name its file \(.*model\.gguf\)"):
         load_config(tmp_path)
+
+
+def test_a_folder_with_tokenizer_json_and_a_bpe_pair_uses_tokenizer_json(tmp_path):
+    """Hub snapshots of SmolLM2 or Qwen2 carry vocab.json + merges.txt beside tokenizer.json; only tokenizer.json
+    has their split rules and special tokens, so it is the one read (by `data prepare` too)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from kronypt.data.tokenizer import HFEncoding
+
+    words = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "hello": 1, "world": 2}, unk_token="<|endoftext|>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<|endoftext|>").save_pretrained(tmp_path)
+    shutil.copy(TOKENIZER_DIR / "encoder.json", tmp_path / "vocab.json")
+    shutil.copy(TOKENIZER_DIR / "vocab.bpe", tmp_path / "merges.txt")
+    assert load_tokenizer(tmp_path)("hello world").input_ids == [1, 2]
+    encoding = load_encoding(str(tmp_path))
+    assert isinstance(encoding, HFEncoding) and encoding.encode_ordinary("hello world") == [1, 2]
+
+
+def test_a_tokenizer_of_another_model_is_refused(tmp_path, tiny_dir, capsys):
+    """Larger than the embedding, covering under 90% of it, or another vocabulary than the one saved with the
+    model: refused before the weights load."""
+    from tests.test_cli import assert_one_line_error, run
+
+    small = tmp_path / "small-vocab"
+    from tests.conftest import tiny_model
+
+    tiny_model(vocab_size=60_000).save_pretrained(small)
+    code, _, err = run(capsys, "generate", str(small), "--prompt", "Hi", "--tokenizer", str(TOKENIZER_DIR))
+    assert_one_line_error(code, err, "the tokenizer has 50,257 tokens but the model's vocabulary has 60,000")
+    other = tmp_path / "other-tokenizer"
+    other.mkdir()
+    vocab = json.loads((TOKENIZER_DIR / "encoder.json").read_text())
+    swapped = {token: (i + 1) % len(vocab) for token, i in vocab.items()}  # the same size, other ids
+    (other / "vocab.json").write_text(json.dumps(swapped))
+    shutil.copy(TOKENIZER_DIR / "vocab.bpe", other / "merges.txt")
+    code, _, err = run(capsys, "generate", str(tiny_dir), "--prompt", "Hi", "--tokenizer", str(other))
+    assert_one_line_error(code, err, "is not the one saved with the model")

@@ -97,3 +97,10 @@ def test_factors_a_checkpoint_lacks_are_initialised_with_the_models_range(tmp_pa
     product = loaded.model.layers[0].mlp.gate_proj.dense_weight()
     assert product.std().item() == pytest.approx(0.05, rel=0.15)
     assert torch.equal(loaded.model.layers[1].mlp.gate_proj.U, model.model.layers[1].mlp.gate_proj.U)
+
+
+def test_a_bfloat16_model_keeps_its_dtype():
+    model = tiny_llama().to(torch.bfloat16)
+    compress_(model, CompressionConfig(method="low-rank", ratio=0.5), progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model(IDS).logits.dtype == torch.bfloat16

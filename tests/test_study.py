@@ -64,3 +64,10 @@ def test_a_study_folder_made_otherwise_is_refused(setup):
         run_study(setup, progress=False, log=lambda line: None)
     with pytest.raises(KronyptError, match="unknown study methods"):
         StudyConfig(model="m", data="d", out="o", methods=["kronecker", "magic"])
+
+
+def test_training_only_compressed_layers_needs_every_run_to_have_them():
+    with pytest.raises(KronyptError, match="trainable compressed leaves nothing to train in dense, drop-blocks"):
+        StudyConfig(model="m", data="d", out="o", methods=["dense", "kronecker", "drop-blocks"],
+                    trainable="compressed")
+    assert StudyConfig(model="m", data="d", out="o", methods=["kronecker"], trainable="compressed").methods

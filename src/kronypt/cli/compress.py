@@ -168,12 +168,19 @@ def _folder_report(source: str, report: CompressionReport, out: Path) -> dict:
         try:
             before = json.loads(earlier.read_text())
             new = {m["name"] for m in payload["matrices"]}
-            payload["matrices"] = [m for m in before["matrices"] if m["name"] not in new] + payload["matrices"]
+            kept = [m for m in before["matrices"] if m["name"] not in new]
+            if report.dropped_blocks:  # the earlier matrices of dropped blocks go, the others move down
+                from kronypt.models.dropping import renumbered
+
+                keep = [i for i in range(report.blocks_before) if i not in report.dropped_blocks]
+                kept = [{**m, "name": renumbered(m["name"], report.blocks_path, keep)} for m in kept]
+                kept = [m for m in kept if m["name"] is not None]
+            payload["matrices"] = kept + payload["matrices"]
             payload["params_before"] = before["params_before"]
         except (ValueError, KeyError, TypeError):
             pass  # an unreadable earlier report: this pass's alone
         errors = [m["rel_error"] for m in payload["matrices"]]
-        payload["mean_rel_error"] = sum(errors) / len(errors)
+        payload["mean_rel_error"] = sum(errors) / len(errors) if errors else 0.0
     return payload
 
 

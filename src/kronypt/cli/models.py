@@ -180,13 +180,13 @@ def generate(
 
     from kronypt.models import load_config, load_model, load_tokenizer
     from kronypt.models.loading import check_device
-    from kronypt.models.tokenizers import check_tokenizer_fits
+    from kronypt.models.tokenizers import check_tokenizer_fits, saved_tokenizer
 
     target = check_device(device)
     _check_prompt(prompt)
     config = load_config(model)  # a mistyped model is named as such, not as a missing tokenizer
     tok = load_tokenizer(tokenizer or _default_tokenizer(model))
-    check_tokenizer_fits(tok, config.vocab_size)
+    check_tokenizer_fits(tok, config.vocab_size, saved_tokenizer(model) if tokenizer is not None else None)
     lm = load_model(model, dtype=run_dtype(dtype, target), device=target)
     torch.manual_seed(seed)
     ids = tok(prompt, return_tensors="pt").input_ids.to(target)

@@ -46,7 +46,7 @@ def plan(
     size = config_size(load_config(model), model)
     rows = plan_rows(size, factors or 1, scalars)
     if not (all_shapes or factors):
-        rows = _default_rows(size, rows)
+        rows = _default_rows(size, rows, scalars)
     if as_json:
         print_json([r.to_json() for r in rows])
         return
@@ -56,7 +56,7 @@ def plan(
 MENU_RATIOS = (0.75, 0.5, 0.25, 0.125, 0.0625)  # what a model without named schemes shows by default
 
 
-def _default_rows(size: ModelSize, rows: list[PlanRow]) -> list[PlanRow]:
+def _default_rows(size: ModelSize, rows: list[PlanRow], scalars: bool) -> list[PlanRow]:
     """The named schemes where the model has them; else, for keeping 3/4, 1/2, 1/4, 1/8 and 1/16 of the MLP
     parameters, the one-factor scheme `--ratio` would pick."""
     from kronypt.models.schemes import pick_for_ratio, scheme_names
@@ -64,7 +64,7 @@ def _default_rows(size: ModelSize, rows: list[PlanRow]) -> list[PlanRow]:
     named = set(scheme_names())
     if size.named:
         return [r for r in rows if r.name in named]
-    picks = {pick_for_ratio(size, ratio) for ratio in MENU_RATIOS}
+    picks = {pick_for_ratio(size, ratio, scalars=scalars) for ratio in MENU_RATIOS}
     return sorted(picks, key=lambda r: r.model_params)
 
 

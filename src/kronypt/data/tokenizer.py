@@ -5,7 +5,8 @@ tiktoken is much faster than the Hugging Face tokenizers for GPT-2's BPE, but `t
 downloads its files on first use. A folder holding OpenAI's `encoder.json`+`vocab.bpe` (or the same files
 under Hugging Face's names `vocab.json`+`merges.txt`) gives the same encoding with no network: the merge
 ranks come straight from the files, and tiktoken's token ids are those ranks. A folder holding a
-`tokenizer.json` (Llama, SmolLM2, Qwen, ...) is read by `tokenizers` (`HFEncoding`). Token ids are stored as
+`tokenizer.json` (Llama, SmolLM2, Qwen, ...; a BPE pair beside it is not read) is read by `tokenizers`
+(`HFEncoding`). Token ids are stored as
 uint16 while the vocabulary fits, as uint32 beyond (`token_dtype`).
 """
 
@@ -100,7 +101,7 @@ def load_encoding(source: str) -> Encoding:
     whose ids fit uint32 token files are accepted (see `eot_token`, `token_dtype`).
     """
     path = Path(source).expanduser()
-    if path.is_dir() and (path / HF_FILE).is_file() and not _has_bpe_pair(path):
+    if path.is_dir() and (path / HF_FILE).is_file():  # a BPE pair beside it may be a lossy copy (other split rules)
         encoding = HFEncoding(path)
     else:
         files = tokenizer_files(source)
@@ -109,9 +110,6 @@ def load_encoding(source: str) -> Encoding:
     token_dtype(encoding, source)
     return encoding
 
-
-def _has_bpe_pair(path: Path) -> bool:
-    return any((path / vocab).is_file() and (path / merges).is_file() for vocab, merges in FILE_PAIRS)
 
 
 def encoding_from_files(vocab_file: Path, merges_file: Path) -> tiktoken.Encoding:

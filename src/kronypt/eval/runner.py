@@ -24,7 +24,7 @@ from kronypt.eval.scoring import ScoreRun, model_device, score_requests
 from kronypt.models import count_params
 from kronypt.models.loading import load_config, load_model, parse_dtype
 from kronypt.models.sources import local_model_dir
-from kronypt.models.tokenizers import check_tokenizer_fits, load_tokenizer, tokenizer_id
+from kronypt.models.tokenizers import check_tokenizer_fits, load_tokenizer, saved_tokenizer, tokenizer_id
 
 
 def context_length(model: torch.nn.Module) -> int:
@@ -291,7 +291,7 @@ def evaluate_models(
     for name in names:
         vocab = getattr(configs[name], "vocab_size", None)
         if isinstance(vocab, int):
-            check_tokenizer_fits(tokenizers[name], vocab)
+            check_tokenizer_fits(tokenizers[name], vocab, saved_tokenizer(name) if shared is not None else None)
         longest = config_context_length(configs[name])
         if longest is not None:
             _check_context(options.get("context"), longest, name)

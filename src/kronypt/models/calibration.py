@@ -82,9 +82,11 @@ def mean_loss(model: nn.Module, calibration: Calibration, batch_size: int = 4) -
     """The model's mean next-token loss over the calibration windows."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     try:
         for ids in calibration.batches(batch_size):
+            ids = ids.to(device)
             logits = model(input_ids=ids).logits[:, :-1].float()
             total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                  reduction="sum").item()
@@ -103,7 +105,7 @@ def second_moments(model: nn.Module, sites: Sequence[MlpSite], calibration: Cali
     def hook(path: str):
         def record(module: nn.Module, args: tuple) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            sums[path] += (x.T @ x).double()
+            sums[path] += (x.T @ x).double().cpu()
         return record
 
     with _hooks(model, {site.path: hook(site.path) for site in sites}):
@@ -139,10 +141,11 @@ def block_influence(model: nn.Module, family: Family, calibration: Calibration, 
 def _run(model: nn.Module, calibration: Calibration, batch_size: int, progress: bool, desc: str) -> None:
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         batches = list(calibration.batches(batch_size))
         for ids in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True, leave=False):
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids.to(device), use_cache=False)
     finally:
         model.train(was_training)
 

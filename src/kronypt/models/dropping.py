@@ -25,9 +25,14 @@ def choose_blocks(model: nn.Module, layout: MlpLayout, count: int, how: str, can
 
 def drop_blocks_(model: nn.Module, layout: MlpLayout, blocks: list[int]) -> None:
     """Remove `blocks` from the model in place: the block list, the config's depth (and per-layer lists such as
-    `layer_types`), and each remaining block's cache index, so generation with a KV cache still works."""
+    `layer_types`), each remaining block's cache index (so generation with a KV cache still works) and, in a
+    compressed model, the paths of its compressed matrices."""
     holder = model.get_submodule(layout.family.blocks)
     keep = [i for i in range(len(holder)) if i not in set(blocks)]
+    modules = getattr(model.config, "compressed_modules", None)
+    if modules:
+        moved = {renumbered(path, layout.family.blocks, keep): spec for path, spec in modules.items()}
+        model.config.compression = {"modules": {path: spec for path, spec in moved.items() if path is not None}}
     kept = nn.ModuleList(holder[i] for i in keep)
     parent, _, name = layout.family.blocks.rpartition(".")
     setattr(model.get_submodule(parent), name, kept)
@@ -40,3 +45,15 @@ def drop_blocks_(model: nn.Module, layout: MlpLayout, blocks: list[int]) -> None
     for key, value in list(vars(config).items()):
         if isinstance(value, list) and len(value) == layout.blocks and key.startswith("layer"):
             setattr(config, key, [value[i] for i in keep])
+
+
+def renumbered(path: str, blocks: str, keep: list[int]) -> str | None:
+    """A module path after dropping blocks: its block's new index, None inside a dropped block, as it was outside
+    the blocks. `blocks` is the family's block list ("model.layers"), `keep` the old indices that remain."""
+    prefix = f"{blocks}."
+    if not path.startswith(prefix):
+        return path
+    index, _, rest = path.removeprefix(prefix).partition(".")
+    if int(index) not in keep:
+        return None
+    return f"{prefix}{keep.index(int(index))}.{rest}"

@@ -71,7 +71,8 @@ class CompressedModelMixin:
 class KroneckerGPT2MLP(GPT2MLP):
     """GPT-2's MLP whose Kronecker c_fc applies the activation itself: inside the fused CUDA kernel where
     that layer runs on it (one full read and write of the (tokens, n_inner) activations saved, forward and
-    backward), after its product elsewhere. Other activations and dense layers run exactly as GPT2MLP."""
+    backward), after its product elsewhere (torch's tanh GELU: GPT-2's function, equal to its own
+    implementation up to float rounding). Other activations and dense layers run exactly as GPT2MLP."""
 
     fused_activation: str | None = None  # set from the model config when the MLP is adopted
 
@@ -176,11 +177,12 @@ def _adopt_body(model: PreTrainedModel) -> None:
 
 class GatedVectorBMixin:
     """A gated MLP (gate/up/down, act_fn) whose three matrices are single Kronecker terms with vector B runs as one
-    `gated_vector_b` (the hidden activations never laid out); any other state runs the MLP's own forward."""
+    `gated_vector_b` on the CPU (the hidden activations never laid out); anything else runs the MLP's own
+    forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factors = vector_b_factors(self.gate_proj, self.up_proj, self.down_proj)
-        if factors is None:
+        if factors is None or x.device.type != "cpu":  # measured on CPUs; GPUs keep the layers' own paths
             return super().forward(x)
         return gated_vector_b(x, *factors, self.act_fn)
 

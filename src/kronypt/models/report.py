@@ -40,6 +40,8 @@ class CompressionReport:
     init: str | None = None
     scalars: bool = False
     dropped_blocks: list[int] = field(default_factory=list)
+    blocks_before: int = 0
+    blocks_path: str | None = None  # where the family keeps its blocks ("model.layers"), for renumbering
     calibration: str | None = None
     calibration_tokens: int = 0
     calibration_loss_before: float | None = None
@@ -63,7 +65,7 @@ class CompressionReport:
     def to_json(self) -> dict:
         payload = {key: value for key, value in asdict(self).items() if key not in ("matrices", "notes")}
         payload["a_shape"] = list(self.a_shape) if self.a_shape else None
-        payload["allocated"] = self.method == "kronecker" and self.factors is None
+        payload["allocated"] = self.method == "kronecker" and self.allocation == "uniform" and self.factors is None
         payload["mean_rel_error"] = self.mean_rel_error
         payload["matrices"] = [asdict(m) for m in self.matrices]
         return payload

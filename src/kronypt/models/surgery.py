@@ -57,6 +57,7 @@ def compress_(model: PreTrainedModel, config: CompressionConfig, calibration: Ca
     if config.method == "drop-blocks":
         report.dropped_blocks = choose_blocks(model, plan.layout, plan.drop_count, config.drop, config.layers,
                                               calibration)
+        report.blocks_before, report.blocks_path = plan.layout.blocks, plan.layout.family.blocks
         drop_blocks_(model, plan.layout, report.dropped_blocks)
     else:
         _factorise(model, plan, report, calibration, progress)

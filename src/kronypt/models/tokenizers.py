@@ -44,17 +44,20 @@ def _gguf_tokenizer(folder: str, file: str) -> PreTrainedTokenizerBase:
 
 
 def _local_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The tokenizer of a local folder (a BPE file pair first, else Hugging Face's layout)."""
+    """The tokenizer of a local folder: its tokenizer.json, else a GPT-2 BPE file pair, else Hugging Face's
+    layout."""
     path = Path(name).expanduser()
     if path.is_file():
         raise KronyptError(f"tokenizer {path} is a file; give the folder that holds it")
     if not path.is_dir():
         raise missing("tokenizer folder", name)
     try:
+        if (path / "tokenizer.json").is_file():  # the full tokenizer: a BPE pair beside it may lose split rules
+            return AutoTokenizer.from_pretrained(path)
         for vocab_name, merges_name in FILE_PAIRS:
             if (path / vocab_name).is_file() and (path / merges_name).is_file():
                 return _bpe_from_files(path / vocab_name, path / merges_name)
-        if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        if (path / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(path)
     except KronyptError:
         raise
@@ -135,11 +138,32 @@ def tokenizer_id(tokenizer: PreTrainedTokenizerBase) -> str:
     return f"{len(tokenizer)}:{digest}"
 
 
-def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
-    """Refuse a tokenizer that emits ids the model has no embedding (and no logits) for."""
-    if len(tokenizer) > vocab_size:
-        raise KronyptError(f"the tokenizer has {len(tokenizer):,} tokens but the model's vocabulary has "
-                           f"{vocab_size:,}: they do not belong together (pass the model's own tokenizer)")
+def saved_tokenizer(model: str) -> PreTrainedTokenizerBase | None:
+    """The tokenizer a model carries: its local folder's or its GGUF's; None for a folder without one or a hub id."""
+    name = as_name(model)
+    if name.lower() in PACKAGED or name.lower().endswith(".gguf"):
+        return load_tokenizer(name)
+    if is_local(name) and has_tokenizer(name):
+        return load_tokenizer(name)
+    return None
+
+
+COVERED = 0.9  # a tokenizer covering less of the embedding is another model's (models pad theirs a little)
+
+
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int,
+                         own: PreTrainedTokenizerBase | None = None) -> None:
+    """Refuse a tokenizer that does not belong to the model: one that emits ids it has no embedding (and no
+    logits) for, one covering less than 90% of its embedding rows, or one whose vocabulary differs from the
+    tokenizer saved with the model (`own`, where there is one)."""
+    size = len(tokenizer)
+    if size > vocab_size or size < COVERED * vocab_size:
+        raise KronyptError(f"the tokenizer has {size:,} tokens but the model's vocabulary has {vocab_size:,}: "
+                           "they do not belong together (pass the model's own tokenizer)")
+    if own is not None and tokenizer_id(own) != tokenizer_id(tokenizer):
+        raise KronyptError(f"the tokenizer's vocabulary ({tokenizer_id(tokenizer)}) is not the one saved with the "
+                           f"model ({tokenizer_id(own)}): its ids would mean other words (pass the model's own "
+                           "tokenizer)")
 
 
 def _first_line(exc: BaseException) -> str:

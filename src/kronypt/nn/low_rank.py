@@ -50,10 +50,10 @@ class LowRankLinear(nn.Module):
                 self.bias.zero_()
 
     @classmethod
-    def from_factors(cls, U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor | None) -> LowRankLinear:
-        """A layer holding given factors (cast to the bias's or float32's dtype)."""
-        dtype = bias.dtype if bias is not None and bias.dtype.is_floating_point else torch.float32
-        layer = cls(V.shape[1], U.shape[0], U.shape[1], bias is not None, device=U.device, dtype=dtype)
+    def from_factors(cls, U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                     device: torch.device | str | None = None) -> LowRankLinear:
+        """A layer holding given factors, in `dtype` on `device` (those of the weight it replaces)."""
+        layer = cls(V.shape[1], U.shape[0], U.shape[1], bias is not None, device=device, dtype=dtype)
         with torch.no_grad():
             layer.U.copy_(U)
             layer.V.copy_(V)

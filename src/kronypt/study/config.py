@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,10 @@ class StudyConfig:
             raise KronyptError("heal_tokens must be 0 or more, tokens_per_step and eval_windows at least 1")
         if self.trainable not in ("all", "mlp", "compressed"):
             raise KronyptError(f"trainable must be all, mlp or compressed, got {self.trainable!r}")
+        uncompressed = [m for m in self.methods if m.startswith("drop") or (m == DENSE and self.heal_dense)]
+        if self.trainable == "compressed" and uncompressed:
+            raise KronyptError(f"trainable compressed leaves nothing to train in {', '.join(uncompressed)} (no "
+                               "compressed layers); use trainable mlp, the same parameters for every method")
         if self.precision not in ("bf16", "fp32"):
             raise KronyptError(f"precision must be bf16 or fp32, got {self.precision!r}")
         if self.eval_dtype not in ("bfloat16", "float32"):
@@ -88,7 +93,7 @@ class StudyConfig:
                 raise KronyptError(f"{self.out} holds a study made with other settings ({', '.join(differ)}); give "
                                    "another --out, or the same settings to resume it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".study.json.tmp")
+        tmp = path.with_name(f".study.json.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(mine, indent=2))
         tmp.replace(path)
 
