@@ -37,7 +37,7 @@ def test_dense_counterpart_has_the_same_logits_and_more_parameters():
     with torch.no_grad():
         torch.testing.assert_close(dense(ids).logits, kron(ids).logits, rtol=1e-5, atol=1e-5)
     assert type(dense).__name__ == "GPT2LMHeadModel" and count_params(dense) > count_params(kron)
-    with pytest.raises(KronyptError, match="no Kronecker layers"):
+    with pytest.raises(KronyptError, match="no compressed layers"):
         dense_counterpart(dense)
 
 
@@ -49,7 +49,7 @@ def test_bench_pair_reports_both_models_and_their_ratios():
     result = bench_pair(kron, dense, settings, on_step=lambda: ticks.append(1))
     assert len(ticks) == steps_per_run(settings)
     assert (result["model"]["params"], result["against"]["params"]) == (count_params(kron), count_params(dense))
-    assert (result["model"]["kronecker_layers"], result["against"]["kronecker_layers"]) == (4, 0)
+    assert (result["model"]["compressed_layers"], result["against"]["compressed_layers"]) == (4, 0)
     for key, ratio in result["ratios"].items():
         assert result["model"][key] > 0 and result["against"][key] > 0
         assert ratio == result["model"][key] / result["against"][key]
@@ -81,7 +81,7 @@ def test_a_compressed_llama_benches_against_its_dense_counterpart():
     dense = dense_counterpart(kron.eval())
     assert type(dense).__name__ == "LlamaForCausalLM" and count_params(dense) > count_params(kron)
     result = bench_pair(kron, dense, BenchSettings(prompt_tokens=8, new_tokens=3, repeats=2, warmup=0))
-    assert result["model"]["kronecker_layers"] == 6 and result["against"]["kronecker_layers"] == 0
+    assert result["model"]["compressed_layers"] == 6 and result["against"]["compressed_layers"] == 0
 
 
 def test_rounds_that_disagree_are_flagged_and_so_are_busy_cores():

@@ -47,7 +47,7 @@ def test_against_dense_json(capsys, folders):
     assert payload["model"]["name"] == str(folders / "kron") and payload["against"]["name"].startswith("dense")
     assert payload["model"]["params"] == count_params(kron)
     assert payload["against"]["params"] == count_params(to_dense(kron))
-    assert (payload["model"]["kronecker_layers"], payload["against"]["kronecker_layers"]) == (4, 0)
+    assert (payload["model"]["compressed_layers"], payload["against"]["compressed_layers"]) == (4, 0)
     assert set(payload["ratios"]) == {"params", "prefill_tokens_per_s", "decode_tokens_per_s", "train_tokens_per_s"}
     check_rates(payload)
     assert payload["logits_max_abs_diff"] < 1e-4  # to_dense: the same logits, up to float32 rounding
@@ -75,7 +75,7 @@ def test_against_a_folder_prints_the_table_and_writes_json(capsys, folders, tmp_
     (["{kron}", "--repeats", "0"], "--repeats"),
     (["{kron}", "--new-tokens", "1"], "--new-tokens"),
     (["{kron}", "--batch", "0"], "--batch"),
-    (["{dense}"], "no Kronecker layers"),
+    (["{dense}"], "no compressed layers"),
     (["{tmp}/missing"], "does not exist"),
     (["{kron}", "--against", "{tmp}/missing"], "does not exist"),
     (["{kron}", "--dtype", "float8"], "unknown dtype"),

@@ -30,6 +30,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from kronypt.errors import KronyptError
 from kronypt.models import count_params, to_dense
+from kronypt.models.configuration import config_context_length
 from kronypt.train.distill import lm_loss
 
 Measure = Callable[[], float]  # one timed call; returns the seconds of the part it measures
@@ -68,27 +69,22 @@ class BenchSettings:
                                f"the model's context of {context} tokens")
 
 
-def context_length(config) -> int | None:
-    """Positions a model can attend over (GPT-2's n_positions), None when its config does not say."""
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
-def kronecker_layers(config) -> int:
-    """How many matrices of a model are Kronecker layers (0 for a plain model)."""
+def compressed_layers(config) -> int:
+    """How many matrices of a model are compressed layers (Kronecker or low-rank; 0 for a plain model)."""
     return len(getattr(config, "compressed_modules", {}))
 
 
-def require_kronecker(config, name: str) -> None:
-    """Refuse a model without Kronecker layers where it would be compared with its own dense self."""
-    if kronecker_layers(config) == 0:
-        raise KronyptError(f"{name} has no Kronecker layers: its dense counterpart is itself, nothing to compare "
+def require_compressed(config, name: str) -> None:
+    """Refuse a model without compressed layers where it would be compared with its own dense self."""
+    if compressed_layers(config) == 0:
+        raise KronyptError(f"{name} has no compressed layers: its dense counterpart is itself, nothing to compare "
                            f"(bench a compressed model against it: kronypt bench COMPRESSED --against {name})")
 
 
 def dense_counterpart(model: PreTrainedModel, name: str = "model") -> PreTrainedModel:
     """The same model rebuilt dense (`to_dense`: a plain GPT-2 of the same config with the same logits),
     in eval mode; refused for a model without Kronecker layers."""
-    require_kronecker(model.config, name)
+    require_compressed(model.config, name)
     return to_dense(model).eval()
 
 
@@ -99,7 +95,7 @@ def bench_pair(model: PreTrainedModel, against: PreTrainedModel, settings: Bench
     `environment` and the decode method. `on_step` is called after every timed or warm-up call (progress).
 
     The training step (with `settings.train`) runs last: its AdamW updates change the weights in memory."""
-    contexts = [c for c in (context_length(model.config), context_length(against.config)) if c]
+    contexts = [c for c in (config_context_length(model.config), config_context_length(against.config)) if c]
     settings.check(min(contexts, default=None))
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
@@ -117,7 +113,7 @@ def bench_pair(model: PreTrainedModel, against: PreTrainedModel, settings: Bench
     others = competition.others()
     work = {"prefill_tokens_per_s": ids.numel(), "decode_tokens_per_s": settings.batch,
             "train_tokens_per_s": ids.numel()}
-    results = [{"params": count_params(m), "kronecker_layers": kronecker_layers(m.config)} for m in pair]
+    results = [{"params": count_params(m), "compressed_layers": compressed_layers(m.config)} for m in pair]
     for key, samples in rounds.items():
         for row, seconds in zip(results, samples, strict=True):
             row[key] = work[key] / statistics.median(seconds)

@@ -62,13 +62,13 @@ def bench(
     from kronypt.bench import (
         BenchSettings,
         bench_pair,
-        context_length,
         dense_counterpart,
         max_logit_difference,
-        require_kronecker,
+        require_compressed,
         steps_per_run,
     )
     from kronypt.models import load_config, load_model
+    from kronypt.models.configuration import config_context_length
     from kronypt.models.loading import check_device, parse_dtype
 
     settings = BenchSettings(batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
@@ -80,10 +80,10 @@ def bench(
     vs_dense = against == DENSE
     configs = [load_config(model)]
     if vs_dense:
-        require_kronecker(configs[0], model)
+        require_compressed(configs[0], model)
     else:
         configs.append(load_config(against))
-    settings.check(min((c for c in map(context_length, configs) if c), default=None))
+    settings.check(min((c for c in map(config_context_length, configs) if c), default=None))
 
     torch.manual_seed(seed)  # dropout in the training step
     if vs_dense:  # the dense weights are summed in float32, then both models are cast alike
@@ -120,7 +120,7 @@ def _table(payload: dict) -> Table:
     for header in ("measure", "model", "against", "ratio", "rounds' ratios"):
         table.add_column(header, justify="left" if header == "measure" else "right")
     table.add_row("parameters", f"{a['params']:,}", f"{b['params']:,}", f"{ratios['params']:.3f}", "")
-    table.add_row("compressed layers", str(a["kronecker_layers"]), str(b["kronecker_layers"]), "", "")
+    table.add_row("compressed layers", str(a["compressed_layers"]), str(b["compressed_layers"]), "", "")
     table.add_row("prefill tokens/s", *_rates(payload, "prefill_tokens_per_s"))
     table.add_row("decode tokens/s (ms/token)",
                   *(f"{_rate(row['decode_tokens_per_s'])} ({row['decode_ms_per_token']:.2f} ms)" for row in (a, b)),

@@ -60,8 +60,9 @@ def compress(
                                           "alternating least squares; SVD-LLM's whitening for low-rank).")] = "weights",
     allocation: Annotated[str, typer.Option(help="uniform, or sensitivity (with a budget and --calibration: the "
                                                  "loss increase of each block's MLP alone at 1/2 .. 1/16 of its "
-                                                 "parameters is measured, and each block gets the size, dense "
-                                                 "included, that adds the least loss within the budget).")] = "uniform",
+                                                 "parameters is measured on the first 8 calibration windows, and "
+                                                 "each block gets the size, dense included, that adds the least "
+                                                 "loss within the budget).")] = "uniform",
     drop: Annotated[str, typer.Option(help="drop-blocks: importance (the blocks that change the hidden state least "
                                            "on --calibration text, as ShortGPT) or every-other (spread evenly, as "
                                            "DistilGPT2).")] = "importance",

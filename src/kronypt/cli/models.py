@@ -179,6 +179,7 @@ def generate(
     import torch
 
     from kronypt.models import load_config, load_model, load_tokenizer
+    from kronypt.models.configuration import config_context_length
     from kronypt.models.loading import check_device
     from kronypt.models.tokenizers import check_tokenizer_fits, saved_tokenizer
 
@@ -196,7 +197,7 @@ def generate(
         if start is None:
             raise KronyptError("empty --prompt, and the tokenizer has no BOS/EOS token to start from")
         ids = torch.tensor([[start]], device=target)
-    context = getattr(lm.config, "n_positions", None) or getattr(lm.config, "max_position_embeddings", None)
+    context = config_context_length(lm.config)
     if context is not None and ids.shape[1] + max_new_tokens > context:
         raise KronyptError(f"the prompt ({ids.shape[1]} tokens) plus --max-new-tokens {max_new_tokens} exceed the "
                            f"model's context of {context} tokens")

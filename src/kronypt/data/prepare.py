@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from kronypt.data.sources import DocumentSource, check_disjoint, sha256_file
 from kronypt.data.tokenizer import (
+    HF_FILES,
     HFEncoding,
     encode_documents,
     eot_token,
@@ -40,7 +41,6 @@ FORMAT = "kronypt-tokens/1"
 DEFAULT_VAL_FRACTION = 0.0005  # nanoGPT's OpenWebText split
 BATCH_CHARS = 1 << 20  # documents are sent to workers in batches of about this many characters
 Encoded = tuple[np.ndarray, np.ndarray]  # (tokens, tokens per document), see encode_documents
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def prepare_tokens(
     with _sigterm_exits(), TokenFolderWriter(Path(out_dir), force, dtype) as writer:
         if isinstance(encoding, HFEncoding):
             folder = Path(tokenizer).expanduser()
-            writer.add_folder(TOKENIZER_FOLDER, {name: (folder / name).read_bytes() for name in HF_TOKENIZER_FILES
+            writer.add_folder(TOKENIZER_FOLDER, {name: (folder / name).read_bytes() for name in HF_FILES
                                                  if (folder / name).is_file()})
         batches = _batches(sources, len(inputs), val_docs, tail)
         with tqdm(total=sum(counts), unit="doc", desc="tokenising", disable=None if progress else True) as bar:
@@ -311,7 +311,7 @@ def _describe_tokenizer(source: str, encoding: object, label: str | None) -> dic
     if isinstance(encoding, HFEncoding):  # copied into the token folder: a path relative to it
         folder = Path(source).expanduser()
         return {"folder": TOKENIZER_FOLDER, "source": label or source,
-                "files": {name: sha256_file(folder / name) for name in HF_TOKENIZER_FILES if (folder / name).is_file()}}
+                "files": {name: sha256_file(folder / name) for name in HF_FILES if (folder / name).is_file()}}
     files = tokenizer_files(source)
     if files is None:
         return {"tiktoken": encoding.name}

@@ -27,6 +27,7 @@ from kronypt.errors import KronyptError
 # (vocabulary, merges) file names a tokenizer folder may hold, in the order they are looked for.
 FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 HF_FILE = "tokenizer.json"
+HF_FILES = (HF_FILE, "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")  # a saved tokenizer
 UINT16_MAX = np.iinfo(np.uint16).max
 UINT32_MAX = np.iinfo(np.uint32).max
 Encoding = Union[tiktoken.Encoding, "HFEncoding"]  # noqa: UP007  (a string forward reference)

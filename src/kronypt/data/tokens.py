@@ -81,7 +81,7 @@ def open_tokens(data_dir: str | Path, split: str = "train") -> np.ndarray:
     if split not in SPLITS:
         raise KronyptError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     meta = read_meta(data_dir)
-    dtype = token_dtype(meta)
+    dtype = file_dtype(meta)
     path = Path(data_dir).expanduser() / meta["splits"][split]["file"]
     expected = meta["splits"][split]["tokens"]
     size = path.stat().st_size if path.is_file() else None
@@ -97,7 +97,7 @@ def open_tokens(data_dir: str | Path, split: str = "train") -> np.ndarray:
 TOKEN_DTYPES = ("uint16", "uint32")
 
 
-def token_dtype(meta: dict[str, Any]) -> np.dtype:
+def file_dtype(meta: dict[str, Any]) -> np.dtype:
     """The dtype of a token folder's .bin files (meta.json's `dtype`: uint16, or uint32 for large vocabularies)."""
     name = meta.get("dtype", "uint16")
     if name not in TOKEN_DTYPES:

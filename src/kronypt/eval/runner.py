@@ -22,6 +22,7 @@ from kronypt.eval.protocols import PROTOCOLS, Plan, get_protocol
 from kronypt.eval.results import EvalRecord
 from kronypt.eval.scoring import ScoreRun, model_device, score_requests
 from kronypt.models import count_params
+from kronypt.models.configuration import config_context_length
 from kronypt.models.loading import load_config, load_model, parse_dtype
 from kronypt.models.sources import local_model_dir
 from kronypt.models.tokenizers import check_tokenizer_fits, load_tokenizer, saved_tokenizer, tokenizer_id
@@ -34,15 +35,6 @@ def context_length(model: torch.nn.Module) -> int:
         raise KronyptError(f"cannot tell the context length of {type(model).__name__}: its config has no "
                            "n_positions / max_position_embeddings; pass context_length")
     return found
-
-
-def config_context_length(config: PretrainedConfig) -> int | None:
-    """The context length a model config states, if it states one."""
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 1:
-            return value
-    return None
 
 
 def _check_context(context: int | None, longest: int, name: str) -> None:

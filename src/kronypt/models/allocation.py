@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from kronypt.errors import KronyptError
 from kronypt.math.allocate import allocate_terms
 from kronypt.math.decompose import kronecker_spectrum
+from kronypt.math.shapes import kron_shape
 from kronypt.models.calibration import Calibration, mean_loss
 from kronypt.models.compression import CompressionConfig, Resolution, kronecker_spec, resolve
 from kronypt.models.families import MlpSite
-from kronypt.models.schemes import pick_for_ratio, widening_shape
+from kronypt.models.schemes import count_params, pick_for_ratio, widening_shape
 from kronypt.nn.low_rank import LowRankLinear
 
 LEVELS = (0.5, 0.25, 0.125, 0.0625)
@@ -45,7 +46,7 @@ def fill_factors(model: nn.Module, plan: Resolution) -> Resolution:
     shape = widening_shape(plan.size, plan.a_shape)  # the narrowing ones' is its transpose: the same counts
     saving = max((k for k in range(1, shape.terms() + 1) if shape.compresses(k)), default=1)
     cap = saving if config.factors is None else min(config.factors, saving)
-    total = sum(p.numel() for p in model.parameters())
+    total = count_params(model)
     rest = total - len(sites) * layout.matrix_params
     budget = config.target_params if config.target_params is not None else (
         total - round((1 - config.ratio) * len(sites) * layout.matrix_params))
@@ -56,9 +57,9 @@ def fill_factors(model: nn.Module, plan: Resolution) -> Resolution:
                            f"{rest + len(sites) * per_term:,}")
     family = layout.family
     spectra = {s.path: kronecker_spectrum(family.dense_weight(model.get_submodule(s.path)).detach(),
-                                          _oriented(plan.a_shape, s)) for s in sites}
+                                          s.oriented(plan.a_shape)) for s in sites}
     counts = allocate_terms(spectra, (budget - rest) // per_term, max_factors=cap)
-    specs = {s.path: kronecker_spec(_oriented(plan.a_shape, s), counts[s.path], config.scalars) for s in sites}
+    specs = {s.path: kronecker_spec(s.oriented(plan.a_shape), counts[s.path], config.scalars) for s in sites}
     return replace(plan, specs=specs)
 
 
@@ -103,7 +104,7 @@ def allocate_by_sensitivity(model: nn.Module, plan: Resolution, calibration: Cal
     cost = {ratio: {b: sum(_spec_params(specs[s.path], s) for s in block_sites) for b, block_sites in by_block.items()}
             for ratio, specs in level_specs.items()}
     cost[1.0] = {b: len(block_sites) * dense for b, block_sites in by_block.items()}
-    total = sum(p.numel() for p in model.parameters())
+    total = count_params(model)
     budget = config.target_params if config.target_params is not None else (
         total - round((1 - config.ratio) * len(sites) * dense))
     chosen = _knapsack(increase, cost, budget - (total - len(sites) * dense))
@@ -118,15 +119,14 @@ def _level_specs(plan: Resolution, ratio: float) -> dict[str, dict]:
         rank = max(1, round(ratio * layout.matrix_params / (layout.inner + layout.hidden)))
         return {s.path: {"method": "low-rank", "rank": rank} for s in plan.sites}
     a_shape = pick_for_ratio(plan.size, ratio, config.factors or 1, config.scalars).a_shape
-    return {s.path: kronecker_spec(_oriented(a_shape, s), config.factors or 1, config.scalars) for s in plan.sites}
+    return {s.path: kronecker_spec(s.oriented(a_shape), config.factors or 1, config.scalars) for s in plan.sites}
 
 
 def _spec_params(spec: dict, site: MlpSite) -> int:
     if spec["method"] == "low-rank":
         return LowRankLinear.params(site.out_features, site.in_features, spec["rank"])
-    (m1, n1), k = spec["a_shape"], spec["factors"]
-    m2, n2 = site.out_features // m1, site.in_features // n1
-    return k * (m1 * n1 + m2 * n2) + (k if spec["scalars"] else 0)
+    shape = kron_shape(site.out_features, site.in_features, tuple(spec["a_shape"]))
+    return shape.params(spec["factors"], spec["scalars"])
 
 
 def _knapsack(increase: dict[int, dict[float, float]], cost: dict[float, dict[int, int]],
@@ -158,15 +158,9 @@ class _swapped:
 
     def __enter__(self) -> None:
         for path, layer in self.layers.items():
-            parent, _, name = path.rpartition(".")
-            self.saved[path] = getattr(self.model.get_submodule(parent), name)
-            setattr(self.model.get_submodule(parent), name, layer)
+            self.saved[path] = self.model.get_submodule(path)
+            self.model.set_submodule(path, layer)
 
     def __exit__(self, *exc: object) -> None:
         for path, layer in self.saved.items():
-            parent, _, name = path.rpartition(".")
-            setattr(self.model.get_submodule(parent), name, layer)
-
-
-def _oriented(a_shape: tuple[int, int], site: MlpSite) -> tuple[int, int]:
-    return tuple(a_shape) if site.widening else tuple(a_shape[::-1])
+            self.model.set_submodule(path, layer)

@@ -27,6 +27,7 @@ from kronypt.models.schemes import (
     PlanRow,
     canonical_scheme,
     check_ratio,
+    count_params,
     model_size,
     pick_for_ratio,
     pick_for_target,
@@ -207,7 +208,7 @@ def _kronecker(model: nn.Module, config: CompressionConfig, layout: MlpLayout, s
         a_shape = config.a_shape or resolve_scheme(config.scheme)[0]
     elif config.target_params is not None:
         a_shape = pick_for_target(size, config.target_params, k, config.scalars, matrices=len(sites),
-                                  already_saved=size.dense_params - _count(model)).a_shape
+                                  already_saved=size.dense_params - count_params(model)).a_shape
     else:
         a_shape = pick_for_ratio(size, config.ratio, k, config.scalars).a_shape
     widening_shape(size, a_shape)  # refuses shapes that do not divide, with a pointer to `kronypt plan`
@@ -218,8 +219,8 @@ def _kronecker(model: nn.Module, config: CompressionConfig, layout: MlpLayout, s
         plan_row(size, a_shape, integer_count(factors, f"factors of {path}"), config.scalars)
     if not per_matrix:  # with an allocation, `factors` stays the cap on k (`allocation.fill_factors`)
         config = replace(config, factors=k)
-    specs = {site.path: kronecker_spec(a_shape if site.widening else a_shape[::-1], config.factors_of(site.path),
-                                       config.scalars) for site in sites}
+    specs = {site.path: kronecker_spec(site.oriented(a_shape), config.factors_of(site.path), config.scalars)
+             for site in sites}
     return Resolution(config, layout, size, sites, specs, row=row, a_shape=a_shape)
 
 
@@ -235,7 +236,7 @@ def low_rank_for(model: nn.Module, layout: MlpLayout, size: ModelSize, config: C
     if config.rank is not None:
         rank = config.rank
     elif config.target_params is not None:
-        rest = _count(model) - matrices * layout.matrix_params
+        rest = count_params(model) - matrices * layout.matrix_params
         rank = (config.target_params - rest) // matrices // out_in
     else:
         rank = round(_matrix_budget(size, config) / out_in)
@@ -260,7 +261,7 @@ def _blocks_to_drop(model: nn.Module, layout: MlpLayout, size: ModelSize, config
     ratio or Kronecker configuration saves (which ones: `kronypt.models.dropping`)."""
     block = _block_params(model, layout)
     if config.target_params is not None:
-        count = math.ceil((_count(model) - config.target_params) / block)
+        count = math.ceil((count_params(model) - config.target_params) / block)
     else:
         saving = (1 - config.ratio) * size.matrices * layout.matrix_params if config.ratio is not None else (
             size.matrices * (layout.matrix_params - _matrix_budget(size, config)))
@@ -311,7 +312,3 @@ def _check_layers(config: CompressionConfig, layout: MlpLayout) -> None:
     if config.layers is not None and (not config.layers or config.layers[0] < 0
                                       or config.layers[-1] >= layout.blocks):
         raise KronyptError(f"layers {list(config.layers)} out of range: this model has blocks 0..{layout.blocks - 1}")
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

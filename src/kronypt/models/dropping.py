@@ -34,8 +34,7 @@ def drop_blocks_(model: nn.Module, layout: MlpLayout, blocks: list[int]) -> None
         moved = {renumbered(path, layout.family.blocks, keep): spec for path, spec in modules.items()}
         model.config.compression = {"modules": {path: spec for path, spec in moved.items() if path is not None}}
     kept = nn.ModuleList(holder[i] for i in keep)
-    parent, _, name = layout.family.blocks.rpartition(".")
-    setattr(model.get_submodule(parent), name, kept)
+    model.set_submodule(layout.family.blocks, kept)
     for index, block in enumerate(kept):
         for module in block.modules():
             if hasattr(module, "layer_idx"):

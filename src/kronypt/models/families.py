@@ -78,6 +78,10 @@ class MlpSite:
     in_features: int
     widening: bool
 
+    def oriented(self, a_shape: tuple[int, int]) -> tuple[int, int]:
+        """This matrix's A shape for a scheme's A (given for the widening matrices; narrowing ones transpose it)."""
+        return tuple(a_shape) if self.widening else tuple(a_shape[::-1])
+
 
 @dataclass(frozen=True)
 class MlpLayout:

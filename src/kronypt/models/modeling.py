@@ -135,8 +135,7 @@ def install_compressed_layers(model: nn.Module, config: PretrainedConfig) -> Non
         new = layer_from_spec(spec, in_features, out_features, bias=getattr(old, "bias", None) is not None,
                               device=old.weight.device, dtype=old.weight.dtype)
         new.reset_parameters(getattr(config, "initializer_range", 0.02))
-        parent, _, name = local.rpartition(".")
-        setattr(model.get_submodule(parent), name, new)
+        model.set_submodule(local, new)
     _use_fused_mlps(model, config)
 
 

@@ -18,7 +18,7 @@ from kronypt.errors import KronyptError
 from kronypt.math.decompose import check_factors
 from kronypt.math.shapes import KronShape, kron_factor_shapes, kron_shape
 from kronypt.models.families import MlpLayout, mlp_layout
-from kronypt.nn.compressed import is_compressed_layer
+from kronypt.nn.compressed import is_compressed_layer, layer_params
 
 # The paper's model classes for GPT-2 124M: name -> (A shape of c_fc, factors).
 SCHEMES: dict[str, tuple[tuple[int, int], int]] = {
@@ -84,13 +84,17 @@ class PlanRow:
         return asdict(self)
 
 
+def count_params(model: nn.Module) -> int:
+    """Parameters of a model, shared (tied) tensors counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def model_size(model: nn.Module, layout: MlpLayout | None = None) -> ModelSize:
     """A model's MLP layout and dense parameter count (its compressed layers counted as the dense matrices they
     replace; tied tensors once)."""
     layout = layout or mlp_layout(model)
-    saved = sum(layout.matrix_params - sum(p.numel() for n, p in m.named_parameters() if n != "bias")
-                for m in model.modules() if is_compressed_layer(m))
-    return ModelSize(layout, sum(p.numel() for p in model.parameters()) + saved)
+    saved = sum(layout.matrix_params - layer_params(m) for m in model.modules() if is_compressed_layer(m))
+    return ModelSize(layout, count_params(model) + saved)
 
 
 def config_size(config: PretrainedConfig, name: str | None = None) -> ModelSize:

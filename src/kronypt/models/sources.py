@@ -4,7 +4,8 @@ Every command takes the same names. A name is a local path when it exists, start
 cannot be a hub id, or its first part is a local folder ('runs/typo' where runs/ exists: a mistyped folder,
 refused at once instead of after the hub's retries); `hf://owner/name` is always a hub id. A path ending in
 `.gguf` is a GGUF file (read by transformers through the `gguf` package, dequantised). A short name such as
-`smollm2-135m` is a model packaged on PyPI, found in site-packages without importing its package.
+`smollm2-135m`, unless a local path of that name exists, is a model packaged on PyPI, found in site-packages
+without importing its package.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def model_source(name_or_path: str | os.PathLike) -> ModelSource:
     """Resolve a model name; a local path that does not exist or is not a model is refused in one line."""
     name = as_name(name_or_path)
     packaged = PACKAGED.get(name.lower())
-    if packaged is not None:
+    if packaged is not None and not Path(name).exists():  # a local folder of that name comes first
         return ModelSource(name, *_packaged_file(name.lower(), packaged))
     if not is_local(name):
         return ModelSource(name, hub=hub_id(name))

@@ -20,13 +20,9 @@ from kronypt.models.families import MlpSite, family_of
 from kronypt.models.fitting import Fit, fit_layer
 from kronypt.models.modeling import adopt, causal_lm_class
 from kronypt.models.report import CompressionReport, MatrixReport
+from kronypt.models.schemes import count_params
 from kronypt.nn import KroneckerLinear
 from kronypt.nn.compressed import is_compressed_layer, layer_params, layer_spec
-
-
-def count_params(model: torch.nn.Module) -> int:
-    """Parameters of a model, shared (tied) tensors counted once."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def compress_(model: PreTrainedModel, config: CompressionConfig, calibration: Calibration | None = None,
@@ -99,8 +95,7 @@ def _factorise(model: PreTrainedModel, plan: Resolution, report: CompressionRepo
     for site in tqdm(plan.sites, desc="compressing", unit="matrix", disable=None if progress else True, leave=False):
         spec = plan.specs[site.path]
         result = fit(site, spec)
-        parent, _, name = site.path.rpartition(".")
-        setattr(model.get_submodule(parent), name, result.layer)
+        model.set_submodule(site.path, result.layer)
         modules[site.path] = {**layer_spec(result.layer), "init": _init_name(config, spec)}
         report.matrices.append(_matrix_report(site, result))
     if plan.sites:

@@ -13,13 +13,12 @@ from pathlib import Path
 from transformers import AutoTokenizer, GPT2Tokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from kronypt.data.tokenizer import FILE_PAIRS
+from kronypt.data.tokenizer import FILE_PAIRS, HF_FILES
 from kronypt.errors import KronyptError
 from kronypt.models.sources import PACKAGED, as_name, hub_id, is_local, missing, model_source
 
 GPT2_CONTEXT = 1024  # n_positions of every GPT-2-family model
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.json",
-                   "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+TOKENIZER_FILES = (*(name for pair in FILE_PAIRS for name in pair), *HF_FILES)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:

@@ -1,8 +1,10 @@
 """Where the trained model comes from, and what of it is trained.
 
-`--init-from dense` loads a dense GPT-2 and compresses it with a scheme (or an explicit A shape) and an
-init; `kronypt` loads a compressed folder as saved by `kronypt compress` or by a checkpoint; `scratch`
-builds a randomly initialised GPT-2 from a GPT2Config JSON (to train small teachers). Training always
+`--init-from dense` loads a dense model of any supported family (GPT-2, Llama-style; a folder, a .gguf file,
+a packaged model or a hub id) and compresses it through `kronypt.compress_` by a scheme, an A shape, a ratio
+or a parameter budget; `kronypt` loads a compressed folder as saved by `kronypt compress` or by a checkpoint;
+`model` trains any model as it is (dense, compressed, or with dropped blocks); `scratch` builds a randomly
+initialised GPT-2 from a GPT2Config JSON (to train small teachers). Training always
 holds float32 master weights; mixed precision is autocast's job.
 """
 
@@ -19,6 +21,7 @@ from kronypt.errors import KronyptError
 from kronypt.math.shapes import parse_shape
 from kronypt.models import CompressionConfig, compress_, family_of, load_config, load_model
 from kronypt.models.compression import preflight
+from kronypt.models.configuration import config_context_length
 from kronypt.nn import KroneckerLinear
 from kronypt.nn.compressed import is_compressed_layer
 from kronypt.train.args import TrainArgs
@@ -145,13 +148,10 @@ def load_teacher(name: str, student: PreTrainedModel, device: torch.device, seq_
     return teacher.to(device)
 
 
-CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")  # where configs keep their context length
-
-
 def check_context(model: PreTrainedModel, seq_len: int, whose: str = "the model's") -> None:
     """Refuse windows longer than the model's position embeddings (they would index past them); a config
     that names no context length is not checked."""
-    context = next((v for v in (getattr(model.config, k, None) for k in CONTEXT_KEYS) if isinstance(v, int)), None)
+    context = config_context_length(model.config)
     if context is not None and seq_len > context:
         raise KronyptError(f"seq_len {seq_len} exceeds {whose} context ({context})")
 
