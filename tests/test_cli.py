@@ -470,3 +470,16 @@ def test_an_interrupted_save_leaves_no_staging_folder(capsys, tiny_dir, tmp_path
     code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "16x8", "--out", str(tmp_path / "k"))
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == [tiny_dir]  # neither k nor a hidden .k.partial
+
+
+@pytest.mark.parametrize("fill", ["nan", "inf", "-inf"])
+def test_a_non_finite_prune_fill_is_refused_and_writes_nothing(capsys, tiny_dir, tmp_path, fill):
+    code, _, err = run(capsys, "compress", str(tiny_dir), "--a-shape", "256x32", "--init", "prune", "--prune-fill",
+                       fill, "--out", str(tmp_path / "k"))
+    assert_one_line_error(code, err, "prune_fill must be a finite number")
+    assert not (tmp_path / "k").exists()
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(capsys, tiny_dir):
+    code, _, err = run(capsys, "generate", str(tiny_dir), "--prompt", "caf\udce9", "--max-new-tokens", "2")
+    assert_one_line_error(code, err, "--prompt is not valid UTF-8 text")
