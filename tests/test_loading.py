@@ -424,6 +424,11 @@ def test_a_gguf_without_the_gguf_package_names_what_to_install(tmp_path, monkeyp
     monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name))
     with pytest.raises(KronyptError, match="reading a .gguf model needs the gguf package: pip install gguf"):
         load_model(tmp_path / "m.gguf")
+    monkeypatch.setattr(sources.importlib.util, "find_spec",
+                        lambda name: None if name in ("gguf", "accelerate") else real(name))
+    with pytest.raises(KronyptError, match=r"needs the gguf and accelerate packages: pip install gguf accelerate "
+                                           r"\(or pip install 'kronypt\[gguf\]'\)"):
+        load_config(tmp_path / "m.gguf")
 
 
 def test_gguf_paths(tmp_path):

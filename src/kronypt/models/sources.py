@@ -111,9 +111,12 @@ def offline_config(name: str) -> GPT2Config | None:
 
 
 def require_gguf() -> None:
-    """Reading a .gguf file needs the `gguf` package; refused in one line without it."""
-    if importlib.util.find_spec("gguf") is None:
-        raise KronyptError("reading a .gguf model needs the gguf package: pip install gguf "
+    """Reading a .gguf file needs the `gguf` and `accelerate` packages (transformers uses both); refused in one
+    line without them."""
+    missing_packages = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing_packages:
+        raise KronyptError(f"reading a .gguf model needs the {' and '.join(missing_packages)} package"
+                           f"{'s' if len(missing_packages) > 1 else ''}: pip install {' '.join(missing_packages)} "
                            "(or pip install 'kronypt[gguf]')")
 
 
