@@ -7,9 +7,9 @@ import torch
 from kronypt import CompressionConfig, compress_
 from kronypt.data.writer import TokenFolderWriter
 from kronypt.errors import KronyptError
-from kronypt.models.calibration import Calibration, load_calibration, mean_loss, second_moments
+from kronypt.models.calibration import Calibration, calibration_window, load_calibration, mean_loss, second_moments
 from kronypt.models.families import mlp_layout
-from tests.conftest import tiny_llama, tiny_model
+from tests.conftest import tiny_config, tiny_llama, tiny_llama_config, tiny_model
 
 
 def token_folder(path, tokens: np.ndarray):
@@ -41,6 +41,11 @@ def test_windows_come_from_a_token_folder_or_a_text_file(tmp_path):
         load_calibration(text, 1024, 256)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_calibration(tmp_path / "missing", 1024)
+
+
+def test_calibration_windows_fit_the_models_context():
+    assert calibration_window(tiny_config(n_positions=64)) == 64  # GPT-2's position table ends there
+    assert calibration_window(tiny_llama_config(max_position_embeddings=8192)) == 1024
 
 
 def test_second_moments_are_the_mean_outer_products_of_each_matrix_input():

@@ -9,7 +9,7 @@ from test_train_support import make_token_folder
 
 from kronypt.errors import KronyptError
 from kronypt.study import StudyConfig, run_study
-from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared, tiny_llama
+from tests.conftest import SHARED_DATA, TOKENIZER_DIR, requires_shared, tiny_llama, tiny_model
 
 pytestmark = requires_shared
 
@@ -64,6 +64,19 @@ def test_a_study_folder_made_otherwise_is_refused(setup):
         run_study(setup, progress=False, log=lambda line: None)
     with pytest.raises(KronyptError, match="unknown study methods"):
         StudyConfig(model="m", data="d", out="o", methods=["kronecker", "magic"])
+
+
+def test_a_gpt2_study_calibrates_on_windows_its_position_table_holds(tmp_path):
+    model = tmp_path / "tiny-gpt2"
+    tiny_model(n_positions=64).save_pretrained(model)
+    for source, name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        shutil.copy(TOKENIZER_DIR / source, model / name)
+    config = StudyConfig(model=str(model), data=str(make_token_folder(tmp_path / "tokens", vocab_size=50257)),
+                         out=str(tmp_path / "study"), budgets=[0.5], methods=["kronecker-aware"],
+                         calibration_tokens=128, heal_tokens=0, seq_len=32, eval_data=str(SHARED_DATA),
+                         eval_windows=2, eval_stride=32, eval_max_tokens=96)
+    (row,) = run_study(config, progress=False, log=lambda line: None)
+    assert row["compression"]["fit"] == "activations" and row["zero_shot"]["wikitext2_ppl"] > 1
 
 
 def test_training_only_compressed_layers_needs_every_run_to_have_them():

@@ -104,6 +104,7 @@ def compress(
     from kronypt.math.shapes import parse_shape
     from kronypt.models import (
         CompressionConfig,
+        calibration_window,
         compress_,
         has_tokenizer,
         load_calibration,
@@ -129,7 +130,7 @@ def compress(
     preflight(load_config(model), config, model)  # bad shapes, layers or families fail before weights load
     data = None
     if calibration is not None:
-        data = load_calibration(calibration, calibration_tokens,
+        data = load_calibration(calibration, calibration_tokens, seq_len=calibration_window(load_config(model)),
                                 tokenizer=None if Path(calibration).is_dir() else load_tokenizer(model))
     lm = load_model(model, dtype=AUTO_DTYPE)
     save_dtype = model_dtype(lm) if save_dtype is None else save_dtype  # auto: the checkpoint's

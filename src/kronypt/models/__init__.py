@@ -1,7 +1,7 @@
 """Model families, compression and Hugging Face integration (configs, model classes, loading, export)."""
 
 from kronypt.models.allocation import allocate_factors
-from kronypt.models.calibration import Calibration, load_calibration
+from kronypt.models.calibration import Calibration, calibration_window, load_calibration
 from kronypt.models.compression import CompressionConfig, resolve
 from kronypt.models.configuration import KronyptConfig
 from kronypt.models.families import FAMILIES, Family, family_of, mlp_layout
@@ -31,6 +31,7 @@ __all__ = [
     "KronyptConfig",
     "MatrixReport",
     "allocate_factors",
+    "calibration_window",
     "compress_",
     "count_params",
     "family_of",

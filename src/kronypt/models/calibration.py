@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PretrainedConfig
 
 from kronypt.data.tokens import open_tokens, read_meta
 from kronypt.defaults import CALIBRATION_TOKENS as DEFAULT_TOKENS
 from kronypt.errors import KronyptError
+from kronypt.models.configuration import config_context_length
 from kronypt.models.families import Family, MlpSite
 
 SEQ_LEN = 1024
@@ -40,6 +42,11 @@ class Calibration:
     def batches(self, batch_size: int = 4) -> Iterator[torch.Tensor]:
         for start in range(0, self.tokens.shape[0], batch_size):
             yield self.tokens[start: start + batch_size]
+
+
+def calibration_window(config: PretrainedConfig) -> int:
+    """The calibration window length for a model: SEQ_LEN, or its context length where that is shorter."""
+    return min(SEQ_LEN, config_context_length(config) or SEQ_LEN)
 
 
 def load_calibration(source: str | Path, tokens: int = DEFAULT_TOKENS, seq_len: int = SEQ_LEN,

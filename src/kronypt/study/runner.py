@@ -41,7 +41,7 @@ def run_study(config: StudyConfig, progress: bool = True, log: Log = print) -> l
         needs = method != DENSE and compression_config(method, budget).needs_calibration
         if needs and calibration is None and not _done(Path(config.out) / "runs" / name / "compression.json"):
             calibration = load_calibration(config.calibration or config.data, config.calibration_tokens,
-                                           tokenizer=tokenizer)
+                                           seq_len=config.seq_len, tokenizer=tokenizer)
         rows.append(run_one(config, method, budget, source, tokenizer, calibration, progress, log))
         write_results(config, rows)
     return rows
